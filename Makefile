@@ -1,0 +1,44 @@
+# Verbs that the README and CI call verbatim. Every verb installs what it needs first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_OUT := service/api/v1
+
+.PHONY: install proto proto-check run test test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Generated code is committed; this regenerates it with the pinned grpcio-tools.
+proto: $(STAMP)
+	rm -f $(PROTO_OUT)/*_pb2*.py $(PROTO_OUT)/*_pb2*.pyi
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_out=. --pyi_out=. --grpc_python_out=. --mypy_grpc_out=. \
+		protos/service/api/v1/*.proto
+
+# Fails when the committed generated code differs from what `make proto` produces.
+proto-check: proto
+	git diff --exit-code -- $(PROTO_OUT)
+
+run: $(STAMP)
+	$(BIN)/stackone-connect serve
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache var
