@@ -1,0 +1,519 @@
+"""The StackOne emulator: the same endpoints, shapes, auth check and error bodies as
+StackOne (per shared/stackone/README.md), accounts in memory, signed webhooks.
+
+It is an independent implementation of the contract (it does not import our client), so
+tests of the client against it mean something. StackOne endpoints:
+
+    POST   /connect_sessions                 201 session with token and auth_link_url
+    POST   /connect_sessions/authenticate    201 session of a token (401 if unknown/expired)
+    GET    /accounts                         200 array; page, page_size and filters
+    GET    /accounts/{id}                    200 account, 404
+    DELETE /accounts/{id}                    200 account (status inactive); account.deleted
+
+Emulator-only actions (no auth):
+
+    POST   /emulator/link                    {"token", "provider"?, "status"?, "status_reasons"?}
+                                             completes the Hub for a session: creates the
+                                             account (or updates it on re-connect) and
+                                             sends account.created (account.updated)
+    POST   /emulator/accounts                create an account directly; account.created
+    PATCH  /emulator/accounts/{id}           {"status"?, "status_reasons"?, "label"?};
+                                             account.updated
+    PUT    /emulator/webhooks                {"url"?, "secret"?, "enabled"?}
+    GET    /emulator/deliveries              every delivery attempt
+    POST   /emulator/faults                  inject a fault (see `Fault`); DELETE clears all
+    GET    /connect?token=...                the hosted Auth Link page, with a Link button
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import html
+import itertools
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+_log = logging.getLogger(__name__)
+CATEGORIES = frozenset(
+    {
+        *("ats", "hris", "crm", "iam", "marketing", "lms", "stackone", "documents"),
+        *("ticketing", "screening", "messaging", "accounting", "scheduling"),
+    }
+)
+STATUSES = frozenset({"active", "inactive", "suspended", "archived", "expired", "error"})
+DELIVERY_ATTEMPTS = 6
+DELIVERY_BACKOFF = 0.05
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def sign_webhook(secret: str, body: bytes) -> str:
+    """StackOne's signature: unpadded base64url of HMAC-SHA256(secret, raw body)."""
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class EmulatorConfig:
+    """How the emulator behaves; webhook settings can change at run time."""
+
+    api_key: str
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    deliver_webhooks: bool = True
+    public_base_url: str | None = None
+    project_id: str = "proj_emulator"
+    organization_id: str = "org_emulator"
+
+
+@dataclass
+class Fault:
+    """A failure injected into StackOne endpoints whose path starts with `path_prefix`.
+
+    Attributes:
+        path_prefix: e.g. `/accounts/123` (one account) or `/connect_sessions`.
+        method: only this HTTP method, or every method when None.
+        status: answer with this status and a StackOne error body.
+        delay: seconds to wait before answering (or failing).
+        retry_after: the Retry-After header to send with `status`.
+        reset: drop the connection without an answer.
+        malformed: answer 200 with a body that is not JSON.
+        times: how many requests it applies to; None for all.
+    """
+
+    path_prefix: str = "/"
+    method: str | None = None
+    status: int | None = None
+    delay: float = 0.0
+    retry_after: float | None = None
+    reset: bool = False
+    malformed: bool = False
+    times: int | None = None
+
+    def matches(self, request: web.Request) -> bool:
+        """True when this fault applies to `request` and has uses left."""
+        return (
+            (self.times is None or self.times > 0)
+            and request.path.startswith(self.path_prefix)
+            and (self.method is None or self.method == request.method)
+        )
+
+
+@dataclass
+class EmulatorState:
+    """Everything the emulator knows: sessions, accounts, deliveries, faults."""
+
+    config: EmulatorConfig
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    outbox: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def new_account_id(self) -> str:
+        """A StackOne-like numeric string id."""
+        return str(58810347712093400000 + next(self.ids))
+
+    def queue_webhook(self, event: str, account: dict[str, Any]) -> None:
+        """Queues a webhook for `account` unless delivery is switched off."""
+        if not (self.config.deliver_webhooks and self.config.webhook_url):
+            return
+        self.outbox.put_nowait(
+            {
+                "event": event,
+                "account_id": account["id"],
+                "provider": account["provider"],
+                "origin_owner_id": account["origin_owner_id"],
+                "origin_owner_name": account["origin_owner_name"],
+                "origin_username": account.get("origin_username"),
+                "project_id": self.config.project_id,
+                "event_date": account["updated_at"],
+            }
+        )
+
+    async def wait_for_deliveries(self) -> None:
+        """Returns once every queued webhook was delivered or given up on."""
+        await self.outbox.join()
+
+
+EMULATOR_STATE = web.AppKey("emulator_state", EmulatorState)
+
+
+def stackone_error(status: int, message: str, **headers: str) -> web.Response:
+    """An error in StackOne's shape."""
+    body = {"statusCode": status, "message": message, "timestamp": _iso(_now())}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _state(request: web.Request) -> EmulatorState:
+    return request.app[EMULATOR_STATE]
+
+
+def _authorized(request: web.Request) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        username = base64.b64decode(encoded, validate=True).decode().partition(":")[0]
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return hmac.compare_digest(username.encode(), _state(request).config.api_key.encode())
+
+
+@web.middleware
+async def stackone_edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Applies injected faults and the API key check to StackOne endpoints."""
+    if request.path.startswith("/emulator/") or request.path == "/connect":
+        return await handler(request)
+    state = _state(request)
+    fault = next((f for f in state.faults if f.matches(request)), None)
+    if fault is not None:
+        if fault.times is not None:
+            fault.times -= 1
+        await asyncio.sleep(fault.delay)
+        if fault.reset:
+            assert request.transport is not None
+            request.transport.close()
+            raise ConnectionResetError("emulator fault: connection reset")
+        if fault.malformed:
+            return web.Response(status=200, text="{not json", content_type="application/json")
+        if fault.status is not None:
+            headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+            return stackone_error(fault.status, f"Emulated fault {fault.status}", **headers)
+    if not _authorized(request):
+        return stackone_error(401, "Unauthorized")
+    return await handler(request)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as error:
+        raise web.HTTPBadRequest(text="body is not JSON") from error
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object")
+    return body
+
+
+def _session_problem(body: dict[str, Any]) -> str | None:
+    for name in ("origin_owner_id", "origin_owner_name"):
+        if not isinstance(body.get(name), str) or not body[name]:
+            return f"{name} must be a string"
+    categories = body.get("categories") or []
+    if not isinstance(categories, list) or not all(c in CATEGORIES for c in categories):
+        return f"categories must be a list of: {', '.join(sorted(CATEGORIES))}"
+    expires_in = body.get("expires_in", 1800)
+    if not isinstance(expires_in, int) or expires_in <= 0:
+        return "expires_in must be a positive number"
+    return None
+
+
+async def create_session(request: web.Request) -> web.Response:
+    """POST /connect_sessions."""
+    state = _state(request)
+    body = await _json_object(request)
+    if problem := _session_problem(body):
+        return stackone_error(400, problem)
+    token = "cst_" + secrets.token_urlsafe(16)
+    base = state.config.public_base_url or f"{request.scheme}://{request.host}"
+    created = _now()
+    session = {
+        "id": len(state.sessions) + 70000,
+        "organization_id": state.config.organization_id,
+        "project_id": state.config.project_id,
+        **{
+            k: body.get(k)
+            for k in (
+                "origin_owner_id",
+                "origin_owner_name",
+                "origin_username",
+                "provider",
+                "account_id",
+                "label",
+                "metadata",
+            )
+        },
+        "categories": body.get("categories") or [],
+        "type": body.get("type", "production"),
+        "created_at": _iso(created),
+        "expires_at": created + timedelta(seconds=body.get("expires_in", 1800)),
+        "token": token,
+        "auth_link_url": f"{base}/connect?token={token}",
+    }
+    state.sessions[token] = session
+    return web.json_response(_public_session(session), status=201)
+
+
+def _public_session(session: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in session.items() if key != "expires_at"}
+
+
+def _live_session(state: EmulatorState, token: object) -> dict[str, Any] | None:
+    session = state.sessions.get(token) if isinstance(token, str) else None
+    if session is None or session["expires_at"] < _now():
+        return None
+    return session
+
+
+async def authenticate_session(request: web.Request) -> web.Response:
+    """POST /connect_sessions/authenticate."""
+    body = await _json_object(request)
+    session = _live_session(_state(request), body.get("token"))
+    if session is None:
+        return stackone_error(401, "Invalid or expired connect session token")
+    public = _public_session(session)
+    del public["token"], public["auth_link_url"]
+    return web.json_response(public, status=201)
+
+
+def _values(request: web.Request, *names: str) -> set[str]:
+    return {value for name in names for value in request.query.getall(name, [])}
+
+
+async def list_accounts(request: web.Request) -> web.Response:
+    """GET /accounts with StackOne's filters and page-number paging."""
+    try:
+        page = int(request.query.get("page", "0"))
+        page_size = int(request.query.get("page_size", "25"))
+    except ValueError:
+        return stackone_error(400, "page and page_size must be numbers")
+    owners = _values(request, "origin_owner_id", "origin_owner_ids")
+    providers = _values(request, "provider", "providers")
+    ids = _values(request, "account_ids")
+    statuses = _values(request, "status")
+    matching = [
+        account
+        for account in _state(request).accounts.values()
+        if (not owners or account["origin_owner_id"] in owners)
+        and (not providers or account["provider"] in providers)
+        and (not ids or account["id"] in ids)
+        and (not statuses or account["status"] in statuses)
+    ]
+    return web.json_response(matching[page * page_size : (page + 1) * page_size])
+
+
+def _account_or_404(request: web.Request) -> dict[str, Any] | web.Response:
+    account_id = request.match_info["account_id"]
+    account = _state(request).accounts.get(account_id)
+    if account is None:
+        return stackone_error(404, f"Account {account_id} not found")
+    return account
+
+
+async def get_account(request: web.Request) -> web.Response:
+    """GET /accounts/{id}."""
+    account = _account_or_404(request)
+    return account if isinstance(account, web.Response) else web.json_response(account)
+
+
+async def delete_account(request: web.Request) -> web.Response:
+    """DELETE /accounts/{id}: answers the account as inactive, removes it, sends deleted."""
+    account = _account_or_404(request)
+    if isinstance(account, web.Response):
+        return account
+    state = _state(request)
+    del state.accounts[account["id"]]
+    account.update(status="inactive", updated_at=_iso(_now()))
+    state.queue_webhook("account.deleted", account)
+    return web.json_response(account)
+
+
+def _new_account(state: EmulatorState, spec: dict[str, Any]) -> dict[str, Any]:
+    now = _iso(_now())
+    account_id = state.new_account_id()
+    account = {
+        "id": account_id,
+        "provider": spec.get("provider") or "bamboohr",
+        "provider_name": str(spec.get("provider") or "bamboohr").title(),
+        "status": spec.get("status") or "active",
+        "status_reasons": spec.get("status_reasons"),
+        "origin_owner_id": spec.get("origin_owner_id") or "owner",
+        "origin_owner_name": spec.get("origin_owner_name") or "Owner",
+        "origin_username": spec.get("origin_username"),
+        "label": spec.get("label"),
+        "type": "production",
+        "created_at": now,
+        "updated_at": now,
+    }
+    state.accounts[account_id] = account
+    state.queue_webhook("account.created", account)
+    return account
+
+
+def _update_account(state: EmulatorState, account: dict[str, Any], changes: dict[str, Any]) -> None:
+    for key in ("status", "status_reasons", "label", "provider"):
+        if key in changes:
+            account[key] = changes[key]
+    account["updated_at"] = _iso(_now())
+    state.queue_webhook("account.updated", account)
+
+
+async def link(request: web.Request) -> web.Response:
+    """POST /emulator/link: plays "the user completed the Hub" for a session token."""
+    state = _state(request)
+    body = await _json_object(request)
+    session = _live_session(state, body.get("token"))
+    if session is None:
+        return stackone_error(404, "No live connect session has this token")
+    if body.get("status", "active") not in STATUSES:
+        return stackone_error(400, f"status must be one of {', '.join(sorted(STATUSES))}")
+    existing = state.accounts.get(str(session.get("account_id") or ""))
+    if existing is not None:
+        _update_account(state, existing, body)
+        return web.json_response(existing, status=200)
+    spec = {**session, **{k: v for k, v in body.items() if k != "token"}}
+    spec["provider"] = body.get("provider") or session.get("provider")
+    return web.json_response(_new_account(state, spec), status=201)
+
+
+async def create_account(request: web.Request) -> web.Response:
+    """POST /emulator/accounts: creates an account without a session."""
+    return web.json_response(_new_account(_state(request), await _json_object(request)), status=201)
+
+
+async def patch_account(request: web.Request) -> web.Response:
+    """PATCH /emulator/accounts/{id}: changes an account and sends account.updated."""
+    account = _account_or_404(request)
+    if isinstance(account, web.Response):
+        return account
+    _update_account(_state(request), account, await _json_object(request))
+    return web.json_response(account)
+
+
+async def configure_webhooks(request: web.Request) -> web.Response:
+    """PUT /emulator/webhooks: changes where and whether webhooks are delivered."""
+    config = _state(request).config
+    body = await _json_object(request)
+    config.webhook_url = body.get("url", config.webhook_url)
+    config.webhook_secret = body.get("secret", config.webhook_secret)
+    config.deliver_webhooks = bool(body.get("enabled", config.deliver_webhooks))
+    return web.json_response({"url": config.webhook_url, "enabled": config.deliver_webhooks})
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    """GET /emulator/deliveries: every delivery attempt so far."""
+    return web.json_response(_state(request).deliveries)
+
+
+async def add_fault(request: web.Request) -> web.Response:
+    """POST /emulator/faults: injects a fault; DELETE /emulator/faults clears them."""
+    try:
+        fault = Fault(**await _json_object(request))
+    except TypeError as error:
+        return stackone_error(400, f"not a fault: {error}")
+    _state(request).faults.append(fault)
+    return web.json_response(asdict(fault), status=201)
+
+
+async def clear_faults(request: web.Request) -> web.Response:
+    """DELETE /emulator/faults."""
+    _state(request).faults.clear()
+    return web.Response(status=204)
+
+
+async def auth_link_page(request: web.Request) -> web.Response:
+    """GET /connect: the hosted Auth Link a person opens in a browser."""
+    token = request.query.get("token", "")
+    session = _live_session(_state(request), token)
+    if session is None:
+        return web.Response(status=404, text="This link has expired or does not exist.")
+    owner = html.escape(str(session["origin_owner_name"]))
+    provider = html.escape(str(session.get("provider") or "bamboohr"))
+    page = f"""<!doctype html><title>StackOne emulator</title>
+<h1>Connect {provider} for {owner}</h1>
+<p>This is the StackOne emulator's Auth Link. Linking creates the account and sends the
+signed <code>account.created</code> webhook.</p>
+<button onclick="fetch('/emulator/link',{{method:'POST',
+  body:JSON.stringify({{token:'{html.escape(token)}'}})}}).then(r=>r.json())
+  .then(a=>document.body.append('Linked account '+a.id))">Link</button>"""
+    return web.Response(text=page, content_type="text/html")
+
+
+async def _deliver(
+    state: EmulatorState, http: aiohttp.ClientSession, event: dict[str, Any]
+) -> None:
+    for attempt in range(1, DELIVERY_ATTEMPTS + 1):
+        url, secret = state.config.webhook_url, state.config.webhook_secret or ""
+        body = orjson.dumps({**event, "sent_at": _iso(_now())})
+        record: dict[str, Any] = {
+            "event": event["event"], "account_id": event["account_id"], "attempt": attempt,
+            "status": None, "error": None,
+        }  # fmt: skip
+        state.deliveries.append(record)
+        try:
+            assert url is not None
+            headers = {
+                "content-type": "application/json",
+                "x-stackone-signature": sign_webhook(secret, body),
+            }
+            async with http.post(url, data=body, headers=headers) as response:
+                record["status"] = response.status
+                if 200 <= response.status < 300:
+                    return
+        except (aiohttp.ClientError, TimeoutError, AssertionError) as error:
+            record["error"] = f"{type(error).__name__}: {error}"
+        await asyncio.sleep(DELIVERY_BACKOFF * 2 ** (attempt - 1))
+    _log.warning("emulator gave up delivering %s for %s", event["event"], event["account_id"])
+
+
+async def _delivery_worker(app: web.Application) -> AsyncIterator[None]:
+    state = app[EMULATOR_STATE]
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+
+        async def work() -> None:
+            while True:
+                event = await state.outbox.get()
+                try:
+                    await _deliver(state, http, event)
+                finally:
+                    state.outbox.task_done()
+
+        # One worker: webhooks of an account arrive in the order they happened.
+        worker = asyncio.create_task(work())
+        yield
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+
+
+def build_emulator_app(config: EmulatorConfig) -> web.Application:
+    """The emulator as an aiohttp application."""
+    app = web.Application(middlewares=[stackone_edge])
+    app[EMULATOR_STATE] = EmulatorState(config)
+    app.cleanup_ctx.append(_delivery_worker)
+    app.router.add_post("/connect_sessions", create_session)
+    app.router.add_post("/connect_sessions/authenticate", authenticate_session)
+    app.router.add_get("/accounts", list_accounts)
+    app.router.add_get("/accounts/{account_id}", get_account)
+    app.router.add_delete("/accounts/{account_id}", delete_account)
+    app.router.add_post("/emulator/link", link)
+    app.router.add_post("/emulator/accounts", create_account)
+    app.router.add_patch("/emulator/accounts/{account_id}", patch_account)
+    app.router.add_put("/emulator/webhooks", configure_webhooks)
+    app.router.add_get("/emulator/deliveries", list_deliveries)
+    app.router.add_post("/emulator/faults", add_fault)
+    app.router.add_delete("/emulator/faults", clear_faults)
+    app.router.add_get("/connect", auth_link_page)
+    return app

@@ -1,0 +1,1 @@
+"""The StackOne API client: typed models, typed errors, async httpx transport."""

@@ -1,0 +1,209 @@
+"""Async client of the StackOne endpoints used here: connect sessions and accounts.
+
+One pooled `httpx.AsyncClient` per instance, HTTP Basic auth with the API key as the
+user name, explicit timeouts, and a `deadline` on every call (the seconds the caller has
+left) that bounds the whole call, retries included. Idempotent calls are retried on
+outages, 5xx, 408 and 429 with jittered exponential backoff, honouring `Retry-After`
+but never waiting past the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from service.stackone.errors import (
+    StackOneRateLimited,
+    StackOneServerError,
+    StackOneTimeout,
+    StackOneUnavailable,
+    error_for_status,
+)
+from service.stackone.models import (
+    AccountListQuery,
+    ConnectSession,
+    ConnectSessionCreate,
+    LinkedAccount,
+)
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=3.0)
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 2.0
+_RETRYABLE = (StackOneUnavailable, StackOneServerError, StackOneRateLimited)
+_ModelT = TypeVar("_ModelT", bound=BaseModel)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _error_message(response: httpx.Response) -> tuple[str, dict[str, Any] | None]:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason_phrase or f"HTTP {response.status_code}", None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"], body
+    return response.reason_phrase or f"HTTP {response.status_code}", None
+
+
+class StackOneClient:
+    """Calls the StackOne API; raises the errors of `service.stackone.errors`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: httpx.Timeout | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_retries: int = 2,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._max_retries = max_retries
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            auth=httpx.BasicAuth(api_key, ""),
+            timeout=timeout or DEFAULT_TIMEOUT,
+            transport=transport,
+            headers={"accept": "application/json", "user-agent": "stackone-connect/0.1"},
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+
+    def __repr__(self) -> str:
+        return f"StackOneClient(base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> StackOneClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Closes the connection pool."""
+        await self._http.aclose()
+
+    async def create_connect_session(
+        self, request: ConnectSessionCreate, *, deadline: float | None = None
+    ) -> ConnectSession:
+        """Creates a connect session (not retried: each call makes a new session)."""
+        data = await self._call(
+            "POST", "/connect_sessions", json=request.body(), deadline=deadline, idempotent=False
+        )
+        return self._parse(ConnectSession, data)
+
+    async def authenticate_connect_session(
+        self, token: str, *, deadline: float | None = None
+    ) -> ConnectSession:
+        """Returns the connect session a token belongs to."""
+        data = await self._call(
+            "POST",
+            "/connect_sessions/authenticate",
+            json={"token": token},
+            deadline=deadline,
+            idempotent=False,
+        )
+        return self._parse(ConnectSession, data)
+
+    async def get_account(self, account_id: str, *, deadline: float | None = None) -> LinkedAccount:
+        """Fetches one linked account."""
+        data = await self._call("GET", self._account_path(account_id), deadline=deadline)
+        return self._parse(LinkedAccount, data)
+
+    async def delete_account(
+        self, account_id: str, *, deadline: float | None = None
+    ) -> LinkedAccount:
+        """Deletes one linked account and returns it."""
+        data = await self._call("DELETE", self._account_path(account_id), deadline=deadline)
+        return self._parse(LinkedAccount, data)
+
+    async def list_accounts(
+        self, query: AccountListQuery, *, deadline: float | None = None
+    ) -> list[LinkedAccount]:
+        """Fetches one page of linked accounts (a bare array or `{"data": [...]}`)."""
+        data = await self._call("GET", "/accounts", params=query.params(), deadline=deadline)
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise StackOneUnavailable("StackOne answered GET /accounts with something not a list")
+        return [self._parse(LinkedAccount, item) for item in data]
+
+    @staticmethod
+    def _account_path(account_id: str) -> str:
+        # Percent-encode everything, '/' included, so an id can never change the path.
+        return "/accounts/" + quote(account_id, safe="")
+
+    @staticmethod
+    def _parse(model: type[_ModelT], data: Any) -> _ModelT:
+        try:
+            return model.model_validate(data)
+        except ValidationError as error:
+            raise StackOneUnavailable(
+                f"StackOne sent a {model.__name__} this client cannot read: {error}"
+            ) from error
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        deadline: float | None,
+        idempotent: bool = True,
+        json: Any = None,
+        params: Any = None,
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        ends_at = None if deadline is None else loop.time() + deadline
+        attempt = 0
+        while True:
+            remaining = None if ends_at is None else ends_at - loop.time()
+            try:
+                return await self._attempt(method, path, remaining, json=json, params=params)
+            except _RETRYABLE as error:
+                if not idempotent or attempt >= self._max_retries:
+                    raise
+                delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+                retry_after = getattr(error, "retry_after", None)
+                if retry_after is not None:
+                    delay = max(delay, retry_after)
+                if ends_at is not None and loop.time() + delay >= ends_at:
+                    raise  # waiting would pass the caller's deadline
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    async def _attempt(
+        self, method: str, path: str, remaining: float | None, *, json: Any, params: Any
+    ) -> Any:
+        if remaining is not None and remaining <= 0:
+            raise StackOneTimeout(f"no time left for {method} {path} before the deadline")
+        try:
+            async with asyncio.timeout(remaining):
+                response = await self._http.request(method, path, json=json, params=params)
+        except (TimeoutError, httpx.TimeoutException) as error:
+            raise StackOneTimeout(
+                f"StackOne did not answer {method} {path} in time ({type(error).__name__})"
+            ) from error
+        except httpx.TransportError as error:
+            raise StackOneUnavailable(
+                f"could not reach StackOne at {self.base_url}: {type(error).__name__}: {error}"
+            ) from error
+        if response.is_success:
+            try:
+                return response.json()
+            except ValueError as error:
+                raise StackOneUnavailable(
+                    f"StackOne answered {method} {path} with a body that is not JSON"
+                ) from error
+        message, body = _error_message(response)
+        raise error_for_status(
+            response.status_code, message, body=body, retry_after=_retry_after(response)
+        )

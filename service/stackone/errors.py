@@ -1,0 +1,126 @@
+"""Errors raised by the StackOne client, one tree so callers catch at the right depth.
+
+```
+StackOneError
+├── StackOneUnavailable        no usable answer: connection failed, timed out, unreadable
+│   └── StackOneTimeout        the call would outlive its deadline
+└── StackOneAPIError           StackOne answered with an error status
+    ├── StackOneBadRequest     400, 422
+    ├── StackOneAuthError      401, 403
+    ├── StackOneNotFound       404
+    ├── StackOneConflict       409
+    ├── StackOneRateLimited    429
+    └── StackOneServerError    408, 5xx and any other unexpected status
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+API_KEY_VARIABLE = "STACKONE_CONNECT_API_KEY"
+
+
+class StackOneError(Exception):
+    """Any failure of a StackOne call."""
+
+
+class StackOneUnavailable(StackOneError):
+    """StackOne could not be reached or its answer could not be used."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class StackOneTimeout(StackOneUnavailable):
+    """The call did not finish within its deadline."""
+
+
+class StackOneAPIError(StackOneError):
+    """StackOne answered with an error status.
+
+    Attributes:
+        status_code: the HTTP status.
+        message: StackOne's own message, or the HTTP reason.
+        body: the parsed error body, when it was JSON.
+        retry_after: seconds StackOne asked us to wait (Retry-After), if any.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        body: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.message = message
+        self.body = body
+        self.retry_after = retry_after
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        return f"StackOne answered {self.status_code}: {self.message}"
+
+
+class StackOneBadRequest(StackOneAPIError):
+    """StackOne refused the request's content (400, 422)."""
+
+
+class StackOneAuthError(StackOneAPIError):
+    """StackOne refused the API key (401) or its permissions (403)."""
+
+    def _describe(self) -> str:
+        if self.status_code == 403:
+            return (
+                f"StackOne refused access with this API key (403 {self.message}): check the "
+                f"key's project and permissions in {API_KEY_VARIABLE}"
+            )
+        return (
+            f"StackOne rejected the API key ({self.status_code} {self.message}): "
+            f"check {API_KEY_VARIABLE}"
+        )
+
+
+class StackOneNotFound(StackOneAPIError):
+    """The resource does not exist in StackOne (404)."""
+
+    def _describe(self) -> str:
+        return f"not found in StackOne: {self.message}"
+
+
+class StackOneConflict(StackOneAPIError):
+    """StackOne reported a conflict (409)."""
+
+
+class StackOneRateLimited(StackOneAPIError):
+    """StackOne's rate limit was reached (429); see `retry_after`."""
+
+
+class StackOneServerError(StackOneAPIError):
+    """StackOne failed (5xx), timed out on its side (408), or sent an unexpected status."""
+
+
+_BY_STATUS: dict[int, type[StackOneAPIError]] = {
+    400: StackOneBadRequest,
+    422: StackOneBadRequest,
+    401: StackOneAuthError,
+    403: StackOneAuthError,
+    404: StackOneNotFound,
+    409: StackOneConflict,
+    429: StackOneRateLimited,
+}
+
+
+def error_for_status(
+    status_code: int,
+    message: str,
+    *,
+    body: dict[str, Any] | None = None,
+    retry_after: float | None = None,
+) -> StackOneAPIError:
+    """The typed error of an HTTP error status."""
+    kind = _BY_STATUS.get(status_code, StackOneServerError)
+    return kind(status_code, message, body=body, retry_after=retry_after)
