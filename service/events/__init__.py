@@ -1,0 +1,1 @@
+"""The durable account event log, its backends, and the feed subscribers follow."""

@@ -1,0 +1,53 @@
+"""The interface every event-log backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from service.events.model import AppendOutcome, EventRecord, KnownAccount, LogBounds, StoredEvent
+
+
+class EventLog(Protocol):
+    """A durable, ordered, de-duplicating log of account events.
+
+    Appends are durable when `append` returns. Cursors increase monotonically and are
+    never reused. A record whose `event_id` was already appended (within the dedup
+    window) is not appended again: its outcome reports the original cursor.
+    """
+
+    async def append(self, records: Sequence[EventRecord]) -> list[AppendOutcome]:
+        """Durably appends records in order; raises `EventLogUnavailable` on failure."""
+        ...
+
+    async def read(self, after: int, limit: int) -> list[StoredEvent]:
+        """Returns up to `limit` events with cursors greater than `after`, in order."""
+        ...
+
+    async def bounds(self) -> LogBounds:
+        """Returns the current pruned-through and latest cursors."""
+        ...
+
+    async def wait_for_append(self, after: int, timeout: float) -> None:
+        """Returns once the latest cursor exceeds `after`, or after `timeout` seconds."""
+        ...
+
+    async def contains(self, event_id: str) -> bool:
+        """True when an event with this id was appended within the dedup window."""
+        ...
+
+    async def known_accounts(self) -> dict[str, KnownAccount]:
+        """The last recorded state of every account the log has seen an event for."""
+        ...
+
+    async def known_account(self, account_id: str) -> KnownAccount | None:
+        """The last recorded state of one account, if any event named it."""
+        ...
+
+    async def check_writable(self) -> None:
+        """Raises `EventLogUnavailable` unless an append could succeed now."""
+        ...
+
+    async def close(self) -> None:
+        """Flushes and releases the storage."""
+        ...

@@ -1,0 +1,157 @@
+"""Plain data the event log stores and hands out."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An event to append: its index columns plus the serialized `AccountEvent`."""
+
+    event_id: str
+    type: str
+    account_id: str
+    provider: str
+    origin_owner_id: str
+    body: bytes
+    account_status: str = ""
+    account_updated_at: str = ""
+    source: str = "webhook"
+
+
+@dataclass(frozen=True, slots=True)
+class KnownAccount:
+    """The last state of an account that the log recorded an event for.
+
+    Reconciliation compares StackOne's account list with these to find changes that no
+    webhook delivered.
+    """
+
+    account_id: str
+    status: str
+    updated_at: str
+    deleted: bool
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as recorded, with its position in the log."""
+
+    cursor: int
+    event_id: str
+    type: str
+    account_id: str
+    provider: str
+    origin_owner_id: str
+    recorded_at: float
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AppendOutcome:
+    """What happened to one appended record."""
+
+    event_id: str
+    cursor: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LogBounds:
+    """Which cursors a reader may resume after.
+
+    `pruned_through` is the highest cursor retention has removed (0 when nothing was):
+    resuming after any cursor below it would silently skip events.
+    """
+
+    pruned_through: int
+    latest: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bookmark:
+    """The position a stream has read up to, sent when it has nothing else to say."""
+
+    cursor: int
+
+
+def _empty() -> frozenset[str]:
+    return frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Server-side filter: kinds combine with AND, values of one kind with OR."""
+
+    providers: frozenset[str] = field(default_factory=_empty)
+    origin_owner_ids: frozenset[str] = field(default_factory=_empty)
+    account_ids: frozenset[str] = field(default_factory=_empty)
+    event_types: frozenset[str] = field(default_factory=_empty)
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        providers: Collection[str] = (),
+        origin_owner_ids: Collection[str] = (),
+        account_ids: Collection[str] = (),
+        event_types: Collection[str] = (),
+    ) -> EventFilter:
+        """Builds a filter from any collections of values."""
+        return cls(
+            frozenset(providers),
+            frozenset(origin_owner_ids),
+            frozenset(account_ids),
+            frozenset(event_types),
+        )
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the filter matches every event."""
+        return not (self.providers or self.origin_owner_ids or self.account_ids or self.event_types)
+
+    def matches(self, event: StoredEvent) -> bool:
+        """True when `event` passes every non-empty part of the filter."""
+        return (
+            (not self.providers or event.provider in self.providers)
+            and (not self.origin_owner_ids or event.origin_owner_id in self.origin_owner_ids)
+            and (not self.account_ids or event.account_id in self.account_ids)
+            and (not self.event_types or event.type in self.event_types)
+        )
+
+
+class EventLogError(Exception):
+    """The event log cannot do what was asked."""
+
+
+class EventLogUnavailable(EventLogError):
+    """The log's storage failed; nothing was recorded by the failed call."""
+
+
+class CursorOutOfRange(EventLogError):
+    """A cursor points before what retention keeps, or past the end of the log."""
+
+    def __init__(self, cursor: int, bounds: LogBounds) -> None:
+        self.cursor = cursor
+        self.bounds = bounds
+        if cursor > bounds.latest:
+            reason = f"cursor {cursor} is ahead of the log, whose latest cursor is {bounds.latest}"
+        else:
+            reason = (
+                f"cursor {cursor} is older than the retained events; the earliest valid "
+                f"cursor is {bounds.pruned_through} (or start from the earliest retained event)"
+            )
+        super().__init__(reason)
+
+
+class ServerDraining(EventLogError):
+    """The server is shutting down; the stream should reconnect (to another replica)."""
+
+    def __init__(self, cursor: int) -> None:
+        self.cursor = cursor
+        super().__init__(
+            f"the server is shutting down; reconnect with after_cursor={cursor} to resume"
+        )
