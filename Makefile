@@ -15,11 +15,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Generated code is committed; this regenerates it with the pinned grpcio-tools.
+# Generated code is committed; this regenerates it with the pinned grpcio-tools, with
+# mypy-protobuf .pyi stubs (stricter than --pyi_out) for messages and services.
 proto: $(STAMP)
 	rm -f $(PROTO_OUT)/*_pb2*.py $(PROTO_OUT)/*_pb2*.pyi
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
-		--python_out=. --pyi_out=. --grpc_python_out=. --mypy_grpc_out=. \
+		--python_out=. --mypy_out=. --grpc_python_out=. --mypy_grpc_out=. \
 		protos/service/api/v1/*.proto
 
 # Fails when the committed generated code differs from what `make proto` produces.

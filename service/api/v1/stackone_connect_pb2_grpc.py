@@ -99,8 +99,9 @@ class ConnectServiceServicer:
 
     def StreamAccountEvents(self, request, context):
         """Follows the durable log of account events: filtered server-side, in cursor order,
-        resumable after any cursor with no gap and no duplicate. Idle and filtered streams
-        periodically receive a bookmark carrying the latest cursor of the log.
+        resumable after any cursor with no gap and no duplicate. The first message is a
+        bookmark of the start position (the stream is attached from then on); idle and
+        filtered streams then periodically receive a bookmark carrying the cursor read up to.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

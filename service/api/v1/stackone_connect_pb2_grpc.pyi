@@ -52,8 +52,9 @@ class ConnectServiceStub:
     """Deletes (unlinks) an account in StackOne and returns it as it was deleted."""
     StreamAccountEvents: _grpc.UnaryStreamMultiCallable[_stackone_connect_pb2.StreamAccountEventsRequest, _stackone_connect_pb2.StreamAccountEventsResponse]
     """Follows the durable log of account events: filtered server-side, in cursor order,
-    resumable after any cursor with no gap and no duplicate. Idle and filtered streams
-    periodically receive a bookmark carrying the latest cursor of the log.
+    resumable after any cursor with no gap and no duplicate. The first message is a
+    bookmark of the start position (the stream is attached from then on); idle and
+    filtered streams then periodically receive a bookmark carrying the cursor read up to.
     """
 
 @_typing.type_check_only
@@ -75,8 +76,9 @@ class ConnectServiceAsyncStub(ConnectServiceStub):
     """Deletes (unlinks) an account in StackOne and returns it as it was deleted."""
     StreamAccountEvents: _aio.UnaryStreamMultiCallable[_stackone_connect_pb2.StreamAccountEventsRequest, _stackone_connect_pb2.StreamAccountEventsResponse]  # type: ignore[assignment]
     """Follows the durable log of account events: filtered server-side, in cursor order,
-    resumable after any cursor with no gap and no duplicate. Idle and filtered streams
-    periodically receive a bookmark carrying the latest cursor of the log.
+    resumable after any cursor with no gap and no duplicate. The first message is a
+    bookmark of the start position (the stream is attached from then on); idle and
+    filtered streams then periodically receive a bookmark carrying the cursor read up to.
     """
 
 class ConnectServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -125,8 +127,9 @@ class ConnectServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_stackone_connect_pb2.StreamAccountEventsResponse], _abc.AsyncIterator[_stackone_connect_pb2.StreamAccountEventsResponse]]:
         """Follows the durable log of account events: filtered server-side, in cursor order,
-        resumable after any cursor with no gap and no duplicate. Idle and filtered streams
-        periodically receive a bookmark carrying the latest cursor of the log.
+        resumable after any cursor with no gap and no duplicate. The first message is a
+        bookmark of the start position (the stream is attached from then on); idle and
+        filtered streams then periodically receive a bookmark carrying the cursor read up to.
         """
 
 def add_ConnectServiceServicer_to_server(servicer: ConnectServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,87 @@
+"""The `stackone-connect` console script."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from service import logs
+from service.config import ENV_PREFIX, Settings
+from service.runtime import ConfigurationError, running
+
+_log = logging.getLogger("service.cli")
+
+
+def _settings_error(error: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for problem in error.errors():
+        name = str(problem["loc"][0]) if problem["loc"] else "?"
+        lines.append(f"  {ENV_PREFIX}{name.upper()} (--{name.replace('_', '-')}): {problem['msg']}")
+    return "\n".join(lines)
+
+
+async def serve(settings: Settings) -> None:
+    """Runs the service until SIGTERM or SIGINT, then stops it gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with running(settings):
+        await stop.wait()
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    overrides = {
+        name: value
+        for name in ("grpc_address", "gateway_address", "event_log_url", "emulator_address")
+        if (value := getattr(args, name)) is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        print(_settings_error(error), file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except ConfigurationError as error:
+        _log.error("cannot start: %s", error)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="stackone-connect",
+        description="Link customers' tools through StackOne and stream account events.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser(
+        "serve",
+        help="run the gRPC server and the webhook gateway",
+        description=f"Settings come from {ENV_PREFIX}* variables; these flags override them.",
+    )
+    serve_parser.add_argument("--grpc-address", help="host:port of the gRPC server")
+    serve_parser.add_argument("--gateway-address", help="host:port of the webhook gateway")
+    serve_parser.add_argument("--event-log-url", help="e.g. sqlite:///var/events.db")
+    serve_parser.add_argument("--emulator-address", help="host:port of the bundled emulator")
+    serve_parser.set_defaults(handler=_serve_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

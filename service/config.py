@@ -1,0 +1,166 @@
+"""The service's settings: one object, read from the environment and validated at start-up.
+
+Every field is documented where it is defined; the README's settings table is checked
+against this class by a test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "STACKONE_CONNECT_"
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"'{value}' is not a host:port address (e.g. 127.0.0.1:50051)")
+    return value
+
+
+def split_address(value: str) -> tuple[str, int]:
+    """Splits a validated `host:port` address (IPv6 hosts may be in brackets)."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Settings(BaseSettings):
+    """Configuration of `stackone-connect serve`, from `STACKONE_CONNECT_*` variables."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    grpc_address: str = Field(
+        "127.0.0.1:50051", description="host:port the gRPC server listens on (port 0: any)."
+    )
+    gateway_address: str = Field(
+        "127.0.0.1:8080", description="host:port the webhook gateway listens on (port 0: any)."
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="StackOne API key. Unset: the bundled StackOne emulator is started and used.",
+    )
+    base_url: str = Field(
+        "https://api.stackone.com",
+        description="StackOne API base URL (ignored when the emulator is used).",
+    )
+    webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated webhook signing secrets; several are accepted for rotation."
+        " Unset with the emulator: a random one is shared with it.",
+    )
+    webhook_url_token: SecretStr | None = Field(
+        None,
+        description="Optional second check: webhooks must carry `?token=<this>` in their URL.",
+    )
+    event_log_url: str = Field(
+        "sqlite:///var/events.db",
+        description="Where events are recorded: `sqlite:///relative/path.db` or "
+        "`sqlite:////absolute/path.db`.",
+    )
+    emulator_address: str = Field(
+        "127.0.0.1:8090",
+        description="host:port of the bundled StackOne emulator, when it is started.",
+    )
+    upstream_timeout: float = Field(
+        10.0, gt=0, description="Seconds a StackOne call may take when the caller sets no deadline."
+    )
+    enrich_timeout: float = Field(
+        3.0, gt=0, description="Seconds the gateway waits for StackOne to verify a linked account."
+    )
+    bookmark_interval: float = Field(
+        15.0, gt=0, description="Seconds of silence after which a stream receives a bookmark."
+    )
+    retention_max_age: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Seconds events are kept (default 7 days)."
+    )
+    retention_max_count: int | None = Field(
+        None, gt=0, description="Most events kept; unset keeps any number within the age."
+    )
+    dedup_window: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="Seconds a webhook is remembered to drop redeliveries (default 7 days).",
+    )
+    reconcile_interval: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds between reconciliation sweeps against StackOne's account list"
+        " (0 turns reconciliation off).",
+    )
+    reconcile_grace: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds a just-changed account is left for its webhook before"
+        " reconciliation reports the change itself.",
+    )
+    shutdown_grace: float = Field(
+        10.0, ge=0, description="Seconds in-flight work gets to finish on SIGTERM/SIGINT."
+    )
+    log_level: str = Field("INFO", description="Logging level: DEBUG, INFO, WARNING or ERROR.")
+
+    @field_validator("grpc_address", "gateway_address", "emulator_address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        return _host_port(value)
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("event_log_url")
+    @classmethod
+    def _check_event_log_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme != "sqlite" or not parsed.path.lstrip("/"):
+            raise ValueError(f"'{value}' is not a supported event log URL (sqlite:///path.db)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"'{value}' is not one of DEBUG, INFO, WARNING, ERROR")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _dedup_covers_retention(self) -> Settings:
+        if self.dedup_window < self.retention_max_age:
+            raise ValueError(
+                f"{ENV_PREFIX}DEDUP_WINDOW ({self.dedup_window:g}s) must be at least "
+                f"{ENV_PREFIX}RETENTION_MAX_AGE ({self.retention_max_age:g}s), or a retried "
+                "webhook could be recorded twice"
+            )
+        return self
+
+    @property
+    def uses_emulator(self) -> bool:
+        """True when no API key is set, so the bundled emulator stands in for StackOne."""
+        return self.api_key is None or not self.api_key.get_secret_value()
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The file of a `sqlite:///` event log URL (three slashes: relative path)."""
+        path = urlparse(self.event_log_url).path
+        return Path(path[1:]) if path.startswith("/") else Path(path)
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the fields above."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        shown = "(unset)" if default in (None, []) else f"`{default}`"
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {info.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -1,0 +1,77 @@
+"""Conversions between StackOne models and the v1 protobuf messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.stackone.models import ConnectSession, LinkedAccount
+
+_STATUSES = {
+    "active": pb.ACCOUNT_STATUS_ACTIVE,
+    "inactive": pb.ACCOUNT_STATUS_INACTIVE,
+    "error": pb.ACCOUNT_STATUS_ERROR,
+}
+DEFAULT_SESSION_SECONDS = 1800  # StackOne's default `expires_in`.
+
+
+def timestamp(moment: datetime | None) -> Timestamp | None:
+    """A protobuf Timestamp for `moment` (naive datetimes are taken as UTC)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def account_status(raw: str | None) -> pb.AccountStatus.ValueType:
+    """Normalises StackOne's status string; unknown values become OTHER, not errors."""
+    if not raw:
+        return pb.ACCOUNT_STATUS_UNSPECIFIED
+    return _STATUSES.get(raw.lower(), pb.ACCOUNT_STATUS_OTHER)
+
+
+def account_message(account: LinkedAccount) -> pb.Account:
+    """The proto `Account` for a StackOne linked account (credentials never copied)."""
+    return pb.Account(
+        id=account.id,
+        provider=account.provider or "",
+        provider_name=account.provider_name or "",
+        origin_owner_id=account.origin_owner_id or "",
+        origin_owner_name=account.origin_owner_name or "",
+        origin_username=account.origin_username or "",
+        status=account_status(account.status),
+        raw_status=account.status or "",
+        status_reasons=[
+            pb.StatusReason(
+                code=reason.code or "",
+                description=reason.description or "",
+                timestamp=timestamp(reason.timestamp),
+            )
+            for reason in account.status_reasons or ()
+        ],
+        label=account.label or "",
+        created_at=timestamp(account.created_at),
+        updated_at=timestamp(account.updated_at),
+    )
+
+
+def session_message(session: ConnectSession, expires_in: int | None) -> pb.Session:
+    """The proto `Session`; `expires_at` counts `expires_in` from StackOne's `created_at`."""
+    created_at = session.created_at or datetime.now(UTC)
+    lifetime = timedelta(seconds=expires_in or DEFAULT_SESSION_SECONDS)
+    return pb.Session(
+        id=session.id,
+        token=session.token or "",
+        auth_link_url=session.auth_link_url or "",
+        expires_at=timestamp(created_at + lifetime),
+        provider=session.provider or "",
+        categories=session.categories or [],
+        origin_owner_id=session.origin_owner_id or "",
+        origin_owner_name=session.origin_owner_name or "",
+        created_at=timestamp(created_at),
+    )

@@ -1,0 +1,62 @@
+"""Builds the gRPC server: the one place services, interceptors and options are wired."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.servicer import ConnectServicer
+from service.status import ErrorStatusInterceptor
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["ConnectService"].full_name
+
+_OPTIONS = [
+    # Ping idle connections so streams to vanished subscribers are noticed.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class HealthReporter(Protocol):
+    """What the lifecycle needs of grpcio's async health servicer."""
+
+    async def set(self, service: str, status: Any) -> None:
+        """Sets the serving status of `service` ('' is the whole server)."""
+
+    async def enter_graceful_shutdown(self) -> None:
+        """Reports NOT_SERVING for everything and ignores later changes."""
+
+
+def new_health_servicer() -> HealthReporter:
+    """grpcio's async health servicer (grpc-stubs only describe the sync one)."""
+    servicer: HealthReporter = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    return servicer
+
+
+def build_grpc_server(
+    servicer: ConnectServicer, health_servicer: HealthReporter, address: str
+) -> tuple[grpc.aio.Server, int]:
+    """Creates the server with ConnectService, health and reflection bound to `address`.
+
+    Returns the server (not yet started) and the bound port.
+    """
+    server = grpc.aio.server(interceptors=[ErrorStatusInterceptor()], options=_OPTIONS)
+    pb_grpc.add_ConnectServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    port = server.add_insecure_port(address)
+    return server, port

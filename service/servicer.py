@@ -1,0 +1,110 @@
+"""The ConnectService servicer: protocol data in, domain calls, protocol data out.
+
+Errors are raised as domain exceptions and mapped to statuses by
+`service.status.ErrorStatusInterceptor`; validation happens before any upstream call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from service import convert, validation
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.events.feed import follow, resolve_start
+from service.events.log import EventLog
+from service.events.model import Bookmark, ServerDraining, StoredEvent
+from service.stackone.client import StackOneClient
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def stream_item(item: StoredEvent | Bookmark) -> pb.StreamAccountEventsResponse:
+    """The stream message for a recorded event or a bookmark."""
+    if isinstance(item, Bookmark):
+        bookmark = pb.Bookmark(cursor=str(item.cursor))
+        bookmark.sent_at.GetCurrentTime()
+        return pb.StreamAccountEventsResponse(bookmark=bookmark)
+    event = pb.AccountEvent.FromString(item.body)
+    event.cursor = str(item.cursor)
+    return pb.StreamAccountEventsResponse(event=event)
+
+
+class ConnectServicer(pb_grpc.ConnectServiceServicer):
+    """Serves ConnectService over a StackOne client and an event log."""
+
+    def __init__(
+        self,
+        stackone: StackOneClient,
+        log: EventLog,
+        *,
+        bookmark_interval: float,
+        stop: asyncio.Event,
+        upstream_timeout: float,
+    ) -> None:
+        self._stackone = stackone
+        self._log = log
+        self._upstream_timeout = upstream_timeout
+        self._bookmark_interval = bookmark_interval
+        self._stop = stop
+
+    def _deadline(self, context: Context) -> float:
+        """Seconds an upstream call may take: the caller's deadline, capped by the setting."""
+        remaining: float | None = context.time_remaining()  # None: no deadline
+        return (
+            self._upstream_timeout if remaining is None else min(remaining, self._upstream_timeout)
+        )
+
+    async def CreateSession(self, request: pb.CreateSessionRequest, context: Context) -> pb.Session:
+        """Validates, then asks StackOne for a fresh connect session."""
+        body = validation.session_create(request)
+        session = await self._stackone.create_connect_session(
+            body, deadline=self._deadline(context)
+        )
+        return convert.session_message(session, body.expires_in)
+
+    async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
+        """Fetches one account from StackOne."""
+        account_id = validation.account_id(request.account_id)
+        account = await self._stackone.get_account(account_id, deadline=self._deadline(context))
+        return convert.account_message(account)
+
+    async def ListAccounts(
+        self, request: pb.ListAccountsRequest, context: Context
+    ) -> pb.ListAccountsResponse:
+        """Fetches one page of accounts; a full page means there may be another."""
+        query = validation.list_query(request)
+        accounts = await self._stackone.list_accounts(query, deadline=self._deadline(context))
+        full_page = len(accounts) >= query.page_size
+        return pb.ListAccountsResponse(
+            accounts=[convert.account_message(account) for account in accounts],
+            next_page_token=validation.page_token(query.page + 1) if full_page else "",
+        )
+
+    async def DeleteAccount(self, request: pb.DeleteAccountRequest, context: Context) -> pb.Account:
+        """Deletes one account in StackOne."""
+        account_id = validation.account_id(request.account_id)
+        account = await self._stackone.delete_account(account_id, deadline=self._deadline(context))
+        return convert.account_message(account)
+
+    async def StreamAccountEvents(
+        self, request: pb.StreamAccountEventsRequest, context: Context
+    ) -> AsyncIterator[pb.StreamAccountEventsResponse]:
+        """Streams matching events from the requested position, with bookmarks."""
+        event_filter, start = validation.stream_request(request)
+        after = await resolve_start(self._log, start)
+        position = after
+        async for item in follow(
+            self._log,
+            after,
+            event_filter,
+            bookmark_interval=self._bookmark_interval,
+            stop=self._stop,
+        ):
+            position = item.cursor
+            yield stream_item(item)
+        raise ServerDraining(position)

@@ -1,0 +1,190 @@
+"""How domain errors become gRPC statuses, in one interceptor.
+
+Servicers raise domain exceptions; `ErrorStatusInterceptor` turns each into a canonical
+code, a message a person can act on, and `google.rpc` details where they help:
+
+| raised                        | gRPC code           | details           |
+|-------------------------------|---------------------|-------------------|
+| InvalidRequest                | INVALID_ARGUMENT    | BadRequest        |
+| StackOneBadRequest (400/422)  | INVALID_ARGUMENT    |                   |
+| StackOneAuthError (401/403)   | FAILED_PRECONDITION | ErrorInfo         |
+| StackOneNotFound (404)        | NOT_FOUND           |                   |
+| StackOneConflict (409)        | ABORTED             |                   |
+| StackOneRateLimited (429)     | RESOURCE_EXHAUSTED  | RetryInfo         |
+| StackOneUnavailable, 5xx, 408 | UNAVAILABLE         | RetryInfo if sent |
+| CursorOutOfRange              | OUT_OF_RANGE        | ErrorInfo         |
+| ServerDraining (shutdown)     | UNAVAILABLE         | ErrorInfo         |
+| EventLogUnavailable           | UNAVAILABLE         |                   |
+| anything else                 | INTERNAL            |                   |
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from service.events.model import CursorOutOfRange, EventLogUnavailable, ServerDraining
+from service.stackone import errors as upstream
+from service.validation import InvalidRequest
+
+_log = logging.getLogger(__name__)
+_DOMAIN = "stackone-connect"
+
+
+def _packed(*details: Any) -> list[any_pb2.Any]:
+    packed = []
+    for detail in details:
+        wrapper = any_pb2.Any()
+        wrapper.Pack(detail)
+        packed.append(wrapper)
+    return packed
+
+
+def _retry_info(seconds: float | None) -> list[any_pb2.Any]:
+    if seconds is None:
+        return []
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(seconds * 1e9))
+    return _packed(error_details_pb2.RetryInfo(retry_delay=delay))
+
+
+def status_for(error: Exception) -> status_pb2.Status:
+    """The `google.rpc.Status` that reports `error` to a gRPC caller."""
+    match error:
+        case InvalidRequest(violations=violations):
+            bad_request = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in violations
+                ]
+            )
+            return _status(code_pb2.INVALID_ARGUMENT, f"invalid request: {error}", bad_request)
+        case upstream.StackOneBadRequest():
+            return _status(code_pb2.INVALID_ARGUMENT, f"StackOne rejected the request: {error}")
+        case upstream.StackOneAuthError(status_code=status_code):
+            info = error_details_pb2.ErrorInfo(
+                reason="UPSTREAM_AUTH", domain=_DOMAIN, metadata={"status": str(status_code)}
+            )
+            return _status(code_pb2.FAILED_PRECONDITION, str(error), info)
+        case upstream.StackOneNotFound():
+            return _status(code_pb2.NOT_FOUND, str(error))
+        case upstream.StackOneConflict():
+            return _status(code_pb2.ABORTED, f"StackOne reported a conflict: {error}")
+        case upstream.StackOneRateLimited(retry_after=retry_after):
+            return _status(
+                code_pb2.RESOURCE_EXHAUSTED,
+                f"StackOne's rate limit was reached; retry later: {error}",
+                *_retry_info(retry_after),
+            )
+        case upstream.StackOneAPIError(retry_after=retry_after):
+            return _status(
+                code_pb2.UNAVAILABLE,
+                f"StackOne is unavailable; retry with backoff: {error}",
+                *_retry_info(retry_after),
+            )
+        case upstream.StackOneError():
+            return _status(
+                code_pb2.UNAVAILABLE, f"StackOne is unreachable; retry with backoff: {error}"
+            )
+        case CursorOutOfRange(bounds=bounds):
+            info = error_details_pb2.ErrorInfo(
+                reason="CURSOR_OUT_OF_RANGE",
+                domain=_DOMAIN,
+                metadata={
+                    "earliest_cursor": str(bounds.pruned_through),
+                    "latest_cursor": str(bounds.latest),
+                },
+            )
+            return _status(code_pb2.OUT_OF_RANGE, str(error), info)
+        case ServerDraining(cursor=cursor):
+            info = error_details_pb2.ErrorInfo(
+                reason="SERVER_DRAINING",
+                domain=_DOMAIN,
+                metadata={"resume_after_cursor": str(cursor)},
+            )
+            return _status(code_pb2.UNAVAILABLE, str(error), info)
+        case EventLogUnavailable():
+            return _status(code_pb2.UNAVAILABLE, f"the event log is unavailable: {error}")
+    _log.error("unexpected error in an RPC", exc_info=error)
+    return _status(code_pb2.INTERNAL, "internal error; the server log has the details")
+
+
+def _status(code: int, message: str, *details: Any) -> status_pb2.Status:
+    packed = [d if isinstance(d, any_pb2.Any) else _packed(d)[0] for d in details]
+    return status_pb2.Status(code=code, message=message, details=packed)
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> None:
+    status = rpc_status.to_status(status_for(error))
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+if TYPE_CHECKING:  # generic only in grpc-stubs, not at run time
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class ErrorStatusInterceptor(_ServerInterceptor):
+    """Maps exceptions raised by any servicer method to gRPC statuses (table above)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """Wraps unary and server-streaming handlers; others pass through."""
+        # None for an unknown method, though grpc-stubs do not say so.
+        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
+        if handler is None:
+            return handler  # type: ignore[return-value]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _unary(inner: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await inner(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:  # every error becomes a status
+            await _abort(context, error)
+
+    return unary
+
+
+def _stream(inner: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    async def stream(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        try:
+            async for item in inner(request, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:  # every error becomes a status
+            await _abort(context, error)
+
+    return stream

@@ -1,0 +1,49 @@
+"""Helpers to read a StreamAccountEvents call in tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from service.api.v1 import stackone_connect_pb2 as pb
+
+StreamCall = grpc.aio.UnaryStreamCall[Any, pb.StreamAccountEventsResponse]
+
+
+async def next_item(stream: StreamCall, timeout: float = 5.0) -> pb.StreamAccountEventsResponse:
+    """The next message of the stream, failing the test if none comes in time."""
+    async with asyncio.timeout(timeout):
+        item = await stream.read()
+    assert isinstance(item, pb.StreamAccountEventsResponse), "the stream ended"
+    return item
+
+
+async def next_event(stream: StreamCall, timeout: float = 5.0) -> pb.AccountEvent:
+    """The next event of the stream, skipping bookmarks."""
+    async with asyncio.timeout(timeout):
+        while True:
+            item = await next_item(stream, timeout)
+            if item.HasField("event"):
+                return item.event
+
+
+async def events_until_caught_up(stream: StreamCall, latest: str) -> list[pb.AccountEvent]:
+    """Every event until a bookmark (or event) at cursor `latest` shows the stream caught up."""
+    events: list[pb.AccountEvent] = []
+    while True:
+        item = await next_item(stream)
+        if item.HasField("event"):
+            events.append(item.event)
+            if item.event.cursor == latest:
+                return events
+        elif int(item.bookmark.cursor) >= int(latest):
+            return events
+
+
+async def attached(stream: StreamCall) -> str:
+    """Waits for the first bookmark (the stream is attached); returns its cursor."""
+    item = await next_item(stream)
+    assert item.HasField("bookmark"), "a stream starts with a bookmark"
+    return item.bookmark.cursor

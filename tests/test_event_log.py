@@ -1,0 +1,214 @@
+"""The embedded event log: durable, ordered, de-duplicating, resumable, filtered."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from service.events.feed import StartPosition, follow, resolve_start
+from service.events.model import (
+    Bookmark,
+    CursorOutOfRange,
+    EventFilter,
+    EventRecord,
+    StoredEvent,
+)
+from service.events.sqlite import Retention, SqliteEventLog
+
+pytestmark = pytest.mark.asyncio
+
+
+def record(n: int, *, provider: str = "hibob", type_: str = "account.created") -> EventRecord:
+    """A record with a distinct id and body for number `n`."""
+    return EventRecord(
+        event_id=f"evt-{n}",
+        type=type_,
+        account_id=f"acct-{n % 3}",
+        provider=provider,
+        origin_owner_id=f"owner-{n % 2}",
+        body=f"body-{n}".encode(),
+    )
+
+
+async def take(items: AsyncIterator[StoredEvent | Bookmark], count: int) -> list[StoredEvent]:
+    """The next `count` events of a feed, skipping bookmarks."""
+    events: list[StoredEvent] = []
+    async with asyncio.timeout(5):
+        async for item in items:
+            if isinstance(item, StoredEvent):
+                events.append(item)
+                if len(events) == count:
+                    break
+    return events
+
+
+async def test_appends_get_increasing_cursors_and_read_back_in_order(
+    event_log: SqliteEventLog,
+) -> None:
+    """Cursors increase with each append and reads return events in cursor order."""
+    outcomes = await event_log.append([record(n) for n in range(5)])
+    cursors = [outcome.cursor for outcome in outcomes]
+    assert cursors == sorted(cursors)
+    assert len(set(cursors)) == 5
+    events = await event_log.read(0, 100)
+    assert [event.event_id for event in events] == [f"evt-{n}" for n in range(5)]
+    assert [event.body for event in events][2] == b"body-2"
+
+
+async def test_duplicate_ids_are_recorded_once_sequentially_and_concurrently(
+    event_log: SqliteEventLog,
+) -> None:
+    """The same event id appended again, in turn or at once, keeps its first cursor."""
+    (first,) = await event_log.append([record(1)])
+    (again,) = await event_log.append([record(1)])
+    concurrent = await asyncio.gather(*(event_log.append([record(2)]) for _ in range(20)))
+    assert again.duplicate
+    assert again.cursor == first.cursor
+    assert sum(not outcomes[0].duplicate for outcomes in concurrent) == 1
+    assert len({outcomes[0].cursor for outcomes in concurrent}) == 1
+    assert [event.event_id for event in await event_log.read(0, 100)] == ["evt-1", "evt-2"]
+
+
+async def test_events_and_dedup_keys_survive_reopening(tmp_path: Path) -> None:
+    """After close and reopen, events are still there and a redelivery is still a duplicate."""
+    log = await SqliteEventLog.open(tmp_path / "log.db")
+    await log.append([record(n) for n in range(3)])
+    await log.close()
+    reopened = await SqliteEventLog.open(tmp_path / "log.db")
+    try:
+        (outcome,) = await reopened.append([record(1)])
+        (fresh,) = await reopened.append([record(7)])
+        assert outcome.duplicate
+        assert fresh.cursor == 4
+        assert len(await reopened.read(0, 100)) == 4
+    finally:
+        await reopened.close()
+
+
+async def test_reads_after_a_cursor_have_no_gap_and_no_duplicate(
+    event_log: SqliteEventLog,
+) -> None:
+    """Reading in small batches from any cursor visits each later event exactly once."""
+    await event_log.append([record(n) for n in range(50)])
+    seen: list[int] = []
+    position = 10
+    while batch := await event_log.read(position, 7):
+        seen.extend(event.cursor for event in batch)
+        position = batch[-1].cursor
+    assert seen == list(range(11, 51))
+
+
+async def test_cold_reads_come_from_disk_when_the_tail_is_empty(tmp_path: Path) -> None:
+    """A reopened log (empty memory tail) still serves old events from SQLite."""
+    log = await SqliteEventLog.open(tmp_path / "log.db", tail_size=4)
+    await log.append([record(n) for n in range(20)])
+    await log.close()
+    log = await SqliteEventLog.open(tmp_path / "log.db", tail_size=4)
+    try:
+        await log.append([record(100)])
+        assert [event.cursor for event in await log.read(0, 100)] == list(range(1, 22))
+    finally:
+        await log.close()
+
+
+async def test_filters_combine_kinds_with_and_and_values_with_or(
+    event_log: SqliteEventLog,
+) -> None:
+    """A feed with filters yields only the events every filter kind admits."""
+    await event_log.append(
+        [
+            record(1, provider="hibob"),
+            record(2, provider="personio"),
+            record(3, provider="hibob", type_="account.deleted"),
+            record(4, provider="bamboohr"),
+            record(5, provider="hibob"),
+        ]
+    )
+    event_filter = EventFilter.of(providers=["hibob", "bamboohr"], event_types=["account.created"])
+    feed = follow(event_log, 0, event_filter, bookmark_interval=10)
+    events = await take(feed, 3)
+    assert [event.event_id for event in events] == ["evt-1", "evt-4", "evt-5"]
+    await feed.aclose()
+
+
+async def test_a_live_feed_receives_events_appended_after_it_started(
+    event_log: SqliteEventLog,
+) -> None:
+    """A feed started from now gets later appends and nothing earlier."""
+    await event_log.append([record(0)])
+    after = await resolve_start(event_log, StartPosition.now())
+    feed = follow(event_log, after, EventFilter(), bookmark_interval=10)
+    first = await anext(feed)
+    assert first == Bookmark(after)
+    reader = asyncio.create_task(take(feed, 2))
+    await asyncio.sleep(0.05)
+    await event_log.append([record(1)])
+    await event_log.append([record(2)])
+    assert [event.event_id for event in await reader] == ["evt-1", "evt-2"]
+    await feed.aclose()
+
+
+async def test_filtered_idle_feeds_get_bookmarks_that_advance(
+    event_log: SqliteEventLog,
+) -> None:
+    """A feed whose filter matches nothing still gets bookmarks with the read position."""
+    feed = follow(event_log, 0, EventFilter.of(providers=["nobody"]), bookmark_interval=0.05)
+    assert await anext(feed) == Bookmark(0)
+    await event_log.append([record(n) for n in range(3)])
+    async with asyncio.timeout(5):
+        bookmark = await anext(feed)
+        while isinstance(bookmark, Bookmark) and bookmark.cursor < 3:
+            bookmark = await anext(feed)
+    assert bookmark == Bookmark(3)
+    await feed.aclose()
+
+
+async def test_a_cursor_older_than_retention_is_out_of_range_with_the_earliest(
+    tmp_path: Path,
+) -> None:
+    """After count retention prunes, resuming before the pruned point names the earliest cursor."""
+    log = await SqliteEventLog.open(tmp_path / "log.db", Retention(max_count=5))
+    try:
+        await log.append([record(n) for n in range(12)])
+        assert await log.enforce_retention() == 7
+        with pytest.raises(CursorOutOfRange, match="earliest valid cursor is 7"):
+            await resolve_start(log, StartPosition.after(3))
+        assert await resolve_start(log, StartPosition.earliest()) == 7
+        assert [event.cursor for event in await log.read(7, 100)] == [8, 9, 10, 11, 12]
+        (redelivered,) = await log.append([record(2)])
+        assert redelivered.duplicate, "dedup keys outlive count-based retention"
+    finally:
+        await log.close()
+
+
+async def test_a_cursor_ahead_of_the_log_is_out_of_range(event_log: SqliteEventLog) -> None:
+    """A cursor from another (or a reset) log is refused rather than waited on forever."""
+    await event_log.append([record(1)])
+    with pytest.raises(CursorOutOfRange, match="ahead of the log"):
+        await resolve_start(event_log, StartPosition.after(99))
+
+
+async def test_a_follower_overtaken_by_retention_gets_an_error_not_a_gap(tmp_path: Path) -> None:
+    """Retention pruning past a slow follower's position ends its feed with CursorOutOfRange."""
+    log = await SqliteEventLog.open(tmp_path / "log.db", Retention(max_count=3), tail_size=2)
+    try:
+        await log.append([record(n) for n in range(4)])
+        feed = follow(log, 0, EventFilter(), bookmark_interval=10, batch_size=1)
+        assert isinstance(await anext(feed), Bookmark)
+        assert (await anext(feed)).cursor == 1
+        await log.append([record(n) for n in range(4, 10)])
+        await log.enforce_retention()
+        with pytest.raises(CursorOutOfRange):
+            await take(feed, 10)
+    finally:
+        await log.close()
+
+
+async def test_concurrent_appends_are_group_committed(event_log: SqliteEventLog) -> None:
+    """Many concurrent single-event appends all succeed and keep distinct cursors."""
+    outcomes = await asyncio.gather(*(event_log.append([record(n)]) for n in range(300)))
+    cursors = sorted(result[0].cursor for result in outcomes)
+    assert cursors == list(range(1, 301))

@@ -1,0 +1,208 @@
+"""Event stream guarantees on real servers: exactly-once recording, durability, isolation,
+retention, reconciliation and verified enrichment."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+from pathlib import Path
+
+import grpc
+import httpx
+import orjson
+import pytest
+from google.protobuf.empty_pb2 import Empty
+from google.rpc import error_details_pb2
+
+from gateway.app import WEBHOOK_PATH
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.runtime import Runtime, running
+from tests.processes import ServeProcess, serve_env, serve_process
+from tests.streams import StreamCall, attached, events_until_caught_up, next_event
+from tests.support import WEBHOOK_SECRET, make_settings, signed_headers
+from tests.test_service_errors import details_of
+
+pytestmark = pytest.mark.asyncio
+_numbers = itertools.count()
+
+
+def webhook(event: str = "account.deleted", account_id: str | None = None, **fields: str) -> bytes:
+    """A StackOne-shaped webhook body; deleted events need no StackOne round trip."""
+    payload = {
+        "event": event,
+        "account_id": account_id or f"acct-{next(_numbers)}",
+        "provider": "hibob",
+        "origin_owner_id": "tenant-1",
+        "origin_owner_name": "Tenant One",
+        "event_date": "2026-11-24T14:06:49.120Z",
+        **fields,
+    }
+    return orjson.dumps(payload)
+
+
+async def deliver(http: httpx.AsyncClient, body: bytes) -> httpx.Response:
+    """Posts one signed webhook."""
+    return await http.post(WEBHOOK_PATH, content=body, headers=signed_headers(body))
+
+
+async def test_duplicate_deliveries_appear_once_on_every_stream(
+    service: Runtime, stub: pb_grpc.ConnectServiceAsyncStub
+) -> None:
+    """The same webhook delivered in turn and concurrently reaches each subscriber once."""
+    streams = [stub.StreamAccountEvents(pb.StreamAccountEventsRequest()) for _ in range(2)]
+    for stream in streams:
+        await attached(stream)
+    body, marker = webhook(), webhook()
+    async with httpx.AsyncClient(base_url=service.gateway.base_url) as http:
+        sequential = [(await deliver(http, body)).json()["result"] for _ in range(3)]
+        concurrent = await asyncio.gather(*(deliver(http, body) for _ in range(10)))
+        await deliver(http, marker)
+    assert sequential == ["recorded", "duplicate", "duplicate"]
+    assert all(response.json()["result"] == "duplicate" for response in concurrent)
+    latest = str((await service.event_log.bounds()).latest)
+    for stream in streams:
+        events = await events_until_caught_up(stream, latest)
+        assert [event.account.id for event in events] == [
+            orjson.loads(body)["account_id"],
+            orjson.loads(marker)["account_id"],
+        ]
+        stream.cancel()
+
+
+async def replay(serve: ServeProcess) -> list[pb.AccountEvent]:
+    """Every retained event of a running `serve`, from the earliest."""
+    async with grpc.aio.insecure_channel(serve.grpc_target) as channel:
+        stub = pb_grpc.ConnectServiceStub(channel)
+        live = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
+        latest = await attached(live)
+        live.cancel()
+        stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(from_earliest=Empty()))
+        events = await events_until_caught_up(stream, latest)
+        stream.cancel()
+        return events
+
+
+@pytest.mark.slow
+async def test_duplicates_across_a_restart_are_recorded_once(tmp_path: Path) -> None:
+    """A redelivery after the service restarted on the same log is still a duplicate."""
+    body = webhook()
+    env = serve_env(tmp_path, WEBHOOK_SECRET)
+    async with serve_process(env) as serve, httpx.AsyncClient(base_url=serve.gateway_url) as http:
+        assert (await deliver(http, body)).json()["result"] == "recorded"
+        assert await serve.stop() == 0
+    async with serve_process(env) as serve, httpx.AsyncClient(base_url=serve.gateway_url) as http:
+        assert (await deliver(http, body)).json()["result"] == "duplicate"
+        assert len(await replay(serve)) == 1
+
+
+@pytest.mark.slow
+async def test_sigkill_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    """Every webhook answered 2xx before a SIGKILL is replayed after restart, once, in order."""
+    env = serve_env(tmp_path, WEBHOOK_SECRET)
+    acknowledged: list[str] = []
+    enough_load = asyncio.Event()
+
+    async def sender(http: httpx.AsyncClient) -> None:
+        while True:
+            body = webhook()
+            try:
+                response = await deliver(http, body)
+            except httpx.TransportError:
+                return  # the server died mid-request: not acknowledged
+            if response.status_code == 200:
+                acknowledged.append(response.json()["event_id"])
+                if len(acknowledged) >= 500:
+                    enough_load.set()
+
+    async with serve_process(env) as serve:
+        limits = httpx.Limits(max_connections=16)
+        async with httpx.AsyncClient(base_url=serve.gateway_url, limits=limits) as http:
+            senders = [asyncio.create_task(sender(http)) for _ in range(16)]
+            await asyncio.wait_for(enough_load.wait(), timeout=60)
+            assert await serve.stop(signal.SIGKILL) == -signal.SIGKILL
+            await asyncio.wait(senders, timeout=10)
+    async with serve_process(env) as serve:
+        events = await replay(serve)
+    replayed = [event.event_id for event in events]
+    assert len(replayed) == len(set(replayed)), "no event is recorded twice"
+    assert set(acknowledged) <= set(replayed), "every acknowledged event survived"
+    cursors = [int(event.cursor) for event in events]
+    assert cursors == sorted(cursors)
+
+
+@pytest.mark.slow
+async def test_a_stalled_subscriber_neither_delays_others_nor_grows_memory(
+    tmp_path: Path,
+) -> None:
+    """10,000 events flow past three subscribers that read nothing: others get them all,
+    server memory stays bounded, and the stalled ones later get every event in order."""
+    total = 10_000
+    padding = "x" * 2000  # 20 MB of events: buffering them per subscriber would show
+    env = serve_env(tmp_path, WEBHOOK_SECRET)
+    async with serve_process(env) as serve, grpc.aio.insecure_channel(serve.grpc_target) as ch:
+        stub = pb_grpc.ConnectServiceStub(ch)
+        stalled = [stub.StreamAccountEvents(pb.StreamAccountEventsRequest()) for _ in range(3)]
+        live = [stub.StreamAccountEvents(pb.StreamAccountEventsRequest()) for _ in range(2)]
+        for stream in [*stalled, *live]:
+            await attached(stream)
+        rss_before = serve.rss_kib()
+
+        async def count_events(stream: StreamCall) -> list[str]:
+            return [(await next_event(stream, timeout=60)).account.id for _ in range(total)]
+
+        readers = [asyncio.create_task(count_events(stream)) for stream in live]
+        sent = await _send_many(serve.gateway_url, total, padding)
+        received = await asyncio.gather(*readers)
+        rss_after = serve.rss_kib()
+        for ids in received:
+            assert ids == sent
+        assert rss_after - rss_before < 40 * 1024, (rss_before, rss_after)
+        for stream in stalled:
+            assert await count_events(stream) == sent
+            stream.cancel()
+        for stream in live:
+            stream.cancel()
+
+
+async def _send_many(gateway_url: str, total: int, padding: str) -> list[str]:
+    """Posts `total` distinct webhooks in order of their account ids; returns the ids."""
+    ids = [f"bulk-{n:05d}" for n in range(total)]
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for account_id in ids:
+        queue.put_nowait(account_id)
+    async with httpx.AsyncClient(base_url=gateway_url) as http:
+
+        async def worker() -> None:
+            while not queue.empty():
+                account_id = queue.get_nowait()
+                body = webhook(account_id=account_id, origin_owner_name=padding)
+                response = await deliver(http, body)
+                assert response.status_code == 200, response.text
+
+        # One sender keeps the order of cursors equal to the order of `ids`.
+        await worker()
+    return ids
+
+
+async def test_an_expired_cursor_is_out_of_range_naming_the_earliest(tmp_path: Path) -> None:
+    """After retention passed a cursor, resuming from it fails OUT_OF_RANGE with the earliest."""
+    settings = make_settings(tmp_path, retention_max_count=3)
+    async with (
+        running(settings) as service,
+        httpx.AsyncClient(base_url=service.gateway.base_url) as http,
+        grpc.aio.insecure_channel(service.grpc_target) as channel,
+    ):
+        for _ in range(6):
+            await deliver(http, webhook())
+        pruned = await service.event_log.enforce_retention()
+        stub = pb_grpc.ConnectServiceStub(channel)
+        stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(after_cursor="1"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stream.read()
+    assert pruned == 3
+    assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert "earliest valid cursor is 3" in (caught.value.details() or "")
+    (info,) = details_of(caught.value, error_details_pb2.ErrorInfo)
+    assert info.metadata["earliest_cursor"] == "3"  # type: ignore[attr-defined]
