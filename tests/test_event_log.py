@@ -26,7 +26,7 @@ def record(n: int, *, provider: str = "hibob", type_: str = "account.created") -
     return EventRecord(
         event_id=f"evt-{n}",
         type=type_,
-        account_id=f"acct-{n % 3}",
+        account_id=f"acct-{n}",
         provider=provider,
         origin_owner_id=f"owner-{n % 2}",
         body=f"body-{n}".encode(),
@@ -212,3 +212,20 @@ async def test_concurrent_appends_are_group_committed(event_log: SqliteEventLog)
     outcomes = await asyncio.gather(*(event_log.append([record(n)]) for n in range(300)))
     cursors = sorted(result[0].cursor for result in outcomes)
     assert cursors == list(range(1, 301))
+
+
+async def test_a_change_already_recorded_by_another_source_is_not_recorded_again(
+    event_log: SqliteEventLog,
+) -> None:
+    """A created/deleted for an account already in that state is dropped inside the append."""
+    created_again = EventRecord("evt-b", "account.created", "acct-1", "hibob", "o", b"", "active")
+    (first,) = await event_log.append([record(1)])
+    (second,) = await event_log.append([created_again])
+    deleted = [
+        EventRecord(f"del-{n}", "account.deleted", "acct-1", "hibob", "o", b"") for n in range(2)
+    ]
+    outcomes = await event_log.append(deleted)
+    assert not first.duplicate
+    assert second.duplicate
+    assert [outcome.duplicate for outcome in outcomes] == [False, True]
+    assert [event.event_id for event in await event_log.read(0, 10)] == ["evt-1", "del-0"]

@@ -18,6 +18,7 @@ from google.rpc import error_details_pb2
 from gateway.app import WEBHOOK_PATH
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.emulator import EMULATOR_STATE
 from service.runtime import Runtime, running
 from tests.processes import ServeProcess, serve_env, serve_process
 from tests.streams import StreamCall, attached, events_until_caught_up, next_event
@@ -206,3 +207,94 @@ async def test_an_expired_cursor_is_out_of_range_naming_the_earliest(tmp_path: P
     assert "earliest valid cursor is 3" in (caught.value.details() or "")
     (info,) = details_of(caught.value, error_details_pb2.ErrorInfo)
     assert info.metadata["earliest_cursor"] == "3"  # type: ignore[attr-defined]
+
+
+async def test_enrichment_failure_still_records_the_event_unverified(
+    service: Runtime, stub: pb_grpc.ConnectServiceAsyncStub, emulator_http: httpx.AsyncClient
+) -> None:
+    """With StackOne failing GET /accounts/{id}, account.created still arrives, unverified."""
+    stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
+    await attached(stream)
+    fault = {"path_prefix": "/accounts/", "method": "GET", "status": 500}
+    assert (await emulator_http.post("/emulator/faults", json=fault)).status_code == 201
+    spec = {"provider": "hibob", "origin_owner_id": "t-9", "origin_owner_name": "Nine"}
+    account = (await emulator_http.post("/emulator/accounts", json=spec)).json()
+    event = await next_event(stream)
+    assert (event.type, event.account.id) == ("account.created", account["id"])
+    assert event.verification == pb.VERIFICATION_UNVERIFIED
+    assert "500" in event.verification_error
+    assert event.account.origin_owner_id == "t-9", "what the webhook said is kept"
+    stream.cancel()
+
+
+async def test_reconciliation_alone_reports_created_updated_and_deleted(tmp_path: Path) -> None:
+    """With webhook delivery off, sweeps turn emulator changes into marked events."""
+    settings = make_settings(tmp_path, reconcile_interval=0.1, reconcile_grace=0)
+    async with (
+        running(settings) as service,
+        grpc.aio.insecure_channel(service.grpc_target) as channel,
+    ):
+        assert service.emulator is not None
+        async with httpx.AsyncClient(base_url=service.emulator.base_url) as emulator:
+            await emulator.put("/emulator/webhooks", json={"enabled": False})
+            stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
+            stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
+            await attached(stream)
+            spec = {"provider": "hibob", "origin_owner_id": "t-1", "origin_owner_name": "One"}
+            account_id = (await emulator.post("/emulator/accounts", json=spec)).json()["id"]
+            created = await next_event(stream)
+            await emulator.patch(f"/emulator/accounts/{account_id}", json={"status": "error"})
+            updated = await next_event(stream)
+            await stub.DeleteAccount(pb.DeleteAccountRequest(account_id=account_id))
+            deleted = await next_event(stream)
+            assert (await emulator.get("/emulator/deliveries")).json() == []
+        stream.cancel()
+    assert [e.type for e in (created, updated, deleted)] == [
+        "account.created",
+        "account.updated",
+        "account.deleted",
+    ]
+    assert {e.account.id for e in (created, updated, deleted)} == {account_id}
+    assert {e.source for e in (created, updated, deleted)} == {pb.EVENT_SOURCE_RECONCILIATION}
+    assert updated.account.status == pb.ACCOUNT_STATUS_ERROR
+
+
+async def test_reconciliation_never_repeats_a_change_a_webhook_delivered(tmp_path: Path) -> None:
+    """Webhooks and fast sweeps racing each other still give one event per change."""
+    settings = make_settings(tmp_path, reconcile_interval=0.05, reconcile_grace=0)
+    async with (
+        running(settings) as service,
+        grpc.aio.insecure_channel(service.grpc_target) as channel,
+    ):
+        assert service.emulator is not None
+        emulator_state = service.emulator.runner.app[EMULATOR_STATE]
+        async with httpx.AsyncClient(base_url=service.emulator.base_url) as emulator:
+            stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
+            spec = {"provider": "hibob", "origin_owner_id": "t-2", "origin_owner_name": "Two"}
+            ids = [
+                (await emulator.post("/emulator/accounts", json=spec)).json()["id"]
+                for _ in range(3)
+            ]
+            await emulator.patch(f"/emulator/accounts/{ids[1]}", json={"status": "error"})
+            await stub.DeleteAccount(pb.DeleteAccountRequest(account_id=ids[2]))
+            await emulator_state.wait_for_deliveries()
+            await asyncio.sleep(0.5)  # several more sweeps after every webhook landed
+        events = await _replay_in_process(stub)
+    by_account = {
+        account_id: [e.type for e in events if e.account.id == account_id] for account_id in ids
+    }
+    assert by_account == {
+        ids[0]: ["account.created"],
+        ids[1]: ["account.created", "account.updated"],
+        ids[2]: ["account.created", "account.deleted"],
+    }
+
+
+async def _replay_in_process(stub: pb_grpc.ConnectServiceAsyncStub) -> list[pb.AccountEvent]:
+    live = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
+    latest = await attached(live)
+    live.cancel()
+    stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(from_earliest=Empty()))
+    events = await events_until_caught_up(stream, latest)
+    stream.cancel()
+    return events

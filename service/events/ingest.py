@@ -21,7 +21,7 @@ import orjson
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.convert import account_message, timestamp
 from service.events.log import EventLog
-from service.events.model import EventRecord, KnownAccount
+from service.events.model import EventRecord
 from service.stackone.errors import StackOneError
 from service.stackone.models import LinkedAccount
 
@@ -146,25 +146,6 @@ def event_record(message: pb.AccountEvent) -> EventRecord:
     )
 
 
-def already_known(record: EventRecord, known: KnownAccount | None) -> bool:
-    """True when the log already holds this change, recorded by reconciliation first.
-
-    Reconciliation may see a change before its webhook arrives; the webhook must then not
-    announce the same change a second time.
-    """
-    if known is None:
-        return False
-    if record.type == "account.created":
-        return not known.deleted
-    if record.type == "account.deleted":
-        return known.deleted
-    return (
-        known.source == "reconciliation"
-        and bool(record.account_updated_at)
-        and (known.status, known.updated_at) == (record.account_status, record.account_updated_at)
-    )
-
-
 class Ingestor:
     """Records webhook events, verifying created/updated accounts with StackOne first."""
 
@@ -183,11 +164,7 @@ class Ingestor:
         # A redelivery skips the StackOne round trip; the append below still de-duplicates.
         if await self._log.contains(event.event_id):
             return IngestResult.DUPLICATE
-        record = event_record(await self._message(event))
-        if already_known(record, await self._log.known_account(event.account_id)):
-            _log.info("webhook %s repeats a change reconciliation recorded", event.event_id)
-            return IngestResult.DUPLICATE
-        (outcome,) = await self._log.append([record])
+        (outcome,) = await self._log.append([event_record(await self._message(event))])
         return IngestResult.DUPLICATE if outcome.duplicate else IngestResult.RECORDED
 
     async def _message(self, event: WebhookEvent) -> pb.AccountEvent:

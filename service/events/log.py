@@ -40,10 +40,6 @@ class EventLog(Protocol):
         """The last recorded state of every account the log has seen an event for."""
         ...
 
-    async def known_account(self, account_id: str) -> KnownAccount | None:
-        """The last recorded state of one account, if any event named it."""
-        ...
-
     async def check_writable(self) -> None:
         """Raises `EventLogUnavailable` unless an append could succeed now."""
         ...

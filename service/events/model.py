@@ -36,6 +36,28 @@ class KnownAccount:
     source: str
 
 
+def already_known(record: EventRecord, known: KnownAccount | None) -> bool:
+    """True when the log already holds the change `record` reports.
+
+    A webhook and a reconciliation sweep can both see the same change; whichever is
+    recorded second must not announce it again. Backends apply this in the same
+    transaction as the append, so the check and the write cannot interleave.
+    """
+    if known is None:
+        return False
+    if record.type == "account.created":
+        return not known.deleted
+    if record.type == "account.deleted":
+        return known.deleted
+    same_state = bool(record.account_updated_at) and (known.status, known.updated_at) == (
+        record.account_status,
+        record.account_updated_at,
+    )
+    if record.source == "reconciliation":
+        return same_state
+    return same_state and known.source == "reconciliation"
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     """An event as recorded, with its position in the log."""
@@ -52,7 +74,11 @@ class StoredEvent:
 
 @dataclass(frozen=True, slots=True)
 class AppendOutcome:
-    """What happened to one appended record."""
+    """What happened to one appended record.
+
+    `duplicate` is True for a record not appended because its event id was seen (then
+    `cursor` is the first one's) or because the log already holds its change (cursor 0).
+    """
 
     event_id: str
     cursor: int

@@ -28,6 +28,7 @@ from service.events.model import (
     KnownAccount,
     LogBounds,
     StoredEvent,
+    already_known,
 )
 
 _log = logging.getLogger(__name__)
@@ -210,16 +211,6 @@ class SqliteEventLog:
         )
         return {row[0]: _known(row) for row in rows}
 
-    async def known_account(self, account_id: str) -> KnownAccount | None:
-        """One account's last recorded state."""
-        row = await self._on_reader(
-            lambda: self._reader_conn.execute(
-                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ?",  # noqa: S608 - constant column list
-                (account_id,),
-            ).fetchone()
-        )
-        return None if row is None else _known(row)
-
     async def check_writable(self) -> None:
         """Takes and releases the write lock to prove the file is writable."""
         if self._closed:
@@ -348,6 +339,14 @@ class SqliteEventLog:
                 if seen is not None:
                     outcomes.append(AppendOutcome(record.event_id, int(seen[0]), duplicate=True))
                     continue
+                if already_known(record, self._known_in_transaction(record.account_id)):
+                    # Remembered too, so a redelivery is dropped without another check.
+                    conn.execute(
+                        "INSERT INTO dedup (event_id, cursor, recorded_at) VALUES (?, 0, ?)",
+                        (record.event_id, now),
+                    )
+                    outcomes.append(AppendOutcome(record.event_id, 0, duplicate=True))
+                    continue
                 cursor = conn.execute(
                     "INSERT INTO events (event_id, type, account_id, provider, origin_owner_id,"
                     " recorded_at, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -395,6 +394,13 @@ class SqliteEventLog:
             conn.execute("ROLLBACK")
             raise
         return outcomes, stored
+
+    def _known_in_transaction(self, account_id: str) -> KnownAccount | None:
+        row = self._writer_conn.execute(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ?",  # noqa: S608 - constant column list
+            (account_id,),
+        ).fetchone()
+        return None if row is None else _known(row)
 
     def _load_positions(self) -> tuple[int, int]:
         conn = self._writer_conn
