@@ -1,22 +1,27 @@
 """The webhook gateway: an aiohttp app that verifies StackOne webhooks and records them.
 
 `POST /webhooks/stackone` answers 2xx only once the event is durably in the event log;
-a bad signature gets 401, a body that is not an event 400, a storage failure 503 (so
-StackOne retries). `GET /healthz` is liveness, `GET /readyz` readiness.
+a bad signature gets 401, a body that is not an event 400, a body over the limit 413, a
+content type other than JSON 415, a storage failure 503 (so StackOne retries).
+`GET /healthz` is liveness, `GET /readyz` readiness, `GET /metrics` Prometheus metrics.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.signature import SIGNATURE_HEADER, is_valid_signature
 from service.events.ingest import Ingestor, InvalidWebhook, parse_webhook
 from service.events.model import EventLogError
+from service.logs import REQUEST_ID
+from service.metrics import Metrics
 
 _log = logging.getLogger(__name__)
 WEBHOOK_PATH = "/webhooks/stackone"
@@ -31,13 +36,17 @@ class GatewayState:
     secrets: Sequence[str]
     url_token: str | None
     readiness_check: Callable[[], Awaitable[None]]
+    metrics: Metrics
+    max_body_bytes: int = MAX_BODY_BYTES
     accepting: bool = True
 
 
 GATEWAY_STATE = web.AppKey("gateway_state", GatewayState)
 
 
-def _problem(status: int, reason: str) -> web.Response:
+def _problem(state: GatewayState, status: int, outcome: str, reason: str) -> web.Response:
+    state.metrics.webhooks.labels("unknown", outcome).inc()
+    _log.info("webhook refused (%d): %s", status, reason, extra={"outcome": outcome})
     return web.json_response({"error": reason}, status=status)
 
 
@@ -45,22 +54,35 @@ async def receive_webhook(request: web.Request) -> web.Response:
     """Verifies, parses and records one StackOne webhook."""
     state = request.app[GATEWAY_STATE]
     if not state.accepting:
-        return _problem(503, "shutting down; retry")
-    body = await request.read()
+        return _problem(state, 503, "draining", "shutting down; retry")
+    if request.content_type != "application/json":
+        return _problem(state, 415, "unsupported_media_type", "the body must be application/json")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        reason = f"the body is over the {state.max_body_bytes}-byte limit"
+        return _problem(state, 413, "too_large", reason)
     if state.url_token is not None and not hmac.compare_digest(
         request.query.get("token", "").encode(), state.url_token.encode()
     ):
-        return _problem(401, "the webhook URL token is missing or wrong")
+        return _problem(state, 401, "unauthorized", "the webhook URL token is missing or wrong")
     if not is_valid_signature(state.secrets, body, request.headers.get(SIGNATURE_HEADER)):
-        return _problem(401, f"the {SIGNATURE_HEADER} header does not match the body")
+        return _problem(
+            state, 401, "unauthorized", f"the {SIGNATURE_HEADER} header does not match the body"
+        )
     try:
         event = parse_webhook(body)
         result = await state.ingestor.ingest(event)
     except InvalidWebhook as error:
-        return _problem(400, str(error))
+        return _problem(state, 400, "malformed", str(error))
     except EventLogError as error:
         _log.error("webhook not recorded, asking StackOne to retry: %s", error)
-        return _problem(503, "the event could not be recorded; retry")
+        return _problem(state, 503, "unavailable", "the event could not be recorded; retry")
+    state.metrics.webhooks.labels(event.type, result.value).inc()
+    _log.debug(
+        "webhook %s %s", event.type, result.value,
+        extra={"event_id": event.event_id, "account_id": event.account_id},
+    )  # fmt: skip
     return web.json_response({"result": result.value, "event_id": event.event_id})
 
 
@@ -73,19 +95,38 @@ async def readyz(request: web.Request) -> web.Response:
     """Readiness: accepting work and the event log is writable."""
     state = request.app[GATEWAY_STATE]
     if not state.accepting:
-        return _problem(503, "shutting down")
+        return web.json_response({"error": "shutting down"}, status=503)
     try:
         await state.readiness_check()
     except Exception as error:  # any failure means not ready
-        return _problem(503, str(error))
+        return web.json_response({"error": str(error)}, status=503)
     return web.json_response({"status": "ready"})
 
 
-def init_app(state: GatewayState, *, max_body_bytes: int = MAX_BODY_BYTES) -> web.Application:
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics of the whole service (gRPC, gateway, event log, upstream)."""
+    body = request.app[GATEWAY_STATE].metrics.exposition()
+    return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def request_id(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Gives every request an id (the caller's X-Request-Id, or a new one) for the logs."""
+    value = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+    REQUEST_ID.set(value)
+    response = await handler(request)
+    response.headers["x-request-id"] = value
+    return response
+
+
+def init_app(state: GatewayState) -> web.Application:
     """Builds the gateway application around `state`."""
-    app = web.Application(client_max_size=max_body_bytes)
+    app = web.Application(client_max_size=state.max_body_bytes, middlewares=[request_id])
     app[GATEWAY_STATE] = state
     app.router.add_post(WEBHOOK_PATH, receive_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app

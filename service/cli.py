@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -12,10 +13,13 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from service import logs
+from service.commands import add_client_commands, run_client_command
 from service.config import ENV_PREFIX, Settings
 from service.runtime import ConfigurationError, running
 
 _log = logging.getLogger("service.cli")
+TARGET_VARIABLE = "STACKONE_CONNECT_TARGET"
+DEFAULT_TARGET = "127.0.0.1:50051"
 
 
 def _settings_error(error: ValidationError) -> str:
@@ -62,7 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stackone-connect",
         description="Link customers' tools through StackOne and stream account events.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--target",
+        default=os.environ.get(TARGET_VARIABLE, DEFAULT_TARGET),
+        help=f"host:port of the service (default ${TARGET_VARIABLE} or {DEFAULT_TARGET})",
+    )
+    common.add_argument("--json", action="store_true", help="one JSON object per line")
+    commands = parser.add_subparsers(dest="subcommand", required=True)
     serve_parser = commands.add_parser(
         "serve",
         help="run the gRPC server and the webhook gateway",
@@ -73,14 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--event-log-url", help="e.g. sqlite:///var/events.db")
     serve_parser.add_argument("--emulator-address", help="host:port of the bundled emulator")
     serve_parser.set_defaults(handler=_serve_command)
+    add_client_commands(commands, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
-    code: int = args.handler(args)
-    return code
+    if hasattr(args, "handler"):
+        code: int = args.handler(args)
+        return code
+    try:
+        return asyncio.run(run_client_command(args.command, args))
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
         description="Seconds a just-changed account is left for its webhook before"
         " reconciliation reports the change itself.",
     )
+    readiness_interval: float = Field(
+        5.0, gt=0, description="Seconds between checks that the event log is writable (health)."
+    )
     shutdown_grace: float = Field(
         10.0, ge=0, description="Seconds in-flight work gets to finish on SIGTERM/SIGINT."
     )

@@ -23,13 +23,13 @@ from service.events.ingest import Ingestor
 from service.events.model import EventLogError
 from service.events.reconcile import Reconciler
 from service.events.sqlite import Retention, SqliteEventLog
+from service.metrics import Metrics
 from service.server import SERVICE_NAME, HealthReporter, build_grpc_server, new_health_servicer
 from service.servicer import ConnectServicer
 from service.stackone.client import StackOneClient
 from service.web import ListeningApp, listening
 
 _log = logging.getLogger(__name__)
-READINESS_INTERVAL = 5.0
 
 
 class ConfigurationError(Exception):
@@ -63,10 +63,10 @@ async def _set_health(servicer: HealthReporter, serving: bool) -> None:
         await servicer.set(name, status)
 
 
-async def _watch_readiness(log: SqliteEventLog, servicer: HealthReporter) -> None:
+async def _watch_readiness(log: SqliteEventLog, servicer: HealthReporter, interval: float) -> None:
     ready = True
     while True:
-        await asyncio.sleep(READINESS_INTERVAL)
+        await asyncio.sleep(interval)
         try:
             await log.check_writable()
             now_ready = True
@@ -115,11 +115,15 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
             ),
         )
         stack.push_async_callback(event_log.close)
-        stackone = StackOneClient(base_url, api_key)
+        metrics = Metrics()
+        metrics.latest_cursor.set_function(lambda: event_log.latest_cursor)
+        stackone = StackOneClient(base_url, api_key, observer=metrics.observe_upstream)
         stack.push_async_callback(stackone.aclose)
 
         gateway_state = GatewayState(
-            ingestor=Ingestor(event_log, stackone, enrich_timeout=settings.enrich_timeout),
+            ingestor=Ingestor(
+                event_log, stackone, enrich_timeout=settings.enrich_timeout, metrics=metrics
+            ),
             secrets=webhook_secrets,
             url_token=(
                 settings.webhook_url_token.get_secret_value()
@@ -127,6 +131,7 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
                 else None
             ),
             readiness_check=event_log.check_writable,
+            metrics=metrics,
         )
         gateway = await stack.enter_async_context(
             listening(
@@ -152,12 +157,19 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
             bookmark_interval=settings.bookmark_interval,
             stop=draining,
             upstream_timeout=settings.upstream_timeout,
+            metrics=metrics,
         )
         health_servicer = new_health_servicer()
-        server, grpc_port = build_grpc_server(servicer, health_servicer, settings.grpc_address)
+        server, grpc_port = build_grpc_server(
+            servicer, health_servicer, settings.grpc_address, metrics
+        )
         await server.start()
         await _set_health(health_servicer, True)
-        background = [asyncio.create_task(_watch_readiness(event_log, health_servicer))]
+        background = [
+            asyncio.create_task(
+                _watch_readiness(event_log, health_servicer, settings.readiness_interval)
+            )
+        ]
         if settings.reconcile_interval > 0:
             reconciler = Reconciler(
                 event_log,
@@ -183,5 +195,5 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
             await health_servicer.enter_graceful_shutdown()
             gateway_state.accepting = False
             draining.set()
-            await server.stop(settings.shutdown_grace)
-            # The exit stack then closes the gateway, the client and the event log.
+            # Both drain within one grace period; the exit stack then closes the rest.
+            await asyncio.gather(server.stop(settings.shutdown_grace), gateway.stop())

@@ -10,8 +10,9 @@ from grpc_reflection.v1alpha import reflection
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.interceptor import CallInterceptor
+from service.metrics import Metrics
 from service.servicer import ConnectServicer
-from service.status import ErrorStatusInterceptor
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["ConnectService"].full_name
 
@@ -41,13 +42,15 @@ def new_health_servicer() -> HealthReporter:
 
 
 def build_grpc_server(
-    servicer: ConnectServicer, health_servicer: HealthReporter, address: str
+    servicer: ConnectServicer, health_servicer: HealthReporter, address: str, metrics: Metrics
 ) -> tuple[grpc.aio.Server, int]:
     """Creates the server with ConnectService, health and reflection bound to `address`.
 
     Returns the server (not yet started) and the bound port.
     """
-    server = grpc.aio.server(interceptors=[ErrorStatusInterceptor()], options=_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=[CallInterceptor(metrics, SERVICE_NAME)], options=_OPTIONS
+    )
     pb_grpc.add_ConnectServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

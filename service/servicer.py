@@ -7,6 +7,7 @@ Errors are raised as domain exceptions and mapped to statuses by
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events.feed import follow, resolve_start
 from service.events.log import EventLog
 from service.events.model import Bookmark, ServerDraining, StoredEvent
+from service.metrics import Metrics
 from service.stackone.client import StackOneClient
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -45,7 +47,9 @@ class ConnectServicer(pb_grpc.ConnectServiceServicer):
         bookmark_interval: float,
         stop: asyncio.Event,
         upstream_timeout: float,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._stackone = stackone
         self._log = log
         self._upstream_timeout = upstream_timeout
@@ -98,13 +102,21 @@ class ConnectServicer(pb_grpc.ConnectServiceServicer):
         event_filter, start = validation.stream_request(request)
         after = await resolve_start(self._log, start)
         position = after
-        async for item in follow(
+        feed = follow(
             self._log,
             after,
             event_filter,
             bookmark_interval=self._bookmark_interval,
             stop=self._stop,
-        ):
-            position = item.cursor
-            yield stream_item(item)
+        )
+        self._metrics.subscribers.inc()
+        try:
+            async for item in feed:
+                position = item.cursor
+                if isinstance(item, StoredEvent):
+                    self._metrics.delivery_lag_seconds.observe(time.time() - item.recorded_at)
+                yield stream_item(item)
+        finally:
+            self._metrics.subscribers.dec()
+            await feed.aclose()
         raise ServerDraining(position)

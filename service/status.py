@@ -1,7 +1,7 @@
-"""How domain errors become gRPC statuses, in one interceptor.
+"""How domain errors become gRPC statuses.
 
-Servicers raise domain exceptions; `ErrorStatusInterceptor` turns each into a canonical
-code, a message a person can act on, and `google.rpc` details where they help:
+Servicers raise domain exceptions; `service.interceptor.CallInterceptor` turns each into
+a canonical code, a message a person can act on, and `google.rpc` details where they help:
 
 | raised                        | gRPC code           | details           |
 |-------------------------------|---------------------|-------------------|
@@ -21,13 +21,10 @@ code, a message a person can act on, and `google.rpc` details where they help:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from service.events.model import CursorOutOfRange, EventLogUnavailable, ServerDraining
 from service.stackone import errors as upstream
@@ -120,71 +117,3 @@ def status_for(error: Exception) -> status_pb2.Status:
 def _status(code: int, message: str, *details: Any) -> status_pb2.Status:
     packed = [d if isinstance(d, any_pb2.Any) else _packed(d)[0] for d in details]
     return status_pb2.Status(code=code, message=message, details=packed)
-
-
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> None:
-    status = rpc_status.to_status(status_for(error))
-    await context.abort(status.code, status.details, status.trailing_metadata)
-
-
-if TYPE_CHECKING:  # generic only in grpc-stubs, not at run time
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
-
-
-class ErrorStatusInterceptor(_ServerInterceptor):
-    """Maps exceptions raised by any servicer method to gRPC statuses (table above)."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        """Wraps unary and server-streaming handlers; others pass through."""
-        # None for an unknown method, though grpc-stubs do not say so.
-        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
-        if handler is None:
-            return handler  # type: ignore[return-value]
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
-
-
-def _unary(inner: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            return await inner(request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as error:  # every error becomes a status
-            await _abort(context, error)
-
-    return unary
-
-
-def _stream(inner: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
-    async def stream(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        try:
-            async for item in inner(request, context):
-                yield item
-        except grpc.aio.AbortError:
-            raise
-        except Exception as error:  # every error becomes a status
-            await _abort(context, error)
-
-    return stream

@@ -9,13 +9,20 @@ from dataclasses import dataclass
 from aiohttp import web
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ListeningApp:
     """An aiohttp application that accepts connections."""
 
     runner: web.AppRunner
     host: str
     port: int
+    _stopped: bool = False
+
+    async def stop(self) -> None:
+        """Stops accepting, lets in-flight requests finish (up to the shutdown timeout)."""
+        if not self._stopped:
+            self._stopped = True
+            await self.runner.cleanup()
 
     @property
     def base_url(self) -> str:
@@ -37,10 +44,11 @@ async def listening(
     """
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
+    listening_app = ListeningApp(runner=runner, host=host, port=0)
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
-        bound_port = runner.addresses[0][1]
-        yield ListeningApp(runner=runner, host=host, port=int(bound_port))
+        listening_app.port = int(runner.addresses[0][1])
+        yield listening_app
     finally:
-        await runner.cleanup()
+        await listening_app.stop()

@@ -14,6 +14,7 @@ from gateway.app import WEBHOOK_PATH, GatewayState, init_app
 from gateway.signature import sign
 from service.events.ingest import Ingestor
 from service.events.sqlite import SqliteEventLog
+from service.metrics import Metrics
 from service.web import listening
 from tests.support import WEBHOOK_SECRET, signed_headers
 
@@ -56,9 +57,11 @@ async def gateway(event_log: SqliteEventLog) -> AsyncIterator[Gateway]:
         secrets=["old-secret", WEBHOOK_SECRET],
         url_token=None,
         readiness_check=event_log.check_writable,
+        metrics=Metrics(),
+        max_body_bytes=4096,
     )
     async with (
-        listening(init_app(state, max_body_bytes=4096), "127.0.0.1", 0) as app,
+        listening(init_app(state), "127.0.0.1", 0) as app,
         httpx.AsyncClient(base_url=app.base_url) as http,
     ):
         yield Gateway(http, event_log, state)

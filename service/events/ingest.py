@@ -22,6 +22,7 @@ from service.api.v1 import stackone_connect_pb2 as pb
 from service.convert import account_message, timestamp
 from service.events.log import EventLog
 from service.events.model import EventRecord
+from service.metrics import Metrics
 from service.stackone.errors import StackOneError
 from service.stackone.models import LinkedAccount
 
@@ -150,9 +151,15 @@ class Ingestor:
     """Records webhook events, verifying created/updated accounts with StackOne first."""
 
     def __init__(
-        self, log: EventLog, accounts: AccountSource | None, *, enrich_timeout: float = 3.0
+        self,
+        log: EventLog,
+        accounts: AccountSource | None,
+        *,
+        enrich_timeout: float = 3.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._log = log
+        self._metrics = metrics or Metrics()
         self._accounts = accounts
         self._enrich_timeout = enrich_timeout
 
@@ -164,7 +171,9 @@ class Ingestor:
         # A redelivery skips the StackOne round trip; the append below still de-duplicates.
         if await self._log.contains(event.event_id):
             return IngestResult.DUPLICATE
-        (outcome,) = await self._log.append([event_record(await self._message(event))])
+        record = event_record(await self._message(event))
+        with self._metrics.append_seconds.time():
+            (outcome,) = await self._log.append([record])
         return IngestResult.DUPLICATE if outcome.duplicate else IngestResult.RECORDED
 
     async def _message(self, event: WebhookEvent) -> pb.AccountEvent:

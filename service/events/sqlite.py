@@ -182,6 +182,11 @@ class SqliteEventLog:
             return self._tail[start : start + limit]
         return await self._on_reader(self._select_after, after, limit)
 
+    @property
+    def latest_cursor(self) -> int:
+        """The cursor of the newest event (0 for an empty log)."""
+        return self._latest
+
     async def bounds(self) -> LogBounds:
         """Returns the pruned-through and latest cursors (kept in memory)."""
         return LogBounds(pruned_through=self._pruned_through, latest=self._latest)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -18,6 +20,8 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from service.stackone.errors import (
+    StackOneAPIError,
+    StackOneError,
     StackOneRateLimited,
     StackOneServerError,
     StackOneTimeout,
@@ -36,6 +40,8 @@ BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
 _RETRYABLE = (StackOneUnavailable, StackOneServerError, StackOneRateLimited)
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
+Observer = Callable[[str, str, float], None]
+"""Called after each HTTP attempt with (endpoint, HTTP status or error name, seconds)."""
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -67,8 +73,10 @@ class StackOneClient:
         timeout: httpx.Timeout | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_retries: int = 2,
+        observer: Observer | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._observer = observer
         self._max_retries = max_retries
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -97,7 +105,11 @@ class StackOneClient:
     ) -> ConnectSession:
         """Creates a connect session (not retried: each call makes a new session)."""
         data = await self._call(
-            "POST", "/connect_sessions", json=request.body(), deadline=deadline, idempotent=False
+            "POST /connect_sessions",
+            "/connect_sessions",
+            json=request.body(),
+            deadline=deadline,
+            idempotent=False,
         )
         return self._parse(ConnectSession, data)
 
@@ -106,7 +118,7 @@ class StackOneClient:
     ) -> ConnectSession:
         """Returns the connect session a token belongs to."""
         data = await self._call(
-            "POST",
+            "POST /connect_sessions/authenticate",
             "/connect_sessions/authenticate",
             json={"token": token},
             deadline=deadline,
@@ -116,21 +128,27 @@ class StackOneClient:
 
     async def get_account(self, account_id: str, *, deadline: float | None = None) -> LinkedAccount:
         """Fetches one linked account."""
-        data = await self._call("GET", self._account_path(account_id), deadline=deadline)
+        data = await self._call(
+            "GET /accounts/{id}", self._account_path(account_id), deadline=deadline
+        )
         return self._parse(LinkedAccount, data)
 
     async def delete_account(
         self, account_id: str, *, deadline: float | None = None
     ) -> LinkedAccount:
         """Deletes one linked account and returns it."""
-        data = await self._call("DELETE", self._account_path(account_id), deadline=deadline)
+        data = await self._call(
+            "DELETE /accounts/{id}", self._account_path(account_id), deadline=deadline
+        )
         return self._parse(LinkedAccount, data)
 
     async def list_accounts(
         self, query: AccountListQuery, *, deadline: float | None = None
     ) -> list[LinkedAccount]:
         """Fetches one page of linked accounts (a bare array or `{"data": [...]}`)."""
-        data = await self._call("GET", "/accounts", params=query.params(), deadline=deadline)
+        data = await self._call(
+            "GET /accounts", "/accounts", params=query.params(), deadline=deadline
+        )
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
@@ -153,7 +171,7 @@ class StackOneClient:
 
     async def _call(
         self,
-        method: str,
+        endpoint: str,
         path: str,
         *,
         deadline: float | None,
@@ -167,7 +185,7 @@ class StackOneClient:
         while True:
             remaining = None if ends_at is None else ends_at - loop.time()
             try:
-                return await self._attempt(method, path, remaining, json=json, params=params)
+                return await self._observed(endpoint, path, remaining, json=json, params=params)
             except _RETRYABLE as error:
                 if not idempotent or attempt >= self._max_retries:
                     raise
@@ -180,9 +198,27 @@ class StackOneClient:
                 await asyncio.sleep(delay)
                 attempt += 1
 
-    async def _attempt(
-        self, method: str, path: str, remaining: float | None, *, json: Any, params: Any
+    async def _observed(
+        self, endpoint: str, path: str, remaining: float | None, *, json: Any, params: Any
     ) -> Any:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await self._attempt(endpoint, path, remaining, json=json, params=params)
+        except StackOneAPIError as error:
+            outcome = str(error.status_code)
+            raise
+        except StackOneError as error:
+            outcome = type(error).__name__
+            raise
+        finally:
+            if self._observer is not None:
+                self._observer(endpoint, outcome, time.perf_counter() - started)
+
+    async def _attempt(
+        self, endpoint: str, path: str, remaining: float | None, *, json: Any, params: Any
+    ) -> Any:
+        method = endpoint.partition(" ")[0]
         if remaining is not None and remaining <= 0:
             raise StackOneTimeout(f"no time left for {method} {path} before the deadline")
         try:

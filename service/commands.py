@@ -1,0 +1,238 @@
+"""The CLI's client commands: sessions, accounts and events, against a running service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+import grpc
+import orjson
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
+    Stub = pb_grpc.ConnectServiceAsyncStub
+    Command = Callable[[Stub, argparse.Namespace, "Output"], Any]
+RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+# Codes after which reconnecting cannot help: the request itself must change.
+_FINAL_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+
+class Output:
+    """Prints messages as a readable table or, with --json, as one JSON object a line."""
+
+    def __init__(self, as_json: bool, stream: TextIO = sys.stdout) -> None:
+        self.as_json = as_json
+        self.stream = stream
+
+    def message(self, message: Message) -> None:
+        """One message: JSON, or `field: value` lines."""
+        fields = MessageToDict(message, preserving_proto_field_name=True)
+        if self.as_json:
+            self._line(orjson.dumps(fields).decode())
+            return
+        width = max((len(name) for name in fields), default=0)
+        for name, value in fields.items():
+            shown = value if isinstance(value, str) else orjson.dumps(value).decode()
+            self._line(f"{name:<{width}}  {shown}")
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        """Rows under aligned headers."""
+        widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+        for row in [headers, *rows]:
+            self.row(row, widths)
+
+    def row(self, cells: Sequence[str], widths: Sequence[int]) -> None:
+        """One row of cells padded to `widths` (for tables printed as they stream)."""
+        padded = (cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+        self._line("  ".join(padded).rstrip())
+
+    def _line(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+
+def _account_row(account: pb.Account) -> list[str]:
+    status = pb.AccountStatus.Name(account.status).removeprefix("ACCOUNT_STATUS_").lower()
+    return [account.id, account.provider, account.origin_owner_id, account.origin_owner_name,
+            account.raw_status or status, account.label]  # fmt: skip
+
+
+_ACCOUNT_HEADERS = ["ID", "PROVIDER", "OWNER ID", "OWNER NAME", "STATUS", "LABEL"]
+_EVENT_HEADERS = ["CURSOR", "TYPE", "ACCOUNT", "PROVIDER", "OWNER ID", "STATUS", "SOURCE"]
+_EVENT_WIDTHS = [8, 16, 22, 12, 16, 9, 14]
+
+
+async def create_session(stub: Stub, args: argparse.Namespace, out: Output) -> None:
+    """`sessions create`."""
+    request = pb.CreateSessionRequest(
+        origin_owner_id=args.owner_id,
+        origin_owner_name=args.owner_name,
+        origin_username=args.username or "",
+        provider=args.provider or "",
+        categories=args.category or [],
+        account_id=args.account_id or "",
+        label=args.label or "",
+    )
+    if args.expires_in is not None:
+        request.expires_in = args.expires_in
+    out.message(await stub.CreateSession(request))
+
+
+async def get_account(stub: Stub, args: argparse.Namespace, out: Output) -> None:
+    """`accounts get ID`."""
+    out.message(await stub.GetAccount(pb.GetAccountRequest(account_id=args.account_id)))
+
+
+async def delete_account(stub: Stub, args: argparse.Namespace, out: Output) -> None:
+    """`accounts delete ID`."""
+    out.message(await stub.DeleteAccount(pb.DeleteAccountRequest(account_id=args.account_id)))
+
+
+async def list_accounts(stub: Stub, args: argparse.Namespace, out: Output) -> None:
+    """`accounts list`: every page, or one page with --page-token."""
+    request = pb.ListAccountsRequest(
+        origin_owner_ids=args.owner_id or [],
+        providers=args.provider or [],
+        statuses=args.status or [],
+        page_size=args.page_size,
+        page_token=args.page_token or "",
+    )
+    accounts: list[pb.Account] = []
+    while True:
+        page = await stub.ListAccounts(request)
+        accounts.extend(page.accounts)
+        if args.page_token or not page.next_page_token:
+            break
+        request.page_token = page.next_page_token
+    if out.as_json:
+        for account in accounts:
+            out.message(account)
+    else:
+        out.table(_ACCOUNT_HEADERS, [_account_row(account) for account in accounts])
+
+
+async def watch_events(stub: Stub, args: argparse.Namespace, out: Output) -> None:
+    """`events watch`: follows the stream, resuming after the last cursor on reconnect."""
+    request = pb.StreamAccountEventsRequest(
+        providers=args.provider or [],
+        origin_owner_ids=args.owner_id or [],
+        account_ids=args.account_id or [],
+        event_types=args.type or [],
+    )
+    if args.from_cursor:
+        request.after_cursor = args.from_cursor
+    elif args.from_earliest:
+        request.from_earliest.SetInParent()
+    seen = 0
+    failures = 0
+    if not out.as_json:
+        out.row(_EVENT_HEADERS, _EVENT_WIDTHS)
+    while args.max_events is None or seen < args.max_events:
+        try:
+            async for item in stub.StreamAccountEvents(request):
+                failures = 0
+                cursor = item.event.cursor if item.HasField("event") else item.bookmark.cursor
+                request.after_cursor = cursor  # resume exactly here after a disconnect
+                if item.HasField("event"):
+                    _print_event(out, item.event)
+                    seen += 1
+                    if args.max_events is not None and seen >= args.max_events:
+                        return
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _FINAL_CODES:
+                raise
+            delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+            failures += 1
+            print(
+                f"stream interrupted ({error.code().name}: {error.details()}); "
+                f"resuming after cursor {request.after_cursor or 'now'} in {delay:g}s",
+                file=sys.stderr,
+                flush=True,
+            )
+            await asyncio.sleep(delay)
+
+
+def _print_event(out: Output, event: pb.AccountEvent) -> None:
+    if out.as_json:
+        out.message(event)
+        return
+    account = event.account
+    source = pb.EventSource.Name(event.source).removeprefix("EVENT_SOURCE_").lower()
+    row = [event.cursor, event.type, account.id, account.provider, account.origin_owner_id,
+           account.raw_status or "-", source]  # fmt: skip
+    out.row(row, _EVENT_WIDTHS)
+
+
+async def run_client_command(command: Command, args: argparse.Namespace) -> int:
+    """Runs one client command; prints a one-line error and returns 1 on failure."""
+    out = Output(args.json)
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        stub: Stub = pb_grpc.ConnectServiceStub(channel)
+        try:
+            await command(stub, args, out)
+        except grpc.aio.AioRpcError as error:
+            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def add_client_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Adds `sessions`, `accounts` and `events` to the CLI's subcommands."""
+    sessions = commands.add_parser("sessions", help="connect sessions").add_subparsers(
+        dest="action", required=True
+    )
+    create = sessions.add_parser("create", parents=[common], help="create a connect session")
+    create.add_argument("--owner-id", required=True, help="your customer's id")
+    create.add_argument("--owner-name", required=True, help="your customer's name")
+    create.add_argument("--username", help="the person linking")
+    create.add_argument("--provider", help="provider key, e.g. bamboohr")
+    create.add_argument("--category", action="append", help="category (repeatable)")
+    create.add_argument("--expires-in", type=int, help="seconds the session is valid")
+    create.add_argument("--account-id", help="account to re-connect")
+    create.add_argument("--label", help="label for the account")
+    create.set_defaults(command=create_session)
+
+    accounts = commands.add_parser("accounts", help="linked accounts").add_subparsers(
+        dest="action", required=True
+    )
+    for name, function in (("get", get_account), ("delete", delete_account)):
+        parser = accounts.add_parser(name, parents=[common], help=f"{name} one account")
+        parser.add_argument("account_id", help="StackOne account id")
+        parser.set_defaults(command=function)
+    listing = accounts.add_parser("list", parents=[common], help="list accounts")
+    listing.add_argument("--owner-id", action="append", help="filter (repeatable)")
+    listing.add_argument("--provider", action="append", help="filter (repeatable)")
+    listing.add_argument("--status", action="append", help="filter (repeatable)")
+    listing.add_argument("--page-size", type=int, default=100, help="accounts per request")
+    listing.add_argument("--page-token", help="fetch only this page")
+    listing.set_defaults(command=list_accounts)
+
+    events = commands.add_parser("events", help="the account event stream").add_subparsers(
+        dest="action", required=True
+    )
+    watch = events.add_parser(
+        "watch", parents=[common], help="follow events, resuming on reconnect"
+    )
+    watch.add_argument("--provider", action="append", help="filter (repeatable)")
+    watch.add_argument("--owner-id", action="append", help="filter (repeatable)")
+    watch.add_argument("--account-id", action="append", help="filter (repeatable)")
+    watch.add_argument("--type", action="append", help="event type filter, e.g. account.created")
+    start = watch.add_mutually_exclusive_group()
+    start.add_argument("--from", dest="from_cursor", metavar="CURSOR", help="start after CURSOR")
+    start.add_argument("--from-earliest", action="store_true", help="start at the earliest event")
+    watch.add_argument("--max-events", type=int, help="exit after this many events")
+    watch.set_defaults(command=watch_events)

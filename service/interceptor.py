@@ -1,0 +1,119 @@
+"""The one server interceptor every RPC passes through.
+
+For each call it sets the request id that log lines carry, maps domain exceptions to
+gRPC statuses (`service.status`), and records the call's code and latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from grpc_status import rpc_status
+
+from service.logs import REQUEST_ID
+from service.metrics import Metrics
+from service.status import status_for
+
+Context = grpc.aio.ServicerContext[Any, Any]
+REQUEST_ID_HEADER = "x-request-id"
+
+if TYPE_CHECKING:  # generic only in grpc-stubs, not at run time
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class _Call:
+    """Book-keeping of one RPC: request id, timing, outcome."""
+
+    def __init__(self, method: str, metrics: Metrics, context: Context) -> None:
+        self.method = method
+        self.metrics = metrics
+        self.context = context
+        self.started = time.perf_counter()
+        metadata = dict(context.invocation_metadata() or ())
+        supplied = metadata.get(REQUEST_ID_HEADER)
+        REQUEST_ID.set(supplied if isinstance(supplied, str) else uuid.uuid4().hex[:16])
+
+    async def fail(self, error: Exception) -> None:
+        """Ends the call with the status that reports `error`."""
+        status = rpc_status.to_status(status_for(error))
+        self.finish(status.code)
+        await self.context.abort(status.code, status.details, status.trailing_metadata)
+
+    def finish(self, code: grpc.StatusCode, *, timed: bool = True) -> None:
+        """Counts the call's outcome (and its latency, for unary calls)."""
+        self.metrics.rpcs.labels(self.method, code.name).inc()
+        if timed:
+            self.metrics.rpc_seconds.labels(self.method).observe(time.perf_counter() - self.started)
+
+
+class CallInterceptor(_ServerInterceptor):
+    """Request ids, error statuses and metrics for the RPCs of one service."""
+
+    def __init__(self, metrics: Metrics, service_name: str) -> None:
+        self._metrics = metrics
+        self._prefix = f"/{service_name}/"
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """Wraps unary and server-streaming handlers; others pass through."""
+        # None for an unknown method, though grpc-stubs do not say so.
+        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(self._prefix):
+            return handler  # type: ignore[return-value]  # health and reflection pass through
+        method = handler_call_details.method.rpartition("/")[2]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _unary(self, method: str, inner: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        async def unary(request: Any, context: Context) -> Any:
+            call = _Call(method, self._metrics, context)
+            try:
+                response = await inner(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:  # every error becomes a status
+                await call.fail(error)
+            call.finish(grpc.StatusCode.OK)
+            return response
+
+        return unary
+
+    def _stream(self, method: str, inner: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            call = _Call(method, self._metrics, context)
+            try:
+                async for item in inner(request, context):
+                    yield item
+            except asyncio.CancelledError:
+                call.finish(grpc.StatusCode.CANCELLED, timed=False)
+                raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:  # every error becomes a status
+                await call.fail(error)
+            call.finish(grpc.StatusCode.OK, timed=False)
+
+        return stream
