@@ -20,6 +20,7 @@ from service.runtime import ConfigurationError, running
 _log = logging.getLogger("service.cli")
 TARGET_VARIABLE = "STACKONE_CONNECT_TARGET"
 DEFAULT_TARGET = "127.0.0.1:50051"
+TOKEN_VARIABLE = "STACKONE_CONNECT_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
 def _settings_error(error: ValidationError) -> str:
@@ -73,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"host:port of the service (default ${TARGET_VARIABLE} or {DEFAULT_TARGET})",
     )
     common.add_argument("--json", action="store_true", help="one JSON object per line")
+    common.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_VARIABLE),
+        help=f"bearer token (default ${TOKEN_VARIABLE})",
+    )
+    common.add_argument("--ca-file", help="PEM CA that signed the server's certificate (TLS)")
+    common.add_argument("--cert-file", help="PEM client certificate (mutual TLS)")
+    common.add_argument("--key-file", help="PEM client key (mutual TLS)")
     commands = parser.add_subparsers(dest="subcommand", required=True)
     serve_parser = commands.add_parser(
         "serve",

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import grpc
@@ -65,6 +66,27 @@ class Output:
         print(text, file=self.stream, flush=True)
 
 
+def _auth(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying the bearer token, if one was given."""
+    return (("authorization", f"Bearer {args.token}"),) if args.token else ()
+
+
+def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """A TLS channel when a CA or client certificate is given, else a plaintext one."""
+    if not (args.ca_file or args.cert_file):
+        return grpc.aio.insecure_channel(args.target)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(args.ca_file),
+        private_key=_read(args.key_file),
+        certificate_chain=_read(args.cert_file),
+    )
+    return grpc.aio.secure_channel(args.target, credentials)
+
+
+def _read(path: str | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
 def _account_row(account: pb.Account) -> list[str]:
     status = pb.AccountStatus.Name(account.status).removeprefix("ACCOUNT_STATUS_").lower()
     return [account.id, account.provider, account.origin_owner_id, account.origin_owner_name,
@@ -89,17 +111,19 @@ async def create_session(stub: Stub, args: argparse.Namespace, out: Output) -> N
     )
     if args.expires_in is not None:
         request.expires_in = args.expires_in
-    out.message(await stub.CreateSession(request))
+    out.message(await stub.CreateSession(request, metadata=_auth(args)))
 
 
 async def get_account(stub: Stub, args: argparse.Namespace, out: Output) -> None:
     """`accounts get ID`."""
-    out.message(await stub.GetAccount(pb.GetAccountRequest(account_id=args.account_id)))
+    request = pb.GetAccountRequest(account_id=args.account_id)
+    out.message(await stub.GetAccount(request, metadata=_auth(args)))
 
 
 async def delete_account(stub: Stub, args: argparse.Namespace, out: Output) -> None:
     """`accounts delete ID`."""
-    out.message(await stub.DeleteAccount(pb.DeleteAccountRequest(account_id=args.account_id)))
+    request = pb.DeleteAccountRequest(account_id=args.account_id)
+    out.message(await stub.DeleteAccount(request, metadata=_auth(args)))
 
 
 async def list_accounts(stub: Stub, args: argparse.Namespace, out: Output) -> None:
@@ -113,7 +137,7 @@ async def list_accounts(stub: Stub, args: argparse.Namespace, out: Output) -> No
     )
     accounts: list[pb.Account] = []
     while True:
-        page = await stub.ListAccounts(request)
+        page = await stub.ListAccounts(request, metadata=_auth(args))
         accounts.extend(page.accounts)
         if args.page_token or not page.next_page_token:
             break
@@ -143,7 +167,7 @@ async def watch_events(stub: Stub, args: argparse.Namespace, out: Output) -> Non
         out.row(_EVENT_HEADERS, _EVENT_WIDTHS)
     while args.max_events is None or seen < args.max_events:
         try:
-            async for item in stub.StreamAccountEvents(request):
+            async for item in stub.StreamAccountEvents(request, metadata=_auth(args)):
                 failures = 0
                 cursor = item.event.cursor if item.HasField("event") else item.bookmark.cursor
                 request.after_cursor = cursor  # resume exactly here after a disconnect
@@ -180,7 +204,7 @@ def _print_event(out: Output, event: pb.AccountEvent) -> None:
 async def run_client_command(command: Command, args: argparse.Namespace) -> int:
     """Runs one client command; prints a one-line error and returns 1 on failure."""
     out = Output(args.json)
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    async with _channel(args) as channel:
         stub: Stub = pb_grpc.ConnectServiceStub(channel)
         try:
             await command(stub, args, out)

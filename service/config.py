@@ -6,6 +6,7 @@ against this class by a test.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlparse
@@ -21,6 +22,15 @@ def _host_port(value: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"'{value}' is not a host:port address (e.g. 127.0.0.1:50051)")
     return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def split_address(value: str) -> tuple[str, int]:
@@ -105,6 +115,25 @@ class Settings(BaseSettings):
         10.0, ge=0, description="Seconds in-flight work gets to finish on SIGTERM/SIGINT."
     )
     log_level: str = Field("INFO", description="Logging level: DEBUG, INFO, WARNING or ERROR.")
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain of the gRPC server; with the key, serves TLS."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of the gRPC server.")
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle; when set, clients must present a certificate it signed"
+        " (mutual TLS).",
+    )
+    clients_file: Path | None = Field(
+        None,
+        description="JSON file of clients with bearer tokens and scopes; re-read when it"
+        " changes. Unset: no token is required.",
+    )
+    allow_insecure: bool = Field(
+        False,
+        description="Serve gRPC on a non-loopback address with neither TLS nor tokens (only"
+        " behind a proxy that authenticates).",
+    )
 
     @field_validator("grpc_address", "gateway_address", "emulator_address")
     @classmethod
@@ -143,6 +172,33 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _tls_files_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                f"{ENV_PREFIX}TLS_CERT_FILE and {ENV_PREFIX}TLS_KEY_FILE must be set together"
+            )
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                f"{ENV_PREFIX}TLS_CLIENT_CA_FILE (mutual TLS) needs {ENV_PREFIX}TLS_CERT_FILE "
+                f"and {ENV_PREFIX}TLS_KEY_FILE"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_open_exposure(self) -> Settings:
+        host = split_address(self.grpc_address)[0]
+        protected = self.tls_cert_file is not None or self.clients_file is not None
+        if not (_is_loopback(host) or protected or self.allow_insecure):
+            raise ValueError(
+                f"refusing to serve gRPC on {self.grpc_address} with neither TLS nor client "
+                "tokens: anyone who can reach it could create sessions and read accounts. Set "
+                f"{ENV_PREFIX}TLS_CERT_FILE/{ENV_PREFIX}TLS_KEY_FILE and/or "
+                f"{ENV_PREFIX}CLIENTS_FILE, or {ENV_PREFIX}ALLOW_INSECURE=true if a proxy in "
+                "front authenticates callers"
+            )
+        return self
+
     @property
     def uses_emulator(self) -> bool:
         """True when no API key is set, so the bundled emulator stands in for StackOne."""
@@ -165,5 +221,18 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+def write_readme_table(readme: Path) -> None:
+    """Replaces the README's generated settings table with the current one."""
+    text = readme.read_text()
+    start = text.index("\n", text.index("<!-- settings:start")) + 1
+    end = text.index("<!-- settings:end -->")
+    readme.write_text(text[:start] + settings_table() + "\n" + text[end:])
+
+
 if __name__ == "__main__":
-    print(settings_table())
+    import sys
+
+    if sys.argv[1:] == ["--write-readme"]:
+        write_readme_table(Path("README.md"))
+    else:
+        print(settings_table())

@@ -160,9 +160,7 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
             metrics=metrics,
         )
         health_servicer = new_health_servicer()
-        server, grpc_port = build_grpc_server(
-            servicer, health_servicer, settings.grpc_address, metrics
-        )
+        server, grpc_port = build_grpc_server(servicer, health_servicer, settings, metrics)
         await server.start()
         await _set_health(health_servicer, True)
         background = [

@@ -10,6 +10,8 @@ from grpc_reflection.v1alpha import reflection
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.auth import AuthInterceptor, ClientRegistry
+from service.config import Settings
 from service.interceptor import CallInterceptor
 from service.metrics import Metrics
 from service.servicer import ConnectServicer
@@ -41,16 +43,34 @@ def new_health_servicer() -> HealthReporter:
     return servicer
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (or mutual TLS) credentials from the configured PEM files, if any."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    client_ca = settings.tls_client_ca_file
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=client_ca.read_bytes() if client_ca else None,
+        require_client_auth=client_ca is not None,
+    )
+
+
 def build_grpc_server(
-    servicer: ConnectServicer, health_servicer: HealthReporter, address: str, metrics: Metrics
+    servicer: ConnectServicer,
+    health_servicer: HealthReporter,
+    settings: Settings,
+    metrics: Metrics,
 ) -> tuple[grpc.aio.Server, int]:
-    """Creates the server with ConnectService, health and reflection bound to `address`.
+    """Creates the server with ConnectService, health and reflection, bound as configured.
 
     Returns the server (not yet started) and the bound port.
     """
-    server = grpc.aio.server(
-        interceptors=[CallInterceptor(metrics, SERVICE_NAME)], options=_OPTIONS
-    )
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
+        CallInterceptor(metrics, SERVICE_NAME)
+    ]
+    if settings.clients_file is not None:
+        interceptors.append(AuthInterceptor(ClientRegistry(settings.clients_file), SERVICE_NAME))
+    server = grpc.aio.server(interceptors=interceptors, options=_OPTIONS)
     pb_grpc.add_ConnectServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -61,5 +81,7 @@ def build_grpc_server(
         ],
         server,
     )
-    port = server.add_insecure_port(address)
-    return server, port
+    credentials = server_credentials(settings)
+    if credentials is None:
+        return server, server.add_insecure_port(settings.grpc_address)
+    return server, server.add_secure_port(settings.grpc_address, credentials)

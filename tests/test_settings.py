@@ -20,4 +20,11 @@ def test_a_bad_setting_is_refused_naming_the_variable(monkeypatch: pytest.Monkey
     """A malformed address fails validation with a message naming the field."""
     monkeypatch.setenv("STACKONE_CONNECT_GRPC_ADDRESS", "no-port")
     with pytest.raises(ValueError, match="grpc_address"):
-        Settings()  # type: ignore[call-arg]
+        Settings()
+
+
+def test_a_non_loopback_bind_without_tls_or_tokens_is_refused() -> None:
+    """0.0.0.0 with no TLS and no clients file is refused unless explicitly allowed."""
+    with pytest.raises(ValueError, match="ALLOW_INSECURE"):
+        Settings(grpc_address="0.0.0.0:50051")
+    assert Settings(grpc_address="0.0.0.0:50051", allow_insecure=True).allow_insecure

@@ -1,0 +1,187 @@
+"""Who may call what: per-client bearer tokens with scopes, checked by one interceptor.
+
+Clients are listed in a JSON file (`STACKONE_CONNECT_CLIENTS_FILE`):
+
+    {"clients": [{"name": "billing", "token": "…", "scopes": ["sessions:create"]}]}
+
+The file is re-read when it changes (checked at most once a second), so tokens rotate
+without a restart: list the new token beside the old one, move clients over, then remove
+the old one. Tokens are compared in constant time against every client and never logged.
+Health checking and reflection stay open so probes and tools work without a token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import orjson
+
+_log = logging.getLogger(__name__)
+SCOPES = frozenset({"sessions:create", "accounts:read", "accounts:write", "events:read"})
+METHOD_SCOPES = {
+    "CreateSession": "sessions:create",
+    "GetAccount": "accounts:read",
+    "ListAccounts": "accounts:read",
+    "DeleteAccount": "accounts:write",
+    "StreamAccountEvents": "events:read",
+}
+RELOAD_EVERY = 1.0
+
+if TYPE_CHECKING:  # generic only in grpc-stubs, not at run time
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class InvalidClientsFile(ValueError):
+    """The clients file cannot be used; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """A caller of the service and what it may do."""
+
+    name: str
+    token: bytes
+    scopes: frozenset[str]
+
+
+def parse_clients(raw: bytes, source: str) -> list[Client]:
+    """Reads the clients file format; raises `InvalidClientsFile` naming the problem."""
+    try:
+        document = orjson.loads(raw)
+        entries = document["clients"]
+        clients = [
+            Client(str(e["name"]), str(e["token"]).encode(), frozenset(e["scopes"]))
+            for e in entries
+        ]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+        raise InvalidClientsFile(
+            f'{source}: expected {{"clients": [{{"name", "token", "scopes"}}]}}: {error!r}'
+        ) from error
+    for client in clients:
+        if len(client.token) < 16:
+            raise InvalidClientsFile(f"{source}: the token of {client.name} is under 16 characters")
+        if unknown := client.scopes - SCOPES:
+            raise InvalidClientsFile(
+                f"{source}: {client.name} has unknown scopes {sorted(unknown)}; "
+                f"known: {sorted(SCOPES)}"
+            )
+    return clients
+
+
+class ClientRegistry:
+    """The clients of a file, re-read when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._clients: list[Client] = []
+        self._version: tuple[int, int] | None = None
+        self._checked_at = 0.0
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-reads the file if it changed; a broken new version keeps the old clients."""
+        stat = os.stat(self._path)
+        version = (stat.st_mtime_ns, stat.st_size)
+        if version == self._version:
+            return
+        try:
+            self._clients = parse_clients(self._path.read_bytes(), str(self._path))
+        except InvalidClientsFile:
+            if self._version is None:
+                raise
+            _log.exception("keeping the previous clients: the new clients file is invalid")
+        self._version = version
+        _log.info("loaded %d client(s) from %s", len(self._clients), self._path)
+
+    def find(self, token: bytes) -> Client | None:
+        """The client holding `token`, comparing against every client in constant time."""
+        now = time.monotonic()
+        if now - self._checked_at >= RELOAD_EVERY:
+            self._checked_at = now
+            try:
+                self.reload()
+            except OSError:
+                _log.exception("could not re-read the clients file; keeping the loaded clients")
+        found = None
+        for client in self._clients:
+            if hmac.compare_digest(client.token, token):
+                found = client
+        return found
+
+
+def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bytes | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            return token.strip().encode() if scheme.lower() == "bearer" else None
+    return None
+
+
+def _deny(
+    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same kind as `handler` that ends the call with `code`."""
+
+    async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(code, message)
+
+    async def deny_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, message)
+        yield  # type: ignore[unreachable]  # makes this an async generator, as streams need
+
+    options = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(deny_stream, **options)
+    return grpc.unary_unary_rpc_method_handler(deny, **options)
+
+
+class AuthInterceptor(_ServerInterceptor):
+    """UNAUTHENTICATED without a known bearer token, PERMISSION_DENIED without the scope."""
+
+    def __init__(self, registry: ClientRegistry, service_name: str) -> None:
+        self._registry = registry
+        self._prefix = f"/{service_name}/"
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """Lets the call through only for a client holding the method's scope."""
+        # None for an unknown method, though grpc-stubs do not say so.
+        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(self._prefix):
+            return handler  # type: ignore[return-value]
+        scope = METHOD_SCOPES.get(method.removeprefix(self._prefix))
+        token = _bearer(handler_call_details.invocation_metadata)
+        client = self._registry.find(token) if token else None
+        if client is None:
+            return _deny(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "a valid bearer token is required: send 'authorization: Bearer <token>'",
+            )
+        if scope is None or scope not in client.scopes:
+            return _deny(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"client '{client.name}' lacks the scope '{scope}' this method needs",
+            )
+        return handler

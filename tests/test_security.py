@@ -1,0 +1,200 @@
+"""Who gets in: TLS, mutual TLS, bearer tokens with scopes, rotation, insecure binds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import orjson
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.runtime import Runtime, running
+from tests.certificates import Certificates, make_certificates
+from tests.support import make_settings
+
+pytestmark = pytest.mark.asyncio
+ADMIN = "admin-token-0123456789abcdef"
+READER = "reader-token-0123456789abcdef"
+SESSION = pb.CreateSessionRequest(origin_owner_id="t-1", origin_owner_name="Acme")
+
+
+def write_clients(path: Path, *clients: tuple[str, str, list[str]]) -> Path:
+    """Writes a clients file of (name, token, scopes)."""
+    entries = [{"name": n, "token": t, "scopes": s} for n, t, s in clients]
+    path.write_bytes(orjson.dumps({"clients": entries}))
+    return path
+
+
+def bearer(token: str) -> tuple[tuple[str, str]]:
+    """Call metadata with a bearer token."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> Certificates:
+    """A CA with server and client certificates, made for this test."""
+    return make_certificates(tmp_path)
+
+
+@asynccontextmanager
+async def tls_service(
+    tmp_path: Path, certificates: Certificates, *, mutual: bool = False
+) -> AsyncIterator[Runtime]:
+    """The service on TLS (mutual if asked) with an admin and a read-only client."""
+    clients = write_clients(
+        tmp_path / "clients.json",
+        ("admin", ADMIN, ["sessions:create", "accounts:read", "accounts:write", "events:read"]),
+        ("reader", READER, ["accounts:read"]),
+    )
+    settings = make_settings(
+        tmp_path,
+        tls_cert_file=certificates.server_cert,
+        tls_key_file=certificates.server_key,
+        tls_client_ca_file=certificates.ca if mutual else None,
+        clients_file=clients,
+    )
+    async with running(settings) as service:
+        yield service
+
+
+def tls_channel(
+    service: Runtime, certificates: Certificates, *, with_client_cert: bool = False
+) -> grpc.aio.Channel:
+    """A channel that trusts the test CA, optionally presenting the client certificate."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=certificates.ca.read_bytes(),
+        private_key=certificates.client_key.read_bytes() if with_client_cert else None,
+        certificate_chain=certificates.client_cert.read_bytes() if with_client_cert else None,
+    )
+    return grpc.aio.secure_channel(service.grpc_target, credentials)
+
+
+async def code_of(call: object) -> grpc.StatusCode:
+    """The status code a call ends with (OK when it succeeds)."""
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def test_tokens_and_scopes_over_tls(tmp_path: Path, certificates: Certificates) -> None:
+    """Over TLS: no or unknown token → UNAUTHENTICATED, missing scope → PERMISSION_DENIED."""
+    async with (
+        tls_service(tmp_path, certificates) as service,
+        tls_channel(service, certificates) as channel,
+    ):
+        stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
+        assert (
+            await code_of(stub.CreateSession(SESSION, metadata=bearer(ADMIN))) == grpc.StatusCode.OK
+        )
+        assert await code_of(stub.CreateSession(SESSION)) == grpc.StatusCode.UNAUTHENTICATED
+        assert (
+            await code_of(stub.CreateSession(SESSION, metadata=bearer("wrong-token-0123456789")))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await stub.CreateSession(SESSION, metadata=bearer(READER))
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "sessions:create" in (denied.value.details() or "")
+        stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(), metadata=bearer(READER))
+        with pytest.raises(grpc.aio.AioRpcError) as stream_denied:
+            await stream.read()
+        assert stream_denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest())
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, "probes need no token"
+
+
+async def test_a_plaintext_client_cannot_talk_to_a_tls_server(
+    tmp_path: Path, certificates: Certificates
+) -> None:
+    """Without TLS the client never reaches the service."""
+    async with (
+        tls_service(tmp_path, certificates) as service,
+        grpc.aio.insecure_channel(service.grpc_target) as channel,
+    ):
+        stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
+        code = await code_of(stub.CreateSession(SESSION, metadata=bearer(ADMIN), timeout=5))
+    assert code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_mutual_tls_requires_a_client_certificate(
+    tmp_path: Path, certificates: Certificates
+) -> None:
+    """With a client CA configured, only clients presenting a certificate it signed get in."""
+    async with tls_service(tmp_path, certificates, mutual=True) as service:
+        async with tls_channel(service, certificates) as anonymous:
+            stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(anonymous)
+            code = await code_of(stub.CreateSession(SESSION, metadata=bearer(ADMIN), timeout=5))
+            assert code == grpc.StatusCode.UNAVAILABLE
+        async with tls_channel(service, certificates, with_client_cert=True) as identified:
+            stub = pb_grpc.ConnectServiceStub(identified)
+            assert (
+                await code_of(stub.CreateSession(SESSION, metadata=bearer(ADMIN)))
+                == grpc.StatusCode.OK
+            )
+
+
+async def test_tokens_rotate_without_a_restart(tmp_path: Path) -> None:
+    """Editing the clients file swaps tokens on the running server."""
+    clients = write_clients(
+        tmp_path / "clients.json", ("app", "old-token-0123456789", ["sessions:create"])
+    )
+    async with (
+        running(make_settings(tmp_path, clients_file=clients)) as service,
+        grpc.aio.insecure_channel(service.grpc_target) as channel,
+    ):
+        stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
+        assert (
+            await code_of(stub.CreateSession(SESSION, metadata=bearer("old-token-0123456789")))
+            == grpc.StatusCode.OK
+        )
+        write_clients(clients, ("app", "new-token-0123456789", ["sessions:create"]))
+        await asyncio.sleep(1.1)  # the file is checked at most once a second
+        assert (
+            await code_of(stub.CreateSession(SESSION, metadata=bearer("new-token-0123456789")))
+            == grpc.StatusCode.OK
+        )
+        assert (
+            await code_of(stub.CreateSession(SESSION, metadata=bearer("old-token-0123456789")))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+
+
+async def test_tokens_never_reach_the_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Neither accepted nor rejected tokens appear in any log record."""
+    caplog.set_level(logging.DEBUG)
+    clients = write_clients(tmp_path / "clients.json", ("app", ADMIN, ["sessions:create"]))
+    async with (
+        running(make_settings(tmp_path, clients_file=clients)) as service,
+        grpc.aio.insecure_channel(service.grpc_target) as channel,
+    ):
+        stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
+        await code_of(stub.CreateSession(SESSION, metadata=bearer(ADMIN)))
+        await code_of(stub.CreateSession(SESSION, metadata=bearer("leaked-token-0123456789")))
+    assert caplog.records
+    for text in (ADMIN, "leaked-token-0123456789"):
+        assert text not in caplog.text
+
+
+async def test_serve_explains_the_refusal_and_exits_2() -> None:
+    """The console script says why it will not start, and exits non-zero."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.cli", "serve", "--grpc-address", "0.0.0.0:0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(20):
+        _, err = await process.communicate()
+    assert process.returncode == 2
+    assert b"refusing to serve gRPC on 0.0.0.0:0 with neither TLS nor client tokens" in err
