@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_OUT := service/api/v1
 
-.PHONY: install proto proto-check run test test-all lint bench clean
+.PHONY: install proto proto-check run test fuzz lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The 10,000-request property-based run against the real gateway.
+fuzz: $(STAMP)
+	$(BIN)/pytest -m fuzz tests/test_webhook_fuzz.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -205,3 +205,12 @@ async def test_health_and_readiness(gateway: Gateway) -> None:
     assert (await gateway.http.get("/readyz")).status_code == 200
     gateway.state.accepting = False
     assert (await gateway.http.get("/readyz")).status_code == 503
+
+
+async def test_a_body_that_is_not_json_by_content_type_gets_415(gateway: Gateway) -> None:
+    """A signed body sent as text/plain is refused with 415 and not recorded."""
+    body = orjson.dumps(CREATED)
+    headers = {**signed_headers(body), "content-type": "text/plain"}
+    response = await gateway.post(body, headers)
+    assert response.status_code == 415
+    assert await gateway.recorded() == []
