@@ -16,13 +16,17 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import orjson
+
+from service.grpc_typing import ServerInterceptor
+
+if TYPE_CHECKING:
+    from service.grpc_typing import Continuation, Handler
 
 _log = logging.getLogger(__name__)
 SCOPES = frozenset({"sessions:create", "accounts:read", "accounts:write", "events:read"})
@@ -34,11 +38,6 @@ METHOD_SCOPES = {
     "StreamAccountEvents": "events:read",
 }
 RELOAD_EVERY = 1.0
-
-if TYPE_CHECKING:  # generic only in grpc-stubs, not at run time
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
 
 
 class InvalidClientsFile(ValueError):
@@ -149,7 +148,7 @@ def _deny(
     return grpc.unary_unary_rpc_method_handler(deny, **options)
 
 
-class AuthInterceptor(_ServerInterceptor):
+class AuthInterceptor(ServerInterceptor):
     """UNAUTHENTICATED without a known bearer token, PERMISSION_DENIED without the scope."""
 
     def __init__(self, registry: ClientRegistry, service_name: str) -> None:
@@ -158,14 +157,12 @@ class AuthInterceptor(_ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> Handler:
         """Lets the call through only for a client holding the method's scope."""
         # None for an unknown method, though grpc-stubs do not say so.
-        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
+        handler: Handler | None = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or not method.startswith(self._prefix):
             return handler  # type: ignore[return-value]

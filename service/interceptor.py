@@ -15,17 +15,16 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_status import rpc_status
 
+from service.grpc_typing import ServerInterceptor
 from service.logs import REQUEST_ID
 from service.metrics import Metrics
 from service.status import status_for
 
+if TYPE_CHECKING:
+    from service.grpc_typing import Continuation, Handler
+
 Context = grpc.aio.ServicerContext[Any, Any]
 REQUEST_ID_HEADER = "x-request-id"
-
-if TYPE_CHECKING:  # generic only in grpc-stubs, not at run time
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
 
 
 class _Call:
@@ -53,7 +52,7 @@ class _Call:
             self.metrics.rpc_seconds.labels(self.method).observe(time.perf_counter() - self.started)
 
 
-class CallInterceptor(_ServerInterceptor):
+class CallInterceptor(ServerInterceptor):
     """Request ids, error statuses and metrics for the RPCs of one service."""
 
     def __init__(self, metrics: Metrics, service_name: str) -> None:
@@ -62,14 +61,12 @@ class CallInterceptor(_ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> Handler:
         """Wraps unary and server-streaming handlers; others pass through."""
         # None for an unknown method, though grpc-stubs do not say so.
-        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
+        handler: Handler | None = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(self._prefix):
             return handler  # type: ignore[return-value]  # health and reflection pass through
         method = handler_call_details.method.rpartition("/")[2]

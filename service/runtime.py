@@ -93,7 +93,10 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
             )
             emulator = await stack.enter_async_context(
                 listening(
-                    build_emulator_app(emulator_config), *split_address(settings.emulator_address)
+                    build_emulator_app(emulator_config),
+                    *split_address(settings.emulator_address),
+                    # A stand-in for StackOne: its slow (fault-injected) answers need no grace.
+                    shutdown_timeout=0.5,
                 )
             )
             base_url = emulator.base_url

@@ -103,10 +103,10 @@ async def test_reads_after_a_cursor_have_no_gap_and_no_duplicate(
 
 async def test_cold_reads_come_from_disk_when_the_tail_is_empty(tmp_path: Path) -> None:
     """A reopened log (empty memory tail) still serves old events from SQLite."""
-    log = await SqliteEventLog.open(tmp_path / "log.db", tail_size=4)
+    log = await SqliteEventLog.open(tmp_path / "log.db", tail_bytes=24)
     await log.append([record(n) for n in range(20)])
     await log.close()
-    log = await SqliteEventLog.open(tmp_path / "log.db", tail_size=4)
+    log = await SqliteEventLog.open(tmp_path / "log.db", tail_bytes=24)
     try:
         await log.append([record(100)])
         assert [event.cursor for event in await log.read(0, 100)] == list(range(1, 22))
@@ -193,7 +193,7 @@ async def test_a_cursor_ahead_of_the_log_is_out_of_range(event_log: SqliteEventL
 
 async def test_a_follower_overtaken_by_retention_gets_an_error_not_a_gap(tmp_path: Path) -> None:
     """Retention pruning past a slow follower's position ends its feed with CursorOutOfRange."""
-    log = await SqliteEventLog.open(tmp_path / "log.db", Retention(max_count=3), tail_size=2)
+    log = await SqliteEventLog.open(tmp_path / "log.db", Retention(max_count=3), tail_bytes=12)
     try:
         await log.append([record(n) for n in range(4)])
         feed = follow(log, 0, EventFilter(), bookmark_interval=10, batch_size=1)

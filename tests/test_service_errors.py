@@ -172,7 +172,7 @@ async def test_an_upstream_timeout_is_unavailable_within_the_configured_timeout(
 ) -> None:
     """A StackOne that never answers gives UNAVAILABLE once the upstream timeout passes."""
     async with (
-        listening(_upstream("hang"), "127.0.0.1", 0) as upstream,
+        listening(_upstream("hang"), "127.0.0.1", 0, shutdown_timeout=0.1) as upstream,
         serve_against(tmp_path, upstream.base_url, upstream_timeout=0.5) as stub,
     ):
         started = time.monotonic()
@@ -186,7 +186,7 @@ async def test_an_upstream_timeout_is_unavailable_within_the_configured_timeout(
 async def test_the_callers_deadline_bounds_the_upstream_call(tmp_path: Path) -> None:
     """With a 0.5 s deadline and a hanging StackOne, the call ends at the deadline."""
     async with (
-        listening(_upstream("hang"), "127.0.0.1", 0) as upstream,
+        listening(_upstream("hang"), "127.0.0.1", 0, shutdown_timeout=0.1) as upstream,
         serve_against(tmp_path, upstream.base_url) as stub,
     ):
         started = time.monotonic()

@@ -3,8 +3,9 @@
 Two connections, each confined to its own single thread: one writes (appends and
 retention, so they never race), one reads. Appends that arrive while a commit is in
 flight are committed together in the next transaction, so durability costs one fsync per
-batch rather than per event. The newest events are also kept in memory (the tail), so the
-many streams that follow the head of the log share one copy instead of querying SQLite.
+batch rather than per event. The newest events (a few MiB of them) are also kept in
+memory (the tail), so the many streams that follow the head of the log share one copy
+instead of querying SQLite.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class SqliteEventLog:
         reader: sqlite3.Connection,
         retention: Retention,
         *,
-        tail_size: int,
+        tail_bytes: int,
         max_batch: int,
     ) -> None:
         self.path = path
@@ -124,7 +125,7 @@ class SqliteEventLog:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="eventlog-write")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="eventlog-read")
         self._retention = retention
-        self._tail_size = tail_size
+        self._tail_budget = tail_bytes
         self._max_batch = max_batch
         self._pending: asyncio.Queue[_PendingAppend] = asyncio.Queue()
         self._appended = asyncio.Event()
@@ -132,6 +133,7 @@ class SqliteEventLog:
         self._pruned_through = 0
         # The tail holds every event with a cursor above `_tail_floor`, oldest first.
         self._tail: list[StoredEvent] = []
+        self._tail_bytes = 0
         self._tail_floor = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -142,7 +144,7 @@ class SqliteEventLog:
         path: Path,
         retention: Retention | None = None,
         *,
-        tail_size: int = 8192,
+        tail_bytes: int = 4 << 20,
         max_batch: int = 1024,
     ) -> SqliteEventLog:
         """Opens (creating if needed) the log at `path` and starts its writer."""
@@ -151,7 +153,12 @@ class SqliteEventLog:
         await asyncio.to_thread(writer.executescript, _SCHEMA)
         reader = await asyncio.to_thread(_connect, path)
         log = cls(
-            path, writer, reader, retention or Retention(), tail_size=tail_size, max_batch=max_batch
+            path,
+            writer,
+            reader,
+            retention or Retention(),
+            tail_bytes=tail_bytes,
+            max_batch=max_batch,
         )
         log._latest, log._pruned_through = await log._on_writer(log._load_positions)
         log._tail_floor = log._latest
@@ -247,6 +254,7 @@ class SqliteEventLog:
             # Published before the rows go, so a reader that sees a gap also sees why.
             self._pruned_through = target
             self._tail = [event for event in self._tail if event.cursor > target]
+            self._tail_bytes = sum(len(event.body) for event in self._tail)
             self._tail_floor = max(self._tail_floor, target)
         await self._on_writer(self._delete_pruned, self._pruned_through, now)
         return self._pruned_through
@@ -321,8 +329,13 @@ class SqliteEventLog:
             return
         self._latest = stored[-1].cursor
         self._tail.extend(stored)
-        if len(self._tail) > 2 * self._tail_size:
-            dropped = len(self._tail) - self._tail_size
+        self._tail_bytes += sum(len(event.body) for event in stored)
+        if self._tail_bytes > 2 * self._tail_budget:
+            # Trimmed in bulk, down to the budget, so the cost is amortised over appends.
+            dropped = 0
+            while self._tail_bytes > self._tail_budget:
+                self._tail_bytes -= len(self._tail[dropped].body)
+                dropped += 1
             self._tail_floor = self._tail[dropped - 1].cursor
             del self._tail[:dropped]
         appended, self._appended = self._appended, asyncio.Event()
@@ -352,18 +365,20 @@ class SqliteEventLog:
                     )
                     outcomes.append(AppendOutcome(record.event_id, 0, duplicate=True))
                     continue
+                # In StoredEvent's field order, after the cursor.
+                row = (
+                    record.event_id,
+                    record.type,
+                    record.account_id,
+                    record.provider,
+                    record.origin_owner_id,
+                    now,
+                    record.body,
+                )
                 cursor = conn.execute(
                     "INSERT INTO events (event_id, type, account_id, provider, origin_owner_id,"
                     " recorded_at, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record.event_id,
-                        record.type,
-                        record.account_id,
-                        record.provider,
-                        record.origin_owner_id,
-                        now,
-                        record.body,
-                    ),
+                    row,
                 ).lastrowid
                 assert cursor is not None  # an INSERT into a rowid table always has one
                 conn.execute(
@@ -382,18 +397,7 @@ class SqliteEventLog:
                     ),
                 )
                 outcomes.append(AppendOutcome(record.event_id, cursor, duplicate=False))
-                stored.append(
-                    StoredEvent(
-                        cursor,
-                        record.event_id,
-                        record.type,
-                        record.account_id,
-                        record.provider,
-                        record.origin_owner_id,
-                        now,
-                        record.body,
-                    )
-                )
+                stored.append(StoredEvent(cursor, *row))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
