@@ -1,0 +1,1 @@
+"""`make bench`: figures measured as ratios against baselines from the same run."""

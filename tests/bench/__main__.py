@@ -1,0 +1,331 @@
+"""`make bench`: the service's figures as ratios against baselines measured in the same run.
+
+The systems under test (a real `serve`, or a bare baseline server) run on CPU 0; load
+generators, subscribers and the instant upstream run on CPU 1 (the `BENCH_CPU` of each
+role), so both sides of every ratio had the same core. Prints a table and writes
+`bench-results.json`. Bounded: every role has a time limit and the run takes a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.events.ingest import event_record
+from service.events.sqlite import SqliteEventLog
+from tests.processes import ServeProcess, serve_env, serve_process
+
+SERVER_CPU, LOAD_CPU = 0, 1
+SECRET = "bench-webhook-secret"
+RESULTS = Path("bench-results.json")
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    figure: str
+    value: float
+    unit: str
+    baseline: str
+    baseline_value: float | None
+    ratio: float | None
+    target: str
+    met: bool
+    detail: str = ""
+
+
+@dataclass
+class Role:
+    """A running `tests.bench.roles` process."""
+
+    process: asyncio.subprocess.Process
+    port: int
+
+    async def result(self, timeout: float) -> dict[str, Any]:
+        """Waits for the role's JSON line."""
+        assert self.process.stdout is not None
+        async with asyncio.timeout(timeout):
+            line = await self.process.stdout.readline()
+            await self.process.wait()
+        if not line:
+            raise RuntimeError(f"bench role exited with {self.process.returncode} and no result")
+        parsed: dict[str, Any] = orjson.loads(line)
+        return parsed
+
+
+async def _spawn(name: str, args: dict[str, Any], cpu: int) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.bench.roles", name, orjson.dumps(args).decode(),
+        env={**os.environ, "BENCH_CPU": str(cpu)},
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+@asynccontextmanager
+async def server_role(name: str, cpu: int = SERVER_CPU, **args: Any) -> AsyncIterator[Role]:
+    """Starts a role that prints `READY <port>` and kills it on exit."""
+    process = await _spawn(name, args, cpu)
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(30):
+            line = (await process.stdout.readline()).decode()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"bench role {name} did not start")
+        yield Role(process, int(line.split()[1]))
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def run_role(name: str, timeout: float, **args: Any) -> dict[str, Any]:
+    """Runs a load role on the load CPU to completion and returns its result."""
+    process = await _spawn(name, args, LOAD_CPU)
+    try:
+        return await Role(process, 0).result(timeout)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@asynccontextmanager
+async def serve(workdir: Path, name: str, **extra: str) -> AsyncIterator[ServeProcess]:
+    """A real `stackone-connect serve` on the server CPU with its own event log."""
+    directory = workdir / name
+    directory.mkdir(exist_ok=True)
+    env = serve_env(directory, SECRET, STACKONE_CONNECT_BOOKMARK_INTERVAL="15", **extra)
+    async with serve_process(env) as process:
+        yield process
+
+
+def _webhook_url(process: ServeProcess) -> str:
+    return process.gateway_url
+
+
+async def bench_ingest(workdir: Path, seconds: float) -> Row:
+    """Webhook ingest throughput vs a bare aiohttp handler answering 204."""
+    load = {"secret": SECRET, "seconds": seconds, "concurrency": 32, "count": 200_000}
+    async with server_role("bare_http") as bare:
+        baseline = await run_role(
+            "http_load", seconds + 30, url=f"http://127.0.0.1:{bare.port}", prefix="b", **load
+        )
+    async with serve(workdir, "ingest") as process:
+        measured = await run_role(
+            "http_load", seconds + 30, url=_webhook_url(process), prefix="i", **load
+        )
+    ratio = measured["rps"] / baseline["rps"]
+    ok = all(status.startswith("2") for status in measured["statuses"])
+    return Row(
+        "webhook ingest (verified, deduplicated, fsync'd, 2xx)",
+        measured["rps"], "req/s", "bare aiohttp 204 handler", baseline["rps"], ratio,
+        ">= 0.5x", ratio >= 0.5 and ok, f"statuses {measured['statuses']}",
+    )  # fmt: skip
+
+
+async def _subscribed_latency(
+    process: ServeProcess, *, subscribers: int, rate: float, events: int, timeout: float
+) -> tuple[dict[str, Any], dict[str, Any], int, int]:
+    """Opens `subscribers` streams, posts `events` at `rate`; returns results and RSS."""
+    rss_before = process.rss_kib()
+    readers = await _spawn(
+        "subscribers",
+        {"target": process.grpc_target, "count": subscribers, "channels": max(1, subscribers // 100),
+         "events": events, "timeout": timeout},
+        LOAD_CPU,
+    )  # fmt: skip
+    try:
+        assert readers.stdout is not None
+        async with asyncio.timeout(60):
+            ready = await readers.stdout.readline()
+        if not ready.startswith(b"READY"):
+            raise RuntimeError("subscribers did not attach")
+        await asyncio.sleep(1.0)  # let the attached streams settle before measuring memory
+        rss_attached = process.rss_kib()
+        posted = await run_role(
+            "paced_post", timeout, url=_webhook_url(process), secret=SECRET,
+            rate=rate, count=events, prefix="lat",
+        )  # fmt: skip
+        received = await Role(readers, 0).result(timeout + 10)
+    finally:
+        if readers.returncode is None:
+            readers.kill()
+            await readers.wait()
+    return posted, received, rss_before, rss_attached
+
+
+async def bench_latency(workdir: Path, seconds: float) -> Row:
+    """Webhook → subscriber latency at 1,000 events/s with 100 subscribers."""
+    rate, subscribers = 1000.0, 100
+    async with serve(workdir, "latency") as process:
+        _, received, _, _ = await _subscribed_latency(
+            process, subscribers=subscribers, rate=rate, events=int(rate * seconds),
+            timeout=seconds * 20 + 30,
+        )  # fmt: skip
+    return Row(
+        "webhook -> subscriber latency p99, 1,000 ev/s x 100 subscribers",
+        received["p99_ms"], "ms", "-", None, None, "p99 <= 5 ms", received["p99_ms"] <= 5.0,
+        f"p50 {received['p50_ms']:.2f} ms; subscriber process CPU {received['client_cpu']:.0%}",
+    )  # fmt: skip
+
+
+async def bench_fan_out(workdir: Path) -> list[Row]:
+    """One event at a time to 1,000 subscribers; memory per idle stream."""
+    subscribers, events = 1000, 10
+    async with serve(workdir, "fanout") as process:
+        _, received, before, attached = await _subscribed_latency(
+            process, subscribers=subscribers, rate=4.0, events=events, timeout=120
+        )
+    per_stream_kib = (attached - before) / subscribers
+    return [
+        Row(
+            "fan-out of one event to 1,000 subscribers, p99",
+            received["p99_ms"], "ms", "-", None, None, "p99 <= 50 ms", received["p99_ms"] <= 50,
+            f"p50 {received['p50_ms']:.1f} ms; subscriber process CPU {received['client_cpu']:.0%}",
+        ),
+        Row(
+            "memory per idle stream (RSS growth / 1,000 streams)",
+            per_stream_kib, "KiB", "-", None, None, "<= 20 KB", per_stream_kib * 1024 <= 20_000,
+            f"serve RSS {before / 1024:.1f} MiB -> {attached / 1024:.1f} MiB",
+        ),
+    ]  # fmt: skip
+
+
+async def bench_create_session(workdir: Path, seconds: float) -> list[Row]:
+    """CreateSession throughput vs a bare grpc.aio echo; added latency vs direct httpx."""
+    async with server_role("bare_grpc") as echo:
+        baseline = await run_role(
+            "grpc_load", seconds + 30, target=f"127.0.0.1:{echo.port}", method="echo",
+            seconds=seconds, concurrency=16,
+        )  # fmt: skip
+    async with server_role("instant_upstream", cpu=LOAD_CPU) as upstream:
+        upstream_url = f"http://127.0.0.1:{upstream.port}"
+        env = {"STACKONE_CONNECT_API_KEY": "bench-key", "STACKONE_CONNECT_BASE_URL": upstream_url}
+        async with serve(workdir, "sessions", **env) as process:
+            measured = await run_role(
+                "grpc_load", seconds + 30, target=process.grpc_target, method="create_session",
+                seconds=seconds, concurrency=16,
+            )
+            sequential = await run_role(
+                "grpc_load", seconds + 30, target=process.grpc_target, method="create_session",
+                seconds=seconds, concurrency=1,
+            )
+        direct = await run_role("httpx_latency", 60, url=upstream_url, calls=2000)
+    ratio = measured["rps"] / baseline["rps"]
+    added = sequential["p50_ms"] - direct["p50_ms"]
+    return [
+        Row(
+            "CreateSession throughput, instant upstream",
+            measured["rps"], "calls/s", "bare grpc.aio unary echo", baseline["rps"], ratio,
+            ">= 0.7x", ratio >= 0.7, f"p99 {measured['p99_ms']:.2f} ms at 16 in flight",
+        ),
+        Row(
+            "CreateSession added latency, p50",
+            added, "ms", "direct httpx call, p50", direct["p50_ms"], None,
+            "<= 0.5 ms added", added <= 0.5, f"CreateSession p50 {sequential['p50_ms']:.3f} ms",
+        ),
+    ]  # fmt: skip
+
+
+async def _seed(path: Path, count: int) -> None:
+    log = await SqliteEventLog.open(path)
+    try:
+        for start in range(0, count, 1000):
+            records = []
+            for n in range(start, min(count, start + 1000)):
+                message = pb.AccountEvent(
+                    event_id=f"seed-{n}", type="account.updated",
+                    account=pb.Account(id=f"acc-{n % 5000}", provider="hibob", origin_owner_id=f"owner-{n % 97}",
+                                       origin_owner_name="Acme", status=pb.ACCOUNT_STATUS_ACTIVE, raw_status="active"),
+                )  # fmt: skip
+                message.occurred_at.GetCurrentTime()
+                message.received_at.GetCurrentTime()
+                records.append(event_record(message))
+            await log.append(records)
+    finally:
+        await log.close()
+
+
+async def bench_replay(workdir: Path, count: int) -> Row:
+    """Events per second a subscriber receives replaying from the earliest cursor."""
+    directory = workdir / "replay"
+    directory.mkdir(exist_ok=True)
+    await _seed(directory / "events.db", count)
+    async with serve(workdir, "replay") as process:
+        measured = await run_role("replay", 120, target=process.grpc_target, count=count)
+    return Row(
+        "replay from a cursor", measured["events_per_s"], "events/s", "-", None, None,
+        ">= 50,000 events/s", measured["events_per_s"] >= 50_000, f"{measured['events']} events",
+    )  # fmt: skip
+
+
+def _format(rows: list[Row]) -> str:
+    header = "| figure | measured | baseline (same run) | ratio | target | met |"
+    lines = [header, "|---|---|---|---|---|---|"]
+    for row in rows:
+        baseline = row.baseline if row.baseline_value is None else (
+            f"{row.baseline}: {row.baseline_value:,.2f}"
+        )
+        ratio = "" if row.ratio is None else f"{row.ratio:.2f}x"
+        detail = f" ({row.detail})" if row.detail else ""
+        lines.append(
+            f"| {row.figure} | {row.value:,.2f} {row.unit}{detail} | {baseline} | {ratio} "
+            f"| {row.target} | {'yes' if row.met else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def _machine() -> str:
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.machine(),
+    )  # fmt: skip
+    return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}"
+
+
+async def main(seconds: float, replay_events: int) -> int:
+    """Runs every benchmark and prints the table."""
+    if os.cpu_count() is not None and os.cpu_count() >= 2:  # type: ignore[operator]
+        os.sched_setaffinity(0, {SERVER_CPU})  # inherited by every server this run starts
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="stackone-bench-") as tmp:
+        workdir = Path(tmp)
+        rows = [await bench_ingest(workdir, seconds)]
+        rows += await bench_create_session(workdir, seconds)
+        rows.append(await bench_latency(workdir, seconds))
+        rows += await bench_fan_out(workdir)
+        rows.append(await bench_replay(workdir, replay_events))
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"\nstackone-connect benchmarks, {when}, {_machine()}, {time.perf_counter() - started:.0f} s\n")
+    print(_format(rows))
+    RESULTS.write_bytes(
+        orjson.dumps(
+            {"date": when, "machine": _machine(), "rows": [asdict(row) for row in rows]},
+            option=orjson.OPT_INDENT_2,
+        )
+    )
+    print(f"\nwritten to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each load phase")
+    parser.add_argument("--replay-events", type=int, default=100_000)
+    options = parser.parse_args()
+    sys.exit(asyncio.run(main(options.seconds, options.replay_events)))

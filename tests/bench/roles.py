@@ -1,0 +1,248 @@
+"""The processes a benchmark run starts: baselines, an instant upstream, load generators.
+
+Each role is `python -m tests.bench.roles ROLE [JSON ARGS]`; servers print `READY <port>`,
+load generators print one JSON line of results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from typing import Any
+
+import grpc
+import httpx
+import orjson
+import uvloop
+from aiohttp import ClientSession, TCPConnector, web
+
+from gateway.signature import sign
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+
+SESSION_BODY = orjson.dumps(
+    {"id": 1, "token": "cst_bench", "auth_link_url": "https://hub.example/connect?token=cst_bench",
+     "origin_owner_id": "t", "origin_owner_name": "T", "created_at": "2026-11-24T14:02:11.406Z"}
+)  # fmt: skip
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The value below which `fraction` of `values` lie (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+def webhook_bodies(count: int, prefix: str) -> list[bytes]:
+    """Distinct account.deleted bodies (recorded without a StackOne round trip)."""
+    return [
+        orjson.dumps({"event": "account.deleted", "account_id": f"{prefix}-{n}", "provider": "hibob"})
+        for n in range(count)
+    ]
+
+
+async def _serve_app(app: web.Application) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(f"READY {runner.addresses[0][1]}", flush=True)
+    await asyncio.Event().wait()
+
+
+async def bare_http(_: dict[str, Any]) -> None:
+    """Baseline: an aiohttp handler that reads the body and answers 204."""
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/webhooks/stackone", handler)
+    await _serve_app(app)
+
+
+async def instant_upstream(_: dict[str, Any]) -> None:
+    """A StackOne that answers POST /connect_sessions at once with a fixed 201."""
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=201, body=SESSION_BODY, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/connect_sessions", handler)
+    await _serve_app(app)
+
+
+async def bare_grpc(_: dict[str, Any]) -> None:
+    """Baseline: a grpc.aio server whose one unary method echoes the request bytes."""
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return request
+
+    handler = grpc.unary_unary_rpc_method_handler(echo)  # bytes in, bytes out
+    generic = grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler})
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((generic,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"READY {port}", flush=True)
+    await server.wait_for_termination()
+
+
+async def http_load(args: dict[str, Any]) -> None:
+    """Posts distinct signed webhooks from `concurrency` workers for `seconds`."""
+    bodies = webhook_bodies(args["count"], args["prefix"])
+    signed = [(body, sign(args["secret"], body)) for body in bodies]
+    statuses: dict[str, int] = {}
+    next_index = 0
+    deadline = time.perf_counter() + args["seconds"]
+    connector = TCPConnector(limit=args["concurrency"])
+    async with ClientSession(args["url"], connector=connector) as http:
+
+        async def worker() -> None:
+            nonlocal next_index
+            while time.perf_counter() < deadline and next_index < len(signed):
+                body, signature = signed[next_index]
+                next_index += 1
+                headers = {"content-type": "application/json", "x-stackone-signature": signature}
+                async with http.post("/webhooks/stackone", data=body, headers=headers) as response:
+                    await response.read()
+                    statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(args["concurrency"])))
+        elapsed = time.perf_counter() - started
+    done = sum(statuses.values())
+    print(orjson.dumps({"rps": done / elapsed, "requests": done, "statuses": statuses}).decode())
+
+
+async def paced_post(args: dict[str, Any]) -> None:
+    """Posts `count` signed webhooks at `rate` per second; each account id carries its send time.
+
+    Each account id is `<prefix>-<send time in ns>-<n>`, so subscribers can measure how long
+    the event took from the moment it was sent.
+    """
+    statuses: dict[str, int] = {}
+    connector = TCPConnector(limit=0)
+    async with ClientSession(args["url"], connector=connector) as http:
+
+        async def post(n: int) -> None:
+            account_id = f"{args['prefix']}-{time.time_ns()}-{n}"
+            body = orjson.dumps({"event": "account.deleted", "account_id": account_id, "provider": "hibob"})
+            headers = {"content-type": "application/json", "x-stackone-signature": sign(args["secret"], body)}
+            async with http.post("/webhooks/stackone", data=body, headers=headers) as response:
+                await response.read()
+                statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
+
+        started = time.perf_counter()
+        sends = []
+        for n in range(args["count"]):
+            await asyncio.sleep(max(0.0, started + n / args["rate"] - time.perf_counter()))
+            sends.append(asyncio.create_task(post(n)))
+        await asyncio.gather(*sends)
+    print(orjson.dumps({"statuses": statuses, "seconds": time.perf_counter() - started}).decode())
+
+
+async def grpc_load(args: dict[str, Any]) -> None:
+    """Unary calls from `concurrency` callers for `seconds` (CreateSession or the echo)."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + args["seconds"]
+    async with grpc.aio.insecure_channel(args["target"]) as channel:
+        if args["method"] == "echo":
+            call = channel.unary_unary("/bench.Echo/Echo")
+            payload: Any = pb.CreateSessionRequest(origin_owner_id="t", origin_owner_name="T").SerializeToString()
+        else:
+            call = pb_grpc.ConnectServiceStub(channel).CreateSession
+            payload = pb.CreateSessionRequest(origin_owner_id="t", origin_owner_name="T")
+
+        async def caller() -> None:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                await call(payload)
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(args["concurrency"])))
+        elapsed = time.perf_counter() - started
+    print(orjson.dumps({
+        "rps": len(latencies) / elapsed, "calls": len(latencies),
+        "p50_ms": percentile(latencies, 0.5) * 1e3, "p99_ms": percentile(latencies, 0.99) * 1e3,
+    }).decode())  # fmt: skip
+
+
+async def httpx_latency(args: dict[str, Any]) -> None:
+    """Baseline latency: sequential direct httpx calls to the instant upstream."""
+    latencies: list[float] = []
+    async with httpx.AsyncClient(base_url=args["url"]) as http:
+        body = {"origin_owner_id": "t", "origin_owner_name": "T"}
+        for _ in range(args["calls"]):
+            started = time.perf_counter()
+            (await http.post("/connect_sessions", json=body)).json()
+            latencies.append(time.perf_counter() - started)
+    print(orjson.dumps({"p50_ms": percentile(latencies, 0.5) * 1e3}).decode())
+
+
+async def _open_streams(target: str, count: int, channels: int) -> tuple[list[Any], list[Any]]:
+    opened = [grpc.aio.insecure_channel(target) for _ in range(channels)]
+    stubs = [pb_grpc.ConnectServiceStub(channel) for channel in opened]
+    streams = [stubs[n % channels].StreamAccountEvents(pb.StreamAccountEventsRequest()) for n in range(count)]
+    for stream in streams:
+        await stream.read()  # the first bookmark: attached
+    return opened, streams
+
+
+async def subscribers(args: dict[str, Any]) -> None:
+    """`count` streams; reports when each event (account id `<send ns>`) reached them all."""
+    opened, streams = await _open_streams(args["target"], args["count"], args["channels"])
+    print("READY 0", flush=True)
+    latencies: list[float] = []
+    cpu_started = time.process_time()
+    wall_started = time.perf_counter()
+
+    async def read(stream: Any) -> None:
+        for _ in range(args["events"]):
+            while True:
+                item = await stream.read()
+                if item.HasField("event"):
+                    break
+            latencies.append(time.time_ns() - int(item.event.account.id.split("-")[1]))
+
+    await asyncio.wait_for(asyncio.gather(*(read(s) for s in streams)), timeout=args["timeout"])
+    busy = (time.process_time() - cpu_started) / (time.perf_counter() - wall_started)
+    for channel in opened:
+        await channel.close()
+    print(orjson.dumps({
+        "p50_ms": percentile(latencies, 0.5) / 1e6, "p99_ms": percentile(latencies, 0.99) / 1e6,
+        "client_cpu": busy,
+    }).decode())  # fmt: skip
+
+
+async def replay(args: dict[str, Any]) -> None:
+    """Reads `count` events from the earliest; reports events per second."""
+    async with grpc.aio.insecure_channel(args["target"]) as channel:
+        stub = pb_grpc.ConnectServiceStub(channel)
+        request = pb.StreamAccountEventsRequest()
+        request.from_earliest.SetInParent()
+        seen = 0
+        started = time.perf_counter()
+        async for item in stub.StreamAccountEvents(request):
+            seen += item.HasField("event")
+            if seen >= args["count"]:
+                break
+        elapsed = time.perf_counter() - started
+    print(orjson.dumps({"events_per_s": seen / elapsed, "events": seen}).decode())
+
+
+ROLES = {
+    "bare_http": bare_http, "instant_upstream": instant_upstream, "bare_grpc": bare_grpc,
+    "http_load": http_load, "paced_post": paced_post, "grpc_load": grpc_load, "httpx_latency": httpx_latency,
+    "subscribers": subscribers, "replay": replay,
+}  # fmt: skip
+
+if __name__ == "__main__":
+    if cpu := os.environ.get("BENCH_CPU"):
+        os.sched_setaffinity(0, {int(cpu)})
+    arguments = orjson.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    uvloop.run(ROLES[sys.argv[1]](arguments))
