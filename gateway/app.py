@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from gateway.signature import SIGNATURE_HEADER, is_valid_signature
 from service.events.ingest import Ingestor, InvalidWebhook, parse_webhook
 from service.events.model import EventLogError
-from service.logs import REQUEST_ID
+from service.logs import REQUEST_ID, new_request_id
 from service.metrics import Metrics
 
 _log = logging.getLogger(__name__)
@@ -114,7 +113,7 @@ async def request_id(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Gives every request an id (the caller's X-Request-Id, or a new one) for the logs."""
-    value = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+    value = request.headers.get("x-request-id") or new_request_id()
     REQUEST_ID.set(value)
     response = await handler(request)
     response.headers["x-request-id"] = value

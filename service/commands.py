@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     Stub = pb_grpc.ConnectServiceAsyncStub
     Command = Callable[[Stub, argparse.Namespace, "Output"], Any]
 RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+# A backlog (e.g. --from-earliest) arrives in batches of up to this many events per message.
+WATCH_BATCH = 200
 # Codes after which reconnecting cannot help: the request itself must change.
 _FINAL_CODES = frozenset(
     {
@@ -156,6 +158,7 @@ async def watch_events(stub: Stub, args: argparse.Namespace, out: Output) -> Non
         origin_owner_ids=args.owner_id or [],
         account_ids=args.account_id or [],
         event_types=args.type or [],
+        max_events_per_message=WATCH_BATCH,
     )
     if args.from_cursor:
         request.after_cursor = args.from_cursor
@@ -169,10 +172,12 @@ async def watch_events(stub: Stub, args: argparse.Namespace, out: Output) -> Non
         try:
             async for item in stub.StreamAccountEvents(request, metadata=_auth(args)):
                 failures = 0
-                cursor = item.event.cursor if item.HasField("event") else item.bookmark.cursor
-                request.after_cursor = cursor  # resume exactly here after a disconnect
-                if item.HasField("event"):
-                    _print_event(out, item.event)
+                if item.HasField("bookmark"):
+                    request.after_cursor = item.bookmark.cursor
+                    continue
+                for event in [item.event] if item.HasField("event") else item.events.events:
+                    _print_event(out, event)
+                    request.after_cursor = event.cursor  # resume exactly here on reconnect
                     seen += 1
                     if args.max_events is not None and seen >= args.max_events:
                         return

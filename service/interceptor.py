@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,7 @@ import grpc
 from grpc_status import rpc_status
 
 from service.grpc_typing import ServerInterceptor
-from service.logs import REQUEST_ID
+from service.logs import REQUEST_ID, new_request_id
 from service.metrics import Metrics
 from service.status import status_for
 
@@ -37,7 +36,7 @@ class _Call:
         self.started = time.perf_counter()
         metadata = dict(context.invocation_metadata() or ())
         supplied = metadata.get(REQUEST_ID_HEADER)
-        REQUEST_ID.set(supplied if isinstance(supplied, str) else uuid.uuid4().hex[:16])
+        REQUEST_ID.set(supplied if isinstance(supplied, str) else new_request_id())
 
     async def fail(self, error: Exception) -> None:
         """Ends the call with the status that reports `error`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -11,6 +12,13 @@ import orjson
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 """The id of the RPC or webhook being handled; every log line written meanwhile has it."""
+
+
+def new_request_id() -> str:
+    """A fresh id for a request that brought none (unique enough for logs; not a secret)."""
+    return f"{random.getrandbits(64):016x}"
+
+
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.auth import AuthInterceptor, ClientRegistry
 from service.config import Settings
 from service.interceptor import CallInterceptor
 from service.metrics import Metrics
 from service.servicer import ConnectServicer
 
+MethodHandler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["ConnectService"].full_name
 
 _OPTIONS = [
@@ -55,6 +55,40 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def connect_service_handlers(servicer: ConnectServicer) -> dict[str, MethodHandler]:
+    """ConnectService's method handlers, as the generated `add_..._to_server` makes them.
+
+    Except StreamAccountEvents: its method yields already-serialized responses, which grpc
+    sends as they are because the handler has no response serializer.
+    """
+    return {
+        "CreateSession": grpc.unary_unary_rpc_method_handler(
+            servicer.CreateSession,
+            request_deserializer=pb.CreateSessionRequest.FromString,
+            response_serializer=pb.Session.SerializeToString,
+        ),
+        "GetAccount": grpc.unary_unary_rpc_method_handler(
+            servicer.GetAccount,
+            request_deserializer=pb.GetAccountRequest.FromString,
+            response_serializer=pb.Account.SerializeToString,
+        ),
+        "ListAccounts": grpc.unary_unary_rpc_method_handler(
+            servicer.ListAccounts,
+            request_deserializer=pb.ListAccountsRequest.FromString,
+            response_serializer=pb.ListAccountsResponse.SerializeToString,
+        ),
+        "DeleteAccount": grpc.unary_unary_rpc_method_handler(
+            servicer.DeleteAccount,
+            request_deserializer=pb.DeleteAccountRequest.FromString,
+            response_serializer=pb.Account.SerializeToString,
+        ),
+        "StreamAccountEvents": grpc.unary_stream_rpc_method_handler(
+            servicer.stream_account_events,
+            request_deserializer=pb.StreamAccountEventsRequest.FromString,
+        ),
+    }
+
+
 def build_grpc_server(
     servicer: ConnectServicer,
     health_servicer: HealthReporter,
@@ -71,7 +105,8 @@ def build_grpc_server(
     if settings.clients_file is not None:
         interceptors.append(AuthInterceptor(ClientRegistry(settings.clients_file), SERVICE_NAME))
     server = grpc.aio.server(interceptors=interceptors, options=_OPTIONS)
-    pb_grpc.add_ConnectServiceServicer_to_server(servicer, server)
+    handlers = connect_service_handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [

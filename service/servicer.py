@@ -1,7 +1,7 @@
 """The ConnectService servicer: protocol data in, domain calls, protocol data out.
 
 Errors are raised as domain exceptions and mapped to statuses by
-`service.status.ErrorStatusInterceptor`; validation happens before any upstream call.
+`service.interceptor.CallInterceptor`; validation happens before any upstream call.
 """
 
 from __future__ import annotations
@@ -13,30 +13,18 @@ from typing import Any
 
 import grpc
 
-from service import convert, validation
+from service import convert, validation, wire
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events.feed import follow, resolve_start
 from service.events.log import EventLog
-from service.events.model import Bookmark, ServerDraining, StoredEvent
+from service.events.model import Bookmark, ServerDraining
 from service.metrics import Metrics
 from service.stackone.client import StackOneClient
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def stream_item(item: StoredEvent | Bookmark) -> pb.StreamAccountEventsResponse:
-    """The stream message for a recorded event or a bookmark."""
-    if isinstance(item, Bookmark):
-        bookmark = pb.Bookmark(cursor=str(item.cursor))
-        bookmark.sent_at.GetCurrentTime()
-        return pb.StreamAccountEventsResponse(bookmark=bookmark)
-    event = pb.AccountEvent.FromString(item.body)
-    event.cursor = str(item.cursor)
-    return pb.StreamAccountEventsResponse(event=event)
-
-
-class ConnectServicer(pb_grpc.ConnectServiceServicer):
+class ConnectServicer:
     """Serves ConnectService over a StackOne client and an event log."""
 
     def __init__(
@@ -95,11 +83,15 @@ class ConnectServicer(pb_grpc.ConnectServiceServicer):
         account = await self._stackone.delete_account(account_id, deadline=self._deadline(context))
         return convert.account_message(account)
 
-    async def StreamAccountEvents(
+    async def stream_account_events(
         self, request: pb.StreamAccountEventsRequest, context: Context
-    ) -> AsyncIterator[pb.StreamAccountEventsResponse]:
-        """Streams matching events from the requested position, with bookmarks."""
-        event_filter, start = validation.stream_request(request)
+    ) -> AsyncIterator[bytes]:
+        """StreamAccountEvents: matching events from the requested position, with bookmarks.
+
+        Yields serialized responses (see `service.wire`); `service.server` registers it
+        in place of the generated `StreamAccountEvents` with no response serializer.
+        """
+        event_filter, start, per_message = validation.stream_request(request)
         after = await resolve_start(self._log, start)
         position = after
         feed = follow(
@@ -112,10 +104,14 @@ class ConnectServicer(pb_grpc.ConnectServiceServicer):
         self._metrics.subscribers.inc()
         try:
             async for item in feed:
-                position = item.cursor
-                if isinstance(item, StoredEvent):
-                    self._metrics.delivery_lag_seconds.observe(time.time() - item.recorded_at)
-                yield stream_item(item)
+                if isinstance(item, Bookmark):
+                    position = item.cursor
+                    yield wire.bookmark_frame(item.cursor)
+                    continue
+                self._metrics.delivery_lag_seconds.observe(time.time() - item[0].recorded_at)
+                for frame in wire.event_frames(item, per_message):
+                    yield frame
+                position = item[-1].cursor
         finally:
             self._metrics.subscribers.dec()
             await feed.aclose()

@@ -41,6 +41,7 @@ _EVENT_TYPE = re.compile(r"account\.[a-z_]{1,64}")
 MAX_TEXT = 255
 MAX_FILTER_VALUES = 100
 MAX_PAGE_SIZE = 100
+MAX_EVENTS_PER_MESSAGE = 1000
 DEFAULT_PAGE_SIZE = 25
 MAX_EXPIRES_IN = 30 * 24 * 3600
 
@@ -179,8 +180,10 @@ def list_query(request: pb.ListAccountsRequest) -> AccountListQuery:
     )
 
 
-def stream_request(request: pb.StreamAccountEventsRequest) -> tuple[EventFilter, StartPosition]:
-    """Validates `StreamAccountEvents` into a filter and a start position."""
+def stream_request(
+    request: pb.StreamAccountEventsRequest,
+) -> tuple[EventFilter, StartPosition, int]:
+    """Validates `StreamAccountEvents` into a filter, a start position and a batch size."""
     check = _Checker()
     check.values("providers", list(request.providers), _PROVIDER)
     check.values("origin_owner_ids", list(request.origin_owner_ids))
@@ -195,6 +198,8 @@ def stream_request(request: pb.StreamAccountEventsRequest) -> tuple[EventFilter,
             start = StartPosition.after(int(request.after_cursor))
         else:
             check.fail("after_cursor", "is not a cursor from an event or a bookmark")
+    if request.max_events_per_message > MAX_EVENTS_PER_MESSAGE:
+        check.fail("max_events_per_message", f"must be at most {MAX_EVENTS_PER_MESSAGE}")
     check.done()
     event_filter = EventFilter.of(
         providers=request.providers,
@@ -202,4 +207,4 @@ def stream_request(request: pb.StreamAccountEventsRequest) -> tuple[EventFilter,
         account_ids=request.account_ids,
         event_types=request.event_types,
     )
-    return event_filter, start
+    return event_filter, start, request.max_events_per_message

@@ -30,15 +30,20 @@ async def next_event(stream: StreamCall, timeout: float = 5.0) -> pb.AccountEven
 
 
 async def events_until_caught_up(stream: StreamCall, latest: str) -> list[pb.AccountEvent]:
-    """Every event until a bookmark (or event) at cursor `latest` shows the stream caught up."""
+    """Every event until a bookmark (or event) at cursor `latest` shows the stream caught up.
+
+    Events may come one per message or in batches (`max_events_per_message`).
+    """
     events: list[pb.AccountEvent] = []
     while True:
         item = await next_item(stream)
-        if item.HasField("event"):
-            events.append(item.event)
-            if item.event.cursor == latest:
+        if item.HasField("bookmark"):
+            if int(item.bookmark.cursor) >= int(latest):
                 return events
-        elif int(item.bookmark.cursor) >= int(latest):
+            continue
+        arrived = [item.event] if item.HasField("event") else list(item.events.events)
+        events.extend(arrived)
+        if arrived[-1].cursor == latest:
             return events
 
 

@@ -72,6 +72,50 @@ async def test_duplicate_deliveries_appear_once_on_every_stream(
         stream.cancel()
 
 
+async def test_batched_catch_up_carries_the_same_events_in_order(
+    service: Runtime, stub: pb_grpc.ConnectServiceAsyncStub
+) -> None:
+    """With max_events_per_message, a backlog arrives in batches: same events, same order."""
+    async with httpx.AsyncClient(base_url=service.gateway.base_url) as http:
+        for _ in range(10):
+            assert (await deliver(http, webhook())).status_code == 200
+    latest = str((await service.event_log.bounds()).latest)
+    one_by_one = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(from_earliest=Empty()))
+    batched = stub.StreamAccountEvents(
+        pb.StreamAccountEventsRequest(from_earliest=Empty(), max_events_per_message=4)
+    )
+    await attached(batched)
+    sizes: list[int] = []
+    async with asyncio.timeout(5):
+        while sum(sizes) < 10:
+            item = await batched.read()
+            assert isinstance(item, pb.StreamAccountEventsResponse)
+            assert not item.HasField("event"), "a batched stream sends batches"
+            if item.HasField("events"):
+                sizes.append(len(item.events.events))
+    assert sizes == [4, 4, 2]
+    resumed = stub.StreamAccountEvents(
+        pb.StreamAccountEventsRequest(after_cursor="4", max_events_per_message=100)
+    )
+    expected = await events_until_caught_up(one_by_one, latest)
+    assert [e.cursor for e in expected] == [str(n) for n in range(1, 11)]
+    await attached(resumed)
+    assert await events_until_caught_up(resumed, latest) == expected[4:]
+    for stream in (one_by_one, batched, resumed):
+        stream.cancel()
+
+
+async def test_an_oversized_batch_request_names_the_field(
+    stub: pb_grpc.ConnectServiceAsyncStub,
+) -> None:
+    """max_events_per_message above the limit is INVALID_ARGUMENT naming the field."""
+    stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(max_events_per_message=1001))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stream.read()
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_events_per_message" in str(raised.value.details())
+
+
 async def replay(serve: ServeProcess) -> list[pb.AccountEvent]:
     """Every retained event of a running `serve`, from the earliest."""
     async with grpc.aio.insecure_channel(serve.grpc_target) as channel:

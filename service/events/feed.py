@@ -59,16 +59,19 @@ async def follow(
     bookmark_interval: float,
     stop: asyncio.Event | None = None,
     batch_size: int = 256,
-) -> AsyncGenerator[StoredEvent | Bookmark, None]:
+) -> AsyncGenerator[list[StoredEvent] | Bookmark, None]:
     """Yields matching events after cursor `after`, forever, in cursor order.
 
-    The first item is a `Bookmark` of the start position. Later, a `Bookmark` with the
+    Events come in lists: the (non-empty) matching events of one read from the log, so a
+    subscriber catching up handles a batch per step. The first item is a `Bookmark` of the
+    start position. Later, a `Bookmark` with the
     position read so far is yielded whenever `bookmark_interval`
     seconds pass without anything sent, so idle and filtered subscribers can resume
     exactly and dead connections are noticed. Ends when `stop` is set. Raises
     `CursorOutOfRange` when retention removes events this follower has not read yet.
     """
     position = after
+    match_all = event_filter.is_empty
     # The first message says the stream is attached and where it starts.
     yield Bookmark(position)
     last_sent = time.monotonic()
@@ -77,11 +80,12 @@ async def follow(
         bounds = await log.bounds()
         if position < bounds.pruned_through:
             raise CursorOutOfRange(position, bounds)
-        for event in batch:
-            position = event.cursor
-            if event_filter.matches(event):
-                yield event
-                last_sent = time.monotonic()
+        matching = batch if match_all else [e for e in batch if event_filter.matches(e)]
+        if batch:
+            position = batch[-1].cursor
+        if matching:
+            yield matching
+            last_sent = time.monotonic()
         idle_for = time.monotonic() - last_sent
         if idle_for >= bookmark_interval:
             yield Bookmark(position)

@@ -12,11 +12,12 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 from typing import Any, Protocol
 
 import orjson
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.convert import account_message, timestamp
@@ -168,8 +169,9 @@ class Ingestor:
         if not event.is_account_event:
             _log.info("ignoring webhook of type %s: not an account event", event.type)
             return IngestResult.IGNORED
-        # A redelivery skips the StackOne round trip; the append below still de-duplicates.
-        if await self._log.contains(event.event_id):
+        # A redelivery skips the StackOne round trip; the append below de-duplicates
+        # every event (this check only saves the enrichment call, so only they pay for it).
+        if event.type in _ENRICHED_TYPES and await self._log.contains(event.event_id):
             return IngestResult.DUPLICATE
         record = event_record(await self._message(event))
         with self._metrics.append_seconds.time():
@@ -177,7 +179,8 @@ class Ingestor:
         return IngestResult.DUPLICATE if outcome.duplicate else IngestResult.RECORDED
 
     async def _message(self, event: WebhookEvent) -> pb.AccountEvent:
-        now = datetime.now(UTC)
+        received_at = Timestamp()
+        received_at.GetCurrentTime()
         message = pb.AccountEvent(
             event_id=event.event_id,
             type=event.type,
@@ -188,8 +191,8 @@ class Ingestor:
                 origin_owner_name=event.origin_owner_name,
                 origin_username=event.origin_username,
             ),
-            occurred_at=timestamp(event.occurred_at or now),
-            received_at=timestamp(now),
+            occurred_at=timestamp(event.occurred_at) or received_at,
+            received_at=received_at,
             source=pb.EVENT_SOURCE_WEBHOOK,
             verification=pb.VERIFICATION_NOT_APPLICABLE,
         )

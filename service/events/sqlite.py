@@ -1,11 +1,15 @@
 """The embedded event log: SQLite in WAL mode with full sync, group-committed appends.
 
-Two connections, each confined to its own single thread: one writes (appends and
-retention, so they never race), one reads. Appends that arrive while a commit is in
-flight are committed together in the next transaction, so durability costs one fsync per
-batch rather than per event. The newest events (a few MiB of them) are also kept in
-memory (the tail), so the many streams that follow the head of the log share one copy
-instead of querying SQLite.
+Appends that arrive while a commit is in flight are staged together in the next
+transaction on the event loop's thread (in-memory B-tree work, cheaper than handing each
+statement to another thread and back), and only the COMMIT, which waits for the fsync,
+runs on the writer thread: durability costs one fsync per batch, not per event, and the
+loop never waits for the disk. A lock keeps every use of the writing connection (appends,
+retention, the writability probe) one at a time. Another connection, on its own thread,
+reads batches. A third, on the event loop's thread, answers the per-webhook duplicate
+check: a primary-key lookup in WAL mode never waits for the writer. The newest events (a
+few MiB of them) are also kept in memory (the tail), so the many streams that follow the
+head of the log share one copy instead of querying SQLite.
 """
 
 from __future__ import annotations
@@ -96,13 +100,15 @@ class _PendingAppend:
     done: asyncio.Future[list[AppendOutcome]]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+def _connect(
+    path: Path, *, check_same_thread: bool = False, busy_ms: int = 5000
+) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread)
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: a commit is on disk (fsync'd WAL) before append() returns and the
     # gateway acknowledges the webhook.
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(f"PRAGMA busy_timeout={busy_ms}")
     return conn
 
 
@@ -114,6 +120,7 @@ class SqliteEventLog:
         path: Path,
         writer: sqlite3.Connection,
         reader: sqlite3.Connection,
+        lookup: sqlite3.Connection,
         retention: Retention,
         *,
         tail_bytes: int,
@@ -122,12 +129,14 @@ class SqliteEventLog:
         self.path = path
         self._writer_conn = writer
         self._reader_conn = reader
+        self._lookup_conn = lookup
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="eventlog-write")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="eventlog-read")
         self._retention = retention
         self._tail_budget = tail_bytes
         self._max_batch = max_batch
         self._pending: asyncio.Queue[_PendingAppend] = asyncio.Queue()
+        self._write_lock = asyncio.Lock()
         self._appended = asyncio.Event()
         self._latest = 0
         self._pruned_through = 0
@@ -152,10 +161,13 @@ class SqliteEventLog:
         writer = await asyncio.to_thread(_connect, path)
         await asyncio.to_thread(writer.executescript, _SCHEMA)
         reader = await asyncio.to_thread(_connect, path)
+        # Short: this one runs on the event loop, which must not wait long for a lock.
+        lookup = _connect(path, check_same_thread=True, busy_ms=100)
         log = cls(
             path,
             writer,
             reader,
+            lookup,
             retention or Retention(),
             tail_bytes=tail_bytes,
             max_batch=max_batch,
@@ -209,11 +221,14 @@ class SqliteEventLog:
 
     async def contains(self, event_id: str) -> bool:
         """True when `event_id` was recorded within the dedup window."""
-        row = await self._on_reader(
-            lambda: self._reader_conn.execute(
+        if self._closed:
+            raise EventLogUnavailable("the event log is closed")
+        try:
+            row = self._lookup_conn.execute(
                 "SELECT 1 FROM dedup WHERE event_id = ?", (event_id,)
             ).fetchone()
-        )
+        except sqlite3.Error as error:
+            raise EventLogUnavailable(f"the event log at {self.path} failed: {error}") from error
         return row is not None
 
     async def known_accounts(self) -> dict[str, KnownAccount]:
@@ -240,6 +255,7 @@ class SqliteEventLog:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._on_writer(self._writer_conn.close)
         await self._on_reader(self._reader_conn.close)
+        self._lookup_conn.close()
         self._writer.shutdown()
         self._reader.shutdown()
         self._appended.set()
@@ -305,7 +321,12 @@ class SqliteEventLog:
                 count += len(batch[-1].records)
             records = [record for pending in batch for record in pending.records]
             try:
-                outcomes, stored = await self._on_writer(self._insert_batch, records)
+                async with self._write_lock:
+                    try:
+                        outcomes, stored = self._stage_batch(records)
+                    except sqlite3.Error as error:
+                        raise EventLogUnavailable(f"{self.path}: {error}") from error
+                    await self._run(self._writer, self._commit)
             except (EventLogUnavailable, OSError) as error:
                 _log.error("event log append failed: %s", error)
                 for pending in batch:
@@ -341,9 +362,10 @@ class SqliteEventLog:
         appended, self._appended = self._appended, asyncio.Event()
         appended.set()
 
-    def _insert_batch(
+    def _stage_batch(
         self, records: Sequence[EventRecord]
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
+        """Runs the batch's statements in a new transaction, left open for `_commit`."""
         conn = self._writer_conn
         now = time.time()
         outcomes: list[AppendOutcome] = []
@@ -398,11 +420,18 @@ class SqliteEventLog:
                 )
                 outcomes.append(AppendOutcome(record.event_id, cursor, duplicate=False))
                 stored.append(StoredEvent(cursor, *row))
-            conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         return outcomes, stored
+
+    def _commit(self) -> None:
+        try:
+            self._writer_conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+                self._writer_conn.execute("ROLLBACK")
+            raise
 
     def _known_in_transaction(self, account_id: str) -> KnownAccount | None:
         row = self._writer_conn.execute(
@@ -429,7 +458,8 @@ class SqliteEventLog:
         return [StoredEvent(*row) for row in rows]
 
     async def _on_writer(self, fn: Callable[..., _T], *args: object) -> _T:
-        return await self._run(self._writer, fn, *args)
+        async with self._write_lock:
+            return await self._run(self._writer, fn, *args)
 
     async def _on_reader(self, fn: Callable[..., _T], *args: object) -> _T:
         return await self._run(self._reader, fn, *args)

@@ -32,6 +32,7 @@ from tests.processes import ServeProcess, serve_env, serve_process
 SERVER_CPU, LOAD_CPU = 0, 1
 SECRET = "bench-webhook-secret"
 RESULTS = Path("bench-results.json")
+REPLAY_BATCH = 256  # max_events_per_message of the replaying subscriber
 
 
 @dataclass
@@ -145,8 +146,8 @@ async def _subscribed_latency(
     rss_before = process.rss_kib()
     readers = await _spawn(
         "subscribers",
-        {"target": process.grpc_target, "count": subscribers, "channels": max(1, subscribers // 100),
-         "events": events, "timeout": timeout},
+        {"target": process.grpc_target, "count": subscribers, "events": events,
+         "channels": max(1, subscribers // 100), "timeout": timeout},
         LOAD_CPU,
     )  # fmt: skip
     try:
@@ -218,12 +219,20 @@ async def bench_create_session(workdir: Path, seconds: float) -> list[Row]:
         env = {"STACKONE_CONNECT_API_KEY": "bench-key", "STACKONE_CONNECT_BASE_URL": upstream_url}
         async with serve(workdir, "sessions", **env) as process:
             measured = await run_role(
-                "grpc_load", seconds + 30, target=process.grpc_target, method="create_session",
-                seconds=seconds, concurrency=16,
+                "grpc_load",
+                seconds + 30,
+                target=process.grpc_target,
+                method="create_session",
+                seconds=seconds,
+                concurrency=16,
             )
             sequential = await run_role(
-                "grpc_load", seconds + 30, target=process.grpc_target, method="create_session",
-                seconds=seconds, concurrency=1,
+                "grpc_load",
+                seconds + 30,
+                target=process.grpc_target,
+                method="create_session",
+                seconds=seconds,
+                concurrency=1,
             )
         direct = await run_role("httpx_latency", 60, url=upstream_url, calls=2000)
     ratio = measured["rps"] / baseline["rps"]
@@ -248,11 +257,13 @@ async def _seed(path: Path, count: int) -> None:
         for start in range(0, count, 1000):
             records = []
             for n in range(start, min(count, start + 1000)):
-                message = pb.AccountEvent(
-                    event_id=f"seed-{n}", type="account.updated",
-                    account=pb.Account(id=f"acc-{n % 5000}", provider="hibob", origin_owner_id=f"owner-{n % 97}",
-                                       origin_owner_name="Acme", status=pb.ACCOUNT_STATUS_ACTIVE, raw_status="active"),
+                account = pb.Account(
+                    id=f"acc-{n % 5000}", provider="hibob", origin_owner_id=f"owner-{n % 97}",
+                    origin_owner_name="Acme", status=pb.ACCOUNT_STATUS_ACTIVE, raw_status="active",
                 )  # fmt: skip
+                message = pb.AccountEvent(
+                    event_id=f"seed-{n}", type="account.updated", account=account
+                )
                 message.occurred_at.GetCurrentTime()
                 message.received_at.GetCurrentTime()
                 records.append(event_record(message))
@@ -267,7 +278,9 @@ async def bench_replay(workdir: Path, count: int) -> Row:
     directory.mkdir(exist_ok=True)
     await _seed(directory / "events.db", count)
     async with serve(workdir, "replay") as process:
-        measured = await run_role("replay", 120, target=process.grpc_target, count=count)
+        measured = await run_role(
+            "replay", 120, target=process.grpc_target, count=count, per_message=REPLAY_BATCH
+        )
     return Row(
         "replay from a cursor", measured["events_per_s"], "events/s", "-", None, None,
         ">= 50,000 events/s", measured["events_per_s"] >= 50_000, f"{measured['events']} events",
@@ -278,8 +291,10 @@ def _format(rows: list[Row]) -> str:
     header = "| figure | measured | baseline (same run) | ratio | target | met |"
     lines = [header, "|---|---|---|---|---|---|"]
     for row in rows:
-        baseline = row.baseline if row.baseline_value is None else (
-            f"{row.baseline}: {row.baseline_value:,.2f}"
+        baseline = (
+            row.baseline
+            if row.baseline_value is None
+            else (f"{row.baseline}: {row.baseline_value:,.2f}")
         )
         ratio = "" if row.ratio is None else f"{row.ratio:.2f}x"
         detail = f" ({row.detail})" if row.detail else ""
@@ -298,7 +313,7 @@ def _machine() -> str:
     return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}"
 
 
-async def main(seconds: float, replay_events: int) -> int:
+async def main(seconds: float, replay_events: int) -> dict[str, Any]:
     """Runs every benchmark and prints the table."""
     if os.cpu_count() is not None and os.cpu_count() >= 2:  # type: ignore[operator]
         os.sched_setaffinity(0, {SERVER_CPU})  # inherited by every server this run starts
@@ -311,16 +326,10 @@ async def main(seconds: float, replay_events: int) -> int:
         rows += await bench_fan_out(workdir)
         rows.append(await bench_replay(workdir, replay_events))
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"\nstackone-connect benchmarks, {when}, {_machine()}, {time.perf_counter() - started:.0f} s\n")
+    took = time.perf_counter() - started
+    print(f"\nstackone-connect benchmarks, {when}, {_machine()}, {took:.0f} s\n")
     print(_format(rows))
-    RESULTS.write_bytes(
-        orjson.dumps(
-            {"date": when, "machine": _machine(), "rows": [asdict(row) for row in rows]},
-            option=orjson.OPT_INDENT_2,
-        )
-    )
-    print(f"\nwritten to {RESULTS}")
-    return 0
+    return {"date": when, "machine": _machine(), "rows": [asdict(row) for row in rows]}
 
 
 if __name__ == "__main__":
@@ -328,4 +337,6 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each load phase")
     parser.add_argument("--replay-events", type=int, default=100_000)
     options = parser.parse_args()
-    sys.exit(asyncio.run(main(options.seconds, options.replay_events)))
+    results = asyncio.run(main(options.seconds, options.replay_events))
+    RESULTS.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    print(f"\nwritten to {RESULTS}")

@@ -37,7 +37,9 @@ def percentile(values: list[float], fraction: float) -> float:
 def webhook_bodies(count: int, prefix: str) -> list[bytes]:
     """Distinct account.deleted bodies (recorded without a StackOne round trip)."""
     return [
-        orjson.dumps({"event": "account.deleted", "account_id": f"{prefix}-{n}", "provider": "hibob"})
+        orjson.dumps(
+            {"event": "account.deleted", "account_id": f"{prefix}-{n}", "provider": "hibob"}
+        )
         for n in range(count)
     ]
 
@@ -130,8 +132,13 @@ async def paced_post(args: dict[str, Any]) -> None:
 
         async def post(n: int) -> None:
             account_id = f"{args['prefix']}-{time.time_ns()}-{n}"
-            body = orjson.dumps({"event": "account.deleted", "account_id": account_id, "provider": "hibob"})
-            headers = {"content-type": "application/json", "x-stackone-signature": sign(args["secret"], body)}
+            body = orjson.dumps(
+                {"event": "account.deleted", "account_id": account_id, "provider": "hibob"}
+            )
+            headers = {
+                "content-type": "application/json",
+                "x-stackone-signature": sign(args["secret"], body),
+            }
             async with http.post("/webhooks/stackone", data=body, headers=headers) as response:
                 await response.read()
                 statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
@@ -151,8 +158,10 @@ async def grpc_load(args: dict[str, Any]) -> None:
     deadline = time.perf_counter() + args["seconds"]
     async with grpc.aio.insecure_channel(args["target"]) as channel:
         if args["method"] == "echo":
-            call = channel.unary_unary("/bench.Echo/Echo")
-            payload: Any = pb.CreateSessionRequest(origin_owner_id="t", origin_owner_name="T").SerializeToString()
+            call = channel.unary_unary("/bench.Echo/Echo", None, None)
+            payload: Any = pb.CreateSessionRequest(
+                origin_owner_id="t", origin_owner_name="T"
+            ).SerializeToString()
         else:
             call = pb_grpc.ConnectServiceStub(channel).CreateSession
             payload = pb.CreateSessionRequest(origin_owner_id="t", origin_owner_name="T")
@@ -187,7 +196,10 @@ async def httpx_latency(args: dict[str, Any]) -> None:
 async def _open_streams(target: str, count: int, channels: int) -> tuple[list[Any], list[Any]]:
     opened = [grpc.aio.insecure_channel(target) for _ in range(channels)]
     stubs = [pb_grpc.ConnectServiceStub(channel) for channel in opened]
-    streams = [stubs[n % channels].StreamAccountEvents(pb.StreamAccountEventsRequest()) for n in range(count)]
+    streams = [
+        stubs[n % channels].StreamAccountEvents(pb.StreamAccountEventsRequest())
+        for n in range(count)
+    ]
     for stream in streams:
         await stream.read()  # the first bookmark: attached
     return opened, streams
@@ -220,15 +232,15 @@ async def subscribers(args: dict[str, Any]) -> None:
 
 
 async def replay(args: dict[str, Any]) -> None:
-    """Reads `count` events from the earliest; reports events per second."""
+    """Reads `count` events from the earliest, in batches; reports events per second."""
+    request = pb.StreamAccountEventsRequest(max_events_per_message=args["per_message"])
+    request.from_earliest.SetInParent()
     async with grpc.aio.insecure_channel(args["target"]) as channel:
         stub = pb_grpc.ConnectServiceStub(channel)
-        request = pb.StreamAccountEventsRequest()
-        request.from_earliest.SetInParent()
         seen = 0
         started = time.perf_counter()
         async for item in stub.StreamAccountEvents(request):
-            seen += item.HasField("event")
+            seen += 1 if item.HasField("event") else len(item.events.events)
             if seen >= args["count"]:
                 break
         elapsed = time.perf_counter() - started
@@ -237,8 +249,8 @@ async def replay(args: dict[str, Any]) -> None:
 
 ROLES = {
     "bare_http": bare_http, "instant_upstream": instant_upstream, "bare_grpc": bare_grpc,
-    "http_load": http_load, "paced_post": paced_post, "grpc_load": grpc_load, "httpx_latency": httpx_latency,
-    "subscribers": subscribers, "replay": replay,
+    "http_load": http_load, "paced_post": paced_post, "grpc_load": grpc_load,
+    "httpx_latency": httpx_latency, "subscribers": subscribers, "replay": replay,
 }  # fmt: skip
 
 if __name__ == "__main__":

@@ -482,8 +482,14 @@ class StreamAccountEventsRequest(_message.Message):
     FROM_NOW_FIELD_NUMBER: _builtins.int
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     FROM_EARLIEST_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     after_cursor: _builtins.str
     """Events recorded after this cursor (from an event or a bookmark)."""
+    max_events_per_message: _builtins.int
+    """When several matching events are ready at once (catching up from a cursor), send up
+    to this many in one message, as `events`; the server never waits to fill a batch.
+    0 or 1: one event per message, as `event`. At most 1000.
+    """
     @_builtins.property
     def providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only events of accounts of these providers."""
@@ -518,10 +524,11 @@ class StreamAccountEventsRequest(_message.Message):
         from_now: _empty_pb2.Empty | None = ...,
         after_cursor: _builtins.str = ...,
         from_earliest: _empty_pb2.Empty | None = ...,
+        max_events_per_message: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "from_earliest", b"from_earliest", "from_now", b"from_now", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids", "after_cursor", b"after_cursor", "event_types", b"event_types", "from_earliest", b"from_earliest", "from_now", b"from_now", "origin_owner_ids", b"origin_owner_ids", "providers", b"providers", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids", "after_cursor", b"after_cursor", "event_types", b"event_types", "from_earliest", b"from_earliest", "from_now", b"from_now", "max_events_per_message", b"max_events_per_message", "origin_owner_ids", b"origin_owner_ids", "providers", b"providers", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["from_now", "after_cursor", "from_earliest"]  # noqa: Y015
     _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
@@ -622,6 +629,30 @@ class Bookmark(_message.Message):
 Global___Bookmark: _TypeAlias = Bookmark  # noqa: Y015
 
 @_typing.final
+class EventBatch(_message.Message):
+    """Consecutive events of a stream, in cursor order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountEvent]:
+        """The events; resume after the cursor of the last one."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___AccountEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventBatch: _TypeAlias = EventBatch  # noqa: Y015
+
+@_typing.final
 class StreamAccountEventsResponse(_message.Message):
     """One item of the event stream."""
 
@@ -629,6 +660,7 @@ class StreamAccountEventsResponse(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     BOOKMARK_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___AccountEvent:
         """An event that matches the stream's filters."""
@@ -637,17 +669,22 @@ class StreamAccountEventsResponse(_message.Message):
     def bookmark(self) -> Global___Bookmark:
         """The latest cursor of the log."""
 
+    @_builtins.property
+    def events(self) -> Global___EventBatch:
+        """Several matching events, when the request set `max_events_per_message` above 1."""
+
     def __init__(
         self,
         *,
         event: Global___AccountEvent | None = ...,
         bookmark: Global___Bookmark | None = ...,
+        events: Global___EventBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bookmark", b"bookmark", "event", b"event", "item", b"item"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bookmark", b"bookmark", "event", b"event", "events", b"events", "item", b"item"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bookmark", b"bookmark", "event", b"event", "item", b"item"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bookmark", b"bookmark", "event", b"event", "events", b"events", "item", b"item"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "bookmark"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "bookmark", "events"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
