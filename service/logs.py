@@ -48,5 +48,7 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiohttp's access log repeats what our own lines say.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiohttp's access log and httpx's per-request lines repeat what our metrics and own
+    # lines say, and cost a formatted JSON line per request.
+    for chatty in ("aiohttp.access", "httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -196,5 +196,6 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
             await health_servicer.enter_graceful_shutdown()
             gateway_state.accepting = False
             draining.set()
+            event_log.stop_waits()  # idle streams see `draining` now, not at their next wake
             # Both drain within one grace period; the exit stack then closes the rest.
             await asyncio.gather(server.stop(settings.shutdown_grace), gateway.stop())

@@ -72,9 +72,14 @@ class ServeProcess:
 
     def rss_kib(self) -> int:
         """Resident memory of the process in KiB, from /proc."""
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
-        return int(line.split()[1])
+        return rss_kib(self.pid)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process `pid` in KiB, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1])
 
 
 @asynccontextmanager

@@ -67,7 +67,8 @@ async def follow(
     start position. Later, a `Bookmark` with the
     position read so far is yielded whenever `bookmark_interval`
     seconds pass without anything sent, so idle and filtered subscribers can resume
-    exactly and dead connections are noticed. Ends when `stop` is set. Raises
+    exactly and dead connections are noticed. Ends when `stop` is set (followed by
+    `log.stop_waits()`, so that waiting followers notice at once). Raises
     `CursorOutOfRange` when retention removes events this follower has not read yet.
     """
     position = after
@@ -92,21 +93,6 @@ async def follow(
             last_sent = time.monotonic()
             idle_for = 0.0
         if len(batch) < batch_size:
-            await _wait_for_append(log, position, bookmark_interval - idle_for, stop)
-
-
-async def _wait_for_append(
-    log: EventLog, position: int, timeout: float, stop: asyncio.Event | None
-) -> None:
-    if stop is None:
-        await log.wait_for_append(position, timeout)
-        return
-    waits = {
-        asyncio.ensure_future(log.wait_for_append(position, timeout)),
-        asyncio.ensure_future(stop.wait()),
-    }
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
+            # No extra task races `stop`: the lifecycle calls `log.stop_waits()` after
+            # setting it, which ends this wait (a task per idle stream costs memory).
+            await log.wait_for_append(position, bookmark_interval - idle_for)

@@ -32,6 +32,10 @@ class EventLog(Protocol):
         """Returns once the latest cursor exceeds `after`, or after `timeout` seconds."""
         ...
 
+    def stop_waits(self) -> None:
+        """Ends every current and later `wait_for_append` at once (the server is draining)."""
+        ...
+
     async def contains(self, event_id: str) -> bool:
         """True when an event with this id was appended within the dedup window."""
         ...

@@ -100,6 +100,11 @@ class _PendingAppend:
     done: asyncio.Future[list[AppendOutcome]]
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 def _connect(
     path: Path, *, check_same_thread: bool = False, busy_ms: int = 5000
 ) -> sqlite3.Connection:
@@ -137,7 +142,7 @@ class SqliteEventLog:
         self._max_batch = max_batch
         self._pending: asyncio.Queue[_PendingAppend] = asyncio.Queue()
         self._write_lock = asyncio.Lock()
-        self._appended = asyncio.Event()
+        self._waiters: set[asyncio.Future[None]] = set()
         self._latest = 0
         self._pruned_through = 0
         # The tail holds every event with a cursor above `_tail_floor`, oldest first.
@@ -146,6 +151,7 @@ class SqliteEventLog:
         self._tail_floor = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._waits_stopped = False
 
     @classmethod
     async def open(
@@ -212,12 +218,24 @@ class SqliteEventLog:
 
     async def wait_for_append(self, after: int, timeout: float) -> None:
         """Returns once an event past `after` is recorded, or after `timeout` seconds."""
-        if self._latest > after:
+        if self._latest > after or self._waits_stopped:
             return
-        appended = self._appended
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await appended.wait()
+        # A bare future and timer per wait: with thousands of idle streams, waking each
+        # costs measurably less than asyncio.Event plus asyncio.timeout.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(waiter)
+        timer = loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiters.discard(waiter)  # gone already unless the timer woke it
+
+    def stop_waits(self) -> None:
+        """Ends every current and later `wait_for_append` at once (the server is draining)."""
+        self._waits_stopped = True
+        self._wake_waiters()
 
     async def contains(self, event_id: str) -> bool:
         """True when `event_id` was recorded within the dedup window."""
@@ -258,7 +276,7 @@ class SqliteEventLog:
         self._lookup_conn.close()
         self._writer.shutdown()
         self._reader.shutdown()
-        self._appended.set()
+        self._wake_waiters()
 
     # --- Retention ----------------------------------------------------------------
 
@@ -359,8 +377,12 @@ class SqliteEventLog:
                 dropped += 1
             self._tail_floor = self._tail[dropped - 1].cursor
             del self._tail[:dropped]
-        appended, self._appended = self._appended, asyncio.Event()
-        appended.set()
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            _wake(waiter)
 
     def _stage_batch(
         self, records: Sequence[EventRecord]

@@ -77,10 +77,18 @@ async def instant_upstream(_: dict[str, Any]) -> None:
     await _serve_app(app)
 
 
-async def bare_grpc(_: dict[str, Any]) -> None:
-    """Baseline: a grpc.aio server whose one unary method echoes the request bytes."""
+async def bare_grpc(args: dict[str, Any]) -> None:
+    """Baseline: a grpc.aio server whose one unary method echoes the request bytes.
+
+    With `upstream`, the method first makes the same httpx call CreateSession makes, so the
+    ratio against it isolates what the service adds around that call.
+    """
+    upstream = httpx.AsyncClient(base_url=args["upstream"]) if args.get("upstream") else None
 
     async def echo(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        if upstream is not None:
+            body = {"origin_owner_id": "t", "origin_owner_name": "T"}
+            (await upstream.post("/connect_sessions", json=body)).json()
         return request
 
     handler = grpc.unary_unary_rpc_method_handler(echo)  # bytes in, bytes out
@@ -91,6 +99,96 @@ async def bare_grpc(_: dict[str, Any]) -> None:
     await server.start()
     print(f"READY {port}", flush=True)
     await server.wait_for_termination()
+
+
+async def bare_stream(_: dict[str, Any]) -> None:
+    """Baseline: `/bench.Stream/Flood` sends the requested number of 300-byte messages as
+    fast as grpc.aio can (the ceiling of messages per second of one stream on this core).
+    """
+    payload = b"x" * 300
+
+    async def flood(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        for _ in range(int(request)):
+            yield payload
+
+    generic = grpc.method_handlers_generic_handler(
+        "bench.Stream",
+        {"Flood": grpc.unary_stream_rpc_method_handler(flood)},
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((generic,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"READY {port}", flush=True)
+    await server.wait_for_termination()
+
+
+async def bare_broadcast(_: dict[str, Any]) -> None:
+    """Baseline fan-out: bare grpc.aio pushing each published message to every open stream.
+
+    It serves StreamAccountEvents' method name (bytes in, bytes out), so the same
+    `subscribers` role reads it: a bookmark first, then every message given to
+    `/bench.Broadcast/Publish`, with nothing else in between.
+    """
+    attached = pb.StreamAccountEventsResponse(bookmark=pb.Bookmark(cursor="0")).SerializeToString()
+    published: list[bytes] = []
+    wake = asyncio.Event()
+
+    async def follow(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        nonlocal wake
+        yield attached
+        sent = len(published)
+        while True:
+            await wake.wait()
+            while sent < len(published):
+                yield published[sent]
+                sent += 1
+
+    async def publish(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        nonlocal wake
+        published.append(request)
+        woken, wake = wake, asyncio.Event()
+        woken.set()
+        return b""
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler(
+            "stackone_connect.v1.ConnectService",
+            {"StreamAccountEvents": grpc.unary_stream_rpc_method_handler(follow)}),
+        grpc.method_handlers_generic_handler(
+            "bench.Broadcast", {"Publish": grpc.unary_unary_rpc_method_handler(publish)}),
+    ))  # fmt: skip
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"READY {port}", flush=True)
+    await server.wait_for_termination()
+
+
+async def paced_publish(args: dict[str, Any]) -> None:
+    """Publishes `count` events to a bare_broadcast at `rate` per second (ids as paced_post)."""
+    async with grpc.aio.insecure_channel(args["target"]) as channel:
+        publish = channel.unary_unary("/bench.Broadcast/Publish", None, None)
+        started = time.perf_counter()
+        for n in range(args["count"]):
+            await asyncio.sleep(max(0.0, started + n / args["rate"] - time.perf_counter()))
+            account = pb.Account(id=f"{args['prefix']}-{time.time_ns()}-{n}", provider="hibob")
+            event = pb.AccountEvent(event_id=f"e-{n}", cursor=str(n + 1), type="account.deleted")
+            event.account.CopyFrom(account)
+            await publish(pb.StreamAccountEventsResponse(event=event).SerializeToString())
+    print(orjson.dumps({"seconds": time.perf_counter() - started}).decode())
+
+
+async def flood_read(args: dict[str, Any]) -> None:
+    """Reads `count` messages from a bare_stream Flood; reports messages per second."""
+    async with grpc.aio.insecure_channel(args["target"]) as channel:
+        call = channel.unary_stream("/bench.Stream/Flood", None, None)(str(args["count"]).encode())
+        seen = 0
+        started = time.perf_counter()
+        async for _ in call:
+            seen += 1
+        elapsed = time.perf_counter() - started
+    print(orjson.dumps({"messages_per_s": seen / elapsed, "messages": seen}).decode())
 
 
 async def http_load(args: dict[str, Any]) -> None:
@@ -251,6 +349,8 @@ ROLES = {
     "bare_http": bare_http, "instant_upstream": instant_upstream, "bare_grpc": bare_grpc,
     "http_load": http_load, "paced_post": paced_post, "grpc_load": grpc_load,
     "httpx_latency": httpx_latency, "subscribers": subscribers, "replay": replay,
+    "bare_stream": bare_stream, "flood_read": flood_read,
+    "bare_broadcast": bare_broadcast, "paced_publish": paced_publish,
 }  # fmt: skip
 
 if __name__ == "__main__":
