@@ -56,8 +56,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level)
     try:
         # uvloop: cheaper sockets and callbacks for the gateway and the StackOne client.
-        sys.setswitchinterval(float(os.environ.get("SWI", "0.005")))
-        (asyncio.run if os.environ.get("NOUV") else uvloop.run)(serve(settings))
+        uvloop.run(serve(settings))
     except ConfigurationError as error:
         _log.error("cannot start: %s", error)
         return 2
