@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -70,7 +70,25 @@ class Settings(BaseSettings):
     event_log_url: str = Field(
         "sqlite:///var/events.db",
         description="Where events are recorded: `sqlite:///relative/path.db` or "
-        "`sqlite:////absolute/path.db`.",
+        "`sqlite:////absolute/path.db` (one process), or `nats://host:4222` for NATS "
+        "JetStream shared by several replicas.",
+    )
+    jetstream_stream: str = Field(
+        "STACKONE_CONNECT_EVENTS",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="JetStream stream of the events (created or updated at start-up); its "
+        "max age, max messages and duplicate window follow the retention settings.",
+    )
+    jetstream_subject_prefix: str = Field(
+        "stackone_connect.events",
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="Subjects of the stream: `<prefix>.<account>`.",
+    )
+    jetstream_storage: Literal["file", "memory"] = Field(
+        "file", description="JetStream storage of the stream and its buckets."
+    )
+    jetstream_replicas: int = Field(
+        1, ge=1, le=5, description="JetStream replicas of the stream (a NATS cluster's size)."
     )
     emulator_address: str = Field(
         "127.0.0.1:8090",
@@ -151,9 +169,13 @@ class Settings(BaseSettings):
     @classmethod
     def _check_event_log_url(cls, value: str) -> str:
         parsed = urlparse(value)
-        if parsed.scheme != "sqlite" or not parsed.path.lstrip("/"):
-            raise ValueError(f"'{value}' is not a supported event log URL (sqlite:///path.db)")
-        return value
+        if parsed.scheme == "sqlite" and parsed.path.lstrip("/"):
+            return value
+        if parsed.scheme in {"nats", "tls"} and parsed.hostname:
+            return value
+        raise ValueError(
+            f"'{value}' is not a supported event log URL (sqlite:///path.db or nats://host:port)"
+        )
 
     @field_validator("log_level")
     @classmethod
@@ -203,6 +225,11 @@ class Settings(BaseSettings):
     def uses_emulator(self) -> bool:
         """True when no API key is set, so the bundled emulator stands in for StackOne."""
         return self.api_key is None or not self.api_key.get_secret_value()
+
+    @property
+    def uses_jetstream(self) -> bool:
+        """True when the event log is a NATS JetStream stream."""
+        return urlparse(self.event_log_url).scheme != "sqlite"
 
     @property
     def sqlite_path(self) -> Path:

@@ -20,7 +20,9 @@ from gateway.app import WEBHOOK_PATH, GatewayState, init_app
 from service.config import Settings, split_address
 from service.emulator import EMULATOR_STATE, EmulatorConfig, build_emulator_app
 from service.events.ingest import Ingestor
-from service.events.model import EventLogError
+from service.events.jetstream import JetStreamEventLog, JetStreamOptions
+from service.events.log import EventLog
+from service.events.model import EventLogError, EventLogUnavailable
 from service.events.reconcile import Reconciler
 from service.events.sqlite import Retention, SqliteEventLog
 from service.metrics import Metrics
@@ -44,7 +46,7 @@ class Runtime:
     grpc_port: int
     gateway: ListeningApp
     emulator: ListeningApp | None
-    event_log: SqliteEventLog
+    event_log: EventLog
     health: HealthReporter
 
     @property
@@ -63,7 +65,7 @@ async def _set_health(servicer: HealthReporter, serving: bool) -> None:
         await servicer.set(name, status)
 
 
-async def _watch_readiness(log: SqliteEventLog, servicer: HealthReporter, interval: float) -> None:
+async def _watch_readiness(log: EventLog, servicer: HealthReporter, interval: float) -> None:
     ready = True
     while True:
         await asyncio.sleep(interval)
@@ -77,6 +79,34 @@ async def _watch_readiness(log: SqliteEventLog, servicer: HealthReporter, interv
         if now_ready != ready:
             await _set_health(servicer, now_ready)
             ready = now_ready
+
+
+async def open_event_log(settings: Settings) -> EventLog:
+    """The configured backend: SQLite in one process, or JetStream shared by replicas."""
+    if not settings.uses_jetstream:
+        return await SqliteEventLog.open(
+            settings.sqlite_path,
+            Retention(
+                max_age=settings.retention_max_age,
+                max_count=settings.retention_max_count,
+                dedup_window=settings.dedup_window,
+            ),
+        )
+    try:
+        return await JetStreamEventLog.open(
+            JetStreamOptions(
+                url=settings.event_log_url,
+                stream=settings.jetstream_stream,
+                subject_prefix=settings.jetstream_subject_prefix,
+                storage=settings.jetstream_storage,
+                replicas=settings.jetstream_replicas,
+                max_age=settings.retention_max_age,
+                max_count=settings.retention_max_count,
+                dedup_window=settings.dedup_window,
+            )
+        )
+    except EventLogUnavailable as error:
+        raise ConfigurationError(f"{error} (STACKONE_CONNECT_EVENT_LOG_URL)") from error
 
 
 @asynccontextmanager
@@ -109,14 +139,7 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
                     "of your StackOne webhook every delivery would be rejected"
                 )
 
-        event_log = await SqliteEventLog.open(
-            settings.sqlite_path,
-            Retention(
-                max_age=settings.retention_max_age,
-                max_count=settings.retention_max_count,
-                dedup_window=settings.dedup_window,
-            ),
-        )
+        event_log = await open_event_log(settings)
         stack.push_async_callback(event_log.close)
         metrics = Metrics()
         metrics.latest_cursor.set_function(lambda: event_log.latest_cursor)

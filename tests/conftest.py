@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -13,9 +14,10 @@ import pytest_asyncio
 
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.config import ENV_PREFIX
-from service.events.sqlite import SqliteEventLog
+from service.events.log import EventLog
 from service.runtime import Runtime, running
-from tests.support import make_settings
+from tests.nats import NatsServer
+from tests.support import LogBackend, make_settings
 
 
 @pytest.fixture(autouse=True)
@@ -26,18 +28,43 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Runs a module's tests on every backend it lists in `BACKENDS` (default: SQLite)."""
+    if "backend" in metafunc.fixturenames:
+        backends = getattr(metafunc.module, "BACKENDS", ["sqlite"])
+        metafunc.parametrize("backend", backends, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One real nats-server with JetStream for the session; tests use their own streams."""
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> LogBackend:
+    """Where a test's event log lives: a SQLite file, or a fresh JetStream stream."""
+    if request.param == "sqlite":
+        return LogBackend(f"sqlite:///{tmp_path / 'events.db'}")
+    server: NatsServer = request.getfixturevalue("nats_server")
+    return LogBackend(server.url, stream=f"T{uuid.uuid4().hex}")
+
+
 @pytest_asyncio.fixture
-async def event_log(tmp_path: Path) -> AsyncIterator[SqliteEventLog]:
-    """A fresh embedded event log in a temporary file."""
-    log = await SqliteEventLog.open(tmp_path / "events.db")
+async def event_log(backend: LogBackend) -> AsyncIterator[EventLog]:
+    """A fresh event log on the test's backend."""
+    log = await backend.open()
     yield log
     await log.close()
 
 
 @pytest_asyncio.fixture
-async def service(tmp_path: Path) -> AsyncIterator[Runtime]:
+async def service(tmp_path: Path, backend: LogBackend) -> AsyncIterator[Runtime]:
     """The whole service (gRPC, gateway, bundled emulator) as `serve` runs it."""
-    async with running(make_settings(tmp_path)) as runtime:
+    async with running(make_settings(tmp_path, **backend.settings())) as runtime:
         yield runtime
 
 

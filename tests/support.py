@@ -2,13 +2,50 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.signature import sign
 from service.config import Settings
+from service.events.jetstream import JetStreamEventLog, JetStreamOptions
+from service.events.log import EventLog
+from service.events.sqlite import Retention, SqliteEventLog
 
 WEBHOOK_SECRET = "whsec-test-secret"
+
+
+@dataclass(frozen=True)
+class LogBackend:
+    """An event log location: a SQLite URL, or a NATS URL and a stream of its own."""
+
+    url: str
+    stream: str = ""
+
+    def settings(self, **retention: Any) -> dict[str, Any]:
+        """The settings that select this log (plus any retention overrides)."""
+        values: dict[str, Any] = {"event_log_url": self.url, **retention}
+        if self.stream:
+            values |= {"jetstream_stream": self.stream, "jetstream_subject_prefix": self.stream}
+        return values
+
+    async def open(self, *, max_count: int | None = None, tail_bytes: int = 4 << 20) -> EventLog:
+        """Opens (or reopens) the log, as `serve` would with these settings."""
+        settings = Settings(**self.settings(retention_max_count=max_count))
+        if not self.stream:
+            return await SqliteEventLog.open(
+                settings.sqlite_path, Retention(max_count=max_count), tail_bytes=tail_bytes
+            )
+        return await JetStreamEventLog.open(
+            JetStreamOptions(
+                self.url,
+                stream=self.stream,
+                subject_prefix=self.stream,
+                max_count=max_count,
+                storage="memory",
+            ),
+            tail_bytes=tail_bytes,
+        )
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from service.events.feed import StartPosition, follow, resolve_start
+from service.events.log import EventLog
 from service.events.model import (
     Bookmark,
     CursorOutOfRange,
@@ -16,9 +16,10 @@ from service.events.model import (
     EventRecord,
     StoredEvent,
 )
-from service.events.sqlite import Retention, SqliteEventLog
+from tests.support import LogBackend
 
 pytestmark = pytest.mark.asyncio
+BACKENDS = ["sqlite", "jetstream"]
 
 
 def record(n: int, *, provider: str = "hibob", type_: str = "account.created") -> EventRecord:
@@ -46,7 +47,7 @@ async def take(items: AsyncIterator[list[StoredEvent] | Bookmark], count: int) -
 
 
 async def test_appends_get_increasing_cursors_and_read_back_in_order(
-    event_log: SqliteEventLog,
+    event_log: EventLog,
 ) -> None:
     """Cursors increase with each append and reads return events in cursor order."""
     outcomes = await event_log.append([record(n) for n in range(5)])
@@ -59,7 +60,7 @@ async def test_appends_get_increasing_cursors_and_read_back_in_order(
 
 
 async def test_duplicate_ids_are_recorded_once_sequentially_and_concurrently(
-    event_log: SqliteEventLog,
+    event_log: EventLog,
 ) -> None:
     """The same event id appended again, in turn or at once, keeps its first cursor."""
     (first,) = await event_log.append([record(1)])
@@ -72,12 +73,12 @@ async def test_duplicate_ids_are_recorded_once_sequentially_and_concurrently(
     assert [event.event_id for event in await event_log.read(0, 100)] == ["evt-1", "evt-2"]
 
 
-async def test_events_and_dedup_keys_survive_reopening(tmp_path: Path) -> None:
+async def test_events_and_dedup_keys_survive_reopening(backend: LogBackend) -> None:
     """After close and reopen, events are still there and a redelivery is still a duplicate."""
-    log = await SqliteEventLog.open(tmp_path / "log.db")
+    log = await backend.open()
     await log.append([record(n) for n in range(3)])
     await log.close()
-    reopened = await SqliteEventLog.open(tmp_path / "log.db")
+    reopened = await backend.open()
     try:
         (outcome,) = await reopened.append([record(1)])
         (fresh,) = await reopened.append([record(7)])
@@ -89,7 +90,7 @@ async def test_events_and_dedup_keys_survive_reopening(tmp_path: Path) -> None:
 
 
 async def test_reads_after_a_cursor_have_no_gap_and_no_duplicate(
-    event_log: SqliteEventLog,
+    event_log: EventLog,
 ) -> None:
     """Reading in small batches from any cursor visits each later event exactly once."""
     await event_log.append([record(n) for n in range(50)])
@@ -101,12 +102,12 @@ async def test_reads_after_a_cursor_have_no_gap_and_no_duplicate(
     assert seen == list(range(11, 51))
 
 
-async def test_cold_reads_come_from_disk_when_the_tail_is_empty(tmp_path: Path) -> None:
+async def test_cold_reads_come_from_disk_when_the_tail_is_empty(backend: LogBackend) -> None:
     """A reopened log (empty memory tail) still serves old events from SQLite."""
-    log = await SqliteEventLog.open(tmp_path / "log.db", tail_bytes=24)
+    log = await backend.open(tail_bytes=24)
     await log.append([record(n) for n in range(20)])
     await log.close()
-    log = await SqliteEventLog.open(tmp_path / "log.db", tail_bytes=24)
+    log = await backend.open(tail_bytes=24)
     try:
         await log.append([record(100)])
         assert [event.cursor for event in await log.read(0, 100)] == list(range(1, 22))
@@ -115,7 +116,7 @@ async def test_cold_reads_come_from_disk_when_the_tail_is_empty(tmp_path: Path) 
 
 
 async def test_filters_combine_kinds_with_and_and_values_with_or(
-    event_log: SqliteEventLog,
+    event_log: EventLog,
 ) -> None:
     """A feed with filters yields only the events every filter kind admits."""
     await event_log.append(
@@ -135,7 +136,7 @@ async def test_filters_combine_kinds_with_and_and_values_with_or(
 
 
 async def test_a_live_feed_receives_events_appended_after_it_started(
-    event_log: SqliteEventLog,
+    event_log: EventLog,
 ) -> None:
     """A feed started from now gets later appends and nothing earlier."""
     await event_log.append([record(0)])
@@ -152,7 +153,7 @@ async def test_a_live_feed_receives_events_appended_after_it_started(
 
 
 async def test_filtered_idle_feeds_get_bookmarks_that_advance(
-    event_log: SqliteEventLog,
+    event_log: EventLog,
 ) -> None:
     """A feed whose filter matches nothing still gets bookmarks with the read position."""
     feed = follow(event_log, 0, EventFilter.of(providers=["nobody"]), bookmark_interval=0.05)
@@ -167,10 +168,10 @@ async def test_filtered_idle_feeds_get_bookmarks_that_advance(
 
 
 async def test_a_cursor_older_than_retention_is_out_of_range_with_the_earliest(
-    tmp_path: Path,
+    backend: LogBackend,
 ) -> None:
     """After count retention prunes, resuming before the pruned point names the earliest cursor."""
-    log = await SqliteEventLog.open(tmp_path / "log.db", Retention(max_count=5))
+    log = await backend.open(max_count=5)
     try:
         await log.append([record(n) for n in range(12)])
         assert await log.enforce_retention() == 7
@@ -184,22 +185,24 @@ async def test_a_cursor_older_than_retention_is_out_of_range_with_the_earliest(
         await log.close()
 
 
-async def test_a_cursor_ahead_of_the_log_is_out_of_range(event_log: SqliteEventLog) -> None:
+async def test_a_cursor_ahead_of_the_log_is_out_of_range(event_log: EventLog) -> None:
     """A cursor from another (or a reset) log is refused rather than waited on forever."""
     await event_log.append([record(1)])
     with pytest.raises(CursorOutOfRange, match="ahead of the log"):
         await resolve_start(event_log, StartPosition.after(99))
 
 
-async def test_a_follower_overtaken_by_retention_gets_an_error_not_a_gap(tmp_path: Path) -> None:
+async def test_a_follower_overtaken_by_retention_gets_an_error_not_a_gap(
+    backend: LogBackend,
+) -> None:
     """Retention pruning past a slow follower's position ends its feed with CursorOutOfRange."""
-    log = await SqliteEventLog.open(tmp_path / "log.db", Retention(max_count=3), tail_bytes=12)
+    log = await backend.open(max_count=3, tail_bytes=12)
     try:
-        await log.append([record(n) for n in range(4)])
+        await log.append([record(n) for n in range(3)])  # within the count: nothing pruned
         feed = follow(log, 0, EventFilter(), bookmark_interval=10, batch_size=1)
         assert isinstance(await anext(feed), Bookmark)
         assert await anext(feed) == await log.read(0, 1)
-        await log.append([record(n) for n in range(4, 10)])
+        await log.append([record(n) for n in range(3, 10)])
         await log.enforce_retention()
         with pytest.raises(CursorOutOfRange):
             await take(feed, 10)
@@ -207,7 +210,7 @@ async def test_a_follower_overtaken_by_retention_gets_an_error_not_a_gap(tmp_pat
         await log.close()
 
 
-async def test_concurrent_appends_are_group_committed(event_log: SqliteEventLog) -> None:
+async def test_concurrent_appends_are_group_committed(event_log: EventLog) -> None:
     """Many concurrent single-event appends all succeed and keep distinct cursors."""
     outcomes = await asyncio.gather(*(event_log.append([record(n)]) for n in range(300)))
     cursors = sorted(result[0].cursor for result in outcomes)
@@ -215,7 +218,7 @@ async def test_concurrent_appends_are_group_committed(event_log: SqliteEventLog)
 
 
 async def test_a_change_already_recorded_by_another_source_is_not_recorded_again(
-    event_log: SqliteEventLog,
+    event_log: EventLog,
 ) -> None:
     """A created/deleted for an account already in that state is dropped inside the append."""
     created_again = EventRecord("evt-b", "account.created", "acct-1", "hibob", "o", b"", "active")

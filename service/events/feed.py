@@ -41,7 +41,7 @@ class StartPosition:
 
 async def resolve_start(log: EventLog, start: StartPosition) -> int:
     """Turns a start position into the cursor to read after, or raises `CursorOutOfRange`."""
-    bounds = await log.bounds()
+    bounds = await log.bounds(exact=True)
     if start.kind == "now":
         return bounds.latest
     if start.kind == "earliest":

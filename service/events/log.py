@@ -24,8 +24,17 @@ class EventLog(Protocol):
         """Returns up to `limit` events with cursors greater than `after`, in order."""
         ...
 
-    async def bounds(self) -> LogBounds:
-        """Returns the current pruned-through and latest cursors."""
+    @property
+    def latest_cursor(self) -> int:
+        """The newest cursor this process has seen (for metrics; may trail other replicas)."""
+        ...
+
+    async def bounds(self, *, exact: bool = False) -> LogBounds:
+        """Returns the pruned-through and latest cursors.
+
+        Cheap by default (what this process has seen); `exact` asks the storage, for a
+        decision that must not trail other replicas, such as whether a cursor is valid.
+        """
         ...
 
     async def wait_for_append(self, after: int, timeout: float) -> None:
@@ -46,6 +55,10 @@ class EventLog(Protocol):
 
     async def check_writable(self) -> None:
         """Raises `EventLogUnavailable` unless an append could succeed now."""
+        ...
+
+    async def enforce_retention(self, now: float | None = None) -> int:
+        """Applies the retention policy now; returns the new pruned-through cursor."""
         ...
 
     async def close(self) -> None:

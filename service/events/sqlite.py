@@ -212,8 +212,8 @@ class SqliteEventLog:
         """The cursor of the newest event (0 for an empty log)."""
         return self._latest
 
-    async def bounds(self) -> LogBounds:
-        """Returns the pruned-through and latest cursors (kept in memory)."""
+    async def bounds(self, *, exact: bool = False) -> LogBounds:
+        """Returns the pruned-through and latest cursors (kept in memory, always exact)."""
         return LogBounds(pruned_through=self._pruned_through, latest=self._latest)
 
     async def wait_for_append(self, after: int, timeout: float) -> None:

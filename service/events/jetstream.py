@@ -1,0 +1,508 @@
+"""The event log on NATS JetStream, shared by every replica of the service.
+
+- Each event is a message on `<prefix>.<account token>` in one stream; its cursor is the
+  stream sequence. `Nats-Msg-Id` is the event id, so JetStream drops redeliveries within
+  the stream's duplicate window, whichever replica they reach.
+- "Already known" (the same change reported by a webhook and by reconciliation) is
+  checked against the last message on the account's subject, and the publish carries
+  `Nats-Expected-Last-Subject-Sequence`: if another replica recorded something for that
+  account in between, JetStream refuses the publish and the check runs again. Two
+  replicas sweeping at once therefore record a change once.
+- Two key-value buckets hold what the stream's retention must not forget: the last state
+  of every account (for reconciliation) and the ids recorded within the dedup window
+  (for `contains`, which lets a redelivery skip the StackOne round trip).
+- Each replica follows the stream into an in-memory tail that all its subscribers share.
+  A core-NATS subscription to the stream's subjects wakes the follower at once; a poll
+  every second catches anything that wake-up missed (e.g. across a reconnect). Reads
+  older than the tail use a short-lived consumer starting at the cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import orjson
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from service.events.model import (
+    AppendOutcome,
+    EventLogUnavailable,
+    EventRecord,
+    KnownAccount,
+    LogBounds,
+    StoredEvent,
+    already_known,
+)
+
+_log = logging.getLogger(__name__)
+
+_WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-sequence check
+_MAX_CONFLICT_RETRIES = 20
+_HEADER = "Sc-Event"  # our index columns, as JSON, so reads need not parse the body
+NATS_ERRORS: tuple[type[Exception], ...] = (
+    nats.errors.Error,
+    nats.js.errors.Error,
+    asyncio.TimeoutError,
+    OSError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JetStreamOptions:
+    """The stream and buckets a replica uses (all replicas must agree)."""
+
+    url: str
+    stream: str = "STACKONE_CONNECT_EVENTS"
+    subject_prefix: str = "stackone_connect.events"
+    storage: str = "file"
+    replicas: int = 1
+    max_age: float = 7 * 24 * 3600.0
+    max_count: int | None = None
+    dedup_window: float = 7 * 24 * 3600.0
+    request_timeout: float = 2.0
+
+
+def _token(account_id: str) -> str:
+    """A subject token for any account id (subjects forbid '.', '*', '>' and spaces)."""
+    return base64.urlsafe_b64encode(account_id.encode()).decode().rstrip("=") or "_"
+
+
+def _id_key(event_id: str) -> str:
+    return hashlib.sha256(event_id.encode()).hexdigest()
+
+
+class JetStreamEventLog:
+    """An `EventLog` in a JetStream stream. Create it with `JetStreamEventLog.open`."""
+
+    def __init__(
+        self,
+        options: JetStreamOptions,
+        connection: NatsClient,
+        js: JetStreamContext,
+        accounts: KeyValue,
+        ids: KeyValue,
+        *,
+        tail_bytes: int,
+    ) -> None:
+        self._options = options
+        self._nc = connection
+        self._js = js
+        self._accounts = accounts
+        self._ids = ids
+        self._wildcard = f"{options.subject_prefix}.>"
+        self._tail: list[StoredEvent] = []
+        self._tail_bytes = 0
+        self._tail_budget = tail_bytes
+        self._tail_floor = 0
+        self._latest = 0
+        self._pruned_through = 0
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._waits_stopped = False
+        self._poke = asyncio.Event()
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._notifications: Any = None
+
+    @classmethod
+    async def open(
+        cls, options: JetStreamOptions, *, tail_bytes: int = 4 << 20
+    ) -> JetStreamEventLog:
+        """Connects, creates or updates the stream and buckets, and starts following."""
+        try:
+            connection = await nats.connect(
+                options.url,
+                connect_timeout=options.request_timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                name="stackone-connect",
+            )
+        except NATS_ERRORS as error:
+            raise EventLogUnavailable(f"cannot reach NATS at {options.url}: {error}") from error
+        js = connection.jetstream(timeout=options.request_timeout)
+        try:
+            await _ensure_stream(js, options)
+            accounts = await js.create_key_value(
+                KeyValueConfig(
+                    bucket=f"{options.stream}_ACCOUNTS",
+                    storage=_storage(options.storage),
+                    replicas=options.replicas,
+                )
+            )
+            ids = await js.create_key_value(
+                KeyValueConfig(
+                    bucket=f"{options.stream}_IDS",
+                    ttl=options.dedup_window,
+                    storage=_storage(options.storage),
+                    replicas=options.replicas,
+                )
+            )
+            info = await js.stream_info(options.stream)
+        except NATS_ERRORS as error:
+            await connection.close()
+            raise EventLogUnavailable(f"cannot set up JetStream stream: {error}") from error
+        log = cls(options, connection, js, accounts, ids, tail_bytes=tail_bytes)
+        log._latest = log._tail_floor = info.state.last_seq
+        log._pruned_through = max(0, info.state.first_seq - 1)
+        log._notifications = await connection.subscribe(log._wildcard, cb=log._on_notification)
+        log._tasks = [asyncio.create_task(log._follow(), name="jetstream-follow")]
+        return log
+
+    # --- EventLog interface -------------------------------------------------------
+
+    async def append(self, records: Sequence[EventRecord]) -> list[AppendOutcome]:
+        """Publishes records in order; each is on the stream when this returns."""
+        if self._closed:
+            raise EventLogUnavailable("the event log is closed")
+        try:
+            return [await self._append_one(record) for record in records]
+        except NATS_ERRORS as error:
+            raise EventLogUnavailable(f"JetStream did not take the event: {error!r}") from error
+
+    async def read(self, after: int, limit: int) -> list[StoredEvent]:
+        """Events after `after`, from the shared tail when it reaches back that far."""
+        if after >= self._latest:
+            return []
+        if after >= self._tail_floor and self._tail:
+            start = next((n for n, e in enumerate(self._tail) if e.cursor > after), len(self._tail))
+            return self._tail[start : start + limit]
+        try:
+            return await self._fetch(after, limit)
+        except NATS_ERRORS as error:
+            raise EventLogUnavailable(f"JetStream read failed: {error!r}") from error
+
+    @property
+    def latest_cursor(self) -> int:
+        """The newest cursor this replica has seen."""
+        return self._latest
+
+    async def bounds(self, *, exact: bool = False) -> LogBounds:
+        """Pruned-through and latest cursors; `exact` asks the server, not this replica."""
+        if exact:
+            try:
+                info = await self._js.stream_info(self._options.stream)
+            except NATS_ERRORS as error:
+                raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
+            self._pruned_through = max(self._pruned_through, info.state.first_seq - 1)
+            return LogBounds(self._pruned_through, max(self._latest, info.state.last_seq))
+        return LogBounds(self._pruned_through, self._latest)
+
+    async def wait_for_append(self, after: int, timeout: float) -> None:
+        """Returns once this replica has seen an event past `after`, or after `timeout`."""
+        if self._latest > after or self._waits_stopped:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(waiter)
+        timer = loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiters.discard(waiter)
+
+    def stop_waits(self) -> None:
+        """Ends every current and later `wait_for_append` at once (the server is draining)."""
+        self._waits_stopped = True
+        self._wake_waiters()
+
+    async def contains(self, event_id: str) -> bool:
+        """True when `event_id` was recorded (by any replica) within the dedup window."""
+        try:
+            return await self._recorded_cursor(event_id) is not None
+        except NATS_ERRORS as error:
+            raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
+
+    async def known_accounts(self) -> dict[str, KnownAccount]:
+        """Every account's last recorded state, from the accounts bucket."""
+        try:
+            keys = await self._accounts.keys()
+        except nats.js.errors.NoKeysError:
+            return {}
+        except NATS_ERRORS as error:
+            raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
+        known: dict[str, KnownAccount] = {}
+        for key in keys:
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                entry = await self._accounts.get(key)
+                if entry.value:
+                    state = orjson.loads(entry.value)
+                    known[state["account_id"]] = KnownAccount(**state)
+        return known
+
+    async def check_writable(self) -> None:
+        """Raises `EventLogUnavailable` unless NATS is connected and the stream answers."""
+        if self._closed or not self._nc.is_connected:
+            raise EventLogUnavailable(f"not connected to NATS at {self._options.url}")
+        try:
+            await self._js.stream_info(self._options.stream)
+        except NATS_ERRORS as error:
+            raise EventLogUnavailable(f"JetStream stream unavailable: {error!r}") from error
+
+    async def enforce_retention(self, now: float | None = None) -> int:
+        """JetStream enforces max age and count itself; this refreshes the pruned cursor."""
+        pruned = (await self.bounds(exact=True)).pruned_through
+        self._tail = [event for event in self._tail if event.cursor > pruned]
+        self._tail_bytes = sum(len(event.body) for event in self._tail)
+        self._tail_floor = max(self._tail_floor, pruned)
+        return pruned
+
+    async def close(self) -> None:
+        """Stops following and closes the connection (appends were acknowledged already)."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(*NATS_ERRORS):
+            await self._nc.close()
+        self._wake_waiters()
+
+    # --- Appending ----------------------------------------------------------------
+
+    async def _append_one(self, record: EventRecord) -> AppendOutcome:
+        subject = f"{self._options.subject_prefix}.{_token(record.account_id)}"
+        for _ in range(_MAX_CONFLICT_RETRIES):
+            recorded = await self._recorded_cursor(record.event_id)
+            if recorded is not None:
+                return AppendOutcome(record.event_id, recorded, duplicate=True)
+            last_sequence, known, last_event_id = await self._last_on(subject)
+            if last_event_id == record.event_id:  # another replica published it just now
+                return AppendOutcome(record.event_id, last_sequence, duplicate=True)
+            if already_known(record, known):
+                return AppendOutcome(record.event_id, 0, duplicate=True)
+            recorded_at = time.time()
+            headers = {
+                "Nats-Msg-Id": record.event_id,
+                "Nats-Expected-Last-Subject-Sequence": str(last_sequence),
+                _HEADER: orjson.dumps(
+                    {
+                        "event_id": record.event_id,
+                        "type": record.type,
+                        "account_id": record.account_id,
+                        "provider": record.provider,
+                        "origin_owner_id": record.origin_owner_id,
+                        "recorded_at": recorded_at,
+                        "status": record.account_status,
+                        "updated_at": record.account_updated_at,
+                        "source": record.source,
+                    }
+                ).decode(),
+            }
+            try:
+                ack = await self._js.publish(
+                    subject, record.body, headers=headers, stream=self._options.stream
+                )
+            except nats.js.errors.APIError as error:
+                if error.err_code == _WRONG_LAST_SEQUENCE:
+                    continue  # another replica recorded this account meanwhile: check again
+                raise
+            if not ack.duplicate:
+                await self._remember(record, ack.seq)
+                self._appended_here(record, ack.seq, recorded_at)
+            return AppendOutcome(record.event_id, ack.seq, duplicate=bool(ack.duplicate))
+        raise EventLogUnavailable(f"account {record.account_id} kept changing; retry")
+
+    async def _last_on(self, subject: str) -> tuple[int, KnownAccount | None, str]:
+        """The sequence, account state and event id of the last event on `subject`."""
+        try:
+            message = await self._js.get_last_msg(self._options.stream, subject)
+        except nats.js.errors.NotFoundError:
+            return 0, None, ""
+        fields = orjson.loads((message.headers or {})[_HEADER])
+        known = KnownAccount(
+            fields["account_id"],
+            fields["status"],
+            fields["updated_at"],
+            fields["type"] == "account.deleted",
+            fields["source"],
+        )
+        return int(message.seq or 0), known, str(fields["event_id"])
+
+    async def _recorded_cursor(self, event_id: str) -> int | None:
+        try:
+            entry = await self._ids.get(_id_key(event_id))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return int(entry.value or b"0")
+
+    async def _remember(self, record: EventRecord, cursor: int) -> None:
+        state = KnownAccount(
+            record.account_id,
+            record.account_status,
+            record.account_updated_at,
+            record.type == "account.deleted",
+            record.source,
+        )
+        await self._accounts.put(
+            _token(record.account_id),
+            orjson.dumps(
+                {
+                    "account_id": state.account_id,
+                    "status": state.status,
+                    "updated_at": state.updated_at,
+                    "deleted": state.deleted,
+                    "source": state.source,
+                }
+            ),
+        )
+        await self._ids.put(_id_key(record.event_id), str(cursor).encode())
+
+    # --- Following ----------------------------------------------------------------
+
+    async def _on_notification(self, message: Msg) -> None:
+        self._poke.set()
+
+    async def _follow(self) -> None:
+        while not self._closed:
+            try:
+                info = await self._js.stream_info(self._options.stream)
+                self._pruned_through = max(self._pruned_through, info.state.first_seq - 1)
+                if info.state.last_seq > self._latest:
+                    self._publish(await self._fetch(self._latest, 1024))
+                    continue
+            except NATS_ERRORS as error:
+                _log.warning("following JetStream failed, retrying: %r", error)
+                await asyncio.sleep(0.5)
+                continue
+            # A timer rather than asyncio.timeout: on Python 3.11 a cancel arriving as the
+            # timeout expires can be swallowed, and close() would wait for this forever.
+            self._poke.clear()
+            timer = asyncio.get_running_loop().call_later(1.0, self._poke.set)
+            try:
+                await self._poke.wait()
+            finally:
+                timer.cancel()
+
+    async def _fetch(self, after: int, limit: int) -> list[StoredEvent]:
+        """Up to `limit` events after `after` (which must exist), through a short-lived
+        pull consumer that hands over whatever is stored, without waiting for more."""
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=after + 1,
+            ack_policy=AckPolicy.NONE,
+            mem_storage=True,
+            inactive_threshold=5.0,
+        )
+        subscription = await self._js.pull_subscribe(
+            self._wildcard, durable=None, stream=self._options.stream, config=config
+        )
+        try:
+            messages = await subscription.fetch(limit, timeout=self._options.request_timeout)
+        finally:
+            with contextlib.suppress(*NATS_ERRORS):
+                await subscription.unsubscribe()
+        return [_stored(message) for message in messages]
+
+    def _appended_here(self, record: EventRecord, cursor: int, recorded_at: float) -> None:
+        """Our own append goes straight into the tail when nothing came in between."""
+        if cursor != self._latest + 1:
+            self._poke.set()  # another replica's events are between: the follower reads them
+            return
+        self._publish(
+            [
+                StoredEvent(
+                    cursor,
+                    record.event_id,
+                    record.type,
+                    record.account_id,
+                    record.provider,
+                    record.origin_owner_id,
+                    recorded_at,
+                    record.body,
+                )
+            ]
+        )
+
+    def _publish(self, events: list[StoredEvent]) -> None:
+        fresh = [event for event in events if event.cursor > self._latest]
+        if not fresh:
+            return
+        self._latest = fresh[-1].cursor
+        self._tail.extend(fresh)
+        self._tail_bytes += sum(len(event.body) for event in fresh)
+        if self._tail_bytes > 2 * self._tail_budget:
+            dropped = 0
+            while self._tail_bytes > self._tail_budget:
+                self._tail_bytes -= len(self._tail[dropped].body)
+                dropped += 1
+            self._tail_floor = self._tail[dropped - 1].cursor
+            del self._tail[:dropped]
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            _wake(waiter)
+
+
+def _stored(message: Msg) -> StoredEvent:
+    fields = orjson.loads((message.headers or {})[_HEADER])
+    return StoredEvent(
+        message.metadata.sequence.stream,
+        fields["event_id"],
+        fields["type"],
+        fields["account_id"],
+        fields["provider"],
+        fields["origin_owner_id"],
+        fields["recorded_at"],
+        message.data,
+    )
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _storage(name: str) -> StorageType:
+    return StorageType.MEMORY if name == "memory" else StorageType.FILE
+
+
+async def _ensure_stream(js: JetStreamContext, options: JetStreamOptions) -> None:
+    """Creates the stream, or updates it to the configured limits."""
+    if options.dedup_window > options.max_age:
+        _log.warning(
+            "JetStream caps the duplicate window at the stream's max age: redeliveries are "
+            "recognised for %gs, not %gs",
+            options.max_age,
+            options.dedup_window,
+        )
+    config = StreamConfig(
+        name=options.stream,
+        subjects=[f"{options.subject_prefix}.>"],
+        storage=_storage(options.storage),
+        num_replicas=options.replicas,
+        max_age=options.max_age,
+        max_msgs=options.max_count or -1,
+        duplicate_window=min(options.dedup_window, options.max_age),
+    )
+    try:
+        await js.stream_info(options.stream)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(config)
+        return
+    await js.update_stream(config)
