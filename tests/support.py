@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.signature import sign
-from service.config import Settings
+from service.config import ENV_PREFIX, Settings
 from service.events.jetstream import JetStreamEventLog, JetStreamOptions
 from service.events.log import EventLog
 from service.events.sqlite import Retention, SqliteEventLog
@@ -28,6 +28,12 @@ class LogBackend:
         if self.stream:
             values |= {"jetstream_stream": self.stream, "jetstream_subject_prefix": self.stream}
         return values
+
+    def env(self) -> dict[str, str]:
+        """The same settings as environment variables, for a `serve` process."""
+        return {
+            f"{ENV_PREFIX}{name.upper()}": str(value) for name, value in self.settings().items()
+        }
 
     async def open(self, *, max_count: int | None = None, tail_bytes: int = 4 << 20) -> EventLog:
         """Opens (or reopens) the log, as `serve` would with these settings."""

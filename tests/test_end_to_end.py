@@ -13,6 +13,7 @@ from service.runtime import Runtime
 from tests.streams import attached, events_until_caught_up, next_event
 
 pytestmark = pytest.mark.asyncio
+BACKENDS = ["sqlite", "jetstream"]  # the service fixture runs on each
 
 
 async def link_account(

@@ -22,10 +22,11 @@ from service.emulator import EMULATOR_STATE
 from service.runtime import Runtime, running
 from tests.processes import ServeProcess, serve_env, serve_process
 from tests.streams import StreamCall, attached, events_until_caught_up, next_event
-from tests.support import WEBHOOK_SECRET, make_settings, signed_headers
+from tests.support import WEBHOOK_SECRET, LogBackend, make_settings, signed_headers
 from tests.test_service_errors import details_of
 
 pytestmark = pytest.mark.asyncio
+BACKENDS = ["sqlite", "jetstream"]  # the service fixture runs on each
 _numbers = itertools.count()
 
 
@@ -130,10 +131,12 @@ async def replay(serve: ServeProcess) -> list[pb.AccountEvent]:
 
 
 @pytest.mark.slow
-async def test_duplicates_across_a_restart_are_recorded_once(tmp_path: Path) -> None:
+async def test_duplicates_across_a_restart_are_recorded_once(
+    tmp_path: Path, backend: LogBackend
+) -> None:
     """A redelivery after the service restarted on the same log is still a duplicate."""
     body = webhook()
-    env = serve_env(tmp_path, WEBHOOK_SECRET)
+    env = serve_env(tmp_path, WEBHOOK_SECRET, **backend.env())
     async with serve_process(env) as serve, httpx.AsyncClient(base_url=serve.gateway_url) as http:
         assert (await deliver(http, body)).json()["result"] == "recorded"
         assert await serve.stop() == 0
@@ -143,9 +146,11 @@ async def test_duplicates_across_a_restart_are_recorded_once(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-async def test_sigkill_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
+async def test_sigkill_under_load_loses_no_acknowledged_event(
+    tmp_path: Path, backend: LogBackend
+) -> None:
     """Every webhook answered 2xx before a SIGKILL is replayed after restart, once, in order."""
-    env = serve_env(tmp_path, WEBHOOK_SECRET)
+    env = serve_env(tmp_path, WEBHOOK_SECRET, **backend.env())
     acknowledged: list[str] = []
     enough_load = asyncio.Event()
 
@@ -179,13 +184,13 @@ async def test_sigkill_under_load_loses_no_acknowledged_event(tmp_path: Path) ->
 
 @pytest.mark.slow
 async def test_a_stalled_subscriber_neither_delays_others_nor_grows_memory(
-    tmp_path: Path,
+    tmp_path: Path, backend: LogBackend
 ) -> None:
     """10,000 events flow past three subscribers that read nothing: others get them all,
     server memory stays bounded, and the stalled ones later get every event in order."""
     total = 10_000
     padding = "x" * 2000  # 20 MB of events: buffering them per subscriber would show
-    env = serve_env(tmp_path, WEBHOOK_SECRET)
+    env = serve_env(tmp_path, WEBHOOK_SECRET, **backend.env())
     async with serve_process(env) as serve, grpc.aio.insecure_channel(serve.grpc_target) as ch:
         stub = pb_grpc.ConnectServiceStub(ch)
         stalled = [stub.StreamAccountEvents(pb.StreamAccountEventsRequest()) for _ in range(3)]
@@ -231,9 +236,11 @@ async def _send_many(gateway_url: str, total: int, padding: str) -> list[str]:
     return ids
 
 
-async def test_an_expired_cursor_is_out_of_range_naming_the_earliest(tmp_path: Path) -> None:
+async def test_an_expired_cursor_is_out_of_range_naming_the_earliest(
+    tmp_path: Path, backend: LogBackend
+) -> None:
     """After retention passed a cursor, resuming from it fails OUT_OF_RANGE with the earliest."""
-    settings = make_settings(tmp_path, retention_max_count=3)
+    settings = make_settings(tmp_path, **backend.settings(retention_max_count=3))
     async with (
         running(settings) as service,
         httpx.AsyncClient(base_url=service.gateway.base_url) as http,
@@ -271,9 +278,13 @@ async def test_enrichment_failure_still_records_the_event_unverified(
     stream.cancel()
 
 
-async def test_reconciliation_alone_reports_created_updated_and_deleted(tmp_path: Path) -> None:
+async def test_reconciliation_alone_reports_created_updated_and_deleted(
+    tmp_path: Path, backend: LogBackend
+) -> None:
     """With webhook delivery off, sweeps turn emulator changes into marked events."""
-    settings = make_settings(tmp_path, reconcile_interval=0.1, reconcile_grace=0)
+    settings = make_settings(
+        tmp_path, reconcile_interval=0.1, reconcile_grace=0, **backend.settings()
+    )
     async with (
         running(settings) as service,
         grpc.aio.insecure_channel(service.grpc_target) as channel,
@@ -303,9 +314,13 @@ async def test_reconciliation_alone_reports_created_updated_and_deleted(tmp_path
     assert updated.account.status == pb.ACCOUNT_STATUS_ERROR
 
 
-async def test_reconciliation_never_repeats_a_change_a_webhook_delivered(tmp_path: Path) -> None:
+async def test_reconciliation_never_repeats_a_change_a_webhook_delivered(
+    tmp_path: Path, backend: LogBackend
+) -> None:
     """Webhooks and fast sweeps racing each other still give one event per change."""
-    settings = make_settings(tmp_path, reconcile_interval=0.05, reconcile_grace=0)
+    settings = make_settings(
+        tmp_path, reconcile_interval=0.05, reconcile_grace=0, **backend.settings()
+    )
     async with (
         running(settings) as service,
         grpc.aio.insecure_channel(service.grpc_target) as channel,
