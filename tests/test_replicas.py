@@ -1,0 +1,218 @@
+"""Several `serve` processes sharing one event stream on a real nats-server (JetStream)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import grpc
+import httpx
+import orjson
+import pytest
+from google.protobuf.empty_pb2 import Empty
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.emulator import EmulatorConfig, build_emulator_app
+from service.web import listening
+from tests.nats import NatsServer
+from tests.processes import ServeProcess, serve_env, serve_process
+from tests.streams import StreamCall, attached, events_until_caught_up, next_event
+from tests.support import WEBHOOK_SECRET, LogBackend
+from tests.test_stream_guarantees import deliver, webhook
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+
+
+def replica_env(tmp_path: Path, url: str, stream: str, **extra: str) -> dict[str, str]:
+    """Environment of one replica on the shared JetStream stream."""
+    backend = LogBackend(url, stream=stream)
+    return serve_env(tmp_path, WEBHOOK_SECRET, **backend.env(), **extra)
+
+
+@asynccontextmanager
+async def replicas(
+    count: int, tmp_path: Path, url: str, **extra: str
+) -> AsyncIterator[list[ServeProcess]]:
+    """`count` separate serve processes on one fresh stream."""
+    stream = f"R{uuid.uuid4().hex}"
+    async with AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(
+                serve_process(replica_env(tmp_path, url, stream, **extra))
+            )
+            for _ in range(count)
+        ]
+
+
+@asynccontextmanager
+async def subscribed(serve: ServeProcess, **request: object) -> AsyncIterator[StreamCall]:
+    """A stream on `serve`, attached (its first bookmark read)."""
+    async with grpc.aio.insecure_channel(serve.grpc_target) as channel:
+        stub = pb_grpc.ConnectServiceStub(channel)
+        stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(**request))  # type: ignore[arg-type]
+        await attached(stream)
+        yield stream
+        stream.cancel()
+
+
+async def test_a_webhook_redelivered_to_another_replica_appears_once_on_both(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """Posted to replica A, re-delivered to replica B: once, on subscribers of A and of B."""
+    body, marker = webhook(), webhook()
+    async with (
+        replicas(2, tmp_path, nats_server.url) as (a, b),
+        subscribed(a) as on_a,
+        subscribed(b) as on_b,
+        httpx.AsyncClient(base_url=a.gateway_url) as http_a,
+        httpx.AsyncClient(base_url=b.gateway_url) as http_b,
+    ):
+        assert (await deliver(http_a, body)).json()["result"] == "recorded"
+        assert (await deliver(http_b, body)).json()["result"] == "duplicate"
+        assert (await deliver(http_b, marker)).json()["result"] == "recorded"
+        for stream in (on_a, on_b):
+            first, second = await next_event(stream), await next_event(stream)
+            assert [first.account.id, second.account.id] == [
+                webhook_account(body),
+                webhook_account(marker),
+            ]
+            assert int(first.cursor) < int(second.cursor)
+
+
+def webhook_account(body: bytes) -> str:
+    """The account id a test webhook body carries."""
+    return str(orjson.loads(body)["account_id"])
+
+
+async def test_a_subscriber_resumes_on_another_replica_after_a_crash(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """Cursor taken on A, A killed, resumed on B: every later event, no gap, no duplicate."""
+    async with replicas(2, tmp_path, nats_server.url) as (a, b):
+        bodies = [webhook() for _ in range(9)]
+        async with subscribed(a) as on_a:
+            async with httpx.AsyncClient(base_url=a.gateway_url) as http_a:
+                for body in bodies[:5]:
+                    assert (await deliver(http_a, body)).status_code == 200
+            read = [await next_event(on_a) for _ in range(3)]
+            cursor = read[-1].cursor
+            assert await a.stop(signal.SIGKILL) == -signal.SIGKILL
+        async with httpx.AsyncClient(base_url=b.gateway_url) as http_b:
+            for body in bodies[5:]:
+                assert (await deliver(http_b, body)).status_code == 200
+        async with subscribed(b, after_cursor=cursor) as on_b:
+            latest = await _latest_cursor(b)
+            resumed = await events_until_caught_up(on_b, latest)
+    assert [e.account.id for e in read] == [webhook_account(x) for x in bodies[:3]]
+    assert [e.account.id for e in resumed] == [webhook_account(x) for x in bodies[3:]]
+    cursors = [int(e.cursor) for e in resumed]
+    assert cursors == sorted(set(cursors))
+    assert cursors[0] > int(cursor)
+
+
+async def _latest_cursor(serve: ServeProcess) -> str:
+    async with subscribed(serve) as stream:
+        item = await stream.read()
+        assert isinstance(item, pb.StreamAccountEventsResponse)
+    return item.bookmark.cursor if item.HasField("bookmark") else item.event.cursor
+
+
+async def test_a_nats_restart_is_not_ready_then_5xx_then_recovers_by_itself(
+    tmp_path: Path,
+) -> None:
+    """While nats-server is down: not ready and webhooks 5xx; after: ready and flowing."""
+    server = NatsServer(tmp_path / "nats")
+    (tmp_path / "nats").mkdir()
+    server.start()
+    try:
+        async with (
+            replicas(1, tmp_path, server.url, STACKONE_CONNECT_READINESS_INTERVAL="0.2") as (one,),
+            subscribed(one) as stream,
+            httpx.AsyncClient(base_url=one.gateway_url, timeout=10) as http,
+        ):
+            before = webhook()
+            assert (await deliver(http, before)).status_code == 200
+            assert (await next_event(stream)).account.id == webhook_account(before)
+
+            server.stop()
+            await _until(http, "/readyz", 503)
+            await _until_health(one, health_pb2.HealthCheckResponse.NOT_SERVING)
+            during = webhook()
+            refused = await deliver(http, during)
+            assert refused.status_code >= 500, refused.text
+
+            server.start()
+            await _until(http, "/readyz", 200)
+            await _until_health(one, health_pb2.HealthCheckResponse.SERVING)
+            after = webhook()
+            assert (await deliver(http, after)).status_code == 200
+            assert (await deliver(http, during)).status_code == 200  # StackOne's retry
+            seen = [(await next_event(stream, timeout=15)).account.id for _ in range(2)]
+    finally:
+        server.stop()
+    assert seen == [webhook_account(after), webhook_account(during)] or seen == [
+        webhook_account(during),  # the refused attempt reached JetStream after all
+        webhook_account(after),
+    ]
+
+
+async def _until(http: httpx.AsyncClient, path: str, status: int) -> None:
+    """Polls `path` until it answers `status` (20 s at most)."""
+    for _ in range(200):
+        if (await http.get(path)).status_code == status:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{path} never answered {status}")
+
+
+async def _until_health(serve: ServeProcess, status: int) -> None:
+    """Polls the gRPC health service until the whole server reports `status` (20 s at most)."""
+    async with grpc.aio.insecure_channel(serve.grpc_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(200):
+            if (await health.Check(health_pb2.HealthCheckRequest())).status == status:
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"health never became {status}")
+
+
+async def test_two_replicas_sweeping_at_once_record_each_change_once(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """Reconciliation on two replicas against one StackOne: one event per account change."""
+    config = EmulatorConfig(api_key="replica-key", deliver_webhooks=False)
+    async with listening(build_emulator_app(config), "127.0.0.1", 0) as stackone:
+        upstream = {
+            "STACKONE_CONNECT_API_KEY": "replica-key",
+            "STACKONE_CONNECT_BASE_URL": stackone.base_url,
+            "STACKONE_CONNECT_RECONCILE_INTERVAL": "0.05",
+            "STACKONE_CONNECT_RECONCILE_GRACE": "0",
+        }
+        async with (
+            replicas(2, tmp_path, nats_server.url, **upstream) as (a, _),
+            httpx.AsyncClient(base_url=stackone.base_url) as emulator,
+        ):
+            spec = {"provider": "hibob", "origin_owner_id": "t-3", "origin_owner_name": "Three"}
+            ids = [
+                (await emulator.post("/emulator/accounts", json=spec)).json()["id"]
+                for _ in range(3)
+            ]
+            await asyncio.sleep(0.5)
+            await emulator.patch(f"/emulator/accounts/{ids[1]}", json={"status": "error"})
+            await emulator.delete(f"/accounts/{ids[2]}", auth=("replica-key", ""))
+            await asyncio.sleep(1.0)  # many sweeps on both replicas
+            async with subscribed(a, from_earliest=Empty()) as stream:
+                events = await events_until_caught_up(stream, await _latest_cursor(a))
+    by_account = {i: [e.type for e in events if e.account.id == i] for i in ids}
+    assert by_account == {
+        ids[0]: ["account.created"],
+        ids[1]: ["account.created", "account.updated"],
+        ids[2]: ["account.created", "account.deleted"],
+    }
+    assert {e.source for e in events} == {pb.EVENT_SOURCE_RECONCILIATION}
