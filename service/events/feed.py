@@ -64,11 +64,10 @@ async def follow(
 
     Events come in lists: the (non-empty) matching events of one read from the log, so a
     subscriber catching up handles a batch per step. The first item is a `Bookmark` of the
-    start position. Later, a `Bookmark` with the
-    position read so far is yielded whenever `bookmark_interval`
-    seconds pass without anything sent, so idle and filtered subscribers can resume
-    exactly and dead connections are noticed. Ends when `stop` is set (followed by
-    `log.stop_waits()`, so that waiting followers notice at once). Raises
+    start position. Later, a `Bookmark` with the position read so far is yielded whenever
+    `bookmark_interval` seconds pass without anything sent, so idle and filtered
+    subscribers can resume exactly and dead connections are noticed. Ends when `stop` is
+    set (followed by `log.stop_waits()`, so that waiting followers notice at once). Raises
     `CursorOutOfRange` when retention removes events this follower has not read yet.
     """
     position = after

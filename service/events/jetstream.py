@@ -55,6 +55,7 @@ from service.events.model import (
     StoredEvent,
     already_known,
 )
+from service.events.tail import Tail
 
 _log = logging.getLogger(__name__)
 
@@ -112,14 +113,8 @@ class JetStreamEventLog:
         self._accounts = accounts
         self._ids = ids
         self._wildcard = f"{options.subject_prefix}.>"
-        self._tail: list[StoredEvent] = []
-        self._tail_bytes = 0
-        self._tail_budget = tail_bytes
-        self._tail_floor = 0
-        self._latest = 0
+        self._tail = Tail(tail_bytes)
         self._pruned_through = 0
-        self._waiters: set[asyncio.Future[None]] = set()
-        self._waits_stopped = False
         self._poke = asyncio.Event()
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -164,7 +159,7 @@ class JetStreamEventLog:
             await connection.close()
             raise EventLogUnavailable(f"cannot set up JetStream stream: {error}") from error
         log = cls(options, connection, js, accounts, ids, tail_bytes=tail_bytes)
-        log._latest = log._tail_floor = info.state.last_seq
+        log._tail.start_at(info.state.last_seq)
         log._pruned_through = max(0, info.state.first_seq - 1)
         log._notifications = await connection.subscribe(log._wildcard, cb=log._on_notification)
         log._tasks = [asyncio.create_task(log._follow(), name="jetstream-follow")]
@@ -183,11 +178,9 @@ class JetStreamEventLog:
 
     async def read(self, after: int, limit: int) -> list[StoredEvent]:
         """Events after `after`, from the shared tail when it reaches back that far."""
-        if after >= self._latest:
-            return []
-        if after >= self._tail_floor and self._tail:
-            start = next((n for n, e in enumerate(self._tail) if e.cursor > after), len(self._tail))
-            return self._tail[start : start + limit]
+        cached = self._tail.read(after, limit)
+        if cached is not None:
+            return cached
         try:
             return await self._fetch(after, limit)
         except NATS_ERRORS as error:
@@ -196,7 +189,7 @@ class JetStreamEventLog:
     @property
     def latest_cursor(self) -> int:
         """The newest cursor this replica has seen."""
-        return self._latest
+        return self._tail.latest
 
     async def bounds(self, *, exact: bool = False) -> LogBounds:
         """Pruned-through and latest cursors; `exact` asks the server, not this replica."""
@@ -206,27 +199,16 @@ class JetStreamEventLog:
             except NATS_ERRORS as error:
                 raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
             self._pruned_through = max(self._pruned_through, info.state.first_seq - 1)
-            return LogBounds(self._pruned_through, max(self._latest, info.state.last_seq))
-        return LogBounds(self._pruned_through, self._latest)
+            return LogBounds(self._pruned_through, max(self._tail.latest, info.state.last_seq))
+        return LogBounds(self._pruned_through, self._tail.latest)
 
     async def wait_for_append(self, after: int, timeout: float) -> None:
         """Returns once this replica has seen an event past `after`, or after `timeout`."""
-        if self._latest > after or self._waits_stopped:
-            return
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.add(waiter)
-        timer = loop.call_later(timeout, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiters.discard(waiter)
+        await self._tail.wait_for_append(after, timeout)
 
     def stop_waits(self) -> None:
         """Ends every current and later `wait_for_append` at once (the server is draining)."""
-        self._waits_stopped = True
-        self._wake_waiters()
+        self._tail.stop_waits()
 
     async def contains(self, event_id: str) -> bool:
         """True when `event_id` was recorded (by any replica) within the dedup window."""
@@ -264,9 +246,7 @@ class JetStreamEventLog:
     async def enforce_retention(self, now: float | None = None) -> int:
         """JetStream enforces max age and count itself; this refreshes the pruned cursor."""
         pruned = (await self.bounds(exact=True)).pruned_through
-        self._tail = [event for event in self._tail if event.cursor > pruned]
-        self._tail_bytes = sum(len(event.body) for event in self._tail)
-        self._tail_floor = max(self._tail_floor, pruned)
+        self._tail.prune(pruned)
         return pruned
 
     async def close(self) -> None:
@@ -279,7 +259,7 @@ class JetStreamEventLog:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(*NATS_ERRORS):
             await self._nc.close()
-        self._wake_waiters()
+        self._tail.wake_waiters()
 
     # --- Appending ----------------------------------------------------------------
 
@@ -357,18 +337,8 @@ class JetStreamEventLog:
             record.type == "account.deleted",
             record.source,
         )
-        await self._accounts.put(
-            _token(record.account_id),
-            orjson.dumps(
-                {
-                    "account_id": state.account_id,
-                    "status": state.status,
-                    "updated_at": state.updated_at,
-                    "deleted": state.deleted,
-                    "source": state.source,
-                }
-            ),
-        )
+        # orjson writes the dataclass's fields, which `known_accounts` reads back.
+        await self._accounts.put(_token(record.account_id), orjson.dumps(state))
         await self._ids.put(_id_key(record.event_id), str(cursor).encode())
 
     # --- Following ----------------------------------------------------------------
@@ -381,8 +351,8 @@ class JetStreamEventLog:
             try:
                 info = await self._js.stream_info(self._options.stream)
                 self._pruned_through = max(self._pruned_through, info.state.first_seq - 1)
-                if info.state.last_seq > self._latest:
-                    self._publish(await self._fetch(self._latest, 1024))
+                if info.state.last_seq > self._tail.latest:
+                    self._tail.publish(await self._fetch(self._tail.latest, 1024))
                     continue
             except NATS_ERRORS as error:
                 _log.warning("following JetStream failed, retrying: %r", error)
@@ -419,10 +389,10 @@ class JetStreamEventLog:
 
     def _appended_here(self, record: EventRecord, cursor: int, recorded_at: float) -> None:
         """Our own append goes straight into the tail when nothing came in between."""
-        if cursor != self._latest + 1:
+        if cursor != self._tail.latest + 1:
             self._poke.set()  # another replica's events are between: the follower reads them
             return
-        self._publish(
+        self._tail.publish(
             [
                 StoredEvent(
                     cursor,
@@ -437,27 +407,6 @@ class JetStreamEventLog:
             ]
         )
 
-    def _publish(self, events: list[StoredEvent]) -> None:
-        fresh = [event for event in events if event.cursor > self._latest]
-        if not fresh:
-            return
-        self._latest = fresh[-1].cursor
-        self._tail.extend(fresh)
-        self._tail_bytes += sum(len(event.body) for event in fresh)
-        if self._tail_bytes > 2 * self._tail_budget:
-            dropped = 0
-            while self._tail_bytes > self._tail_budget:
-                self._tail_bytes -= len(self._tail[dropped].body)
-                dropped += 1
-            self._tail_floor = self._tail[dropped - 1].cursor
-            del self._tail[:dropped]
-        self._wake_waiters()
-
-    def _wake_waiters(self) -> None:
-        waiters, self._waiters = self._waiters, set()
-        for waiter in waiters:
-            _wake(waiter)
-
 
 def _stored(message: Msg) -> StoredEvent:
     fields = orjson.loads((message.headers or {})[_HEADER])
@@ -471,11 +420,6 @@ def _stored(message: Msg) -> StoredEvent:
         fields["recorded_at"],
         message.data,
     )
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 def _storage(name: str) -> StorageType:

@@ -15,7 +15,6 @@ head of the log share one copy instead of querying SQLite.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
 import sqlite3
@@ -35,6 +34,7 @@ from service.events.model import (
     StoredEvent,
     already_known,
 )
+from service.events.tail import Tail
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -100,11 +100,6 @@ class _PendingAppend:
     done: asyncio.Future[list[AppendOutcome]]
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 def _connect(
     path: Path, *, check_same_thread: bool = False, busy_ms: int = 5000
 ) -> sqlite3.Connection:
@@ -138,20 +133,13 @@ class SqliteEventLog:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="eventlog-write")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="eventlog-read")
         self._retention = retention
-        self._tail_budget = tail_bytes
         self._max_batch = max_batch
         self._pending: asyncio.Queue[_PendingAppend] = asyncio.Queue()
         self._write_lock = asyncio.Lock()
-        self._waiters: set[asyncio.Future[None]] = set()
-        self._latest = 0
         self._pruned_through = 0
-        # The tail holds every event with a cursor above `_tail_floor`, oldest first.
-        self._tail: list[StoredEvent] = []
-        self._tail_bytes = 0
-        self._tail_floor = 0
+        self._tail = Tail(tail_bytes)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        self._waits_stopped = False
 
     @classmethod
     async def open(
@@ -178,8 +166,8 @@ class SqliteEventLog:
             tail_bytes=tail_bytes,
             max_batch=max_batch,
         )
-        log._latest, log._pruned_through = await log._on_writer(log._load_positions)
-        log._tail_floor = log._latest
+        latest, log._pruned_through = await log._on_writer(log._load_positions)
+        log._tail.start_at(latest)
         log._tasks = [
             asyncio.create_task(log._write_loop(), name="eventlog-writer"),
             asyncio.create_task(log._retention_loop(), name="eventlog-retention"),
@@ -200,42 +188,27 @@ class SqliteEventLog:
 
     async def read(self, after: int, limit: int) -> list[StoredEvent]:
         """Returns up to `limit` events after `after`, from memory when it can."""
-        if after >= self._latest:
-            return []
-        if after >= self._tail_floor and self._tail:
-            start = bisect.bisect_right(self._tail, after, key=lambda event: event.cursor)
-            return self._tail[start : start + limit]
+        cached = self._tail.read(after, limit)
+        if cached is not None:
+            return cached
         return await self._on_reader(self._select_after, after, limit)
 
     @property
     def latest_cursor(self) -> int:
         """The cursor of the newest event (0 for an empty log)."""
-        return self._latest
+        return self._tail.latest
 
     async def bounds(self, *, exact: bool = False) -> LogBounds:
         """Returns the pruned-through and latest cursors (kept in memory, always exact)."""
-        return LogBounds(pruned_through=self._pruned_through, latest=self._latest)
+        return LogBounds(pruned_through=self._pruned_through, latest=self._tail.latest)
 
     async def wait_for_append(self, after: int, timeout: float) -> None:
         """Returns once an event past `after` is recorded, or after `timeout` seconds."""
-        if self._latest > after or self._waits_stopped:
-            return
-        # A bare future and timer per wait: with thousands of idle streams, waking each
-        # costs measurably less than asyncio.Event plus asyncio.timeout.
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.add(waiter)
-        timer = loop.call_later(timeout, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiters.discard(waiter)  # gone already unless the timer woke it
+        await self._tail.wait_for_append(after, timeout)
 
     def stop_waits(self) -> None:
         """Ends every current and later `wait_for_append` at once (the server is draining)."""
-        self._waits_stopped = True
-        self._wake_waiters()
+        self._tail.stop_waits()
 
     async def contains(self, event_id: str) -> bool:
         """True when `event_id` was recorded within the dedup window."""
@@ -276,7 +249,7 @@ class SqliteEventLog:
         self._lookup_conn.close()
         self._writer.shutdown()
         self._reader.shutdown()
-        self._wake_waiters()
+        self._tail.wake_waiters()
 
     # --- Retention ----------------------------------------------------------------
 
@@ -287,9 +260,7 @@ class SqliteEventLog:
         if target > self._pruned_through:
             # Published before the rows go, so a reader that sees a gap also sees why.
             self._pruned_through = target
-            self._tail = [event for event in self._tail if event.cursor > target]
-            self._tail_bytes = sum(len(event.body) for event in self._tail)
-            self._tail_floor = max(self._tail_floor, target)
+            self._tail.prune(target)
         await self._on_writer(self._delete_pruned, self._pruned_through, now)
         return self._pruned_through
 
@@ -308,7 +279,7 @@ class SqliteEventLog:
         ).fetchone()
         by_count = 0
         if self._retention.max_count is not None:
-            by_count = self._latest - self._retention.max_count
+            by_count = self._tail.latest - self._retention.max_count
         return max(int(by_age), by_count, self._pruned_through)
 
     def _delete_pruned(self, pruned_through: int, now: float) -> None:
@@ -353,7 +324,7 @@ class SqliteEventLog:
                             EventLogUnavailable(f"the event log could not append: {error}")
                         )
             else:
-                self._publish(stored)
+                self._tail.publish(stored)
                 offset = 0
                 for pending in batch:
                     size = len(pending.records)
@@ -362,27 +333,6 @@ class SqliteEventLog:
                     offset += size
             for _ in batch:
                 self._pending.task_done()
-
-    def _publish(self, stored: list[StoredEvent]) -> None:
-        if not stored:
-            return
-        self._latest = stored[-1].cursor
-        self._tail.extend(stored)
-        self._tail_bytes += sum(len(event.body) for event in stored)
-        if self._tail_bytes > 2 * self._tail_budget:
-            # Trimmed in bulk, down to the budget, so the cost is amortised over appends.
-            dropped = 0
-            while self._tail_bytes > self._tail_budget:
-                self._tail_bytes -= len(self._tail[dropped].body)
-                dropped += 1
-            self._tail_floor = self._tail[dropped - 1].cursor
-            del self._tail[:dropped]
-        self._wake_waiters()
-
-    def _wake_waiters(self) -> None:
-        waiters, self._waiters = self._waiters, set()
-        for waiter in waiters:
-            _wake(waiter)
 
     def _stage_batch(
         self, records: Sequence[EventRecord]
