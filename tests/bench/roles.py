@@ -53,6 +53,15 @@ async def _serve_app(app: web.Application) -> None:
     await asyncio.Event().wait()
 
 
+async def _serve_grpc(*handlers: grpc.GenericRpcHandler[Any, Any]) -> None:
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(handlers)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"READY {port}", flush=True)
+    await server.wait_for_termination()
+
+
 async def bare_http(_: dict[str, Any]) -> None:
     """Baseline: an aiohttp handler that reads the body and answers 204."""
 
@@ -92,13 +101,7 @@ async def bare_grpc(args: dict[str, Any]) -> None:
         return request
 
     handler = grpc.unary_unary_rpc_method_handler(echo)  # bytes in, bytes out
-    generic = grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler})
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((generic,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"READY {port}", flush=True)
-    await server.wait_for_termination()
+    await _serve_grpc(grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}))
 
 
 async def bare_stream(_: dict[str, Any]) -> None:
@@ -111,16 +114,8 @@ async def bare_stream(_: dict[str, Any]) -> None:
         for _ in range(int(request)):
             yield payload
 
-    generic = grpc.method_handlers_generic_handler(
-        "bench.Stream",
-        {"Flood": grpc.unary_stream_rpc_method_handler(flood)},
-    )
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((generic,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"READY {port}", flush=True)
-    await server.wait_for_termination()
+    handler = grpc.unary_stream_rpc_method_handler(flood)
+    await _serve_grpc(grpc.method_handlers_generic_handler("bench.Stream", {"Flood": handler}))
 
 
 async def bare_broadcast(_: dict[str, Any]) -> None:
@@ -135,7 +130,6 @@ async def bare_broadcast(_: dict[str, Any]) -> None:
     wake = asyncio.Event()
 
     async def follow(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        nonlocal wake
         yield attached
         sent = len(published)
         while True:
@@ -151,18 +145,13 @@ async def bare_broadcast(_: dict[str, Any]) -> None:
         woken.set()
         return b""
 
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((
+    await _serve_grpc(
         grpc.method_handlers_generic_handler(
             "stackone_connect.v1.ConnectService",
             {"StreamAccountEvents": grpc.unary_stream_rpc_method_handler(follow)}),
         grpc.method_handlers_generic_handler(
             "bench.Broadcast", {"Publish": grpc.unary_unary_rpc_method_handler(publish)}),
-    ))  # fmt: skip
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"READY {port}", flush=True)
-    await server.wait_for_termination()
+    )  # fmt: skip
 
 
 async def paced_publish(args: dict[str, Any]) -> None:
