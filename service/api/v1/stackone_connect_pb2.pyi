@@ -551,6 +551,7 @@ class AccountEvent(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     VERIFICATION_FIELD_NUMBER: _builtins.int
     VERIFICATION_ERROR_FIELD_NUMBER: _builtins.int
+    COVERED_EVENT_IDS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of the event; redeliveries of the same event share it."""
     cursor: _builtins.str
@@ -577,6 +578,14 @@ class AccountEvent(_message.Message):
     def received_at(self) -> _timestamp_pb2.Timestamp:
         """When this service durably recorded the event."""
 
+    @_builtins.property
+    def covered_event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ids of the StackOne webhooks this event records, oldest first. Webhooks of one
+        account that were waiting for verification together are folded into one event
+        (with the newest state); `event_id` is the first of them. A redelivery of any of
+        them is recognised as a duplicate. Empty for reconciliation events.
+        """
+
     def __init__(
         self,
         *,
@@ -589,10 +598,11 @@ class AccountEvent(_message.Message):
         source: Global___EventSource.ValueType = ...,
         verification: Global___Verification.ValueType = ...,
         verification_error: _builtins.str = ...,
+        covered_event_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "occurred_at", b"occurred_at", "received_at", b"received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "cursor", b"cursor", "event_id", b"event_id", "occurred_at", b"occurred_at", "received_at", b"received_at", "source", b"source", "type", b"type", "verification", b"verification", "verification_error", b"verification_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "covered_event_ids", b"covered_event_ids", "cursor", b"cursor", "event_id", b"event_id", "occurred_at", b"occurred_at", "received_at", b"received_at", "source", b"source", "type", b"type", "verification", b"verification", "verification_error", b"verification_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
