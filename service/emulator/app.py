@@ -22,7 +22,18 @@ Emulator-only actions (no auth):
     PUT    /emulator/webhooks                {"url"?, "secret"?, "enabled"?}
     GET    /emulator/deliveries              every delivery attempt
     POST   /emulator/faults                  inject a fault (see `Fault`); DELETE clears all
+    PUT    /emulator/behaviour               {"latency"?, "rate_limit"?, "rate_window"?}
+                                             plays a real StackOne: latency before every
+                                             answer, a per-key sliding-window rate limit
+    GET    /emulator/stats                   {"calls": {"GET /accounts/{account_id}": n, ...},
+                                             "rate_limited": n}: StackOne-endpoint requests
+                                             that arrived, and how many got the emulated 429
     GET    /connect?token=...                the hosted Auth Link page, with a Link button
+
+Every request to a StackOne endpoint passes, in order: it is counted in the stats; the
+rate limit decides at arrival (StackOne counts arrivals) whether it is refused, a
+refused call taking no slot; `latency` delays every answer, 429s included, as a network
+round trip would; then injected faults; then the API key check; then the handler.
 """
 
 from __future__ import annotations
@@ -35,7 +46,10 @@ import hmac
 import html
 import itertools
 import logging
+import math
 import secrets
+import time
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -83,6 +97,17 @@ class EmulatorConfig:
     public_base_url: str | None = None
     project_id: str = "proj_emulator"
     organization_id: str = "org_emulator"
+    latency: float = 0.0
+    rate_limit: int | None = None
+    rate_window: float = 60.0
+
+    def behaviour(self) -> dict[str, Any]:
+        """The settings `PUT /emulator/behaviour` changes, as it answers them."""
+        return {
+            "latency": self.latency,
+            "rate_limit": self.rate_limit,
+            "rate_window": self.rate_window,
+        }
 
 
 @dataclass
@@ -127,6 +152,9 @@ class EmulatorState:
     accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
     deliveries: list[dict[str, Any]] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    calls: Counter[str] = field(default_factory=Counter)
+    rate_limited: int = 0
+    arrivals: dict[str, deque[float]] = field(default_factory=dict)
     outbox: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -155,6 +183,25 @@ class EmulatorState:
         """Returns once every queued webhook was delivered or given up on."""
         await self.outbox.join()
 
+    def admit(self, key: str, now: float) -> float | None:
+        """Counts a call of API key `key` arriving at `now` against the rate limit.
+
+        Returns None when it is allowed (it then takes a slot), or the seconds until a
+        slot frees when it is over the limit (it then takes none).
+        """
+        limit, window = self.config.rate_limit, self.config.rate_window
+        if limit is None:
+            return None
+        arrivals = self.arrivals.setdefault(key, deque())
+        while arrivals and arrivals[0] <= now - window:
+            arrivals.popleft()
+        if len(arrivals) >= limit:
+            # The oldest call in the window leaves it first; more than `limit` may be
+            # listed when the limit was lowered at run time, hence the index.
+            return arrivals[len(arrivals) - limit] + window - now
+        arrivals.append(now)
+        return None
+
 
 EMULATOR_STATE = web.AppKey("emulator_state", EmulatorState)
 
@@ -169,24 +216,47 @@ def _state(request: web.Request) -> EmulatorState:
     return request.app[EMULATOR_STATE]
 
 
-def _authorized(request: web.Request) -> bool:
+def _username(request: web.Request) -> str | None:
+    """The Basic-auth user name (StackOne's API key), or None without Basic auth."""
     header = request.headers.get("authorization", "")
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic":
-        return False
+        return None
     try:
-        username = base64.b64decode(encoded, validate=True).decode().partition(":")[0]
+        return base64.b64decode(encoded, validate=True).decode().partition(":")[0]
     except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _authorized(request: web.Request) -> bool:
+    username = _username(request)
+    if username is None:
         return False
     return hmac.compare_digest(username.encode(), _state(request).config.api_key.encode())
 
 
+def _route(request: web.Request) -> str:
+    """`METHOD /route/{template}` of a request, e.g. `GET /accounts/{account_id}`."""
+    resource = request.match_info.route.resource
+    return f"{request.method} {resource.canonical if resource is not None else request.path}"
+
+
 @web.middleware
 async def stackone_edge(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Applies injected faults and the API key check to StackOne endpoints."""
+    """Plays StackOne's edge on its endpoints: stats, rate limit, latency, faults, auth.
+
+    The order is the module docstring's.
+    """
     if request.path.startswith("/emulator/") or request.path == "/connect":
         return await handler(request)
     state = _state(request)
+    state.calls[_route(request)] += 1
+    wait = state.admit(_username(request) or "", time.monotonic())
+    await asyncio.sleep(state.config.latency)
+    if wait is not None:
+        state.rate_limited += 1
+        retry_after = str(max(1, math.ceil(wait)))
+        return stackone_error(429, "Too Many Requests", **{"Retry-After": retry_after})
     fault = next((f for f in state.faults if f.matches(request)), None)
     if fault is not None:
         if fault.times is not None:
@@ -432,6 +502,42 @@ async def clear_faults(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def _behaviour_problem(body: dict[str, Any]) -> str | None:
+    unknown = set(body) - {"latency", "rate_limit", "rate_window"}
+    if unknown:
+        return f"unknown behaviour: {', '.join(sorted(unknown))}"
+    # bool is an int in Python; `true` is not a number of seconds or calls.
+    number = (int, float)
+    latency = body.get("latency", 0.0)
+    if isinstance(latency, bool) or not isinstance(latency, number) or latency < 0:
+        return "latency must be a number of seconds >= 0"
+    limit = body.get("rate_limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        return "rate_limit must be a whole number > 0, or null for no limit"
+    window = body.get("rate_window", 60.0)
+    if isinstance(window, bool) or not isinstance(window, number) or window <= 0:
+        return "rate_window must be a number of seconds > 0"
+    return None
+
+
+async def configure_behaviour(request: web.Request) -> web.Response:
+    """PUT /emulator/behaviour: latency and rate limit of the StackOne endpoints."""
+    config = _state(request).config
+    body = await _json_object(request)
+    if problem := _behaviour_problem(body):
+        return stackone_error(400, problem)
+    config.latency = float(body.get("latency", config.latency))
+    config.rate_limit = body.get("rate_limit", config.rate_limit)
+    config.rate_window = float(body.get("rate_window", config.rate_window))
+    return web.json_response(config.behaviour())
+
+
+async def stats(request: web.Request) -> web.Response:
+    """GET /emulator/stats: StackOne-endpoint requests by route, and emulated 429s."""
+    state = _state(request)
+    return web.json_response({"calls": dict(state.calls), "rate_limited": state.rate_limited})
+
+
 async def auth_link_page(request: web.Request) -> web.Response:
     """GET /connect: the hosted Auth Link a person opens in a browser."""
     token = request.query.get("token", "")
@@ -515,5 +621,7 @@ def build_emulator_app(config: EmulatorConfig) -> web.Application:
     app.router.add_get("/emulator/deliveries", list_deliveries)
     app.router.add_post("/emulator/faults", add_fault)
     app.router.add_delete("/emulator/faults", clear_faults)
+    app.router.add_put("/emulator/behaviour", configure_behaviour)
+    app.router.add_get("/emulator/stats", stats)
     app.router.add_get("/connect", auth_link_page)
     return app

@@ -21,6 +21,7 @@ from service.convert import account_message, timestamp
 from service.events.ingest import event_record
 from service.events.log import EventLog
 from service.events.model import EventRecord, KnownAccount
+from service.stackone.budget import Priority
 from service.stackone.errors import StackOneError
 from service.stackone.models import AccountListQuery, LinkedAccount
 
@@ -32,19 +33,28 @@ class AccountLister(Protocol):
     """Lists accounts (the StackOne client)."""
 
     async def list_accounts(
-        self, query: AccountListQuery, *, deadline: float | None = None
+        self,
+        query: AccountListQuery,
+        *,
+        deadline: float | None = None,
+        priority: Priority = Priority.CALLER,
     ) -> list[LinkedAccount]:
-        """One page of accounts."""
+        """One page of accounts, spending the StackOne budget at `priority`."""
         ...
 
 
 async def all_accounts(lister: AccountLister, *, deadline: float) -> list[LinkedAccount]:
-    """Every account StackOne reports, page by page until a short page."""
+    """Every account StackOne reports, page by page until a short page.
+
+    Spends the StackOne budget as reconciliation, the last in line.
+    """
     accounts: list[LinkedAccount] = []
     page = 0
     while True:
         batch = await lister.list_accounts(
-            AccountListQuery(page=page, page_size=PAGE_SIZE), deadline=deadline
+            AccountListQuery(page=page, page_size=PAGE_SIZE),
+            deadline=deadline,
+            priority=Priority.RECONCILE,
         )
         accounts.extend(batch)
         if len(batch) < PAGE_SIZE:

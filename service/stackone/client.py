@@ -5,6 +5,10 @@ user name, explicit timeouts, and a `deadline` on every call (the seconds the ca
 left) that bounds the whole call, retries included. Idempotent calls are retried on
 outages, 5xx, 408 and 429 with jittered exponential backoff, honouring `Retry-After`
 but never waiting past the deadline.
+
+With a `RateBudget`, every HTTP attempt (retries included) first takes a slot of it at
+the call's `priority`, waiting at most the time left before the deadline, and a 429 from
+StackOne pauses the budget's background classes.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from service.stackone.budget import Priority, RateBudget
 from service.stackone.errors import (
+    BudgetExhausted,
     StackOneAPIError,
     StackOneError,
     StackOneRateLimited,
@@ -74,9 +80,11 @@ class StackOneClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_retries: int = 2,
         observer: Observer | None = None,
+        budget: RateBudget | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._observer = observer
+        self._budget = budget
         self._max_retries = max_retries
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -101,7 +109,11 @@ class StackOneClient:
         await self._http.aclose()
 
     async def create_connect_session(
-        self, request: ConnectSessionCreate, *, deadline: float | None = None
+        self,
+        request: ConnectSessionCreate,
+        *,
+        deadline: float | None = None,
+        priority: Priority = Priority.CALLER,
     ) -> ConnectSession:
         """Creates a connect session (not retried: each call makes a new session)."""
         data = await self._call(
@@ -109,12 +121,13 @@ class StackOneClient:
             "/connect_sessions",
             json=request.body(),
             deadline=deadline,
+            priority=priority,
             idempotent=False,
         )
         return self._parse(ConnectSession, data)
 
     async def authenticate_connect_session(
-        self, token: str, *, deadline: float | None = None
+        self, token: str, *, deadline: float | None = None, priority: Priority = Priority.CALLER
     ) -> ConnectSession:
         """Returns the connect session a token belongs to."""
         data = await self._call(
@@ -122,32 +135,57 @@ class StackOneClient:
             "/connect_sessions/authenticate",
             json={"token": token},
             deadline=deadline,
+            priority=priority,
             idempotent=False,
         )
         return self._parse(ConnectSession, data)
 
-    async def get_account(self, account_id: str, *, deadline: float | None = None) -> LinkedAccount:
+    async def get_account(
+        self,
+        account_id: str,
+        *,
+        deadline: float | None = None,
+        priority: Priority = Priority.CALLER,
+    ) -> LinkedAccount:
         """Fetches one linked account."""
         data = await self._call(
-            "GET /accounts/{id}", self._account_path(account_id), deadline=deadline
+            "GET /accounts/{id}",
+            self._account_path(account_id),
+            deadline=deadline,
+            priority=priority,
         )
         return self._parse(LinkedAccount, data)
 
     async def delete_account(
-        self, account_id: str, *, deadline: float | None = None
+        self,
+        account_id: str,
+        *,
+        deadline: float | None = None,
+        priority: Priority = Priority.CALLER,
     ) -> LinkedAccount:
         """Deletes one linked account and returns it."""
         data = await self._call(
-            "DELETE /accounts/{id}", self._account_path(account_id), deadline=deadline
+            "DELETE /accounts/{id}",
+            self._account_path(account_id),
+            deadline=deadline,
+            priority=priority,
         )
         return self._parse(LinkedAccount, data)
 
     async def list_accounts(
-        self, query: AccountListQuery, *, deadline: float | None = None
+        self,
+        query: AccountListQuery,
+        *,
+        deadline: float | None = None,
+        priority: Priority = Priority.CALLER,
     ) -> list[LinkedAccount]:
         """Fetches one page of linked accounts (a bare array or `{"data": [...]}`)."""
         data = await self._call(
-            "GET /accounts", "/accounts", params=query.params(), deadline=deadline
+            "GET /accounts",
+            "/accounts",
+            params=query.params(),
+            deadline=deadline,
+            priority=priority,
         )
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
@@ -175,6 +213,7 @@ class StackOneClient:
         path: str,
         *,
         deadline: float | None,
+        priority: Priority,
         idempotent: bool = True,
         json: Any = None,
         params: Any = None,
@@ -183,9 +222,12 @@ class StackOneClient:
         ends_at = None if deadline is None else loop.time() + deadline
         attempt = 0
         while True:
-            remaining = None if ends_at is None else ends_at - loop.time()
             try:
-                return await self._observed(endpoint, path, remaining, json=json, params=params)
+                return await self._budgeted(
+                    endpoint, path, ends_at, priority, json=json, params=params
+                )
+            except BudgetExhausted:
+                raise  # it already waited as long as the deadline allows
             except _RETRYABLE as error:
                 if not idempotent or attempt >= self._max_retries:
                     raise
@@ -197,6 +239,30 @@ class StackOneClient:
                     raise  # waiting would pass the caller's deadline
                 await asyncio.sleep(delay)
                 attempt += 1
+
+    async def _budgeted(
+        self,
+        endpoint: str,
+        path: str,
+        ends_at: float | None,
+        priority: Priority,
+        *,
+        json: Any,
+        params: Any,
+    ) -> Any:
+        """One attempt, holding a slot of the budget from its start to its completion."""
+        loop = asyncio.get_running_loop()
+        remaining = None if ends_at is None else ends_at - loop.time()
+        if self._budget is None or (remaining is not None and remaining <= 0):
+            # (With no time left the attempt fails before sending: it spends no slot.)
+            return await self._observed(endpoint, path, remaining, json=json, params=params)
+        async with self._budget.slot(priority, remaining):
+            remaining = None if ends_at is None else ends_at - loop.time()
+            try:
+                return await self._observed(endpoint, path, remaining, json=json, params=params)
+            except StackOneRateLimited as error:
+                self._budget.upstream_rate_limited(error.retry_after)
+                raise
 
     async def _observed(
         self, endpoint: str, path: str, remaining: float | None, *, json: Any, params: Any

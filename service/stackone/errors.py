@@ -10,6 +10,7 @@ StackOneError
     ├── StackOneNotFound       404
     ├── StackOneConflict       409
     ├── StackOneRateLimited    429
+    │   └── BudgetExhausted    429 of our own: this service's StackOne budget is spent
     └── StackOneServerError    408, 5xx and any other unexpected status
 ```
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 API_KEY_VARIABLE = "STACKONE_CONNECT_API_KEY"
+RATE_LIMIT_VARIABLE = "STACKONE_CONNECT_RATE_LIMIT"
 
 
 class StackOneError(Exception):
@@ -97,6 +99,25 @@ class StackOneConflict(StackOneAPIError):
 
 class StackOneRateLimited(StackOneAPIError):
     """StackOne's rate limit was reached (429); see `retry_after`."""
+
+
+class BudgetExhausted(StackOneRateLimited):
+    """This service's own StackOne budget has no slot for the call within its deadline.
+
+    No request was sent; StackOne would have refused it. `retry_after` is the seconds
+    until a slot frees.
+    """
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(
+            429,
+            f"this service's StackOne call budget ({RATE_LIMIT_VARIABLE}) is spent; a slot "
+            f"frees in {retry_after:.1f}s",
+            retry_after=retry_after,
+        )
+
+    def _describe(self) -> str:
+        return self.message
 
 
 class StackOneServerError(StackOneAPIError):
