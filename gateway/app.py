@@ -1,8 +1,9 @@
 """The webhook gateway: an aiohttp app that verifies StackOne webhooks and records them.
 
-`POST /webhooks/stackone` answers 2xx only once the event is durably in the event log;
-a bad signature gets 401, a body that is not an event 400, a body over the limit 413, a
-content type other than JSON 415, a storage failure 503 (so StackOne retries).
+`POST /webhooks/stackone` answers 2xx only once the webhook is durably in the inbox
+(never waiting on StackOne: the verifier records the event later); a bad signature gets
+401, a body that is not an event 400, a body over the limit 413, a content type other
+than JSON 415, a storage failure or a full inbox 503 (so StackOne retries).
 `GET /healthz` is liveness, `GET /readyz` readiness, `GET /metrics` Prometheus metrics.
 """
 
@@ -18,13 +19,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.signature import SIGNATURE_HEADER, is_valid_signature
 from service.events.ingest import Ingestor, InvalidWebhook, parse_webhook
-from service.events.model import EventLogError
+from service.events.model import EventLogError, InboxFull
 from service.logs import REQUEST_ID, new_request_id
 from service.metrics import Metrics
 
 _log = logging.getLogger(__name__)
 WEBHOOK_PATH = "/webhooks/stackone"
 MAX_BODY_BYTES = 256 * 1024
+INBOX_FULL_RETRY_AFTER = 30  # seconds; StackOne keeps its own schedule, this is a hint
 
 
 @dataclass(slots=True)
@@ -43,10 +45,12 @@ class GatewayState:
 GATEWAY_STATE = web.AppKey("gateway_state", GatewayState)
 
 
-def _problem(state: GatewayState, status: int, outcome: str, reason: str) -> web.Response:
+def _problem(
+    state: GatewayState, status: int, outcome: str, reason: str, **headers: str
+) -> web.Response:
     state.metrics.webhooks.labels("unknown", outcome).inc()
     _log.info("webhook refused (%d): %s", status, reason, extra={"outcome": outcome})
-    return web.json_response({"error": reason}, status=status)
+    return web.json_response({"error": reason}, status=status, headers=headers)
 
 
 async def receive_webhook(request: web.Request) -> web.Response:
@@ -71,9 +75,15 @@ async def receive_webhook(request: web.Request) -> web.Response:
         )
     try:
         event = parse_webhook(body)
-        result = await state.ingestor.ingest(event)
+        result = await state.ingestor.ingest(event, body)
     except InvalidWebhook as error:
         return _problem(state, 400, "malformed", str(error))
+    except InboxFull as error:
+        _log.warning("webhook refused, asking StackOne to retry later: %s", error)
+        return _problem(
+            state, 503, "inbox_full", f"{error}; retry later",
+            **{"Retry-After": str(INBOX_FULL_RETRY_AFTER)},
+        )  # fmt: skip
     except EventLogError as error:
         _log.error("webhook not recorded, asking StackOne to retry: %s", error)
         return _problem(state, 503, "unavailable", "the event could not be recorded; retry")

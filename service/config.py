@@ -94,11 +94,44 @@ class Settings(BaseSettings):
         "127.0.0.1:8090",
         description="host:port of the bundled StackOne emulator, when it is started.",
     )
+    emulator_latency: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds the bundled emulator waits before answering each StackOne call.",
+    )
+    emulator_rate_limit: int | None = Field(
+        None,
+        gt=0,
+        description="StackOne calls per minute the bundled emulator allows per API key (429"
+        " with Retry-After beyond); unset: no limit.",
+    )
     upstream_timeout: float = Field(
         10.0, gt=0, description="Seconds a StackOne call may take when the caller sets no deadline."
     )
-    enrich_timeout: float = Field(
-        3.0, gt=0, description="Seconds the gateway waits for StackOne to verify a linked account."
+    rate_limit: int = Field(
+        1000,
+        gt=0,
+        description="StackOne calls allowed per minute for this API key, shared by every call"
+        " this service makes; with several replicas set each to its share (limit ÷ replicas).",
+    )
+    rate_caller_reserve: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of the rate limit kept for callers' RPCs: webhook verification and"
+        " reconciliation never use it.",
+    )
+    verify_deadline: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds from a webhook's receipt within which its event is recorded: "
+        "verified with StackOne if it answered in time, otherwise unverified with the reason.",
+    )
+    inbox_limit: int = Field(
+        100_000,
+        gt=0,
+        description="Most webhooks waiting for verification; past it the gateway answers 503 "
+        "with Retry-After, so StackOne retries later instead of the disk filling.",
     )
     bookmark_interval: float = Field(
         15.0, gt=0, description="Seconds of silence after which a stream receives a bookmark."

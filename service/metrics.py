@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Waits for the StackOne budget can last up to its window (a minute).
+_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 @dataclass
@@ -58,6 +60,47 @@ class Metrics:
         self.upstream_seconds = Histogram(
             "stackone_connect_upstream_duration_seconds", "StackOne call latency by endpoint.",
             ["endpoint"], buckets=_LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        # The StackOne rate budget (service.stackone.budget).
+        self.budget_calls = Counter(
+            "stackone_connect_budget_calls",
+            "StackOne calls granted a slot of the rate budget, by priority"
+            " (caller, verify, reconcile).",
+            ["priority"], registry=registry,
+        )  # fmt: skip
+        self.budget_wait_seconds = Histogram(
+            "stackone_connect_budget_wait_seconds",
+            "Time calls waited for a slot of the rate budget (refused ones included).",
+            ["priority"], buckets=_WAIT_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.upstream_rate_limited = Counter(
+            "stackone_connect_upstream_rate_limited", "429 answers StackOne sent.",
+            registry=registry,
+        )  # fmt: skip
+
+        self._add_pipeline_metrics(registry)
+
+    def _add_pipeline_metrics(self, registry: CollectorRegistry) -> None:
+        """The inbox between the gateway and the verifier, and background work."""
+        self.inbox_depth = Gauge(
+            "stackone_connect_inbox_depth", "Webhooks accepted and waiting for verification.",
+            registry=registry,
+        )  # fmt: skip
+        self.inbox_oldest_age = Gauge(
+            "stackone_connect_inbox_oldest_age_seconds",
+            "Age of the oldest webhook waiting for verification (0 when none waits).",
+            registry=registry,
+        )  # fmt: skip
+        self.verifications = Counter(
+            "stackone_connect_verifications",
+            "Recorded webhook events by verification outcome (verified, error, deadline,"
+            " superseded, not_needed, no_client).",
+            ["outcome"], registry=registry,
+        )  # fmt: skip
+        self.background_failures = Counter(
+            "stackone_connect_background_failures",
+            "Failures of background work (retried at its next interval), by task.",
+            ["task"], registry=registry,
         )  # fmt: skip
 
     def observe_upstream(self, endpoint: str, status: str, seconds: float) -> None:

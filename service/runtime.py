@@ -25,9 +25,11 @@ from service.events.log import EventLog
 from service.events.model import EventLogError, EventLogUnavailable
 from service.events.reconcile import Reconciler
 from service.events.sqlite import Retention, SqliteEventLog
+from service.events.verify import Verifier
 from service.metrics import Metrics
 from service.server import SERVICE_NAME, HealthReporter, build_grpc_server, new_health_servicer
 from service.servicer import ConnectServicer
+from service.stackone.budget import RateBudget
 from service.stackone.client import StackOneClient
 from service.web import ListeningApp, listening
 
@@ -91,6 +93,7 @@ async def open_event_log(settings: Settings) -> EventLog:
                 max_count=settings.retention_max_count,
                 dedup_window=settings.dedup_window,
             ),
+            inbox_limit=settings.inbox_limit,
         )
     try:
         return await JetStreamEventLog.open(
@@ -103,6 +106,8 @@ async def open_event_log(settings: Settings) -> EventLog:
                 max_age=settings.retention_max_age,
                 max_count=settings.retention_max_count,
                 dedup_window=settings.dedup_window,
+                inbox_limit=settings.inbox_limit,
+                inbox_duplicate_window=max(120.0, 2 * settings.verify_deadline),
             )
         )
     except EventLogUnavailable as error:
@@ -119,7 +124,11 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
             api_key = "emulator-" + secrets.token_urlsafe(16)
             webhook_secrets = webhook_secrets or [secrets.token_urlsafe(32)]
             emulator_config = EmulatorConfig(
-                api_key=api_key, webhook_url=None, webhook_secret=webhook_secrets[0]
+                api_key=api_key,
+                webhook_url=None,
+                webhook_secret=webhook_secrets[0],
+                latency=settings.emulator_latency,
+                rate_limit=settings.emulator_rate_limit,
             )
             emulator = await stack.enter_async_context(
                 listening(
@@ -143,13 +152,17 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
         stack.push_async_callback(event_log.close)
         metrics = Metrics()
         metrics.latest_cursor.set_function(lambda: event_log.latest_cursor)
-        stackone = StackOneClient(base_url, api_key, observer=metrics.observe_upstream)
+        # One budget for every StackOne call: callers, verification and reconciliation.
+        budget = RateBudget(
+            settings.rate_limit, caller_reserve=settings.rate_caller_reserve, metrics=metrics
+        )
+        stackone = StackOneClient(
+            base_url, api_key, observer=metrics.observe_upstream, budget=budget
+        )
         stack.push_async_callback(stackone.aclose)
 
         gateway_state = GatewayState(
-            ingestor=Ingestor(
-                event_log, stackone, enrich_timeout=settings.enrich_timeout, metrics=metrics
-            ),
+            ingestor=Ingestor(event_log),
             secrets=webhook_secrets,
             url_token=(
                 settings.webhook_url_token.get_secret_value()
@@ -189,10 +202,18 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
         server, grpc_port = build_grpc_server(servicer, health_servicer, settings, metrics)
         await server.start()
         await _set_health(health_servicer, True)
+        verifier = Verifier(
+            event_log,
+            stackone,
+            metrics=metrics,
+            deadline=settings.verify_deadline,
+            lookup_timeout=settings.upstream_timeout,
+        )
         background = [
             asyncio.create_task(
                 _watch_readiness(event_log, health_servicer, settings.readiness_interval)
-            )
+            ),
+            asyncio.create_task(verifier.run(), name="verifier"),
         ]
         if settings.reconcile_interval > 0:
             reconciler = Reconciler(

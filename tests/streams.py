@@ -52,3 +52,17 @@ async def attached(stream: StreamCall) -> str:
     item = await next_item(stream)
     assert item.HasField("bookmark"), "a stream starts with a bookmark"
     return item.bookmark.cursor
+
+
+async def events_covering(stream: StreamCall, event_ids: set[str]) -> list[pb.AccountEvent]:
+    """Every event of the stream until the webhooks they cover include all of `event_ids`
+    (webhooks of one account that waited together arrive folded into one event)."""
+    events: list[pb.AccountEvent] = []
+    missing = set(event_ids)
+    while missing:
+        item = await next_item(stream, timeout=30)
+        arrived = [item.event] if item.HasField("event") else list(item.events.events)
+        for event in arrived:
+            events.append(event)
+            missing -= set(event.covered_event_ids) | {event.event_id}
+    return events

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,3 +74,15 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
 def signed_headers(body: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, str]:
     """Headers of a webhook delivery signed the way StackOne signs it."""
     return {"content-type": "application/json", "x-stackone-signature": sign(secret, body)}
+
+
+async def wait_recorded(log: EventLog, event_ids: Iterable[str], timeout: float = 10) -> None:
+    """Returns once the verifier has recorded every webhook id (the gateway only puts
+    webhooks in the inbox); woken by each append, failing the test after `timeout`."""
+    waiting = set(event_ids)
+    async with asyncio.timeout(timeout):
+        while True:
+            waiting = {event_id for event_id in waiting if not await log.contains(event_id)}
+            if not waiting:
+                return
+            await log.wait_for_append(log.latest_cursor, 0.2)

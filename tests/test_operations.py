@@ -20,7 +20,7 @@ from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.runtime import Runtime, running
 from service.server import SERVICE_NAME
 from tests.processes import serve_env, serve_process
-from tests.streams import StreamCall, attached
+from tests.streams import StreamCall, attached, next_event
 from tests.support import WEBHOOK_SECRET, make_settings, signed_headers
 
 pytestmark = pytest.mark.asyncio
@@ -74,21 +74,34 @@ async def test_metrics_move_with_real_traffic(
     async with httpx.AsyncClient(base_url=service.gateway.base_url) as http:
         await http.post("/webhooks/stackone", content=body, headers=signed_headers(body))
         await http.post("/webhooks/stackone", content=body, headers={"x-stackone-signature": "x"})
-        metrics = (await http.get("/metrics")).text
+        await next_event(stream)  # recorded by the verifier
+        metrics = await _metrics_once_settled(http)
     stream.cancel()
     expected = [
         'stackone_connect_rpcs_total{code="OK",method="CreateSession"} 1.0',
         'stackone_connect_rpcs_total{code="NOT_FOUND",method="GetAccount"} 1.0',
-        'stackone_connect_webhooks_total{outcome="recorded",type="account.deleted"} 1.0',
+        'stackone_connect_webhooks_total{outcome="accepted",type="account.deleted"} 1.0',
         'stackone_connect_webhooks_total{outcome="unsupported_media_type",type="unknown"} 1.0',
         'stackone_connect_upstream_calls_total{endpoint="POST /connect_sessions",status="ok"} 1.0',
         'stackone_connect_upstream_calls_total{endpoint="GET /accounts/{id}",status="404"} 1.0',
         "stackone_connect_stream_subscribers 1.0",
         "stackone_connect_event_log_latest_cursor 1.0",
         "stackone_connect_event_log_append_seconds_count 1.0",
+        'stackone_connect_verifications_total{outcome="not_needed"} 1.0',
     ]
     for line in expected:
         assert line in metrics
+
+
+async def _metrics_once_settled(http: httpx.AsyncClient) -> str:
+    """The metrics text once the verifier's append is counted (it finishes just after the
+    event reaches subscribers)."""
+    async with asyncio.timeout(5):
+        while "stackone_connect_event_log_append_seconds_count 1.0" not in (  # noqa: ASYNC110 - another server, seen over HTTP
+            text := (await http.get("/metrics")).text
+        ):
+            await asyncio.sleep(0.01)
+    return text
 
 
 @pytest.mark.slow

@@ -39,6 +39,11 @@ class Gateway:
     http: httpx.Client
     recorded: set[str] = field(default_factory=set)
 
+    def inbox_ids(self) -> set[str]:
+        """The ids of the webhooks in the inbox (nothing verifies them here)."""
+        entries = asyncio.run_coroutine_threadsafe(self.log.pending(0, 100_000), self.loop)
+        return {entry.event_id for entry in entries.result(10)}
+
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
@@ -50,7 +55,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     async def serve() -> None:
         log = await SqliteEventLog.open(path)
         state = GatewayState(
-            ingestor=Ingestor(log, None),
+            ingestor=Ingestor(log),
             secrets=[WEBHOOK_SECRET],
             url_token=None,
             readiness_check=log.check_writable,
@@ -134,9 +139,9 @@ def check_one(gateway: Gateway, request: tuple[bytes, dict[str, str], bool]) -> 
     assert response.status_code < 500, response.text
     if not validly_signed:
         assert response.status_code in {401, 413, 415}, response.text
-    if response.status_code == 200 and response.json()["result"] == "recorded":
+    if response.status_code == 200 and response.json()["result"] == "accepted":
         gateway.recorded.add(response.json()["event_id"])
-    assert gateway.log.latest_cursor == len(gateway.recorded), "only validly signed events land"
+    assert gateway.inbox_ids() == gateway.recorded, "only validly signed events are accepted"
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -158,7 +163,6 @@ def test_ten_thousand_generated_webhooks(
     check_one(gateway, request)
 
 
-def test_the_fuzzed_log_holds_exactly_the_recorded_events(gateway: Gateway) -> None:
-    """After the fuzzing, the log's events are exactly those answered 'recorded'."""
-    events = asyncio.run_coroutine_threadsafe(gateway.log.read(0, 100_000), gateway.loop)
-    assert {event.event_id for event in events.result(10)} == gateway.recorded
+def test_the_fuzzed_inbox_holds_exactly_the_accepted_events(gateway: Gateway) -> None:
+    """After the fuzzing, the inbox holds exactly the webhooks answered 'accepted'."""
+    assert gateway.inbox_ids() == gateway.recorded

@@ -1,35 +1,30 @@
-"""Turns verified StackOne webhooks into recorded account events.
+"""The door for StackOne webhooks: parse, give a stable id, put in the inbox.
 
 Verification of the signature happens before this (in the gateway); here a payload is
-validated, given a stable event id, enriched with the account's verified status, and
-appended. StackOne documents no delivery id, so a redelivery is recognised by a digest of
-the payload without `sent_at`, which is the one field that changes between attempts.
+validated, given a stable event id, and durably added to the inbox, which is all a
+webhook waits for. StackOne documents no delivery id, so a redelivery is recognised by a
+digest of the payload without `sent_at`, the one field that changes between attempts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.convert import account_message, timestamp
 from service.events.log import EventLog
-from service.events.model import EventRecord
-from service.metrics import Metrics
-from service.stackone.errors import StackOneError
-from service.stackone.models import LinkedAccount
+from service.events.model import EventRecord, InboxEntry
 
 _log = logging.getLogger(__name__)
 _PER_ATTEMPT_FIELDS = frozenset({"sent_at"})
-_ENRICHED_TYPES = frozenset({"account.created", "account.updated"})
 
 
 class InvalidWebhook(ValueError):
@@ -56,19 +51,11 @@ class WebhookEvent:
 
 
 class IngestResult(Enum):
-    """What ingesting one webhook did."""
+    """What the door did with one webhook."""
 
-    RECORDED = "recorded"
+    ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
     IGNORED = "ignored"
-
-
-class AccountSource(Protocol):
-    """Where verified account state comes from (the StackOne client)."""
-
-    async def get_account(self, account_id: str, *, deadline: float | None = None) -> LinkedAccount:
-        """Fetches one account."""
-        ...
 
 
 def _text(fields: Mapping[str, Any], key: str, *, required: bool = False) -> str:
@@ -130,8 +117,9 @@ def parse_webhook(body: bytes) -> WebhookEvent:
     )
 
 
-def event_record(message: pb.AccountEvent) -> EventRecord:
-    """The log record of an event message (indexed by the fields filters use)."""
+def event_record(message: pb.AccountEvent, *, inbox_through: int = 0) -> EventRecord:
+    """The log record of an event message (indexed by the fields filters use);
+    `inbox_through` is the highest inbox sequence the event settles."""
     account = message.account
     return EventRecord(
         event_id=message.event_id,
@@ -145,79 +133,27 @@ def event_record(message: pb.AccountEvent) -> EventRecord:
         if account.HasField("updated_at")
         else "",
         source="reconciliation" if message.source == pb.EVENT_SOURCE_RECONCILIATION else "webhook",
+        covered_ids=tuple(message.covered_event_ids),
+        inbox_through=inbox_through,
     )
 
 
 class Ingestor:
-    """Records webhook events, verifying created/updated accounts with StackOne first."""
+    """The door: durably puts account webhooks in the inbox, recognising redeliveries.
 
-    def __init__(
-        self,
-        log: EventLog,
-        accounts: AccountSource | None,
-        *,
-        enrich_timeout: float = 3.0,
-        metrics: Metrics | None = None,
-    ) -> None:
+    Nothing here calls StackOne; the verifier (`service.events.verify`) turns the inbox
+    into recorded events.
+    """
+
+    def __init__(self, log: EventLog) -> None:
         self._log = log
-        self._metrics = metrics or Metrics()
-        self._accounts = accounts
-        self._enrich_timeout = enrich_timeout
 
-    async def ingest(self, event: WebhookEvent) -> IngestResult:
-        """Durably records `event` unless it is a duplicate or not an account event."""
+    async def ingest(self, event: WebhookEvent, body: bytes) -> IngestResult:
+        """Adds `event` (whose raw webhook is `body`) to the inbox unless it is a
+        redelivery or not an account event; raises `InboxFull` or `EventLogUnavailable`."""
         if not event.is_account_event:
             _log.info("ignoring webhook of type %s: not an account event", event.type)
             return IngestResult.IGNORED
-        # A redelivery skips the StackOne round trip; the append below de-duplicates
-        # every event (this check only saves the enrichment call, so only they pay for it).
-        if event.type in _ENRICHED_TYPES and await self._log.contains(event.event_id):
-            return IngestResult.DUPLICATE
-        record = event_record(await self._message(event))
-        with self._metrics.append_seconds.time():
-            (outcome,) = await self._log.append([record])
-        return IngestResult.DUPLICATE if outcome.duplicate else IngestResult.RECORDED
-
-    async def _message(self, event: WebhookEvent) -> pb.AccountEvent:
-        received_at = Timestamp()
-        received_at.GetCurrentTime()
-        message = pb.AccountEvent(
-            event_id=event.event_id,
-            type=event.type,
-            account=pb.Account(
-                id=event.account_id,
-                provider=event.provider,
-                origin_owner_id=event.origin_owner_id,
-                origin_owner_name=event.origin_owner_name,
-                origin_username=event.origin_username,
-            ),
-            occurred_at=timestamp(event.occurred_at) or received_at,
-            received_at=received_at,
-            source=pb.EVENT_SOURCE_WEBHOOK,
-            verification=pb.VERIFICATION_NOT_APPLICABLE,
-        )
-        if event.type in _ENRICHED_TYPES:
-            await self._enrich(message)
-        return message
-
-    async def _enrich(self, message: pb.AccountEvent) -> None:
-        if self._accounts is None:
-            message.verification = pb.VERIFICATION_UNVERIFIED
-            message.verification_error = "no StackOne client is configured"
-            return
-        try:
-            account = await self._accounts.get_account(
-                message.account.id, deadline=self._enrich_timeout
-            )
-        except StackOneError as error:
-            _log.warning("could not verify account %s: %s", message.account.id, error)
-            message.verification = pb.VERIFICATION_UNVERIFIED
-            message.verification_error = str(error)
-            return
-        verified = account_message(account)
-        # Keep what the webhook said where StackOne's answer leaves a field empty.
-        for field, value in message.account.ListFields():
-            if not getattr(verified, field.name):
-                setattr(verified, field.name, value)
-        message.account.CopyFrom(verified)
-        message.verification = pb.VERIFICATION_VERIFIED
+        entry = InboxEntry(0, event.event_id, event.type, event.account_id, time.time(), body)
+        accepted = await self._log.accept(entry)
+        return IngestResult.ACCEPTED if accepted else IngestResult.DUPLICATE

@@ -11,6 +11,14 @@
 - Two key-value buckets hold what the stream's retention must not forget: the last state
   of every account (for reconciliation) and the ids recorded within the dedup window
   (for `contains`, which lets a redelivery skip the StackOne round trip).
+- The inbox is a second stream, `<stream>_INBOX` on `<prefix>_inbox.<account token>`,
+  limited to `inbox_limit` messages with new ones discarded (the gateway then answers
+  503). Its `Nats-Msg-Id` is the event id, so a redelivery while pending is dropped at
+  the door. Every event carries `inbox_through`, the highest inbox sequence its account
+  has had recorded (carried forward by later events of the account); a verifier
+  settles an entry by publishing the event with the account's expected last sequence,
+  then purging the account's inbox subject up to it. A verifier (of any replica) that
+  finds an entry at or below `inbox_through` knows it is recorded, whatever crashed.
 - Each replica follows the stream into an in-memory tail that all its subscribers share.
   A core-NATS subscription to the stream's subjects wakes the follower at once; a poll
   every second catches anything that wake-up missed (e.g. across a reconnect). Reads
@@ -39,6 +47,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     StorageType,
     StreamConfig,
@@ -50,6 +59,9 @@ from service.events.model import (
     AppendOutcome,
     EventLogUnavailable,
     EventRecord,
+    InboxEntry,
+    InboxFull,
+    InboxStats,
     KnownAccount,
     LogBounds,
     StoredEvent,
@@ -62,6 +74,7 @@ _log = logging.getLogger(__name__)
 _WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-sequence check
 _MAX_CONFLICT_RETRIES = 20
 _HEADER = "Sc-Event"  # our index columns, as JSON, so reads need not parse the body
+_INBOX_HEADER = "Sc-Inbox"
 NATS_ERRORS: tuple[type[Exception], ...] = (
     nats.errors.Error,
     nats.js.errors.Error,
@@ -83,6 +96,20 @@ class JetStreamOptions:
     max_count: int | None = None
     dedup_window: float = 7 * 24 * 3600.0
     request_timeout: float = 2.0
+    inbox_limit: int = 100_000
+    # Redeliveries of a pending webhook are dropped by JetStream within this window;
+    # later ones are recognised by the ids bucket or by `inbox_through`.
+    inbox_duplicate_window: float = 120.0
+
+    @property
+    def inbox_stream(self) -> str:
+        """The inbox stream's name."""
+        return f"{self.stream}_INBOX"
+
+    @property
+    def inbox_prefix(self) -> str:
+        """The inbox's subject prefix (never overlapping the events' subjects)."""
+        return f"{self.subject_prefix}_inbox"
 
 
 def _token(account_id: str) -> str:
@@ -119,6 +146,8 @@ class JetStreamEventLog:
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
         self._notifications: Any = None
+        self._inbox_notifications: Any = None
+        self._inbox_waiters = Tail(0)  # used only to wake the verifier
 
     @classmethod
     async def open(
@@ -139,6 +168,7 @@ class JetStreamEventLog:
         js = connection.jetstream(timeout=options.request_timeout)
         try:
             await _ensure_stream(js, options)
+            await _ensure_inbox(js, options)
             accounts = await js.create_key_value(
                 KeyValueConfig(
                     bucket=f"{options.stream}_ACCOUNTS",
@@ -162,6 +192,9 @@ class JetStreamEventLog:
         log._tail.start_at(info.state.last_seq)
         log._pruned_through = max(0, info.state.first_seq - 1)
         log._notifications = await connection.subscribe(log._wildcard, cb=log._on_notification)
+        log._inbox_notifications = await connection.subscribe(
+            f"{options.inbox_prefix}.>", cb=log._on_inbox_notification
+        )
         log._tasks = [asyncio.create_task(log._follow(), name="jetstream-follow")]
         return log
 
@@ -234,6 +267,123 @@ class JetStreamEventLog:
                     known[state["account_id"]] = KnownAccount(**state)
         return known
 
+    # --- Inbox --------------------------------------------------------------------
+
+    async def accept(self, entry: InboxEntry) -> bool:
+        """Publishes a webhook to the inbox unless it is recorded or already pending."""
+        if self._closed:
+            raise EventLogUnavailable("the event log is closed")
+        headers = {
+            "Nats-Msg-Id": entry.event_id,
+            _INBOX_HEADER: orjson.dumps(
+                {
+                    "event_id": entry.event_id,
+                    "type": entry.type,
+                    "account_id": entry.account_id,
+                    "received_at": entry.received_at,
+                }
+            ).decode(),
+        }
+        try:
+            if await self._recorded_cursor(entry.event_id) is not None:
+                return False
+            ack = await self._js.publish(
+                self._inbox_subject(entry.account_id),
+                entry.body,
+                headers=headers,
+                stream=self._options.inbox_stream,
+            )
+        except nats.js.errors.APIError as error:
+            if "maximum messages" in str(error.description or ""):
+                raise InboxFull(
+                    f"{self._options.inbox_limit} webhooks are waiting for verification (the limit)"
+                ) from error
+            raise EventLogUnavailable(f"JetStream did not take the webhook: {error!r}") from error
+        except NATS_ERRORS as error:
+            raise EventLogUnavailable(f"JetStream did not take the webhook: {error!r}") from error
+        return not ack.duplicate
+
+    async def pending(self, after: int, limit: int) -> list[InboxEntry]:
+        """Inbox entries after `after`, through a short-lived consumer."""
+        stream = self._options.inbox_stream
+        try:
+            info = await self._js.stream_info(stream)
+            if info.state.messages == 0 or info.state.last_seq <= after:
+                return []
+            start = max(after + 1, info.state.first_seq)
+            messages = await self._fetch_from(
+                stream, f"{self._options.inbox_prefix}.>", start, limit
+            )
+        except TimeoutError:
+            return []  # the newer entries were settled meanwhile
+        except NATS_ERRORS as error:
+            raise EventLogUnavailable(f"JetStream inbox read failed: {error!r}") from error
+        return [_inbox_entry(message) for message in messages]
+
+    async def unsettled(self, entries: Sequence[InboxEntry]) -> list[InboxEntry]:
+        """The entries above the account's `inbox_through` (settled ones are purged)."""
+        if not entries:
+            return []
+        try:
+            through = (await self._last_on(self._subject(entries[0].account_id))).inbox_through
+            fresh = [entry for entry in entries if entry.seq > through]
+            if len(fresh) < len(entries):
+                await self._clear_inbox(entries[0].account_id, through)
+        except NATS_ERRORS as error:
+            raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
+        return fresh
+
+    async def settle(
+        self, entries: Sequence[InboxEntry], records: Sequence[EventRecord]
+    ) -> list[AppendOutcome]:
+        """Publishes `records` (each checked against `inbox_through`), then purges the
+        account's inbox subject up to the last of `entries`."""
+        if self._closed:
+            raise EventLogUnavailable("the event log is closed")
+        try:
+            outcomes = [await self._append_one(record) for record in records]
+            if entries:
+                await self._clear_inbox(entries[0].account_id, max(e.seq for e in entries))
+        except NATS_ERRORS as error:
+            raise EventLogUnavailable(f"JetStream did not take the event: {error!r}") from error
+        return outcomes
+
+    async def wait_for_inbox(self, after: int, timeout: float) -> None:
+        """Returns when a webhook reaches the inbox (of any replica), or after `timeout`."""
+        await self._inbox_waiters.wait_for_append(after, timeout)
+        self._inbox_waiters.latest = 0  # each wake-up is a hint; `pending` reads the truth
+
+    async def inbox_stats(self) -> InboxStats:
+        """Messages in the inbox stream and the receipt time of the first."""
+        stream = self._options.inbox_stream
+        try:
+            info = await self._js.stream_info(stream)
+            if info.state.messages == 0:
+                return InboxStats(0, None)
+            first = await self._js.get_msg(stream, seq=info.state.first_seq)
+        except nats.js.errors.NotFoundError:
+            return InboxStats(0, None)
+        except NATS_ERRORS as error:
+            raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
+        fields = orjson.loads((first.headers or {})[_INBOX_HEADER])
+        return InboxStats(info.state.messages, float(fields["received_at"]))
+
+    async def _clear_inbox(self, account_id: str, through: int) -> None:
+        # Purges the account's subject below `through + 1`: entries up to it are recorded.
+        await self._js.purge_stream(
+            self._options.inbox_stream, seq=through + 1, subject=self._inbox_subject(account_id)
+        )
+
+    def _inbox_subject(self, account_id: str) -> str:
+        return f"{self._options.inbox_prefix}.{_token(account_id)}"
+
+    def _subject(self, account_id: str) -> str:
+        return f"{self._options.subject_prefix}.{_token(account_id)}"
+
+    async def _on_inbox_notification(self, message: Msg) -> None:
+        self._inbox_waiters.latest = 1 << 62
+        self._inbox_waiters.wake_waiters()
+
     async def check_writable(self) -> None:
         """Raises `EventLogUnavailable` unless NATS is connected and the stream answers."""
         if self._closed or not self._nc.is_connected:
@@ -264,20 +414,25 @@ class JetStreamEventLog:
     # --- Appending ----------------------------------------------------------------
 
     async def _append_one(self, record: EventRecord) -> AppendOutcome:
-        subject = f"{self._options.subject_prefix}.{_token(record.account_id)}"
+        subject = self._subject(record.account_id)
         for _ in range(_MAX_CONFLICT_RETRIES):
             recorded = await self._recorded_cursor(record.event_id)
             if recorded is not None:
                 return AppendOutcome(record.event_id, recorded, duplicate=True)
-            last_sequence, known, last_event_id = await self._last_on(subject)
-            if last_event_id == record.event_id:  # another replica published it just now
-                return AppendOutcome(record.event_id, last_sequence, duplicate=True)
-            if already_known(record, known):
+            last = await self._last_on(subject)
+            if last.event_id == record.event_id:  # another replica published it just now
+                return AppendOutcome(record.event_id, last.sequence, duplicate=True)
+            if record.inbox_through and record.inbox_through <= last.inbox_through:
+                return AppendOutcome(record.event_id, 0, duplicate=True)  # settled already
+            if already_known(record, last.known):
+                # Published anyway (as a marker) would be noise; only the settling counts.
+                if record.inbox_through > last.inbox_through:
+                    await self._remember_ids(record, 0)
                 return AppendOutcome(record.event_id, 0, duplicate=True)
             recorded_at = time.time()
             headers = {
                 "Nats-Msg-Id": record.event_id,
-                "Nats-Expected-Last-Subject-Sequence": str(last_sequence),
+                "Nats-Expected-Last-Subject-Sequence": str(last.sequence),
                 _HEADER: orjson.dumps(
                     {
                         "event_id": record.event_id,
@@ -289,6 +444,7 @@ class JetStreamEventLog:
                         "status": record.account_status,
                         "updated_at": record.account_updated_at,
                         "source": record.source,
+                        "inbox_through": max(record.inbox_through, last.inbox_through),
                     }
                 ).decode(),
             }
@@ -306,12 +462,12 @@ class JetStreamEventLog:
             return AppendOutcome(record.event_id, ack.seq, duplicate=bool(ack.duplicate))
         raise EventLogUnavailable(f"account {record.account_id} kept changing; retry")
 
-    async def _last_on(self, subject: str) -> tuple[int, KnownAccount | None, str]:
-        """The sequence, account state and event id of the last event on `subject`."""
+    async def _last_on(self, subject: str) -> _LastEvent:
+        """What the last event on `subject` (one account's) says."""
         try:
             message = await self._js.get_last_msg(self._options.stream, subject)
         except nats.js.errors.NotFoundError:
-            return 0, None, ""
+            return _LastEvent(0, None, "", 0)
         fields = orjson.loads((message.headers or {})[_HEADER])
         known = KnownAccount(
             fields["account_id"],
@@ -320,7 +476,12 @@ class JetStreamEventLog:
             fields["type"] == "account.deleted",
             fields["source"],
         )
-        return int(message.seq or 0), known, str(fields["event_id"])
+        return _LastEvent(
+            int(message.seq or 0),
+            known,
+            str(fields["event_id"]),
+            int(fields.get("inbox_through", 0)),
+        )
 
     async def _recorded_cursor(self, event_id: str) -> int | None:
         try:
@@ -328,6 +489,10 @@ class JetStreamEventLog:
         except nats.js.errors.KeyNotFoundError:
             return None
         return int(entry.value or b"0")
+
+    async def _remember_ids(self, record: EventRecord, cursor: int) -> None:
+        for event_id in record.ids:
+            await self._ids.put(_id_key(event_id), str(cursor).encode())
 
     async def _remember(self, record: EventRecord, cursor: int) -> None:
         state = KnownAccount(
@@ -339,7 +504,7 @@ class JetStreamEventLog:
         )
         # orjson writes the dataclass's fields, which `known_accounts` reads back.
         await self._accounts.put(_token(record.account_id), orjson.dumps(state))
-        await self._ids.put(_id_key(record.event_id), str(cursor).encode())
+        await self._remember_ids(record, cursor)
 
     # --- Following ----------------------------------------------------------------
 
@@ -368,24 +533,28 @@ class JetStreamEventLog:
                 timer.cancel()
 
     async def _fetch(self, after: int, limit: int) -> list[StoredEvent]:
-        """Up to `limit` events after `after` (which must exist), through a short-lived
+        """Up to `limit` events after `after` (which must exist)."""
+        messages = await self._fetch_from(self._options.stream, self._wildcard, after + 1, limit)
+        return [_stored(message) for message in messages]
+
+    async def _fetch_from(self, stream: str, subjects: str, start: int, limit: int) -> list[Msg]:
+        """Up to `limit` messages of `stream` from sequence `start`, through a short-lived
         pull consumer that hands over whatever is stored, without waiting for more."""
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=after + 1,
+            opt_start_seq=start,
             ack_policy=AckPolicy.NONE,
             mem_storage=True,
             inactive_threshold=5.0,
         )
         subscription = await self._js.pull_subscribe(
-            self._wildcard, durable=None, stream=self._options.stream, config=config
+            subjects, durable=None, stream=stream, config=config
         )
         try:
-            messages = await subscription.fetch(limit, timeout=self._options.request_timeout)
+            return await subscription.fetch(limit, timeout=self._options.request_timeout)
         finally:
             with contextlib.suppress(*NATS_ERRORS):
                 await subscription.unsubscribe()
-        return [_stored(message) for message in messages]
 
     def _appended_here(self, record: EventRecord, cursor: int, recorded_at: float) -> None:
         """Our own append goes straight into the tail when nothing came in between."""
@@ -408,6 +577,28 @@ class JetStreamEventLog:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _LastEvent:
+    """The last event of an account: its sequence, state, id and inbox position."""
+
+    sequence: int
+    known: KnownAccount | None
+    event_id: str
+    inbox_through: int
+
+
+def _inbox_entry(message: Msg) -> InboxEntry:
+    fields = orjson.loads((message.headers or {})[_INBOX_HEADER])
+    return InboxEntry(
+        message.metadata.sequence.stream,
+        fields["event_id"],
+        fields["type"],
+        fields["account_id"],
+        float(fields["received_at"]),
+        message.data,
+    )
+
+
 def _stored(message: Msg) -> StoredEvent:
     fields = orjson.loads((message.headers or {})[_HEADER])
     return StoredEvent(
@@ -420,6 +611,25 @@ def _stored(message: Msg) -> StoredEvent:
         fields["recorded_at"],
         message.data,
     )
+
+
+async def _ensure_inbox(js: JetStreamContext, options: JetStreamOptions) -> None:
+    """Creates the inbox stream, or updates it to the configured limit."""
+    config = StreamConfig(
+        name=options.inbox_stream,
+        subjects=[f"{options.inbox_prefix}.>"],
+        storage=_storage(options.storage),
+        num_replicas=options.replicas,
+        max_msgs=options.inbox_limit,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=options.inbox_duplicate_window,
+    )
+    try:
+        await js.stream_info(options.inbox_stream)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(config)
+        return
+    await js.update_stream(config)
 
 
 def _storage(name: str) -> StorageType:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from service.events.model import AppendOutcome, EventRecord, KnownAccount, LogBounds, StoredEvent
+from service.events.model import (
+    AppendOutcome,
+    EventRecord,
+    InboxEntry,
+    InboxStats,
+    KnownAccount,
+    LogBounds,
+    StoredEvent,
+)
 
 
 class EventLog(Protocol):
@@ -59,6 +67,37 @@ class EventLog(Protocol):
 
     async def enforce_retention(self, now: float | None = None) -> int:
         """Applies the retention policy now; returns the new pruned-through cursor."""
+        ...
+
+    # --- Inbox: webhooks accepted at the door, waiting for verification ------------
+
+    async def accept(self, entry: InboxEntry) -> bool:
+        """Durably adds a webhook to the inbox; False when its id is already pending or
+        recorded (a redelivery). `entry.seq` is ignored: the inbox assigns it. Raises
+        `InboxFull` at the inbox limit and `EventLogUnavailable` on storage failure."""
+        ...
+
+    async def pending(self, after: int, limit: int) -> list[InboxEntry]:
+        """Up to `limit` inbox entries with a sequence above `after`, oldest first."""
+        ...
+
+    async def unsettled(self, entries: Sequence[InboxEntry]) -> list[InboxEntry]:
+        """The entries (of one account) not yet recorded by any verifier."""
+        ...
+
+    async def settle(
+        self, entries: Sequence[InboxEntry], records: Sequence[EventRecord]
+    ) -> list[AppendOutcome]:
+        """Appends the events that record `entries` (all of one account), then clears the
+        entries; after a crash in between, settling them again records nothing twice."""
+        ...
+
+    async def wait_for_inbox(self, after: int, timeout: float) -> None:
+        """Returns once an inbox entry past sequence `after` may exist, or after `timeout`."""
+        ...
+
+    async def inbox_stats(self) -> InboxStats:
+        """How many webhooks wait for verification, and since when."""
         ...
 
     async def close(self) -> None:

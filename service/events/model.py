@@ -19,6 +19,16 @@ class EventRecord:
     account_status: str = ""
     account_updated_at: str = ""
     source: str = "webhook"
+    # The webhook ids this event records (its own first); each is a duplicate afterwards.
+    covered_ids: tuple[str, ...] = ()
+    # The highest inbox sequence this event settles (0: none), so that a verifier that
+    # crashed after recording, before clearing its inbox entries, never records them again.
+    inbox_through: int = 0
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """Every id that marks this event as recorded."""
+        return self.covered_ids or (self.event_id,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +66,29 @@ def already_known(record: EventRecord, known: KnownAccount | None) -> bool:
     if record.source == "reconciliation":
         return same_state
     return same_state and known.source == "reconciliation"
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """A webhook accepted at the door, waiting in the inbox for verification.
+
+    `seq` orders the inbox (arrival order, never reused); `body` is the raw webhook.
+    """
+
+    seq: int
+    event_id: str
+    type: str
+    account_id: str
+    received_at: float
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InboxStats:
+    """How much waits in the inbox: entries and the arrival time of the oldest."""
+
+    depth: int
+    oldest_received_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +188,10 @@ class EventLogError(Exception):
 
 class EventLogUnavailable(EventLogError):
     """The log's storage failed; nothing was recorded by the failed call."""
+
+
+class InboxFull(EventLogError):
+    """The inbox holds its limit of unverified webhooks; StackOne should retry later."""
 
 
 class CursorOutOfRange(EventLogError):

@@ -21,14 +21,17 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from service.events.model import (
     AppendOutcome,
     EventLogUnavailable,
     EventRecord,
+    InboxEntry,
+    InboxFull,
+    InboxStats,
     KnownAccount,
     LogBounds,
     StoredEvent,
@@ -68,9 +71,21 @@ CREATE TABLE IF NOT EXISTS accounts (
     source TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+-- Webhooks accepted at the door and not yet verified; AUTOINCREMENT so that a sequence
+-- is never reused after its entry is cleared (the verifier reads after the last it saw).
+CREATE TABLE IF NOT EXISTS inbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
 """
 _COLUMNS = "cursor, event_id, type, account_id, provider, origin_owner_id, recorded_at, body"
 _ACCOUNT_COLUMNS = "account_id, status, updated_at, deleted, source"
+_INBOX_COLUMNS = "seq, event_id, type, account_id, received_at, body"
+DEFAULT_INBOX_LIMIT = 100_000
 
 
 def _known(row: tuple[str, str, str, int, str]) -> KnownAccount:
@@ -95,9 +110,22 @@ class Retention:
 
 
 @dataclass(slots=True)
-class _PendingAppend:
-    records: Sequence[EventRecord]
-    done: asyncio.Future[list[AppendOutcome]]
+class _Staged(Generic[_T]):
+    """What one write did inside the open transaction, applied once it commits."""
+
+    result: _T
+    stored: list[StoredEvent] = field(default_factory=list)
+    inbox_delta: int = 0
+    inbox_latest: int = 0
+
+
+@dataclass(slots=True)
+class _PendingWrite(Generic[_T]):
+    """A write waiting for the next group commit: `stage` runs its statements."""
+
+    stage: Callable[[float], _Staged[_T]]
+    weight: int
+    done: asyncio.Future[_T]
 
 
 def _connect(
@@ -125,6 +153,7 @@ class SqliteEventLog:
         *,
         tail_bytes: int,
         max_batch: int,
+        inbox_limit: int,
     ) -> None:
         self.path = path
         self._writer_conn = writer
@@ -134,7 +163,12 @@ class SqliteEventLog:
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="eventlog-read")
         self._retention = retention
         self._max_batch = max_batch
-        self._pending: asyncio.Queue[_PendingAppend] = asyncio.Queue()
+        self._pending: asyncio.Queue[_PendingWrite[Any]] = asyncio.Queue()
+        self._inbox_limit = inbox_limit
+        self._inbox_depth = 0
+        self._inbox_staged = 0  # entries added by the transaction being staged
+        self._inbox_latest = 0
+        self._inbox_waiters = Tail(0)  # used only to wake the verifier on new entries
         self._write_lock = asyncio.Lock()
         self._pruned_through = 0
         self._tail = Tail(tail_bytes)
@@ -149,6 +183,7 @@ class SqliteEventLog:
         *,
         tail_bytes: int = 4 << 20,
         max_batch: int = 1024,
+        inbox_limit: int = DEFAULT_INBOX_LIMIT,
     ) -> SqliteEventLog:
         """Opens (creating if needed) the log at `path` and starts its writer."""
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,9 +200,12 @@ class SqliteEventLog:
             retention or Retention(),
             tail_bytes=tail_bytes,
             max_batch=max_batch,
+            inbox_limit=inbox_limit,
         )
         latest, log._pruned_through = await log._on_writer(log._load_positions)
         log._tail.start_at(latest)
+        log._inbox_depth, log._inbox_latest = await log._on_writer(log._load_inbox_position)
+        log._inbox_waiters.start_at(log._inbox_latest)
         log._tasks = [
             asyncio.create_task(log._write_loop(), name="eventlog-writer"),
             asyncio.create_task(log._retention_loop(), name="eventlog-retention"),
@@ -182,9 +220,7 @@ class SqliteEventLog:
             raise EventLogUnavailable("the event log is closed")
         if not records:
             return []
-        done: asyncio.Future[list[AppendOutcome]] = asyncio.get_running_loop().create_future()
-        self._pending.put_nowait(_PendingAppend(records, done))
-        return await done
+        return await self._write(lambda now: self._stage_records(records, now), len(records))
 
     async def read(self, after: int, limit: int) -> list[StoredEvent]:
         """Returns up to `limit` events after `after`, from memory when it can."""
@@ -228,6 +264,53 @@ class SqliteEventLog:
             lambda: self._reader_conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts").fetchall()  # noqa: S608 - constant column list
         )
         return {row[0]: _known(row) for row in rows}
+
+    # --- Inbox --------------------------------------------------------------------
+
+    async def accept(self, entry: InboxEntry) -> bool:
+        """Durably adds a webhook to the inbox unless its id is pending or recorded."""
+        if self._closed:
+            raise EventLogUnavailable("the event log is closed")
+        return await self._write(lambda now: self._stage_accept(entry), 1)
+
+    async def pending(self, after: int, limit: int) -> list[InboxEntry]:
+        """Up to `limit` inbox entries after sequence `after`, oldest first."""
+        rows = await self._on_reader(
+            lambda: self._reader_conn.execute(
+                f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608 - constant column list
+                (after, limit),
+            ).fetchall()
+        )
+        return [InboxEntry(*row) for row in rows]
+
+    async def unsettled(self, entries: Sequence[InboxEntry]) -> list[InboxEntry]:
+        """All of them: settling records and clears in one transaction, so an entry still
+        in the inbox was never recorded."""
+        return list(entries)
+
+    async def settle(
+        self, entries: Sequence[InboxEntry], records: Sequence[EventRecord]
+    ) -> list[AppendOutcome]:
+        """Appends `records` and clears `entries` in one transaction."""
+        if self._closed:
+            raise EventLogUnavailable("the event log is closed")
+        seqs = [entry.seq for entry in entries]
+        return await self._write(
+            lambda now: self._stage_settle(records, seqs, now), max(1, len(records))
+        )
+
+    async def wait_for_inbox(self, after: int, timeout: float) -> None:
+        """Returns once an entry past `after` was accepted, or after `timeout` seconds."""
+        await self._inbox_waiters.wait_for_append(after, timeout)
+
+    async def inbox_stats(self) -> InboxStats:
+        """Entries waiting and the arrival time of the oldest (the first by sequence)."""
+        if self._closed:
+            raise EventLogUnavailable("the event log is closed")
+        row = self._lookup_conn.execute(
+            "SELECT received_at FROM inbox ORDER BY seq LIMIT 1"
+        ).fetchone()
+        return InboxStats(self._inbox_depth, None if row is None else float(row[0]))
 
     async def check_writable(self) -> None:
         """Takes and releases the write lock to prove the file is writable."""
@@ -301,101 +384,171 @@ class SqliteEventLog:
 
     # --- Writer -------------------------------------------------------------------
 
+    async def _write(self, stage: Callable[[float], _Staged[_T]], weight: int) -> _T:
+        done: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        self._pending.put_nowait(_PendingWrite(stage, weight, done))
+        return await done
+
     async def _write_loop(self) -> None:
         while True:
             batch = [await self._pending.get()]
-            count = len(batch[0].records)
-            while count < self._max_batch and not self._pending.empty():
+            weight = batch[0].weight
+            while weight < self._max_batch and not self._pending.empty():
                 batch.append(self._pending.get_nowait())
-                count += len(batch[-1].records)
-            records = [record for pending in batch for record in pending.records]
+                weight += batch[-1].weight
+            staged: list[_Staged[Any] | BaseException] = []
             try:
                 async with self._write_lock:
-                    try:
-                        outcomes, stored = self._stage_batch(records)
-                    except sqlite3.Error as error:
-                        raise EventLogUnavailable(f"{self.path}: {error}") from error
+                    staged = self._stage_batch(batch)
                     await self._run(self._writer, self._commit)
             except (EventLogUnavailable, OSError) as error:
-                _log.error("event log append failed: %s", error)
+                _log.error("event log write failed: %s", error)
                 for pending in batch:
                     if not pending.done.done():
                         pending.done.set_exception(
-                            EventLogUnavailable(f"the event log could not append: {error}")
+                            EventLogUnavailable(f"the event log could not write: {error}")
                         )
             else:
-                self._tail.publish(stored)
-                offset = 0
-                for pending in batch:
-                    size = len(pending.records)
-                    if not pending.done.done():
-                        pending.done.set_result(outcomes[offset : offset + size])
-                    offset += size
+                self._committed(batch, staged)
+            finally:
+                self._inbox_staged = 0
             for _ in batch:
                 self._pending.task_done()
 
     def _stage_batch(
-        self, records: Sequence[EventRecord]
-    ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
-        """Runs the batch's statements in a new transaction, left open for `_commit`."""
+        self, batch: Sequence[_PendingWrite[Any]]
+    ) -> list[_Staged[Any] | BaseException]:
+        """Runs every write's statements in one new transaction, left open for `_commit`.
+
+        A write that refuses (a full inbox) fails alone; a storage error fails them all.
+        """
         conn = self._writer_conn
         now = time.time()
+        staged: list[_Staged[Any] | BaseException] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for pending in batch:
+                try:
+                    staged.append(pending.stage(now))
+                except InboxFull as refused:
+                    staged.append(refused)
+        except sqlite3.Error as error:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise EventLogUnavailable(f"{self.path}: {error}") from error
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return staged
+
+    def _committed(
+        self, batch: Sequence[_PendingWrite[Any]], staged: Sequence[_Staged[Any] | BaseException]
+    ) -> None:
+        stored = [
+            event for outcome in staged if isinstance(outcome, _Staged) for event in outcome.stored
+        ]
+        self._tail.publish(stored)
+        inbox_latest = self._inbox_latest
+        for pending, outcome in zip(batch, staged, strict=True):
+            if isinstance(outcome, BaseException):
+                if not pending.done.done():
+                    pending.done.set_exception(outcome)
+                continue
+            self._inbox_depth += outcome.inbox_delta
+            inbox_latest = max(inbox_latest, outcome.inbox_latest)
+            if not pending.done.done():
+                pending.done.set_result(outcome.result)
+        if inbox_latest > self._inbox_latest:
+            self._inbox_latest = inbox_latest
+            self._inbox_waiters.latest = inbox_latest
+            self._inbox_waiters.wake_waiters()
+
+    def _stage_accept(self, entry: InboxEntry) -> _Staged[bool]:
+        conn = self._writer_conn
+        if conn.execute("SELECT 1 FROM dedup WHERE event_id = ?", (entry.event_id,)).fetchone():
+            return _Staged(False)
+        if self._inbox_depth + self._inbox_staged >= self._inbox_limit:
+            raise InboxFull(
+                f"{self._inbox_depth} webhooks are waiting for verification (the limit)"
+            )
+        inserted = conn.execute(
+            "INSERT OR IGNORE INTO inbox (event_id, type, account_id, received_at, body)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (entry.event_id, entry.type, entry.account_id, entry.received_at, entry.body),
+        )
+        if inserted.rowcount == 0:
+            return _Staged(False)  # pending already: a redelivery before verification
+        self._inbox_staged += 1
+        return _Staged(True, inbox_delta=1, inbox_latest=int(inserted.lastrowid or 0))
+
+    def _stage_settle(
+        self, records: Sequence[EventRecord], seqs: Sequence[int], now: float
+    ) -> _Staged[list[AppendOutcome]]:
+        staged = self._stage_records(records, now)
+        cleared = 0
+        for seq in seqs:
+            cleared += self._writer_conn.execute("DELETE FROM inbox WHERE seq = ?", (seq,)).rowcount
+        staged.inbox_delta = -cleared
+        return staged
+
+    def _stage_records(
+        self, records: Sequence[EventRecord], now: float
+    ) -> _Staged[list[AppendOutcome]]:
+        """The statements that append `records` (inside the open transaction)."""
+        conn = self._writer_conn
         outcomes: list[AppendOutcome] = []
         stored: list[StoredEvent] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for record in records:
-                seen = conn.execute(
-                    "SELECT cursor FROM dedup WHERE event_id = ?", (record.event_id,)
-                ).fetchone()
-                if seen is not None:
-                    outcomes.append(AppendOutcome(record.event_id, int(seen[0]), duplicate=True))
-                    continue
-                if already_known(record, self._known_in_transaction(record.account_id)):
-                    # Remembered too, so a redelivery is dropped without another check.
-                    conn.execute(
-                        "INSERT INTO dedup (event_id, cursor, recorded_at) VALUES (?, 0, ?)",
-                        (record.event_id, now),
-                    )
-                    outcomes.append(AppendOutcome(record.event_id, 0, duplicate=True))
-                    continue
-                # In StoredEvent's field order, after the cursor.
-                row = (
-                    record.event_id,
-                    record.type,
+        for record in records:
+            seen = conn.execute(
+                "SELECT cursor FROM dedup WHERE event_id = ?", (record.event_id,)
+            ).fetchone()
+            if seen is not None:
+                outcomes.append(AppendOutcome(record.event_id, int(seen[0]), duplicate=True))
+                continue
+            if already_known(record, self._known_in_transaction(record.account_id)):
+                # Remembered too, so a redelivery is dropped without another check.
+                self._remember_ids(record, 0, now)
+                outcomes.append(AppendOutcome(record.event_id, 0, duplicate=True))
+                continue
+            # In StoredEvent's field order, after the cursor.
+            row = (
+                record.event_id,
+                record.type,
+                record.account_id,
+                record.provider,
+                record.origin_owner_id,
+                now,
+                record.body,
+            )
+            cursor = conn.execute(
+                "INSERT INTO events (event_id, type, account_id, provider, origin_owner_id,"
+                " recorded_at, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
+            ).lastrowid
+            if cursor is None:  # an INSERT into a rowid table always has one
+                raise sqlite3.OperationalError("the event INSERT returned no rowid")
+            self._remember_ids(record, cursor, now)
+            conn.execute(
+                "INSERT OR REPLACE INTO accounts (account_id, status, updated_at, deleted,"
+                " source) VALUES (?, ?, ?, ?, ?)",
+                (
                     record.account_id,
-                    record.provider,
-                    record.origin_owner_id,
-                    now,
-                    record.body,
-                )
-                cursor = conn.execute(
-                    "INSERT INTO events (event_id, type, account_id, provider, origin_owner_id,"
-                    " recorded_at, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                ).lastrowid
-                assert cursor is not None  # an INSERT into a rowid table always has one
-                conn.execute(
-                    "INSERT INTO dedup (event_id, cursor, recorded_at) VALUES (?, ?, ?)",
-                    (record.event_id, cursor, now),
-                )
-                conn.execute(
-                    "INSERT OR REPLACE INTO accounts (account_id, status, updated_at, deleted,"
-                    " source) VALUES (?, ?, ?, ?, ?)",
-                    (
-                        record.account_id,
-                        record.account_status,
-                        record.account_updated_at,
-                        record.type == "account.deleted",
-                        record.source,
-                    ),
-                )
-                outcomes.append(AppendOutcome(record.event_id, cursor, duplicate=False))
-                stored.append(StoredEvent(cursor, *row))
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return outcomes, stored
+                    record.account_status,
+                    record.account_updated_at,
+                    record.type == "account.deleted",
+                    record.source,
+                ),
+            )
+            outcomes.append(AppendOutcome(record.event_id, cursor, duplicate=False))
+            stored.append(StoredEvent(cursor, *row))
+        return _Staged(outcomes, stored)
+
+    def _remember_ids(self, record: EventRecord, cursor: int, now: float) -> None:
+        self._writer_conn.executemany(
+            "INSERT OR IGNORE INTO dedup (event_id, cursor, recorded_at) VALUES (?, ?, ?)",
+            [(event_id, cursor, now) for event_id in record.ids],
+        )
 
     def _commit(self) -> None:
         try:
@@ -417,6 +570,12 @@ class SqliteEventLog:
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         pruned = conn.execute("SELECT value FROM meta WHERE key = 'pruned_through'").fetchone()
         return (int(row[0]) if row else 0, int(pruned[0]) if pruned else 0)
+
+    def _load_inbox_position(self) -> tuple[int, int]:
+        conn = self._writer_conn
+        (depth,) = conn.execute("SELECT count(*) FROM inbox").fetchone()
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'inbox'").fetchone()
+        return int(depth), int(row[0]) if row else 0
 
     def _probe_write(self) -> None:
         self._writer_conn.execute("BEGIN IMMEDIATE")

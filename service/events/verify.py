@@ -1,0 +1,317 @@
+"""The verifier: turns the inbox of accepted webhooks into recorded account events.
+
+The gateway only puts webhooks in the inbox; this background stage does the rest, off
+the webhook's path:
+
+- per account, in arrival order: an account's entries are handled by one task at a time,
+  so its events are recorded in the order StackOne sent them;
+- one `GET /accounts/{id}` for every `created`/`updated` webhook of an account that is
+  pending together, which fold into one event listing the webhook ids it covers;
+- within a deadline counted from receipt: when StackOne (or the rate budget) cannot
+  answer in time, the event is recorded unverified, with the reason;
+- crash-safe: the events are appended and the entries cleared by `EventLog.settle`, which
+  never records an entry twice even if the process died between the two.
+
+Types that need no look-up (`account.deleted`, other `account.*` alerts) go through the
+same ordered path. A `created`/`updated` group followed by another type in the same
+pending set is not looked up: StackOne's answer would describe the account after that
+later change, so it is recorded unverified as superseded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.convert import account_message, timestamp
+from service.events.ingest import InvalidWebhook, event_record, parse_webhook
+from service.events.log import EventLog
+from service.events.model import EventRecord, InboxEntry
+from service.metrics import Metrics
+from service.stackone.budget import Priority
+from service.stackone.errors import (
+    StackOneAuthError,
+    StackOneBadRequest,
+    StackOneError,
+    StackOneNotFound,
+)
+from service.stackone.models import LinkedAccount
+
+_log = logging.getLogger(__name__)
+VERIFIED_TYPES = frozenset({"account.created", "account.updated"})
+# Answers that retrying within the deadline cannot change.
+_FINAL_ERRORS = (StackOneNotFound, StackOneAuthError, StackOneBadRequest)
+_PAGE = 500
+
+
+class AccountSource(Protocol):
+    """Where verified account state comes from (the StackOne client)."""
+
+    async def get_account(
+        self, account_id: str, *, deadline: float | None = None, priority: Priority = ...
+    ) -> LinkedAccount:
+        """Fetches one account."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Webhook:
+    entry: InboxEntry
+    parsed: pb.AccountEvent  # what the webhook itself says, unverified
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """The outcome of verifying one group of webhooks."""
+
+    state: pb.Verification.ValueType
+    account: pb.Account | None = None  # StackOne's answer, when verified
+    error: str = ""
+    outcome: str = "verified"  # the metric label
+
+
+class Verifier:
+    """Drains the inbox forever; see the module docstring.
+
+    Args:
+        log: the event log whose inbox it drains.
+        accounts: the StackOne client (None: everything is recorded unverified).
+        deadline: seconds from receipt within which every webhook is recorded.
+        lookup_timeout: seconds one look-up attempt may take.
+        concurrency: accounts verified at once (their look-ups wait for the budget).
+        read_ahead: inbox entries held in memory at most.
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        accounts: AccountSource | None,
+        *,
+        metrics: Metrics,
+        deadline: float = 60.0,
+        lookup_timeout: float = 10.0,
+        concurrency: int = 256,
+        read_ahead: int = 10_000,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self._log = log
+        self._accounts = accounts
+        self._metrics = metrics
+        self._deadline = deadline
+        self._lookup_timeout = lookup_timeout
+        self._concurrency = concurrency
+        self._read_ahead = read_ahead
+        self._retry_interval = retry_interval
+        self._queued: dict[str, list[InboxEntry]] = {}
+        self._busy: dict[str, asyncio.Task[None]] = {}
+        self._held = 0
+        self._read_through = 0
+        self._stats_at = 0.0
+        self._capped = False  # the last read stopped at `read_ahead`, not at the end
+
+    async def run(self) -> None:
+        """Verifies inbox entries until cancelled; a failure is logged, counted and
+        retried after `retry_interval`, so the stage never dies."""
+        inbox_wait: asyncio.Task[None] | None = None
+        must_read = True
+        try:
+            while True:
+                try:
+                    await self._refresh_stats()
+                    if must_read:
+                        await self._read_more()
+                    self._dispatch()
+                except Exception as error:  # the stage must outlive any failure
+                    self._metrics.background_failures.labels("verifier").inc()
+                    _log.exception("verifier step failed, retrying: %s", error)
+                    await asyncio.sleep(self._retry_interval)
+                    continue
+                if inbox_wait is None or inbox_wait.done():
+                    inbox_wait = asyncio.create_task(
+                        self._log.wait_for_inbox(self._read_through, 1.0)
+                    )
+                await asyncio.wait(
+                    {inbox_wait, *self._busy.values()}, return_when=asyncio.FIRST_COMPLETED
+                )
+                # Read the inbox when it may have grown (or once a second), or when
+                # read-ahead stopped short and room was made since.
+                must_read = inbox_wait.done() or (self._capped and self._held < self._read_ahead)
+        finally:
+            tasks = [*self._busy.values(), *([inbox_wait] if inbox_wait else [])]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _refresh_stats(self) -> None:
+        now = time.monotonic()
+        if now - self._stats_at < 1.0:
+            return
+        self._stats_at = now
+        stats = await self._log.inbox_stats()
+        self._metrics.inbox_depth.set(stats.depth)
+        oldest = stats.oldest_received_at
+        self._metrics.inbox_oldest_age.set(0.0 if oldest is None else time.time() - oldest)
+
+    async def _read_more(self) -> None:
+        self._capped = False
+        while True:
+            if self._held >= self._read_ahead:
+                self._capped = True
+                return
+            limit = min(_PAGE, self._read_ahead - self._held)
+            entries = await self._log.pending(self._read_through, limit)
+            for entry in entries:
+                self._queued.setdefault(entry.account_id, []).append(entry)
+                self._read_through = entry.seq
+            self._held += len(entries)
+            if len(entries) < limit:
+                return
+
+    def _dispatch(self) -> None:
+        for account_id in list(self._queued):
+            if len(self._busy) >= self._concurrency:
+                return
+            if account_id in self._busy:
+                continue  # its next entries wait until this round of them is recorded
+            entries = self._queued.pop(account_id)
+            self._busy[account_id] = asyncio.create_task(
+                self._verify_account(account_id, entries), name=f"verify-{account_id[:32]}"
+            )
+
+    async def _verify_account(self, account_id: str, entries: list[InboxEntry]) -> None:
+        try:
+            unsettled = await self._log.unsettled(entries)
+            if unsettled:
+                records = await self.records(unsettled)
+                with self._metrics.append_seconds.time():
+                    await self._log.settle(unsettled, records)
+            self._held -= len(entries)
+        except Exception as error:  # put them back in order; the next step retries
+            self._metrics.background_failures.labels("verifier").inc()
+            _log.warning("verifying account %s failed, will retry: %s", account_id, error)
+            self._queued[account_id] = entries + self._queued.pop(account_id, [])
+            await asyncio.sleep(self._retry_interval)
+        finally:
+            del self._busy[account_id]
+
+    async def records(self, entries: Sequence[InboxEntry]) -> list[EventRecord]:
+        """The events recording `entries` (one account's, in arrival order)."""
+        webhooks = [_Webhook(entry, parsed) for entry in entries if (parsed := _parsed(entry))]
+        groups: list[list[_Webhook]] = []
+        for webhook in webhooks:
+            folds = webhook.entry.type in VERIFIED_TYPES
+            if folds and groups and groups[-1][0].entry.type in VERIFIED_TYPES:
+                groups[-1].append(webhook)
+            else:
+                groups.append([webhook])
+        records: list[EventRecord] = []
+        for index, group in enumerate(groups):
+            if group[0].entry.type not in VERIFIED_TYPES:
+                verification = Verification(pb.VERIFICATION_NOT_APPLICABLE, outcome="not_needed")
+            elif index + 1 < len(groups):
+                later = groups[index + 1][0].entry.type
+                verification = Verification(
+                    pb.VERIFICATION_UNVERIFIED,
+                    error=f"superseded by a later {later} before it could be verified",
+                    outcome="superseded",
+                )
+            else:
+                verification = await self._verify(group)
+            self._metrics.verifications.labels(verification.outcome).inc()
+            message, inbox_through = _folded(group, verification)
+            records.append(event_record(message, inbox_through=inbox_through))
+        return records
+
+    async def _verify(self, group: Sequence[_Webhook]) -> Verification:
+        account_id = group[0].entry.account_id
+        if self._accounts is None:
+            return Verification(
+                pb.VERIFICATION_UNVERIFIED,
+                error="no StackOne client is configured",
+                outcome="no_client",
+            )
+        ends_at = min(webhook.entry.received_at for webhook in group) + self._deadline
+        last_error = "the StackOne rate budget had no room for the look-up"
+        backoff = 0.1
+        while (remaining := ends_at - time.time()) > 0:
+            try:
+                account = await self._accounts.get_account(
+                    account_id,
+                    deadline=min(remaining, self._lookup_timeout),
+                    priority=Priority.VERIFY,
+                )
+            except _FINAL_ERRORS as error:
+                return Verification(pb.VERIFICATION_UNVERIFIED, error=str(error), outcome="error")
+            except StackOneError as error:
+                last_error = str(error)
+                await asyncio.sleep(min(backoff, max(0.0, ends_at - time.time())))
+                backoff = min(backoff * 2, 5.0)
+                continue
+            return Verification(pb.VERIFICATION_VERIFIED, account=account_message(account))
+        _log.warning("account %s not verified within the deadline: %s", account_id, last_error)
+        return Verification(
+            pb.VERIFICATION_UNVERIFIED,
+            error=f"not verified within {self._deadline:g}s of receipt: {last_error}",
+            outcome="deadline",
+        )
+
+
+def _parsed(entry: InboxEntry) -> pb.AccountEvent | None:
+    """The event a stored webhook describes (it was validated at the door)."""
+    try:
+        webhook = parse_webhook(entry.body)
+    except InvalidWebhook as error:  # only if the rules changed since it was accepted
+        _log.error("dropping inbox entry %s: %s", entry.event_id, error)
+        return None
+    received_at = Timestamp()
+    received_at.FromNanoseconds(int(entry.received_at * 1e9))
+    return pb.AccountEvent(
+        event_id=entry.event_id,
+        type=entry.type,
+        account=pb.Account(
+            id=entry.account_id,
+            provider=webhook.provider,
+            origin_owner_id=webhook.origin_owner_id,
+            origin_owner_name=webhook.origin_owner_name,
+            origin_username=webhook.origin_username,
+        ),
+        occurred_at=timestamp(webhook.occurred_at) or received_at,
+        received_at=received_at,
+        source=pb.EVENT_SOURCE_WEBHOOK,
+    )
+
+
+def _folded(group: Sequence[_Webhook], verification: Verification) -> tuple[pb.AccountEvent, int]:
+    """One event for a group: the first webhook's id and receipt, the newest state."""
+    first, newest = group[0].parsed, group[-1].parsed
+    covered = list(dict.fromkeys(webhook.entry.event_id for webhook in group))
+    event_type = newest.type if len(group) == 1 else first.type
+    account = pb.Account()
+    account.CopyFrom(newest.account)
+    if verification.account is not None:
+        verified = pb.Account()
+        verified.CopyFrom(verification.account)
+        # Keep what the webhook said where StackOne's answer leaves a field empty.
+        for field, value in account.ListFields():
+            if not getattr(verified, field.name):
+                setattr(verified, field.name, value)
+        account = verified
+    message = pb.AccountEvent(
+        event_id=first.event_id,
+        type=event_type,
+        account=account,
+        occurred_at=newest.occurred_at,
+        received_at=first.received_at,
+        source=pb.EVENT_SOURCE_WEBHOOK,
+        verification=verification.state,
+        verification_error=verification.error,
+        covered_event_ids=covered,
+    )
+    return message, max(webhook.entry.seq for webhook in group)
