@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,3 +86,14 @@ async def wait_recorded(log: EventLog, event_ids: Iterable[str], timeout: float 
             if not waiting:
                 return
             await log.wait_for_append(log.latest_cursor, 0.2)
+
+
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5) -> None:
+    """Returns once `condition()` holds, checking every 10 ms; for state another server
+    owns (an emulator's counters, a metrics page), which offers nothing to wait on."""
+    async with asyncio.timeout(timeout):
+        while True:
+            held = condition()
+            if held if isinstance(held, bool) else await held:
+                return
+            await asyncio.sleep(0.01)

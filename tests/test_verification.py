@@ -1,0 +1,325 @@
+"""The inbox and the verifier on real servers: webhooks are answered without StackOne,
+pending webhooks of an account share one look-up and fold into one event, an account's
+events keep their order, a full inbox answers 503, and a SIGKILL during a backlog loses
+nothing and records nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import orjson
+import pytest
+import pytest_asyncio
+from google.protobuf.empty_pb2 import Empty
+
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.emulator import EMULATOR_STATE, EmulatorState
+from service.runtime import Runtime, running
+from tests.processes import serve_env, serve_process
+from tests.streams import StreamCall, attached, events_covering, next_item
+from tests.support import WEBHOOK_SECRET, LogBackend, eventually, make_settings, signed_headers
+
+pytestmark = pytest.mark.asyncio
+BACKENDS = ["sqlite", "jetstream"]
+LOOK_UP = "GET /accounts/{account_id}"
+_dates = itertools.count()
+
+
+def webhook(event: str, account_id: str) -> bytes:
+    """A StackOne-shaped webhook; each is distinct (its own `event_date`)."""
+    second = next(_dates)
+    return orjson.dumps(
+        {
+            "event": event,
+            "account_id": account_id,
+            "provider": "hibob",
+            "origin_owner_id": "tenant-1",
+            "origin_owner_name": "Tenant One",
+            "event_date": f"2026-11-24T14:{second // 60 % 60:02d}:{second % 60:02d}.000Z",
+        }
+    )
+
+
+class Harness:
+    """A running service, clients of its gateway and emulator, and a live stream."""
+
+    def __init__(
+        self, service: Runtime, http: httpx.AsyncClient, emulator: httpx.AsyncClient
+    ) -> None:
+        self.service = service
+        self.http = http
+        self.emulator = emulator
+        assert service.emulator is not None
+        self.state: EmulatorState = service.emulator.runner.app[EMULATOR_STATE]
+
+    async def deliver(self, body: bytes) -> httpx.Response:
+        """Posts one signed webhook to the gateway."""
+        return await self.http.post(
+            "/webhooks/stackone", content=body, headers=signed_headers(body)
+        )
+
+    async def account(self) -> str:
+        """A new account in the emulator (its own webhooks are switched off)."""
+        spec = {"provider": "hibob", "origin_owner_id": "tenant-1", "origin_owner_name": "One"}
+        return str((await self.emulator.post("/emulator/accounts", json=spec)).json()["id"])
+
+    async def slow_look_ups(self, delay: float, times: int | None = None) -> None:
+        """Makes StackOne's account look-ups take `delay` seconds."""
+        fault = {"path_prefix": "/accounts/", "method": "GET", "delay": delay, "times": times}
+        assert (await self.emulator.post("/emulator/faults", json=fault)).status_code == 201
+
+    def look_ups(self) -> int:
+        """How many account look-ups reached the emulator."""
+        return self.state.calls[LOOK_UP]
+
+    async def metrics(self) -> str:
+        """The gateway's metrics page."""
+        return (await self.http.get("/metrics")).text
+
+
+@asynccontextmanager
+async def running_harness(
+    tmp_path: Path, backend: LogBackend, **settings: Any
+) -> AsyncIterator[Harness]:
+    """The service on `backend`, with the emulator's own webhooks off."""
+    values = make_settings(tmp_path, reconcile_interval=0, **backend.settings(**settings))
+    async with running(values) as service:
+        assert service.emulator is not None
+        async with (
+            httpx.AsyncClient(base_url=service.gateway.base_url, timeout=5) as http,
+            httpx.AsyncClient(base_url=service.emulator.base_url, timeout=5) as emulator,
+        ):
+            await emulator.put("/emulator/webhooks", json={"enabled": False})
+            yield Harness(service, http, emulator)
+
+
+@pytest_asyncio.fixture
+async def harness(tmp_path: Path, backend: LogBackend) -> AsyncIterator[Harness]:
+    """The service on the test's backend."""
+    async with running_harness(tmp_path, backend) as running_one:
+        yield running_one
+
+
+@pytest_asyncio.fixture
+async def stream(harness: Harness) -> AsyncIterator[StreamCall]:
+    """A subscriber of every event from now on."""
+    async with grpc.aio.insecure_channel(harness.service.grpc_target) as channel:
+        stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
+        call = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
+        await attached(call)
+        yield call
+        call.cancel()
+
+
+async def test_a_webhook_is_answered_while_stackone_is_still_being_asked(
+    harness: Harness, stream: StreamCall
+) -> None:
+    """With look-ups taking 30 s, the webhook is accepted at once (the client's 5 s
+    timeout would fail an answer that waited) and nothing is recorded before StackOne
+    answers."""
+    account_id = await harness.account()
+    await harness.slow_look_ups(30)
+    response = await harness.deliver(webhook("account.updated", account_id))
+    assert response.status_code == 200
+    assert response.json()["result"] == "accepted"
+    await eventually(lambda: harness.look_ups() == 1)  # the verifier is asking now
+    assert harness.service.event_log.latest_cursor == 0, "recorded only once verified"
+
+
+async def test_pending_webhooks_of_an_account_fold_into_one_event_with_one_look_up(
+    harness: Harness, stream: StreamCall
+) -> None:
+    """While the first look-up is in flight, four more updates wait together: they share
+    the second look-up and arrive as one verified event covering the four; a redelivery
+    of any webhook, pending or recorded, is a duplicate."""
+    account_id = await harness.account()
+    await harness.slow_look_ups(0.5, times=1)
+    first = (await harness.deliver(webhook("account.updated", account_id))).json()
+    await eventually(lambda: harness.look_ups() == 1)
+    bodies = [webhook("account.updated", account_id) for _ in range(4)]
+    answers = [(await harness.deliver(body)).json() for body in bodies]
+    assert (await harness.deliver(bodies[1])).json()["result"] == "duplicate", "pending"
+    ids = [first["event_id"], *(answer["event_id"] for answer in answers)]
+    events = await events_covering(stream, set(ids))
+    assert [list(event.covered_event_ids) for event in events] == [ids[:1], ids[1:]]
+    assert [event.event_id for event in events] == [ids[0], ids[1]]
+    assert {event.verification for event in events} == {pb.VERIFICATION_VERIFIED}
+    assert {event.type for event in events} == {"account.updated"}
+    assert harness.look_ups() == 2, "one look-up for the four that waited together"
+    assert (await harness.deliver(bodies[3])).json()["result"] == "duplicate", "recorded"
+
+
+async def test_an_accounts_events_keep_their_order_and_a_superseded_update_is_not_looked_up(
+    harness: Harness, stream: StreamCall
+) -> None:
+    """created (looked up slowly), then updated and deleted waiting together: recorded in
+    that order; the update, overtaken by the deletion, is unverified without a look-up."""
+    account_id = await harness.account()
+    await harness.slow_look_ups(0.5, times=1)
+    bodies = [webhook(f"account.{kind}", account_id) for kind in ("created", "updated", "deleted")]
+    created = (await harness.deliver(bodies[0])).json()["event_id"]
+    await eventually(lambda: harness.look_ups() == 1)
+    later = [(await harness.deliver(body)).json()["event_id"] for body in bodies[1:]]
+    events = await events_covering(stream, {created, *later})
+    assert [event.type for event in events] == [
+        "account.created",
+        "account.updated",
+        "account.deleted",
+    ]
+    assert [event.verification for event in events] == [
+        pb.VERIFICATION_VERIFIED,
+        pb.VERIFICATION_UNVERIFIED,
+        pb.VERIFICATION_NOT_APPLICABLE,
+    ]
+    assert "superseded by a later account.deleted" in events[1].verification_error
+    assert harness.look_ups() == 1
+
+
+async def test_a_full_inbox_answers_503_with_retry_after_and_keeps_nothing(
+    tmp_path: Path, backend: LogBackend
+) -> None:
+    """At the inbox limit (3 here) a webhook gets 503 with Retry-After and is not kept;
+    the depth is exported; once the verifier drains the inbox, webhooks are taken again."""
+    async with running_harness(tmp_path, backend, inbox_limit=3) as harness:
+        # Slow enough for the once-a-second export of the depth to see all three waiting.
+        await harness.slow_look_ups(4.0, times=3)
+        accounts = [await harness.account() for _ in range(4)]
+        accepted = [
+            (await harness.deliver(webhook("account.updated", account_id))).json()["event_id"]
+            for account_id in accounts[:3]
+        ]
+        refused = await harness.deliver(webhook("account.updated", accounts[3]))
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"].isdigit()
+        assert "waiting for verification" in refused.json()["error"]
+        pending = await harness.service.event_log.pending(0, 10)
+        assert [entry.event_id for entry in pending] == accepted
+        assert (await harness.service.event_log.inbox_stats()).depth == 3
+
+        async def depth_exported() -> bool:
+            return "stackone_connect_inbox_depth 3.0" in await harness.metrics()
+
+        await eventually(depth_exported)
+        await eventually(lambda: harness.service.event_log.latest_cursor == 3, timeout=10)
+        retried = await harness.deliver(webhook("account.updated", accounts[3]))
+        assert retried.json()["result"] == "accepted"
+
+
+@pytest.mark.slow
+async def test_sigkill_during_a_backlog_loses_no_webhook_and_records_none_twice(
+    tmp_path: Path, backend: LogBackend
+) -> None:
+    """A budget of 30 look-ups a minute holds most of 100 accounts' updates in the inbox;
+    a SIGKILL while webhooks arrive and the verifier records; after a restart every
+    acknowledged webhook is covered by exactly one event, each account's in order."""
+    budget = {"STACKONE_CONNECT_RATE_LIMIT": "30", "STACKONE_CONNECT_EMULATOR_RATE_LIMIT": "30"}
+    env = serve_env(tmp_path, WEBHOOK_SECRET, **backend.env())
+    acknowledged: dict[str, list[str]] = {}
+    enough = asyncio.Event()
+
+    async def sender(http: httpx.AsyncClient, accounts: list[str]) -> None:
+        for _ in range(10):
+            for account_id in accounts:  # one sender per account: its order is the send order
+                try:
+                    response = await http.post(
+                        "/webhooks/stackone",
+                        content=(body := webhook("account.updated", account_id)),
+                        headers=signed_headers(body),
+                    )
+                except httpx.TransportError:
+                    return  # the server died mid-request: not acknowledged
+                if response.status_code == 200:
+                    acknowledged.setdefault(account_id, []).append(response.json()["event_id"])
+                if sum(map(len, acknowledged.values())) >= 200:
+                    enough.set()
+
+    accounts = [f"backlog-{n:03d}" for n in range(100)]
+    async with (
+        serve_process({**env, **budget}) as serve,
+        grpc.aio.insecure_channel(serve.grpc_target) as channel,
+        httpx.AsyncClient(base_url=serve.gateway_url) as http,
+    ):
+        stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
+        live = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
+        await attached(live)
+        senders = [asyncio.create_task(sender(http, accounts[k::16])) for k in range(16)]
+        await asyncio.wait_for(enough.wait(), timeout=60)
+        recorded_before = await _next_events(live)  # the verifier is recording
+        assert await serve.stop(signal.SIGKILL) == -signal.SIGKILL
+        await asyncio.wait(senders, timeout=10)
+    everything = {event_id for ids in acknowledged.values() for event_id in ids}
+    assert len(recorded_before) < len(everything), "the kill came during a backlog"
+    async with (
+        serve_process(env) as serve,
+        grpc.aio.insecure_channel(serve.grpc_target) as channel,
+    ):
+        stub = pb_grpc.ConnectServiceStub(channel)
+        stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(from_earliest=Empty()))
+        await attached(stream)
+        events = await events_covering(stream, everything)
+        stream.cancel()
+    covered = [event_id for event in events for event_id in event.covered_event_ids]
+    assert len(covered) == len(set(covered)), "no webhook is recorded twice"
+    assert everything <= set(covered), "every acknowledged webhook survived"
+    for account_id, sent in acknowledged.items():
+        in_events = [
+            event_id
+            for event in events
+            if event.account.id == account_id
+            for event_id in event.covered_event_ids
+            if event_id in everything
+        ]
+        assert in_events == sent, f"{account_id}'s events keep the order they were sent in"
+
+
+async def _next_events(stream: StreamCall) -> list[pb.AccountEvent]:
+    """The next message's events (at least one)."""
+    while True:
+        item = await next_item(stream, timeout=30)
+        if item.HasField("event"):
+            return [item.event]
+        if item.HasField("events"):
+            return list(item.events.events)
+
+
+async def test_verification_never_spends_the_callers_reserve_and_the_deadline_bounds_it(
+    tmp_path: Path, backend: LogBackend
+) -> None:
+    """A budget of 5 calls a minute (1 kept for callers) and 6 accounts to verify: 4 are
+    verified, the other 2 are recorded unverified at the 1.5 s deadline naming the
+    budget, a caller's CreateSession still succeeds, and StackOne never answers 429."""
+    async with running_harness(
+        tmp_path, backend, rate_limit=5, emulator_rate_limit=5, verify_deadline=1.5
+    ) as harness:
+        accounts = [await harness.account() for _ in range(6)]
+        async with grpc.aio.insecure_channel(harness.service.grpc_target) as channel:
+            stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
+            stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
+            await attached(stream)
+            ids = {
+                (await harness.deliver(webhook("account.updated", account_id))).json()["event_id"]
+                for account_id in accounts
+            }
+            session = await stub.CreateSession(
+                pb.CreateSessionRequest(origin_owner_id="o", origin_owner_name="O")
+            )
+            events = await events_covering(stream, ids)
+            stream.cancel()
+        assert session.token
+        outcomes = sorted(event.verification for event in events)
+        assert outcomes == [pb.VERIFICATION_VERIFIED] * 4 + [pb.VERIFICATION_UNVERIFIED] * 2
+        for event in events:
+            if event.verification == pb.VERIFICATION_UNVERIFIED:
+                assert "not verified within 1.5s" in event.verification_error
+                assert "budget" in event.verification_error
+        assert harness.state.rate_limited == 0
+        assert harness.look_ups() == 4
