@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from grpc_health.v1 import health_pb2
 
 from gateway.app import WEBHOOK_PATH, GatewayState, init_app
+from service.aio import cancel_all
 from service.config import Settings, split_address
 from service.emulator import EMULATOR_STATE, EmulatorConfig, build_emulator_app
 from service.events.ingest import Ingestor
@@ -234,9 +235,7 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
             yield runtime
         finally:
             _log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace})
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await cancel_all(background)
             await health_servicer.enter_graceful_shutdown()
             gateway_state.accepting = False
             draining.set()

@@ -309,11 +309,12 @@ async def test_verification_never_spends_the_callers_reserve_and_the_deadline_bo
                 (await harness.deliver(webhook("account.updated", account_id))).json()["event_id"]
                 for account_id in accounts
             }
+            events = await events_covering(stream, ids)
+            stream.cancel()
+            # After the burst has spent all it may, the caller's reserve is still there.
             session = await stub.CreateSession(
                 pb.CreateSessionRequest(origin_owner_id="o", origin_owner_name="O")
             )
-            events = await events_covering(stream, ids)
-            stream.cancel()
         assert session.token
         outcomes = sorted(event.verification for event in events)
         assert outcomes == [pb.VERIFICATION_VERIFIED] * 4 + [pb.VERIFICATION_UNVERIFIED] * 2

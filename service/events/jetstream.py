@@ -73,6 +73,7 @@ _log = logging.getLogger(__name__)
 
 _WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-sequence check
 _MAX_CONFLICT_RETRIES = 20
+_MAX_ENTRIES_PER_SETTLE = 1000
 _HEADER = "Sc-Event"  # our index columns, as JSON, so reads need not parse the body
 _INBOX_HEADER = "Sc-Inbox"
 NATS_ERRORS: tuple[type[Exception], ...] = (
@@ -318,20 +319,42 @@ class JetStreamEventLog:
             return []  # the newer entries were settled meanwhile
         except NATS_ERRORS as error:
             raise EventLogUnavailable(f"JetStream inbox read failed: {error!r}") from error
-        return [_inbox_entry(message) for message in messages]
+        return [
+            _inbox_entry(message.metadata.sequence.stream, message.headers, message.data)
+            for message in messages
+        ]
 
     async def unsettled(self, entries: Sequence[InboxEntry]) -> list[InboxEntry]:
-        """The entries above the account's `inbox_through` (settled ones are purged)."""
+        """Every entry of the account still waiting above its `inbox_through`, read from
+        the stream rather than taken from `entries`: replicas read the inbox
+        independently, so this one may not have seen all of them, and settling must
+        never skip an earlier entry of the account."""
         if not entries:
             return []
+        account_id = entries[0].account_id
         try:
-            through = (await self._last_on(self._subject(entries[0].account_id))).inbox_through
-            fresh = [entry for entry in entries if entry.seq > through]
-            if len(fresh) < len(entries):
-                await self._clear_inbox(entries[0].account_id, through)
+            through = (await self._last_on(self._subject(account_id))).inbox_through
+            if through >= min(entry.seq for entry in entries):
+                await self._clear_inbox(account_id, through)  # settled, not yet cleared
+            return await self._inbox_of(account_id, through)
         except NATS_ERRORS as error:
             raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
-        return fresh
+
+    async def _inbox_of(self, account_id: str, after: int) -> list[InboxEntry]:
+        """The account's inbox entries after sequence `after`, oldest first (bounded)."""
+        subject = self._inbox_subject(account_id)
+        found: list[InboxEntry] = []
+        while len(found) < _MAX_ENTRIES_PER_SETTLE:
+            try:
+                message = await self._js.get_msg(
+                    self._options.inbox_stream, seq=after + 1, subject=subject, next=True
+                )
+            except nats.js.errors.NotFoundError:
+                break
+            entry = _inbox_entry(message.seq or 0, message.headers, message.data or b"")
+            found.append(entry)
+            after = entry.seq
+        return found
 
     async def settle(
         self, entries: Sequence[InboxEntry], records: Sequence[EventRecord]
@@ -587,15 +610,15 @@ class _LastEvent:
     inbox_through: int
 
 
-def _inbox_entry(message: Msg) -> InboxEntry:
-    fields = orjson.loads((message.headers or {})[_INBOX_HEADER])
+def _inbox_entry(seq: int, headers: dict[str, str] | None, body: bytes) -> InboxEntry:
+    fields = orjson.loads((headers or {})[_INBOX_HEADER])
     return InboxEntry(
-        message.metadata.sequence.stream,
+        seq,
         fields["event_id"],
         fields["type"],
         fields["account_id"],
         float(fields["received_at"]),
-        message.data,
+        body,
     )
 
 

@@ -29,6 +29,7 @@ from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from service.aio import cancel_all
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.convert import account_message, timestamp
 from service.events.ingest import InvalidWebhook, event_record, parse_webhook
@@ -144,10 +145,7 @@ class Verifier:
                 # read-ahead stopped short and room was made since.
                 must_read = inbox_wait.done() or (self._capped and self._held < self._read_ahead)
         finally:
-            tasks = [*self._busy.values(), *([inbox_wait] if inbox_wait else [])]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_all([*self._busy.values(), *([inbox_wait] if inbox_wait else [])])
 
     async def _refresh_stats(self) -> None:
         now = time.monotonic()
