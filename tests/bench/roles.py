@@ -7,9 +7,12 @@ load generators print one JSON line of results.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -35,13 +38,38 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def webhook_bodies(count: int, prefix: str) -> list[bytes]:
-    """Distinct account.deleted bodies (recorded without a StackOne round trip)."""
+    """Distinct account.deleted bodies (recorded by the verifier with no StackOne look-up)."""
     return [
         orjson.dumps(
             {"event": "account.deleted", "account_id": f"{prefix}-{n}", "provider": "hibob"}
         )
         for n in range(count)
     ]
+
+
+def updated_bodies(count: int, account_ids: list[str]) -> list[bytes]:
+    """Distinct account.updated bodies cycling over `account_ids`: body `n` is for account
+    `n % len(account_ids)`, made distinct by its `event_date` (n ms after now)."""
+    now = datetime.now(UTC)
+    return [
+        orjson.dumps({
+            "event": "account.updated", "account_id": account_ids[n % len(account_ids)],
+            "provider": "hibob", "origin_owner_id": "bench-owner", "origin_owner_name": "Bench",
+            "event_date": (now + timedelta(milliseconds=n)).isoformat(timespec="milliseconds"),
+        })
+        for n in range(count)
+    ]  # fmt: skip
+
+
+def prometheus_samples(text: str, names: list[str]) -> dict[str, float]:
+    """The samples of the Prometheus exposition `text` whose name is one of `names`,
+    keyed by name and labels as written (e.g. `x_total{outcome="verified"}`)."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key.partition("{")[0] in names:
+            samples[key] = float(value)
+    return samples
 
 
 async def _serve_app(app: web.Application) -> None:
@@ -181,8 +209,16 @@ async def flood_read(args: dict[str, Any]) -> None:
 
 
 async def http_load(args: dict[str, Any]) -> None:
-    """Posts distinct signed webhooks from `concurrency` workers for `seconds`."""
-    bodies = webhook_bodies(args["count"], args["prefix"])
+    """Posts distinct signed webhooks from `concurrency` workers for `seconds`.
+
+    account.deleted ones, or account.updated ones cycling over `account_ids` when given.
+    With `probe` ({"path", "samples"}), GETs that path right after the measured period
+    and reports the named Prometheus samples it answers.
+    """
+    if args.get("account_ids"):
+        bodies = updated_bodies(args["count"], args["account_ids"])
+    else:
+        bodies = webhook_bodies(args["count"], args["prefix"])
     signed = [(body, sign(args["secret"], body)) for body in bodies]
     statuses: dict[str, int] = {}
     next_index = 0
@@ -203,8 +239,14 @@ async def http_load(args: dict[str, Any]) -> None:
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(args["concurrency"])))
         elapsed = time.perf_counter() - started
+        probed: dict[str, float] = {}
+        if probe := args.get("probe"):
+            async with http.get(probe["path"]) as response:
+                probed = prometheus_samples(await response.text(), probe["samples"])
     done = sum(statuses.values())
-    print(orjson.dumps({"rps": done / elapsed, "requests": done, "statuses": statuses}).decode())
+    print(orjson.dumps({
+        "rps": done / elapsed, "requests": done, "statuses": statuses, "probe": probed,
+    }).decode())  # fmt: skip
 
 
 async def paced_post(args: dict[str, Any]) -> None:
@@ -334,12 +376,199 @@ async def replay(args: dict[str, Any]) -> None:
     print(orjson.dumps({"events_per_s": seen / elapsed, "events": seen}).decode())
 
 
+async def seed_accounts(args: dict[str, Any]) -> None:
+    """Switches the emulator's webhook delivery off, then creates `count` accounts in it
+    (emulator-only calls: not counted, not rate limited); reports their ids in order."""
+    async with ClientSession(args["emulator"]) as http:
+        async with http.put("/emulator/webhooks", json={"enabled": False}) as response:
+            response.raise_for_status()
+        ids: list[str] = [""] * args["count"]
+        next_index = 0
+
+        async def creator() -> None:
+            nonlocal next_index
+            while next_index < len(ids):
+                n, next_index = next_index, next_index + 1
+                spec = {"provider": "hibob", "origin_owner_id": "bench-owner",
+                        "origin_owner_name": "Bench"}  # fmt: skip
+                async with http.post("/emulator/accounts", json=spec) as response:
+                    response.raise_for_status()
+                    ids[n] = (await response.json())["id"]
+
+        await asyncio.gather(*(creator() for _ in range(16)))
+    print(orjson.dumps({"ids": ids}).decode())
+
+
+class _Coverage:
+    """What the subscriber of a burst has seen: which accepted webhooks are covered by an
+    event, and whether each account's last event is verified."""
+
+    def __init__(self, accounts: list[str]) -> None:
+        self.accounts = set(accounts)
+        self.accepted: set[str] = set()  # event ids the gateway answered 2xx
+        self.covered: set[str] = set()  # event ids listed by an event on the stream
+        self.uncovered: set[str] = set()  # accepted and not yet covered
+        self.verified: set[str] = set()  # accounts whose last event is VERIFIED
+        self.events: Counter[str] = Counter()  # events by verification
+        self.reasons: Counter[str] = Counter()  # verification_error of unverified events
+        self.most_folded = 0
+        self.stream_error = ""
+        self.posting_done = False
+        self.finished = asyncio.Event()
+        self.finished_at = 0.0
+
+    def on_accepted(self, event_id: str) -> None:
+        self.accepted.add(event_id)
+        if event_id not in self.covered:
+            self.uncovered.add(event_id)
+
+    def on_event(self, event: pb.AccountEvent) -> None:
+        ids = {event.event_id, *event.covered_event_ids}
+        self.covered |= ids
+        self.uncovered -= ids
+        self.most_folded = max(self.most_folded, len(event.covered_event_ids))
+        self.events[pb.Verification.Name(event.verification)] += 1
+        if event.verification == pb.VERIFICATION_VERIFIED:
+            self.verified.add(event.account.id)
+        else:
+            self.verified.discard(event.account.id)
+            self.reasons[event.verification_error[:80]] += 1
+
+    def check(self) -> None:
+        done = self.posting_done and not self.uncovered and self.verified >= self.accounts
+        if done and not self.finished.is_set():
+            self.finished_at = time.perf_counter()
+            self.finished.set()
+
+
+async def burst(args: dict[str, Any]) -> None:
+    """A burst of signed account.updated webhooks for existing accounts (`per_account` for
+    each of `account_ids`, interleaved: webhook n is for account n % len(account_ids)),
+    `concurrency` in flight, while one subscriber (from now, batched) watches them being
+    covered and verified, and a caller does CreateSession every `session_interval` seconds.
+
+    Reports the webhooks' answer times, the callers' outcomes, the seconds from the first
+    webhook sent until every accepted webhook is covered by an event on the stream and
+    every account's last event is VERIFIED (null if not within `give_up` seconds), and
+    the emulator's stats.
+    """
+    ids: list[str] = args["account_ids"]
+    bodies = updated_bodies(len(ids) * args["per_account"], ids)
+    signed = [(body, sign(args["secret"], body)) for body in bodies]
+    coverage = _Coverage(ids)
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    results: Counter[str] = Counter()
+    sessions: Counter[str] = Counter()
+    session_latencies: list[float] = []
+    connector = TCPConnector(limit=args["concurrency"])
+    async with (
+        ClientSession(args["url"], connector=connector) as http,
+        ClientSession(args["emulator"]) as emulator,
+        grpc.aio.insecure_channel(args["target"]) as channel,
+    ):
+        stub = pb_grpc.ConnectServiceStub(channel)
+        request = pb.StreamAccountEventsRequest(max_events_per_message=256)
+        request.from_now.SetInParent()
+        stream = stub.StreamAccountEvents(request)
+        attached = asyncio.Event()
+
+        async def follow() -> None:
+            try:
+                async for item in stream:
+                    attached.set()  # by the first message, a bookmark
+                    if item.HasField("event"):
+                        coverage.on_event(item.event)
+                    for event in item.events.events:
+                        coverage.on_event(event)
+                    coverage.check()
+            except grpc.aio.AioRpcError as error:  # reported: the figures stop there
+                coverage.stream_error = f"{error.code().name}: {error.details()}"
+
+        async def create_session() -> None:
+            started = time.perf_counter()
+            session = pb.CreateSessionRequest(origin_owner_id="t", origin_owner_name="T")
+            try:
+                await stub.CreateSession(session, timeout=10)
+                sessions["OK"] += 1
+            except grpc.aio.AioRpcError as error:
+                sessions[error.code().name] += 1
+            session_latencies.append(time.perf_counter() - started)
+
+        async def caller(stop: asyncio.Event) -> None:
+            calls: list[asyncio.Task[None]] = []
+            while not stop.is_set():
+                calls.append(asyncio.create_task(create_session()))
+                wake_at = first + len(calls) * args["session_interval"]
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, wake_at - time.perf_counter())):
+                        await stop.wait()
+            await asyncio.gather(*calls)
+
+        next_index = 0
+
+        async def poster() -> None:
+            nonlocal next_index
+            while next_index < len(signed):
+                body, signature = signed[next_index]
+                next_index += 1
+                headers = {"content-type": "application/json", "x-stackone-signature": signature}
+                started = time.perf_counter()
+                async with http.post("/webhooks/stackone", data=body, headers=headers) as response:
+                    answer = await response.read()
+                latencies.append(time.perf_counter() - started)
+                statuses[str(response.status)] += 1
+                if response.status == 200:
+                    parsed = orjson.loads(answer)
+                    results[parsed["result"]] += 1
+                    coverage.on_accepted(parsed["event_id"])
+
+        reader = asyncio.create_task(follow())
+        async with asyncio.timeout(30):
+            await attached.wait()
+        stop = asyncio.Event()
+        first = time.perf_counter()
+        callers = asyncio.create_task(caller(stop))
+        await asyncio.gather(*(poster() for _ in range(args["concurrency"])))
+        posted = time.perf_counter() - first
+        coverage.posting_done = True
+        coverage.check()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, first + args["give_up"] - time.perf_counter())):
+                await coverage.finished.wait()
+        waited = time.perf_counter() - first
+        stop.set()
+        await callers
+        reader.cancel()
+        stream.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        async with emulator.get("/emulator/stats") as response:
+            stats = await response.json()
+    finished = coverage.finished.is_set()
+    print(orjson.dumps({
+        "webhooks": len(signed), "statuses": statuses, "results": results,
+        "p50_ms": percentile(latencies, 0.5) * 1e3, "p99_ms": percentile(latencies, 0.99) * 1e3,
+        "max_ms": max(latencies, default=0.0) * 1e3, "posting_s": posted,
+        "sessions": sessions, "session_attempts": sum(sessions.values()),
+        "session_p99_ms": percentile(session_latencies, 0.99) * 1e3,
+        "session_max_ms": max(session_latencies, default=0.0) * 1e3,
+        "seconds": coverage.finished_at - first if finished else None, "waited_s": waited,
+        "accepted": len(coverage.accepted), "covered": len(coverage.accepted & coverage.covered),
+        "verified_accounts": len(coverage.verified & coverage.accounts),
+        "events": coverage.events, "most_folded": coverage.most_folded,
+        "unverified_reasons": dict(coverage.reasons.most_common(3)), "stats": stats,
+        "stream_error": coverage.stream_error,
+    }).decode())  # fmt: skip
+
+
 ROLES = {
     "bare_http": bare_http, "instant_upstream": instant_upstream, "bare_grpc": bare_grpc,
     "http_load": http_load, "paced_post": paced_post, "grpc_load": grpc_load,
     "httpx_latency": httpx_latency, "subscribers": subscribers, "replay": replay,
     "bare_stream": bare_stream, "flood_read": flood_read,
     "bare_broadcast": bare_broadcast, "paced_publish": paced_publish,
+    "seed_accounts": seed_accounts, "burst": burst,
 }  # fmt: skip
 
 if __name__ == "__main__":
