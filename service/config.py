@@ -127,6 +127,13 @@ class Settings(BaseSettings):
         description="Seconds from a webhook's receipt within which its event is recorded: "
         "verified with StackOne if it answered in time, otherwise unverified with the reason.",
     )
+    verify_quiet: float = Field(
+        1.0,
+        ge=0,
+        description="Seconds the verifier waits for more webhooks of an account before "
+        "looking it up, so that a burst shares one look-up (at most 5 times this after "
+        "the first webhook). Webhooks that need no look-up are recorded at once.",
+    )
     inbox_limit: int = Field(
         100_000,
         gt=0,

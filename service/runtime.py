@@ -208,6 +208,7 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
             stackone,
             metrics=metrics,
             deadline=settings.verify_deadline,
+            quiet=settings.verify_quiet,
             lookup_timeout=settings.upstream_timeout,
         )
         background = [

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.signature import sign
+from service.api.v1 import stackone_connect_pb2 as pb
 from service.config import ENV_PREFIX, Settings
 from service.events.jetstream import JetStreamEventLog, JetStreamOptions
 from service.events.log import EventLog
@@ -66,6 +67,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "webhook_secrets": [WEBHOOK_SECRET],
         "bookmark_interval": 0.2,
         "shutdown_grace": 1.0,
+        "verify_quiet": 0.05,  # events a test waits for appear sooner
     }
     values.update(overrides)
     return Settings(**values)
@@ -76,15 +78,24 @@ def signed_headers(body: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, str]:
     return {"content-type": "application/json", "x-stackone-signature": sign(secret, body)}
 
 
-async def wait_recorded(log: EventLog, event_ids: Iterable[str], timeout: float = 10) -> None:
+async def wait_recorded(log: EventLog, event_ids: Iterable[str], timeout: float = 10) -> int:
     """Returns once the verifier has recorded every webhook id (the gateway only puts
-    webhooks in the inbox); woken by each append, failing the test after `timeout`."""
-    waiting = set(event_ids)
+    webhooks in the inbox) and the log's latest cursor shows it; returns the cursor of
+    the last event covering them. Woken by each append; fails the test after `timeout`."""
+    wanted = set(event_ids)
     async with asyncio.timeout(timeout):
         while True:
-            waiting = {event_id for event_id in waiting if not await log.contains(event_id)}
-            if not waiting:
-                return
+            covered: set[str] = set()
+            cursor = 0
+            for event in await log.read(0, 100_000):
+                message = pb.AccountEvent.FromString(event.body)
+                ids = {event.event_id, *message.covered_event_ids} & wanted
+                if ids:
+                    covered |= ids
+                    cursor = event.cursor
+            # (A commit is readable a moment before the log publishes its latest cursor.)
+            if covered == wanted and log.latest_cursor >= cursor:
+                return cursor
             await log.wait_for_append(log.latest_cursor, 0.2)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import httpx
@@ -9,6 +10,7 @@ import pytest
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.events.model import LogBounds
 from service.runtime import Runtime
 from tests.streams import attached, events_until_caught_up, next_event
 
@@ -74,6 +76,15 @@ async def test_session_link_webhook_stream_get_delete(
     stream.cancel()
 
 
+async def recorded_through(service: Runtime, cursor: int) -> LogBounds:
+    """Waits until the log's latest cursor reaches `cursor` (deliveries and verification
+    are asynchronous)."""
+    async with asyncio.timeout(10):
+        while (bounds := await service.event_log.bounds()).latest < cursor:
+            await service.event_log.wait_for_append(bounds.latest, timeout=5)
+    return bounds
+
+
 async def test_a_resumed_subscriber_gets_exactly_the_missed_events_in_order(
     service: Runtime, stub: pb_grpc.ConnectServiceAsyncStub, emulator_http: httpx.AsyncClient
 ) -> None:
@@ -87,11 +98,10 @@ async def test_a_resumed_subscriber_gets_exactly_the_missed_events_in_order(
     first.cancel()
 
     missed = [await link_account(stub, emulator_http, "owner-b", "personio") for _ in range(2)]
+    # Recorded before the update, or the verifier would fold it into the creation.
+    await recorded_through(service, int(last_cursor) + 2)
     await emulator_http.patch(f"/emulator/accounts/{missed[0]}", json={"status": "error"})
-    bounds = await service.event_log.bounds()
-    while bounds.latest < int(last_cursor) + 3:  # the deliveries are asynchronous
-        await service.event_log.wait_for_append(bounds.latest, timeout=5)
-        bounds = await service.event_log.bounds()
+    bounds = await recorded_through(service, int(last_cursor) + 3)
 
     resumed = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(after_cursor=last_cursor))
     events = await events_until_caught_up(resumed, str(bounds.latest))

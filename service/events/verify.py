@@ -86,7 +86,10 @@ class Verifier:
         accounts: the StackOne client (None: everything is recorded unverified).
         deadline: seconds from receipt within which every webhook is recorded.
         lookup_timeout: seconds one look-up attempt may take.
-        concurrency: accounts verified at once (their look-ups wait for the budget).
+        quiet: seconds an account's look-up waits for more of its webhooks (so that they
+            share it), from the newest; never more than 5 times `quiet` from the oldest, nor
+            half the deadline. Accounts with nothing to look up go at once.
+        concurrency: accounts verified at once (look-ups in flight, at most).
         read_ahead: inbox entries held in memory at most.
     """
 
@@ -98,7 +101,8 @@ class Verifier:
         metrics: Metrics,
         deadline: float = 60.0,
         lookup_timeout: float = 10.0,
-        concurrency: int = 256,
+        quiet: float = 1.0,
+        concurrency: int = 32,
         read_ahead: int = 10_000,
         retry_interval: float = 1.0,
     ) -> None:
@@ -108,6 +112,7 @@ class Verifier:
         self._deadline = deadline
         self._lookup_timeout = lookup_timeout
         self._concurrency = concurrency
+        self._quiet = quiet
         self._read_ahead = read_ahead
         self._retry_interval = retry_interval
         self._queued: dict[str, list[InboxEntry]] = {}
@@ -128,7 +133,7 @@ class Verifier:
                     await self._refresh_stats()
                     if must_read:
                         await self._read_more()
-                    self._dispatch()
+                    next_ready = self._dispatch()
                 except Exception as error:  # the stage must outlive any failure
                     self._metrics.background_failures.labels("verifier").inc()
                     _log.exception("verifier step failed, retrying: %s", error)
@@ -139,7 +144,9 @@ class Verifier:
                         self._log.wait_for_inbox(self._read_through, 1.0)
                     )
                 await asyncio.wait(
-                    {inbox_wait, *self._busy.values()}, return_when=asyncio.FIRST_COMPLETED
+                    {inbox_wait, *self._busy.values()},
+                    timeout=next_ready,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 # Read the inbox when it may have grown (or once a second), or when
                 # read-ahead stopped short and room was made since.
@@ -172,16 +179,34 @@ class Verifier:
             if len(entries) < limit:
                 return
 
-    def _dispatch(self) -> None:
+    def _dispatch(self) -> float | None:
+        """Starts the accounts that are ready; returns the seconds until the next one is
+        (None: none is waiting for its quiet period)."""
+        now = time.time()
+        next_ready: float | None = None
         for account_id in list(self._queued):
             if len(self._busy) >= self._concurrency:
-                return
+                break
             if account_id in self._busy:
                 continue  # its next entries wait until this round of them is recorded
+            ready_at = self._ready_at(self._queued[account_id])
+            if ready_at > now:
+                next_ready = ready_at if next_ready is None else min(next_ready, ready_at)
+                continue
             entries = self._queued.pop(account_id)
             self._busy[account_id] = asyncio.create_task(
                 self._verify_account(account_id, entries), name=f"verify-{account_id[:32]}"
             )
+        return None if next_ready is None else max(0.0, next_ready - now)
+
+    def _ready_at(self, entries: Sequence[InboxEntry]) -> float:
+        """When an account's look-up should start: after a quiet period, so that webhooks
+        arriving in a burst share it, bounded from its oldest webhook."""
+        if entries[-1].type not in VERIFIED_TYPES:
+            return 0.0  # nothing to look up: the last group needs none, earlier are superseded
+        oldest = min(entry.received_at for entry in entries)
+        newest = max(entry.received_at for entry in entries)
+        return min(newest + self._quiet, oldest + 5 * self._quiet, oldest + self._deadline / 2)
 
     async def _verify_account(self, account_id: str, entries: list[InboxEntry]) -> None:
         try:

@@ -44,6 +44,7 @@ from service.stackone.models import (
 DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=3.0)
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
+BACKGROUND_CONNECTIONS = 16  # verification and reconciliation share these
 _RETRYABLE = (StackOneUnavailable, StackOneServerError, StackOneRateLimited)
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 Observer = Callable[[str, str, float], None]
@@ -86,14 +87,23 @@ class StackOneClient:
         self._observer = observer
         self._budget = budget
         self._max_retries = max_retries
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            auth=httpx.BasicAuth(api_key, ""),
-            timeout=timeout or DEFAULT_TIMEOUT,
-            transport=transport,
-            headers={"accept": "application/json", "user-agent": "stackone-connect/0.1"},
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-        )
+
+        def pool(connections: int) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                base_url=self.base_url,
+                auth=httpx.BasicAuth(api_key, ""),
+                timeout=timeout or DEFAULT_TIMEOUT,
+                transport=transport,
+                headers={"accept": "application/json", "user-agent": "stackone-connect/0.1"},
+                limits=httpx.Limits(
+                    max_connections=connections, max_keepalive_connections=connections
+                ),
+            )
+
+        # Callers' requests never queue behind background ones for a connection: the
+        # budget orders slots, and separate pools keep that order on the wire too.
+        self._http = pool(100)
+        self._background_http = pool(BACKGROUND_CONNECTIONS)
 
     def __repr__(self) -> str:
         return f"StackOneClient(base_url={self.base_url!r})"
@@ -105,8 +115,9 @@ class StackOneClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Closes the connection pool."""
+        """Closes the connection pools."""
         await self._http.aclose()
+        await self._background_http.aclose()
 
     async def create_connect_session(
         self,
@@ -255,22 +266,35 @@ class StackOneClient:
         remaining = None if ends_at is None else ends_at - loop.time()
         if self._budget is None or (remaining is not None and remaining <= 0):
             # (With no time left the attempt fails before sending: it spends no slot.)
-            return await self._observed(endpoint, path, remaining, json=json, params=params)
+            return await self._observed(
+                endpoint, path, remaining, priority, json=json, params=params
+            )
         async with self._budget.slot(priority, remaining):
             remaining = None if ends_at is None else ends_at - loop.time()
             try:
-                return await self._observed(endpoint, path, remaining, json=json, params=params)
+                return await self._observed(
+                    endpoint, path, remaining, priority, json=json, params=params
+                )
             except StackOneRateLimited as error:
                 self._budget.upstream_rate_limited(error.retry_after)
                 raise
 
     async def _observed(
-        self, endpoint: str, path: str, remaining: float | None, *, json: Any, params: Any
+        self,
+        endpoint: str,
+        path: str,
+        remaining: float | None,
+        priority: Priority,
+        *,
+        json: Any,
+        params: Any,
     ) -> Any:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await self._attempt(endpoint, path, remaining, json=json, params=params)
+            return await self._attempt(
+                endpoint, path, remaining, priority, json=json, params=params
+            )
         except StackOneAPIError as error:
             outcome = str(error.status_code)
             raise
@@ -282,14 +306,22 @@ class StackOneClient:
                 self._observer(endpoint, outcome, time.perf_counter() - started)
 
     async def _attempt(
-        self, endpoint: str, path: str, remaining: float | None, *, json: Any, params: Any
+        self,
+        endpoint: str,
+        path: str,
+        remaining: float | None,
+        priority: Priority,
+        *,
+        json: Any,
+        params: Any,
     ) -> Any:
         method = endpoint.partition(" ")[0]
+        http = self._http if priority == Priority.CALLER else self._background_http
         if remaining is not None and remaining <= 0:
             raise StackOneTimeout(f"no time left for {method} {path} before the deadline")
         try:
             async with asyncio.timeout(remaining):
-                response = await self._http.request(method, path, json=json, params=params)
+                response = await http.request(method, path, json=json, params=params)
         except (TimeoutError, httpx.TimeoutException) as error:
             raise StackOneTimeout(
                 f"StackOne did not answer {method} {path} in time ({type(error).__name__})"
