@@ -12,10 +12,11 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, Counter
 
 from gateway.signature import SIGNATURE_HEADER, is_valid_signature
 from service.events.ingest import Ingestor, InvalidWebhook, parse_webhook
@@ -40,6 +41,16 @@ class GatewayState:
     metrics: Metrics
     max_body_bytes: int = MAX_BODY_BYTES
     accepting: bool = True
+    _counters: dict[tuple[str, str], Counter] = field(default_factory=dict)
+
+    def count(self, event_type: str, outcome: str) -> None:
+        """Counts one webhook (the labelled child is looked up once per label pair)."""
+        counter = self._counters.get((event_type, outcome))
+        if counter is None:
+            counter = self._counters[event_type, outcome] = self.metrics.webhooks.labels(
+                event_type, outcome
+            )
+        counter.inc()
 
 
 GATEWAY_STATE = web.AppKey("gateway_state", GatewayState)
@@ -48,7 +59,7 @@ GATEWAY_STATE = web.AppKey("gateway_state", GatewayState)
 def _problem(
     state: GatewayState, status: int, outcome: str, reason: str, **headers: str
 ) -> web.Response:
-    state.metrics.webhooks.labels("unknown", outcome).inc()
+    state.count("unknown", outcome)
     _log.info("webhook refused (%d): %s", status, reason, extra={"outcome": outcome})
     return web.json_response({"error": reason}, status=status, headers=headers)
 
@@ -87,12 +98,14 @@ async def receive_webhook(request: web.Request) -> web.Response:
     except EventLogError as error:
         _log.error("webhook not recorded, asking StackOne to retry: %s", error)
         return _problem(state, 503, "unavailable", "the event could not be recorded; retry")
-    state.metrics.webhooks.labels(event.type, result.value).inc()
-    _log.debug(
-        "webhook %s %s", event.type, result.value,
-        extra={"event_id": event.event_id, "account_id": event.account_id},
-    )  # fmt: skip
-    return web.json_response({"result": result.value, "event_id": event.event_id})
+    state.count(event.type, result.value)
+    if _log.isEnabledFor(logging.DEBUG):
+        _log.debug(
+            "webhook %s %s", event.type, result.value,
+            extra={"event_id": event.event_id, "account_id": event.account_id},
+        )  # fmt: skip
+    body = orjson.dumps({"result": result.value, "event_id": event.event_id})
+    return web.Response(body=body, content_type="application/json")
 
 
 async def healthz(request: web.Request) -> web.Response:

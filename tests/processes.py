@@ -113,6 +113,5 @@ def serve_env(tmp_path: Path, secret: str, **extra: str) -> dict[str, str]:
         "STACKONE_CONNECT_WEBHOOK_SECRETS": secret,
         "STACKONE_CONNECT_BOOKMARK_INTERVAL": "0.2",
         "STACKONE_CONNECT_RECONCILE_INTERVAL": "0",
-        "STACKONE_CONNECT_VERIFY_QUIET": "0.05",
         **extra,
     }

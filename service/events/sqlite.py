@@ -465,20 +465,26 @@ class SqliteEventLog:
             self._inbox_waiters.wake_waiters()
 
     def _stage_accept(self, entry: InboxEntry) -> _Staged[bool]:
-        conn = self._writer_conn
-        if conn.execute("SELECT 1 FROM dedup WHERE event_id = ?", (entry.event_id,)).fetchone():
-            return _Staged(False)
         if self._inbox_depth + self._inbox_staged >= self._inbox_limit:
             raise InboxFull(
                 f"{self._inbox_depth} webhooks are waiting for verification (the limit)"
             )
-        inserted = conn.execute(
-            "INSERT OR IGNORE INTO inbox (event_id, type, account_id, received_at, body)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (entry.event_id, entry.type, entry.account_id, entry.received_at, entry.body),
+        # One statement: not recorded already (dedup) and not pending (the unique id).
+        inserted = self._writer_conn.execute(
+            "INSERT INTO inbox (event_id, type, account_id, received_at, body)"
+            " SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM dedup WHERE event_id = ?)"
+            " ON CONFLICT (event_id) DO NOTHING",
+            (
+                entry.event_id,
+                entry.type,
+                entry.account_id,
+                entry.received_at,
+                entry.body,
+                entry.event_id,
+            ),
         )
         if inserted.rowcount == 0:
-            return _Staged(False)  # pending already: a redelivery before verification
+            return _Staged(False)  # a redelivery, recorded or still waiting
         self._inbox_staged += 1
         return _Staged(True, inbox_delta=1, inbox_latest=int(inserted.lastrowid or 0))
 

@@ -21,10 +21,12 @@ later change, so it is recorded unverified as superseded.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -60,6 +62,23 @@ class AccountSource(Protocol):
     ) -> LinkedAccount:
         """Fetches one account."""
         ...
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """An account's entries read from the inbox and not yet handed to a task."""
+
+    entries: list[InboxEntry] = field(default_factory=list)
+    oldest: float = float("inf")
+    newest: float = 0.0
+    ready_at: float = 0.0
+
+    def add(self, entries: list[InboxEntry], *, first: bool) -> None:
+        """Adds entries (`first`: in front of the others, which arrived later)."""
+        self.entries = entries + self.entries if first else self.entries + entries
+        for entry in entries:
+            self.oldest = min(self.oldest, entry.received_at)
+            self.newest = max(self.newest, entry.received_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +134,11 @@ class Verifier:
         self._quiet = quiet
         self._read_ahead = read_ahead
         self._retry_interval = retry_interval
-        self._queued: dict[str, list[InboxEntry]] = {}
+        self._queued: dict[str, _Waiting] = {}
+        # (ready_at, tie-break, account): an account's newest entry is the current one;
+        # older ones (and those of accounts dispatched since) are skipped when popped.
+        self._ready: list[tuple[float, int, str]] = []
+        self._pushes = itertools.count()
         self._busy: dict[str, asyncio.Task[None]] = {}
         self._held = 0
         self._read_through = 0
@@ -173,40 +196,54 @@ class Verifier:
             limit = min(_PAGE, self._read_ahead - self._held)
             entries = await self._log.pending(self._read_through, limit)
             for entry in entries:
-                self._queued.setdefault(entry.account_id, []).append(entry)
+                self._enqueue(entry.account_id, [entry])
                 self._read_through = entry.seq
             self._held += len(entries)
             if len(entries) < limit:
                 return
 
+    def _enqueue(self, account_id: str, entries: list[InboxEntry], *, first: bool = False) -> None:
+        """Adds entries of an account (`first`: before those already waiting)."""
+        waiting = self._queued.get(account_id)
+        if waiting is None:
+            waiting = self._queued[account_id] = _Waiting()
+        waiting.add(entries, first=first)
+        waiting.ready_at = self._ready_at(waiting)
+        heapq.heappush(self._ready, (waiting.ready_at, next(self._pushes), account_id))
+
     def _dispatch(self) -> float | None:
         """Starts the accounts that are ready; returns the seconds until the next one is
-        (None: none is waiting for its quiet period)."""
+        (None: none is waiting)."""
         now = time.time()
-        next_ready: float | None = None
-        for account_id in list(self._queued):
-            if len(self._busy) >= self._concurrency:
-                break
-            if account_id in self._busy:
-                continue  # its next entries wait until this round of them is recorded
-            ready_at = self._ready_at(self._queued[account_id])
-            if ready_at > now:
-                next_ready = ready_at if next_ready is None else min(next_ready, ready_at)
+        deferred: list[tuple[float, int, str]] = []
+        while self._ready and self._ready[0][0] <= now and len(self._busy) < self._concurrency:
+            item = heapq.heappop(self._ready)
+            waiting = self._queued.get(item[2])
+            if waiting is None or waiting.ready_at != item[0]:
+                continue  # superseded by a later push, or dispatched already
+            if item[2] in self._busy:
+                deferred.append(item)  # after this round of the account is recorded
                 continue
-            entries = self._queued.pop(account_id)
-            self._busy[account_id] = asyncio.create_task(
-                self._verify_account(account_id, entries), name=f"verify-{account_id[:32]}"
+            del self._queued[item[2]]
+            self._busy[item[2]] = asyncio.create_task(
+                self._verify_account(item[2], waiting.entries), name=f"verify-{item[2][:32]}"
             )
-        return None if next_ready is None else max(0.0, next_ready - now)
+        for item in deferred:
+            heapq.heappush(self._ready, item)
+        if not self._ready or len(self._busy) >= self._concurrency:
+            return None  # woken by new entries or by a finished account
+        return max(0.0, self._ready[0][0] - now) if not deferred else None
 
-    def _ready_at(self, entries: Sequence[InboxEntry]) -> float:
+    def _ready_at(self, waiting: _Waiting) -> float:
         """When an account's look-up should start: after a quiet period, so that webhooks
         arriving in a burst share it, bounded from its oldest webhook."""
-        if entries[-1].type not in VERIFIED_TYPES:
+        if waiting.entries[-1].type not in VERIFIED_TYPES:
             return 0.0  # nothing to look up: the last group needs none, earlier are superseded
-        oldest = min(entry.received_at for entry in entries)
-        newest = max(entry.received_at for entry in entries)
-        return min(newest + self._quiet, oldest + 5 * self._quiet, oldest + self._deadline / 2)
+        return min(
+            waiting.newest + self._quiet,
+            waiting.oldest + 5 * self._quiet,
+            waiting.oldest + self._deadline / 2,
+        )
 
     async def _verify_account(self, account_id: str, entries: list[InboxEntry]) -> None:
         try:
@@ -219,7 +256,7 @@ class Verifier:
         except Exception as error:  # put them back in order; the next step retries
             self._metrics.background_failures.labels("verifier").inc()
             _log.warning("verifying account %s failed, will retry: %s", account_id, error)
-            self._queued[account_id] = entries + self._queued.pop(account_id, [])
+            self._enqueue(account_id, entries, first=True)
             await asyncio.sleep(self._retry_interval)
         finally:
             del self._busy[account_id]

@@ -487,21 +487,34 @@ def _machine() -> str:
     return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}"
 
 
-async def main(seconds: float, replay_events: int) -> dict[str, Any]:
-    """Runs every benchmark and prints the table."""
+SCENARIOS = (
+    "ingest", "verified_ingest", "create_session", "latency", "fan_out", "replay", "burst",
+)  # fmt: skip
+
+
+async def main(seconds: float, replay_events: int, only: set[str]) -> dict[str, Any]:
+    """Runs the chosen benchmarks (all by default) and prints the table."""
     if os.cpu_count() is not None and os.cpu_count() >= 2:  # type: ignore[operator]
         os.sched_setaffinity(0, {SERVER_CPU})  # inherited by every server this run starts
     started = time.perf_counter()
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="stackone-bench-") as tmp:
         workdir = Path(tmp)
-        rows = [await bench_ingest(workdir, seconds)]
-        rows.append(await bench_verified_ingest(workdir, seconds))
-        rows += await bench_create_session(workdir, seconds)
-        rows.append(await bench_latency(workdir, seconds, 1000.0, "p99 <= 5 ms"))
-        rows.append(await bench_latency(workdir, seconds, 100.0, "(for context)"))
-        rows += await bench_fan_out(workdir)
-        rows += await bench_replay(workdir, replay_events)
-        rows += await bench_burst(workdir)
+        if "ingest" in only:
+            rows.append(await bench_ingest(workdir, seconds))
+        if "verified_ingest" in only:
+            rows.append(await bench_verified_ingest(workdir, seconds))
+        if "create_session" in only:
+            rows += await bench_create_session(workdir, seconds)
+        if "latency" in only:
+            rows.append(await bench_latency(workdir, seconds, 1000.0, "p99 <= 5 ms"))
+            rows.append(await bench_latency(workdir, seconds, 100.0, "(for context)"))
+        if "fan_out" in only:
+            rows += await bench_fan_out(workdir)
+        if "replay" in only:
+            rows += await bench_replay(workdir, replay_events)
+        if "burst" in only:
+            rows += await bench_burst(workdir)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     took = time.perf_counter() - started
     print(f"\nstackone-connect benchmarks, {when}, {_machine()}, {took:.0f} s\n")
@@ -513,7 +526,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each load phase")
     parser.add_argument("--replay-events", type=int, default=100_000)
+    parser.add_argument(
+        "--only", default=",".join(SCENARIOS), help=f"comma-separated, of: {', '.join(SCENARIOS)}"
+    )
     options = parser.parse_args()
-    results = asyncio.run(main(options.seconds, options.replay_events))
+    chosen = set(options.only.split(","))
+    if unknown := chosen - set(SCENARIOS):
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    results = asyncio.run(main(options.seconds, options.replay_events, chosen))
     RESULTS.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     print(f"\nwritten to {RESULTS}")
