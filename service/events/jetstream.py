@@ -647,8 +647,13 @@ async def _ensure_inbox(js: JetStreamContext, options: JetStreamOptions) -> None
         discard=DiscardPolicy.NEW,
         duplicate_window=options.inbox_duplicate_window,
     )
+    await _create_or_update(js, options.inbox_stream, config)
+
+
+async def _create_or_update(js: JetStreamContext, name: str, config: StreamConfig) -> None:
+    """Creates the stream `name` with `config`, or brings an existing one to it."""
     try:
-        await js.stream_info(options.inbox_stream)
+        await js.stream_info(name)
     except nats.js.errors.NotFoundError:
         await js.add_stream(config)
         return
@@ -677,9 +682,4 @@ async def _ensure_stream(js: JetStreamContext, options: JetStreamOptions) -> Non
         max_msgs=options.max_count or -1,
         duplicate_window=min(options.dedup_window, options.max_age),
     )
-    try:
-        await js.stream_info(options.stream)
-    except nats.js.errors.NotFoundError:
-        await js.add_stream(config)
-        return
-    await js.update_stream(config)
+    await _create_or_update(js, options.stream, config)

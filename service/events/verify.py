@@ -121,7 +121,7 @@ class Verifier:
         deadline: float = 60.0,
         lookup_timeout: float = 10.0,
         quiet: float = 1.0,
-        concurrency: int = 32,
+        concurrency: int = 16,
         read_ahead: int = 10_000,
         retry_interval: float = 1.0,
     ) -> None:
