@@ -73,9 +73,11 @@ CREATE TABLE IF NOT EXISTS accounts (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 -- Webhooks accepted at the door and not yet verified; AUTOINCREMENT so that a sequence
 -- is never reused after its entry is cleared (the verifier reads after the last it saw).
+-- No index on event_id: random keys would dirty a page per webhook in every commit; the
+-- one writer keeps the pending ids in memory instead.
 CREATE TABLE IF NOT EXISTS inbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
+    event_id TEXT NOT NULL,
     type TEXT NOT NULL,
     account_id TEXT NOT NULL,
     received_at REAL NOT NULL,
@@ -116,6 +118,8 @@ class _Staged(Generic[_T]):
     result: _T
     stored: list[StoredEvent] = field(default_factory=list)
     inbox_delta: int = 0
+    pending_added: tuple[str, ...] = ()
+    pending_removed: tuple[str, ...] = ()
     inbox_latest: int = 0
 
 
@@ -166,7 +170,8 @@ class SqliteEventLog:
         self._pending: asyncio.Queue[_PendingWrite[Any]] = asyncio.Queue()
         self._inbox_limit = inbox_limit
         self._inbox_depth = 0
-        self._inbox_staged = 0  # entries added by the transaction being staged
+        self._pending_ids: set[str] = set()  # event ids in the inbox (committed)
+        self._staged_ids: set[str] = set()  # added by the transaction being staged
         self._inbox_latest = 0
         self._inbox_waiters = Tail(0)  # used only to wake the verifier on new entries
         self._write_lock = asyncio.Lock()
@@ -204,7 +209,8 @@ class SqliteEventLog:
         )
         latest, log._pruned_through = await log._on_writer(log._load_positions)
         log._tail.start_at(latest)
-        log._inbox_depth, log._inbox_latest = await log._on_writer(log._load_inbox_position)
+        log._pending_ids, log._inbox_latest = await log._on_writer(log._load_inbox_position)
+        log._inbox_depth = len(log._pending_ids)
         log._inbox_waiters.start_at(log._inbox_latest)
         log._tasks = [
             asyncio.create_task(log._write_loop(), name="eventlog-writer"),
@@ -294,9 +300,8 @@ class SqliteEventLog:
         """Appends `records` and clears `entries` in one transaction."""
         if self._closed:
             raise EventLogUnavailable("the event log is closed")
-        seqs = [entry.seq for entry in entries]
         return await self._write(
-            lambda now: self._stage_settle(records, seqs, now), max(1, len(records))
+            lambda now: self._stage_settle(records, entries, now), max(1, len(records))
         )
 
     async def wait_for_inbox(self, after: int, timeout: float) -> None:
@@ -411,7 +416,7 @@ class SqliteEventLog:
             else:
                 self._committed(batch, staged)
             finally:
-                self._inbox_staged = 0
+                self._staged_ids.clear()
             for _ in batch:
                 self._pending.task_done()
 
@@ -456,6 +461,8 @@ class SqliteEventLog:
                     pending.done.set_exception(outcome)
                 continue
             self._inbox_depth += outcome.inbox_delta
+            self._pending_ids.update(outcome.pending_added)
+            self._pending_ids.difference_update(outcome.pending_removed)
             inbox_latest = max(inbox_latest, outcome.inbox_latest)
             if not pending.done.done():
                 pending.done.set_result(outcome.result)
@@ -465,37 +472,39 @@ class SqliteEventLog:
             self._inbox_waiters.wake_waiters()
 
     def _stage_accept(self, entry: InboxEntry) -> _Staged[bool]:
-        if self._inbox_depth + self._inbox_staged >= self._inbox_limit:
+        event_id = entry.event_id
+        if event_id in self._pending_ids or event_id in self._staged_ids:
+            return _Staged(False)  # a redelivery of a webhook still waiting
+        conn = self._writer_conn
+        if conn.execute("SELECT 1 FROM dedup WHERE event_id = ?", (event_id,)).fetchone():
+            return _Staged(False)  # a redelivery of a recorded webhook
+        if self._inbox_depth + len(self._staged_ids) >= self._inbox_limit:
             raise InboxFull(
                 f"{self._inbox_depth} webhooks are waiting for verification (the limit)"
             )
-        # One statement: not recorded already (dedup) and not pending (the unique id).
-        inserted = self._writer_conn.execute(
+        inserted = conn.execute(
             "INSERT INTO inbox (event_id, type, account_id, received_at, body)"
-            " SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM dedup WHERE event_id = ?)"
-            " ON CONFLICT (event_id) DO NOTHING",
-            (
-                entry.event_id,
-                entry.type,
-                entry.account_id,
-                entry.received_at,
-                entry.body,
-                entry.event_id,
-            ),
+            " VALUES (?, ?, ?, ?, ?)",
+            (event_id, entry.type, entry.account_id, entry.received_at, entry.body),
         )
-        if inserted.rowcount == 0:
-            return _Staged(False)  # a redelivery, recorded or still waiting
-        self._inbox_staged += 1
-        return _Staged(True, inbox_delta=1, inbox_latest=int(inserted.lastrowid or 0))
+        self._staged_ids.add(event_id)
+        return _Staged(
+            True,
+            inbox_delta=1,
+            inbox_latest=int(inserted.lastrowid or 0),
+            pending_added=(event_id,),
+        )
 
     def _stage_settle(
-        self, records: Sequence[EventRecord], seqs: Sequence[int], now: float
+        self, records: Sequence[EventRecord], entries: Sequence[InboxEntry], now: float
     ) -> _Staged[list[AppendOutcome]]:
         staged = self._stage_records(records, now)
         cleared = 0
-        for seq in seqs:
-            cleared += self._writer_conn.execute("DELETE FROM inbox WHERE seq = ?", (seq,)).rowcount
+        for entry in entries:
+            deleted = self._writer_conn.execute("DELETE FROM inbox WHERE seq = ?", (entry.seq,))
+            cleared += deleted.rowcount
         staged.inbox_delta = -cleared
+        staged.pending_removed = tuple(entry.event_id for entry in entries)
         return staged
 
     def _stage_records(
@@ -577,11 +586,11 @@ class SqliteEventLog:
         pruned = conn.execute("SELECT value FROM meta WHERE key = 'pruned_through'").fetchone()
         return (int(row[0]) if row else 0, int(pruned[0]) if pruned else 0)
 
-    def _load_inbox_position(self) -> tuple[int, int]:
+    def _load_inbox_position(self) -> tuple[set[str], int]:
         conn = self._writer_conn
-        (depth,) = conn.execute("SELECT count(*) FROM inbox").fetchone()
+        pending = {row[0] for row in conn.execute("SELECT event_id FROM inbox")}
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'inbox'").fetchone()
-        return int(depth), int(row[0]) if row else 0
+        return pending, int(row[0]) if row else 0
 
     def _probe_write(self) -> None:
         self._writer_conn.execute("BEGIN IMMEDIATE")
