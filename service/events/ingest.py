@@ -88,10 +88,11 @@ def _event_id(payload: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(orjson.dumps(stable, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def parse_webhook(body: bytes) -> WebhookEvent:
+def parse_webhook(body: bytes, *, event_id: str | None = None) -> WebhookEvent:
     """Parses a webhook body; raises `InvalidWebhook` with a reason a person can act on.
 
     Fields are read from the top level, or from a `data` object where StackOne nests them.
+    `event_id`, when the caller knows it already, saves computing it again.
     """
     try:
         payload = orjson.loads(body)
@@ -106,7 +107,7 @@ def parse_webhook(body: bytes) -> WebhookEvent:
     event_type = _text(fields, "event", required=True)
     is_account_event = event_type.startswith("account.")
     return WebhookEvent(
-        event_id=_event_id(payload),
+        event_id=event_id or _event_id(payload),
         type=event_type,
         account_id=_text(fields, "account_id", required=is_account_event),
         provider=_text(fields, "provider"),

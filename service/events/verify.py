@@ -82,12 +82,6 @@ class _Waiting:
 
 
 @dataclass(frozen=True, slots=True)
-class _Webhook:
-    entry: InboxEntry
-    parsed: pb.AccountEvent  # what the webhook itself says, unverified
-
-
-@dataclass(frozen=True, slots=True)
 class Verification:
     """The outcome of verifying one group of webhooks."""
 
@@ -263,20 +257,19 @@ class Verifier:
 
     async def records(self, entries: Sequence[InboxEntry]) -> list[EventRecord]:
         """The events recording `entries` (one account's, in arrival order)."""
-        webhooks = [_Webhook(entry, parsed) for entry in entries if (parsed := _parsed(entry))]
-        groups: list[list[_Webhook]] = []
-        for webhook in webhooks:
-            folds = webhook.entry.type in VERIFIED_TYPES
-            if folds and groups and groups[-1][0].entry.type in VERIFIED_TYPES:
-                groups[-1].append(webhook)
+        groups: list[list[InboxEntry]] = []
+        for entry in entries:
+            folds = entry.type in VERIFIED_TYPES
+            if folds and groups and groups[-1][0].type in VERIFIED_TYPES:
+                groups[-1].append(entry)
             else:
-                groups.append([webhook])
+                groups.append([entry])
         records: list[EventRecord] = []
         for index, group in enumerate(groups):
-            if group[0].entry.type not in VERIFIED_TYPES:
+            if group[0].type not in VERIFIED_TYPES:
                 verification = Verification(pb.VERIFICATION_NOT_APPLICABLE, outcome="not_needed")
             elif index + 1 < len(groups):
-                later = groups[index + 1][0].entry.type
+                later = groups[index + 1][0].type
                 verification = Verification(
                     pb.VERIFICATION_UNVERIFIED,
                     error=f"superseded by a later {later} before it could be verified",
@@ -285,19 +278,20 @@ class Verifier:
             else:
                 verification = await self._verify(group)
             self._metrics.verifications.labels(verification.outcome).inc()
-            message, inbox_through = _folded(group, verification)
-            records.append(event_record(message, inbox_through=inbox_through))
+            # Only the newest webhook of a group is read again: it carries the state.
+            message = _folded(group, _parsed(group[-1]), verification)
+            records.append(event_record(message, inbox_through=max(e.seq for e in group)))
         return records
 
-    async def _verify(self, group: Sequence[_Webhook]) -> Verification:
-        account_id = group[0].entry.account_id
+    async def _verify(self, group: Sequence[InboxEntry]) -> Verification:
+        account_id = group[0].account_id
         if self._accounts is None:
             return Verification(
                 pb.VERIFICATION_UNVERIFIED,
                 error="no StackOne client is configured",
                 outcome="no_client",
             )
-        ends_at = min(webhook.entry.received_at for webhook in group) + self._deadline
+        ends_at = min(entry.received_at for entry in group) + self._deadline
         last_error = "the StackOne rate budget had no room for the look-up"
         backoff = 0.1
         while (remaining := ends_at - time.time()) > 0:
@@ -323,55 +317,60 @@ class Verifier:
         )
 
 
-def _parsed(entry: InboxEntry) -> pb.AccountEvent | None:
-    """The event a stored webhook describes (it was validated at the door)."""
-    try:
-        webhook = parse_webhook(entry.body)
-    except InvalidWebhook as error:  # only if the rules changed since it was accepted
-        _log.error("dropping inbox entry %s: %s", entry.event_id, error)
-        return None
-    received_at = Timestamp()
-    received_at.FromNanoseconds(int(entry.received_at * 1e9))
-    return pb.AccountEvent(
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _parsed(entry: InboxEntry) -> pb.AccountEvent:
+    """The event a stored webhook describes (validated at the door), unverified."""
+    message = pb.AccountEvent(
         event_id=entry.event_id,
         type=entry.type,
-        account=pb.Account(
-            id=entry.account_id,
-            provider=webhook.provider,
-            origin_owner_id=webhook.origin_owner_id,
-            origin_owner_name=webhook.origin_owner_name,
-            origin_username=webhook.origin_username,
-        ),
-        occurred_at=timestamp(webhook.occurred_at) or received_at,
-        received_at=received_at,
+        account=pb.Account(id=entry.account_id),
         source=pb.EVENT_SOURCE_WEBHOOK,
     )
+    try:
+        webhook = parse_webhook(entry.body, event_id=entry.event_id)
+    except InvalidWebhook as error:  # only if the rules changed since it was accepted
+        _log.error(
+            "inbox entry %s no longer parses, recording its id only: %s", entry.event_id, error
+        )
+        return message
+    message.account.provider = webhook.provider
+    message.account.origin_owner_id = webhook.origin_owner_id
+    message.account.origin_owner_name = webhook.origin_owner_name
+    message.account.origin_username = webhook.origin_username
+    if (occurred_at := timestamp(webhook.occurred_at)) is not None:
+        message.occurred_at.CopyFrom(occurred_at)
+    return message
 
 
-def _folded(group: Sequence[_Webhook], verification: Verification) -> tuple[pb.AccountEvent, int]:
+def _folded(
+    group: Sequence[InboxEntry], newest: pb.AccountEvent, verification: Verification
+) -> pb.AccountEvent:
     """One event for a group: the first webhook's id and receipt, the newest state."""
-    first, newest = group[0].parsed, group[-1].parsed
-    covered = list(dict.fromkeys(webhook.entry.event_id for webhook in group))
-    event_type = newest.type if len(group) == 1 else first.type
-    account = pb.Account()
-    account.CopyFrom(newest.account)
+    first = group[0]
+    account = newest.account
     if verification.account is not None:
-        verified = pb.Account()
-        verified.CopyFrom(verification.account)
+        verified = verification.account
         # Keep what the webhook said where StackOne's answer leaves a field empty.
-        for field, value in account.ListFields():
-            if not getattr(verified, field.name):
-                setattr(verified, field.name, value)
+        for field_descriptor, value in account.ListFields():
+            if not getattr(verified, field_descriptor.name):
+                setattr(verified, field_descriptor.name, value)
         account = verified
     message = pb.AccountEvent(
         event_id=first.event_id,
-        type=event_type,
+        type=newest.type if len(group) == 1 else first.type,
         account=account,
-        occurred_at=newest.occurred_at,
-        received_at=first.received_at,
+        occurred_at=newest.occurred_at if newest.HasField("occurred_at") else None,
+        received_at=_timestamp(first.received_at),
         source=pb.EVENT_SOURCE_WEBHOOK,
         verification=verification.state,
         verification_error=verification.error,
-        covered_event_ids=covered,
+        covered_event_ids=list(dict.fromkeys(entry.event_id for entry in group)),
     )
-    return message, max(webhook.entry.seq for webhook in group)
+    if not message.HasField("occurred_at"):
+        message.occurred_at.CopyFrom(_timestamp(group[-1].received_at))
+    return message
