@@ -55,6 +55,7 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
+from service.aio import cancel_all
 from service.events.model import (
     AppendOutcome,
     EventLogUnavailable,
@@ -67,7 +68,7 @@ from service.events.model import (
     StoredEvent,
     already_known,
 )
-from service.events.tail import Tail
+from service.events.tail import Tail, Watermark
 
 _log = logging.getLogger(__name__)
 
@@ -148,7 +149,9 @@ class JetStreamEventLog:
         self._tasks: list[asyncio.Task[None]] = []
         self._notifications: Any = None
         self._inbox_notifications: Any = None
-        self._inbox_waiters = Tail(0)  # used only to wake the verifier
+        # Counts the inbox publications seen (of any replica): hints to read the inbox.
+        self._inbox_hints = Watermark()
+        self._inbox_hints_seen = 0
 
     @classmethod
     async def open(
@@ -373,8 +376,8 @@ class JetStreamEventLog:
 
     async def wait_for_inbox(self, after: int, timeout: float) -> None:
         """Returns when a webhook reaches the inbox (of any replica), or after `timeout`."""
-        await self._inbox_waiters.wait_for_append(after, timeout)
-        self._inbox_waiters.latest = 0  # each wake-up is a hint; `pending` reads the truth
+        await self._inbox_hints.wait_past(self._inbox_hints_seen, timeout)
+        self._inbox_hints_seen = self._inbox_hints.value  # `pending` reads the truth
 
     async def inbox_stats(self) -> InboxStats:
         """Messages in the inbox stream and the receipt time of the first."""
@@ -404,8 +407,7 @@ class JetStreamEventLog:
         return f"{self._options.subject_prefix}.{_token(account_id)}"
 
     async def _on_inbox_notification(self, message: Msg) -> None:
-        self._inbox_waiters.latest = 1 << 62
-        self._inbox_waiters.wake_waiters()
+        self._inbox_hints.advance(self._inbox_hints.value + 1)
 
     async def check_writable(self) -> None:
         """Raises `EventLogUnavailable` unless NATS is connected and the stream answers."""
@@ -427,9 +429,7 @@ class JetStreamEventLog:
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         with contextlib.suppress(*NATS_ERRORS):
             await self._nc.close()
         self._tail.wake_waiters()
@@ -448,9 +448,8 @@ class JetStreamEventLog:
             if record.inbox_through and record.inbox_through <= last.inbox_through:
                 return AppendOutcome(record.event_id, 0, duplicate=True)  # settled already
             if already_known(record, last.known):
-                # Published anyway (as a marker) would be noise; only the settling counts.
-                if record.inbox_through > last.inbox_through:
-                    await self._remember_ids(record, 0)
+                # Remembered, as on SQLite, so a redelivery is dropped without another check.
+                await self._remember_ids(record, 0)
                 return AppendOutcome(record.event_id, 0, duplicate=True)
             recorded_at = time.time()
             headers = {

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from service.aio import cancel_all
 from service.events.model import (
     AppendOutcome,
     EventLogUnavailable,
@@ -37,7 +38,7 @@ from service.events.model import (
     StoredEvent,
     already_known,
 )
-from service.events.tail import Tail
+from service.events.tail import Tail, Watermark
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -117,7 +118,6 @@ class _Staged(Generic[_T]):
 
     result: _T
     stored: list[StoredEvent] = field(default_factory=list)
-    inbox_delta: int = 0
     pending_added: tuple[str, ...] = ()
     pending_removed: tuple[str, ...] = ()
     inbox_latest: int = 0
@@ -169,11 +169,9 @@ class SqliteEventLog:
         self._max_batch = max_batch
         self._pending: asyncio.Queue[_PendingWrite[Any]] = asyncio.Queue()
         self._inbox_limit = inbox_limit
-        self._inbox_depth = 0
         self._pending_ids: set[str] = set()  # event ids in the inbox (committed)
         self._staged_ids: set[str] = set()  # added by the transaction being staged
-        self._inbox_latest = 0
-        self._inbox_waiters = Tail(0)  # used only to wake the verifier on new entries
+        self._inbox_latest = Watermark()  # the newest inbox sequence committed
         self._write_lock = asyncio.Lock()
         self._pruned_through = 0
         self._tail = Tail(tail_bytes)
@@ -209,9 +207,7 @@ class SqliteEventLog:
         )
         latest, log._pruned_through = await log._on_writer(log._load_positions)
         log._tail.start_at(latest)
-        log._pending_ids, log._inbox_latest = await log._on_writer(log._load_inbox_position)
-        log._inbox_depth = len(log._pending_ids)
-        log._inbox_waiters.start_at(log._inbox_latest)
+        log._pending_ids, log._inbox_latest.value = await log._on_writer(log._load_inbox_position)
         log._tasks = [
             asyncio.create_task(log._write_loop(), name="eventlog-writer"),
             asyncio.create_task(log._retention_loop(), name="eventlog-retention"),
@@ -306,7 +302,7 @@ class SqliteEventLog:
 
     async def wait_for_inbox(self, after: int, timeout: float) -> None:
         """Returns once an entry past `after` was accepted, or after `timeout` seconds."""
-        await self._inbox_waiters.wait_for_append(after, timeout)
+        await self._inbox_latest.wait_past(after, timeout)
 
     async def inbox_stats(self) -> InboxStats:
         """Entries waiting and the arrival time of the oldest (the first by sequence)."""
@@ -315,7 +311,7 @@ class SqliteEventLog:
         row = self._lookup_conn.execute(
             "SELECT received_at FROM inbox ORDER BY seq LIMIT 1"
         ).fetchone()
-        return InboxStats(self._inbox_depth, None if row is None else float(row[0]))
+        return InboxStats(len(self._pending_ids), None if row is None else float(row[0]))
 
     async def check_writable(self) -> None:
         """Takes and releases the write lock to prove the file is writable."""
@@ -329,9 +325,7 @@ class SqliteEventLog:
             return
         self._closed = True
         await self._pending.join()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         await self._on_writer(self._writer_conn.close)
         await self._on_reader(self._reader_conn.close)
         self._lookup_conn.close()
@@ -454,22 +448,18 @@ class SqliteEventLog:
             event for outcome in staged if isinstance(outcome, _Staged) for event in outcome.stored
         ]
         self._tail.publish(stored)
-        inbox_latest = self._inbox_latest
+        inbox_latest = 0
         for pending, outcome in zip(batch, staged, strict=True):
             if isinstance(outcome, BaseException):
                 if not pending.done.done():
                     pending.done.set_exception(outcome)
                 continue
-            self._inbox_depth += outcome.inbox_delta
             self._pending_ids.update(outcome.pending_added)
             self._pending_ids.difference_update(outcome.pending_removed)
             inbox_latest = max(inbox_latest, outcome.inbox_latest)
             if not pending.done.done():
                 pending.done.set_result(outcome.result)
-        if inbox_latest > self._inbox_latest:
-            self._inbox_latest = inbox_latest
-            self._inbox_waiters.latest = inbox_latest
-            self._inbox_waiters.wake_waiters()
+        self._inbox_latest.advance(inbox_latest)  # wakes the verifier
 
     def _stage_accept(self, entry: InboxEntry) -> _Staged[bool]:
         event_id = entry.event_id
@@ -478,9 +468,9 @@ class SqliteEventLog:
         conn = self._writer_conn
         if conn.execute("SELECT 1 FROM dedup WHERE event_id = ?", (event_id,)).fetchone():
             return _Staged(False)  # a redelivery of a recorded webhook
-        if self._inbox_depth + len(self._staged_ids) >= self._inbox_limit:
+        if len(self._pending_ids) + len(self._staged_ids) >= self._inbox_limit:
             raise InboxFull(
-                f"{self._inbox_depth} webhooks are waiting for verification (the limit)"
+                f"{len(self._pending_ids)} webhooks are waiting for verification (the limit)"
             )
         inserted = conn.execute(
             "INSERT INTO inbox (event_id, type, account_id, received_at, body)"
@@ -490,7 +480,6 @@ class SqliteEventLog:
         self._staged_ids.add(event_id)
         return _Staged(
             True,
-            inbox_delta=1,
             inbox_latest=int(inserted.lastrowid or 0),
             pending_added=(event_id,),
         )
@@ -499,11 +488,9 @@ class SqliteEventLog:
         self, records: Sequence[EventRecord], entries: Sequence[InboxEntry], now: float
     ) -> _Staged[list[AppendOutcome]]:
         staged = self._stage_records(records, now)
-        cleared = 0
-        for entry in entries:
-            deleted = self._writer_conn.execute("DELETE FROM inbox WHERE seq = ?", (entry.seq,))
-            cleared += deleted.rowcount
-        staged.inbox_delta = -cleared
+        self._writer_conn.executemany(
+            "DELETE FROM inbox WHERE seq = ?", [(entry.seq,) for entry in entries]
+        )
         staged.pending_removed = tuple(entry.event_id for entry in entries)
         return staged
 

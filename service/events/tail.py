@@ -19,28 +19,72 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+class Watermark:
+    """A number that only grows, and the coroutines waiting for it to pass a mark."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._waits_stopped = False
+
+    def advance(self, value: int) -> None:
+        """Raises the mark to `value` (if higher) and wakes every waiter."""
+        if value > self.value:
+            self.value = value
+            self.wake_waiters()
+
+    async def wait_past(self, mark: int, timeout: float) -> None:
+        """Returns once the value exceeds `mark`, or after `timeout` seconds."""
+        if self.value > mark or self._waits_stopped:
+            return
+        # A bare future and timer per wait: with thousands of idle streams, waking each
+        # costs measurably less than asyncio.Event plus asyncio.timeout.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(waiter)
+        timer = loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiters.discard(waiter)  # gone already unless the timer woke it
+
+    def stop_waits(self) -> None:
+        """Ends every current and later `wait_past` at once (the server is draining)."""
+        self._waits_stopped = True
+        self.wake_waiters()
+
+    def wake_waiters(self) -> None:
+        """Ends every current `wait_past`."""
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            _wake(waiter)
+
+
 class Tail:
     """Every event with a cursor above `floor`, oldest first, bounded by their bytes."""
 
     def __init__(self, budget_bytes: int) -> None:
-        self.latest = 0  # the newest cursor published
+        self._latest = Watermark()  # the newest cursor published
         self._floor = 0
         self._events: list[StoredEvent] = []
         self._bytes = 0
         self._budget = budget_bytes
-        self._waiters: set[asyncio.Future[None]] = set()
-        self._waits_stopped = False
+
+    @property
+    def latest(self) -> int:
+        """The newest cursor published."""
+        return self._latest.value
 
     def start_at(self, latest: int) -> None:
         """Starts an empty tail after `latest`, the newest cursor already in storage."""
-        self.latest = self._floor = latest
+        self._latest.value = self._floor = latest
 
     def publish(self, events: Sequence[StoredEvent]) -> None:
         """Adds the events newer than `latest` and wakes every waiting follower."""
         fresh = [event for event in events if event.cursor > self.latest]
         if not fresh:
             return
-        self.latest = fresh[-1].cursor
         self._events.extend(fresh)
         self._bytes += sum(len(event.body) for event in fresh)
         if self._bytes > 2 * self._budget:
@@ -51,7 +95,7 @@ class Tail:
                 dropped += 1
             self._floor = self._events[dropped - 1].cursor
             del self._events[:dropped]
-        self.wake_waiters()
+        self._latest.advance(fresh[-1].cursor)
 
     def read(self, after: int, limit: int) -> list[StoredEvent] | None:
         """Up to `limit` events after `after`; None when they are older than the tail."""
@@ -70,27 +114,12 @@ class Tail:
 
     async def wait_for_append(self, after: int, timeout: float) -> None:
         """Returns once an event past `after` is published, or after `timeout` seconds."""
-        if self.latest > after or self._waits_stopped:
-            return
-        # A bare future and timer per wait: with thousands of idle streams, waking each
-        # costs measurably less than asyncio.Event plus asyncio.timeout.
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.add(waiter)
-        timer = loop.call_later(timeout, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiters.discard(waiter)  # gone already unless the timer woke it
+        await self._latest.wait_past(after, timeout)
 
     def stop_waits(self) -> None:
         """Ends every current and later `wait_for_append` at once (the server is draining)."""
-        self._waits_stopped = True
-        self.wake_waiters()
+        self._latest.stop_waits()
 
     def wake_waiters(self) -> None:
         """Ends every current `wait_for_append`."""
-        waiters, self._waiters = self._waiters, set()
-        for waiter in waiters:
-            _wake(waiter)
+        self._latest.wake_waiters()

@@ -189,9 +189,13 @@ class Verifier:
                 return
             limit = min(_PAGE, self._read_ahead - self._held)
             entries = await self._log.pending(self._read_through, limit)
+            by_account: dict[str, list[InboxEntry]] = {}
             for entry in entries:
-                self._enqueue(entry.account_id, [entry])
-                self._read_through = entry.seq
+                by_account.setdefault(entry.account_id, []).append(entry)
+            for account_id, of_account in by_account.items():
+                self._enqueue(account_id, of_account)
+            if entries:
+                self._read_through = entries[-1].seq
             self._held += len(entries)
             if len(entries) < limit:
                 return
