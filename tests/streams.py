@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 
 from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 
 StreamCall = grpc.aio.UnaryStreamCall[Any, pb.StreamAccountEventsResponse]
 
@@ -66,3 +69,14 @@ async def events_covering(stream: StreamCall, event_ids: set[str]) -> list[pb.Ac
             events.append(event)
             missing -= set(event.covered_event_ids) | {event.event_id}
     return events
+
+
+@asynccontextmanager
+async def subscribed(target: str, **request: object) -> AsyncIterator[StreamCall]:
+    """A stream on the server at `target`, attached (its first bookmark read)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.ConnectServiceStub(channel)
+        stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(**request))  # type: ignore[arg-type]
+        await attached(stream)
+        yield stream
+        stream.cancel()

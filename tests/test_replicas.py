@@ -17,12 +17,11 @@ from google.protobuf.empty_pb2 import Empty
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EmulatorConfig, build_emulator_app
 from service.web import listening
 from tests.nats import NatsServer
 from tests.processes import ServeProcess, serve_env, serve_process
-from tests.streams import StreamCall, attached, events_until_caught_up, next_event
+from tests.streams import events_until_caught_up, next_event, subscribed
 from tests.support import WEBHOOK_SECRET, LogBackend
 from tests.test_stream_guarantees import deliver, webhook
 
@@ -50,17 +49,6 @@ async def replicas(
         ]
 
 
-@asynccontextmanager
-async def subscribed(serve: ServeProcess, **request: object) -> AsyncIterator[StreamCall]:
-    """A stream on `serve`, attached (its first bookmark read)."""
-    async with grpc.aio.insecure_channel(serve.grpc_target) as channel:
-        stub = pb_grpc.ConnectServiceStub(channel)
-        stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(**request))  # type: ignore[arg-type]
-        await attached(stream)
-        yield stream
-        stream.cancel()
-
-
 async def test_a_webhook_redelivered_to_another_replica_appears_once_on_both(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
@@ -68,8 +56,8 @@ async def test_a_webhook_redelivered_to_another_replica_appears_once_on_both(
     body, marker = webhook(), webhook()
     async with (
         replicas(2, tmp_path, nats_server.url) as (a, b),
-        subscribed(a) as on_a,
-        subscribed(b) as on_b,
+        subscribed(a.grpc_target) as on_a,
+        subscribed(b.grpc_target) as on_b,
         httpx.AsyncClient(base_url=a.gateway_url) as http_a,
         httpx.AsyncClient(base_url=b.gateway_url) as http_b,
     ):
@@ -96,7 +84,7 @@ async def test_a_subscriber_resumes_on_another_replica_after_a_crash(
     """Cursor taken on A, A killed, resumed on B: every later event, no gap, no duplicate."""
     async with replicas(2, tmp_path, nats_server.url) as (a, b):
         bodies = [webhook() for _ in range(9)]
-        async with subscribed(a) as on_a:
+        async with subscribed(a.grpc_target) as on_a:
             async with httpx.AsyncClient(base_url=a.gateway_url) as http_a:
                 for body in bodies[:5]:
                     assert (await deliver(http_a, body)).status_code == 200
@@ -106,7 +94,7 @@ async def test_a_subscriber_resumes_on_another_replica_after_a_crash(
         async with httpx.AsyncClient(base_url=b.gateway_url) as http_b:
             for body in bodies[5:]:
                 assert (await deliver(http_b, body)).status_code == 200
-        async with subscribed(b, after_cursor=cursor) as on_b:
+        async with subscribed(b.grpc_target, after_cursor=cursor) as on_b:
             latest = await _latest_cursor(b)
             resumed = await events_until_caught_up(on_b, latest)
     assert [e.account.id for e in read] == [webhook_account(x) for x in bodies[:3]]
@@ -117,7 +105,7 @@ async def test_a_subscriber_resumes_on_another_replica_after_a_crash(
 
 
 async def _latest_cursor(serve: ServeProcess) -> str:
-    async with subscribed(serve) as stream:
+    async with subscribed(serve.grpc_target) as stream:
         item = await stream.read()
         assert isinstance(item, pb.StreamAccountEventsResponse)
     return item.bookmark.cursor if item.HasField("bookmark") else item.event.cursor
@@ -133,7 +121,7 @@ async def test_a_nats_restart_is_not_ready_then_5xx_then_recovers_by_itself(
     try:
         async with (
             replicas(1, tmp_path, server.url, STACKONE_CONNECT_READINESS_INTERVAL="0.2") as (one,),
-            subscribed(one) as stream,
+            subscribed(one.grpc_target) as stream,
             httpx.AsyncClient(base_url=one.gateway_url, timeout=10) as http,
         ):
             before = webhook()
@@ -207,7 +195,7 @@ async def test_two_replicas_sweeping_at_once_record_each_change_once(
             await emulator.patch(f"/emulator/accounts/{ids[1]}", json={"status": "error"})
             await emulator.delete(f"/accounts/{ids[2]}", auth=("replica-key", ""))
             await asyncio.sleep(1.0)  # many sweeps on both replicas
-            async with subscribed(a, from_earliest=Empty()) as stream:
+            async with subscribed(a.grpc_target, from_earliest=Empty()) as stream:
                 events = await events_until_caught_up(stream, await _latest_cursor(a))
     by_account = {i: [e.type for e in events if e.account.id == i] for i in ids}
     assert by_account == {

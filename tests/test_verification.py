@@ -25,7 +25,7 @@ from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EMULATOR_STATE, EmulatorState
 from service.runtime import Runtime, running
 from tests.processes import serve_env, serve_process
-from tests.streams import StreamCall, attached, events_covering, next_item
+from tests.streams import StreamCall, events_covering, next_item, subscribed
 from tests.support import WEBHOOK_SECRET, LogBackend, eventually, make_settings, signed_headers
 
 pytestmark = pytest.mark.asyncio
@@ -112,12 +112,8 @@ async def harness(tmp_path: Path, backend: LogBackend) -> AsyncIterator[Harness]
 @pytest_asyncio.fixture
 async def stream(harness: Harness) -> AsyncIterator[StreamCall]:
     """A subscriber of every event from now on."""
-    async with grpc.aio.insecure_channel(harness.service.grpc_target) as channel:
-        stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
-        call = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
-        await attached(call)
+    async with subscribed(harness.service.grpc_target) as call:
         yield call
-        call.cancel()
 
 
 async def test_a_webhook_is_answered_while_stackone_is_still_being_asked(
@@ -245,12 +241,9 @@ async def test_sigkill_during_a_backlog_loses_no_webhook_and_records_none_twice(
     accounts = [f"backlog-{n:03d}" for n in range(100)]
     async with (
         serve_process({**env, **budget}) as serve,
-        grpc.aio.insecure_channel(serve.grpc_target) as channel,
+        subscribed(serve.grpc_target) as live,
         httpx.AsyncClient(base_url=serve.gateway_url) as http,
     ):
-        stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
-        live = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
-        await attached(live)
         senders = [asyncio.create_task(sender(http, accounts[k::16])) for k in range(16)]
         await asyncio.wait_for(enough.wait(), timeout=60)
         recorded_before = await _next_events(live)  # the verifier is recording
@@ -260,13 +253,9 @@ async def test_sigkill_during_a_backlog_loses_no_webhook_and_records_none_twice(
     assert len(recorded_before) < len(everything), "the kill came during a backlog"
     async with (
         serve_process(env) as serve,
-        grpc.aio.insecure_channel(serve.grpc_target) as channel,
+        subscribed(serve.grpc_target, from_earliest=Empty()) as stream,
     ):
-        stub = pb_grpc.ConnectServiceStub(channel)
-        stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(from_earliest=Empty()))
-        await attached(stream)
         events = await events_covering(stream, everything)
-        stream.cancel()
     covered = [event_id for event in events for event_id in event.covered_event_ids]
     assert len(covered) == len(set(covered)), "no webhook is recorded twice"
     assert everything <= set(covered), "every acknowledged webhook survived"
@@ -301,17 +290,15 @@ async def test_verification_never_spends_the_callers_reserve_and_the_deadline_bo
         tmp_path, backend, rate_limit=5, emulator_rate_limit=5, verify_deadline=1.5
     ) as harness:
         accounts = [await harness.account() for _ in range(6)]
-        async with grpc.aio.insecure_channel(harness.service.grpc_target) as channel:
-            stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
-            stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
-            await attached(stream)
+        async with subscribed(harness.service.grpc_target) as stream:
             ids = {
                 (await harness.deliver(webhook("account.updated", account_id))).json()["event_id"]
                 for account_id in accounts
             }
             events = await events_covering(stream, ids)
-            stream.cancel()
-            # After the burst has spent all it may, the caller's reserve is still there.
+        # After the burst has spent all it may, the caller's reserve is still there.
+        async with grpc.aio.insecure_channel(harness.service.grpc_target) as channel:
+            stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
             session = await stub.CreateSession(
                 pb.CreateSessionRequest(origin_owner_id="o", origin_owner_name="O")
             )
