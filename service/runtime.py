@@ -28,8 +28,8 @@ from service.events.reconcile import Reconciler
 from service.events.sqlite import Retention, SqliteEventLog
 from service.events.verify import Verifier
 from service.metrics import Metrics
-from service.server import SERVICE_NAME, HealthReporter, build_grpc_server, new_health_servicer
-from service.servicer import ConnectServicer
+from service.rpc.server import SERVICE_NAME, HealthReporter, build_grpc_server, new_health_servicer
+from service.rpc.servicer import ConnectServicer
 from service.stackone.budget import RateBudget
 from service.stackone.client import StackOneClient
 from service.web import ListeningApp, listening

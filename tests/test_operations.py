@@ -17,8 +17,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.rpc.server import SERVICE_NAME
 from service.runtime import Runtime, running
-from service.server import SERVICE_NAME
 from tests.processes import serve_env, serve_process
 from tests.streams import StreamCall, attached, next_event
 from tests.support import WEBHOOK_SECRET, make_settings, signed_headers

@@ -24,11 +24,11 @@ from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EmulatorConfig, build_emulator_app
 from service.events.reconcile import all_accounts
 from service.metrics import Metrics
+from service.rpc.status import status_for
 from service.runtime import running
 from service.stackone.budget import Priority, RateBudget
 from service.stackone.client import StackOneClient
 from service.stackone.errors import BudgetExhausted
-from service.status import status_for
 from service.web import listening
 from tests.support import make_settings
 from tests.test_service_errors import details_of

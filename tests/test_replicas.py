@@ -97,8 +97,10 @@ async def test_a_subscriber_resumes_on_another_replica_after_a_crash(
         async with subscribed(b.grpc_target, after_cursor=cursor) as on_b:
             latest = await _latest_cursor(b)
             resumed = await events_until_caught_up(on_b, latest)
-    assert [e.account.id for e in read] == [webhook_account(x) for x in bodies[:3]]
-    assert [e.account.id for e in resumed] == [webhook_account(x) for x in bodies[3:]]
+    # Accounts are verified independently, so their order across accounts is not fixed:
+    # what matters is that the two reads together hold every webhook exactly once.
+    seen = [e.account.id for e in read] + [e.account.id for e in resumed]
+    assert sorted(seen) == sorted(webhook_account(x) for x in bodies)
     cursors = [int(e.cursor) for e in resumed]
     assert cursors == sorted(set(cursors))
     assert cursors[0] > int(cursor)

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from service.api.convert import account_message, timestamp
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.convert import account_message, timestamp
 from service.events.ingest import event_record
 from service.events.log import EventLog
 from service.events.model import EventRecord, KnownAccount

@@ -32,8 +32,8 @@ from typing import Protocol
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.aio import cancel_all
+from service.api.convert import account_message, timestamp
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.convert import account_message, timestamp
 from service.events.ingest import InvalidWebhook, event_record, parse_webhook
 from service.events.log import EventLog
 from service.events.model import EventRecord, InboxEntry

@@ -14,7 +14,7 @@ import uvloop
 from pydantic import ValidationError
 
 from service import logs
-from service.commands import add_client_commands, run_client_command
+from service.cli.commands import add_client_commands, run_client_command
 from service.config import ENV_PREFIX, Settings
 from service.runtime import ConfigurationError, running
 
@@ -109,7 +109,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(run_client_command(args.command, args))
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """How domain errors become gRPC statuses.
 
-Servicers raise domain exceptions; `service.interceptor.CallInterceptor` turns each into
+Servicers raise domain exceptions; `service.rpc.interceptor.CallInterceptor` turns each into
 a canonical code, a message a person can act on, and `google.rpc` details where they help:
 
 | raised                        | gRPC code           | details           |
@@ -27,8 +27,8 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from service.events.model import CursorOutOfRange, EventLogUnavailable, ServerDraining
+from service.rpc.validation import InvalidRequest
 from service.stackone import errors as upstream
-from service.validation import InvalidRequest
 
 _log = logging.getLogger(__name__)
 _DOMAIN = "stackone-connect"

@@ -1,7 +1,7 @@
 """The ConnectService servicer: protocol data in, domain calls, protocol data out.
 
 Errors are raised as domain exceptions and mapped to statuses by
-`service.interceptor.CallInterceptor`; validation happens before any upstream call.
+`service.rpc.interceptor.CallInterceptor`; validation happens before any upstream call.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from typing import Any
 
 import grpc
 
-from service import convert, validation, wire
+from service.api import convert
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.feed import follow, resolve_start
 from service.events.log import EventLog
 from service.events.model import Bookmark, ServerDraining
 from service.metrics import Metrics
+from service.rpc import validation, wire
 from service.stackone.client import StackOneClient
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -88,7 +89,7 @@ class ConnectServicer:
     ) -> AsyncIterator[bytes]:
         """StreamAccountEvents: matching events from the requested position, with bookmarks.
 
-        Yields serialized responses (see `service.wire`); `service.server` registers it
+        Yields serialized responses (see `service.rpc.wire`); `service.rpc.server` registers it
         in place of the generated `StreamAccountEvents` with no response serializer.
         """
         event_filter, start, per_message = validation.stream_request(request)

@@ -9,11 +9,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.auth import AuthInterceptor, ClientRegistry
 from service.config import Settings
-from service.interceptor import CallInterceptor
 from service.metrics import Metrics
-from service.servicer import ConnectServicer
+from service.rpc.auth import AuthInterceptor, ClientRegistry
+from service.rpc.interceptor import CallInterceptor
+from service.rpc.servicer import ConnectServicer
 
 MethodHandler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["ConnectService"].full_name

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import orjson
 
-from service.grpc_typing import ServerInterceptor
+from service.rpc.grpc_typing import ServerInterceptor
 
 if TYPE_CHECKING:
-    from service.grpc_typing import Continuation, Handler
+    from service.rpc.grpc_typing import Continuation, Handler
 
 _log = logging.getLogger(__name__)
 SCOPES = frozenset({"sessions:create", "accounts:read", "accounts:write", "events:read"})

@@ -1,7 +1,7 @@
 """The one server interceptor every RPC passes through.
 
 For each call it sets the request id that log lines carry, maps domain exceptions to
-gRPC statuses (`service.status`), and records the call's code and latency.
+gRPC statuses (`service.rpc.status`), and records the call's code and latency.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_status import rpc_status
 
-from service.grpc_typing import ServerInterceptor
 from service.logs import REQUEST_ID, new_request_id
 from service.metrics import Metrics
-from service.status import status_for
+from service.rpc.grpc_typing import ServerInterceptor
+from service.rpc.status import status_for
 
 if TYPE_CHECKING:
-    from service.grpc_typing import Continuation, Handler
+    from service.rpc.grpc_typing import Continuation, Handler
 
 Context = grpc.aio.ServicerContext[Any, Any]
 REQUEST_ID_HEADER = "x-request-id"

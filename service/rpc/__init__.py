@@ -1,0 +1,1 @@
+"""The gRPC edge: the server, the servicer, interceptors, auth, validation and statuses."""
