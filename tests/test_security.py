@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
+import httpx
 import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -112,6 +113,32 @@ async def test_tokens_and_scopes_over_tls(tmp_path: Path, certificates: Certific
         health = health_pb2_grpc.HealthStub(channel)
         reply = await health.Check(health_pb2.HealthCheckRequest())
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, "probes need no token"
+
+
+async def test_denied_calls_are_counted_with_their_code(
+    tmp_path: Path, certificates: Certificates
+) -> None:
+    """Calls that authentication ends appear in stackone_connect_rpcs_total with their code."""
+    async with (
+        tls_service(tmp_path, certificates) as service,
+        tls_channel(service, certificates) as channel,
+    ):
+        stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
+        assert await code_of(stub.CreateSession(SESSION)) == grpc.StatusCode.UNAUTHENTICATED
+        assert (
+            await code_of(stub.CreateSession(SESSION, metadata=bearer(READER)))
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
+        stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(), metadata=bearer(READER))
+        assert await code_of(stream.read()) == grpc.StatusCode.PERMISSION_DENIED
+        async with httpx.AsyncClient(base_url=service.gateway.base_url) as http:
+            metrics = (await http.get("/metrics")).text
+    for line in (
+        'stackone_connect_rpcs_total{code="UNAUTHENTICATED",method="CreateSession"} 1.0',
+        'stackone_connect_rpcs_total{code="PERMISSION_DENIED",method="CreateSession"} 1.0',
+        'stackone_connect_rpcs_total{code="PERMISSION_DENIED",method="StreamAccountEvents"} 1.0',
+    ):
+        assert line in metrics
 
 
 async def test_a_plaintext_client_cannot_talk_to_a_tls_server(

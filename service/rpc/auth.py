@@ -18,25 +18,20 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 import orjson
 
-from service.rpc.grpc_typing import ServerInterceptor
+from service.rpc.interceptor import MethodInterceptor, replace_behaviour
+from service.rpc.methods import CONNECT_METHODS
 
 if TYPE_CHECKING:
-    from service.rpc.grpc_typing import Continuation, Handler
+    from service.rpc.grpc_typing import Handler
 
 _log = logging.getLogger(__name__)
-SCOPES = frozenset({"sessions:create", "accounts:read", "accounts:write", "events:read"})
-METHOD_SCOPES = {
-    "CreateSession": "sessions:create",
-    "GetAccount": "accounts:read",
-    "ListAccounts": "accounts:read",
-    "DeleteAccount": "accounts:write",
-    "StreamAccountEvents": "events:read",
-}
+METHOD_SCOPES = {method.name: method.scope for method in CONNECT_METHODS}
+SCOPES = frozenset(METHOD_SCOPES.values())
 RELOAD_EVERY = 1.0
 
 
@@ -127,47 +122,32 @@ def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bytes | Non
     return None
 
 
-def _deny(
-    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
-) -> grpc.RpcMethodHandler[Any, Any]:
+def _deny(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
     """A handler of the same kind as `handler` that ends the call with `code`."""
 
-    async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
         await context.abort(code, message)
 
     async def deny_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(code, message)
         yield  # type: ignore[unreachable]  # makes this an async generator, as streams need
 
-    options = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(deny_stream, **options)
-    return grpc.unary_unary_rpc_method_handler(deny, **options)
+    return replace_behaviour(handler, unary=deny, stream=deny_stream)
 
 
-class AuthInterceptor(ServerInterceptor):
+class AuthInterceptor(MethodInterceptor):
     """UNAUTHENTICATED without a known bearer token, PERMISSION_DENIED without the scope."""
 
     def __init__(self, registry: ClientRegistry, service_name: str) -> None:
+        super().__init__(service_name)
         self._registry = registry
-        self._prefix = f"/{service_name}/"
 
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
+    def intercept_method(
+        self, method: str, handler: Handler, details: grpc.HandlerCallDetails
     ) -> Handler:
         """Lets the call through only for a client holding the method's scope."""
-        # None for an unknown method, though grpc-stubs do not say so.
-        handler: Handler | None = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not method.startswith(self._prefix):
-            return handler  # type: ignore[return-value]
-        scope = METHOD_SCOPES.get(method.removeprefix(self._prefix))
-        token = _bearer(handler_call_details.invocation_metadata)
+        scope = METHOD_SCOPES[method]
+        token = _bearer(details.invocation_metadata)
         client = self._registry.find(token) if token else None
         if client is None:
             return _deny(
@@ -175,7 +155,7 @@ class AuthInterceptor(ServerInterceptor):
                 grpc.StatusCode.UNAUTHENTICATED,
                 "a valid bearer token is required: send 'authorization: Bearer <token>'",
             )
-        if scope is None or scope not in client.scopes:
+        if scope not in client.scopes:
             return _deny(
                 handler,
                 grpc.StatusCode.PERMISSION_DENIED,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from grpc_status import rpc_status
@@ -26,6 +27,55 @@ Context = grpc.aio.ServicerContext[Any, Any]
 REQUEST_ID_HEADER = "x-request-id"
 
 
+class MethodInterceptor(ServerInterceptor, ABC):
+    """Base of the interceptors of one service: health and reflection pass through.
+
+    Subclasses see only that service's methods, by name, with the handler to wrap.
+    """
+
+    def __init__(self, service_name: str) -> None:
+        self._prefix = f"/{service_name}/"
+
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        """Hands the service's methods to `intercept_method`; others pass through."""
+        # None for an unknown method, though grpc-stubs do not say so.
+        handler: Handler | None = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(self._prefix):
+            return handler  # type: ignore[return-value]
+        return self.intercept_method(
+            method.removeprefix(self._prefix), handler, handler_call_details
+        )
+
+    @abstractmethod
+    def intercept_method(
+        self, method: str, handler: Handler, details: grpc.HandlerCallDetails
+    ) -> Handler:
+        """The handler that serves `method` in place of `handler`."""
+
+
+def replace_behaviour(
+    handler: Handler,
+    *,
+    unary: Callable[..., Awaitable[Any]] | None = None,
+    stream: Callable[..., AsyncIterator[Any]] | None = None,
+) -> Handler:
+    """A handler of the same kind and serializers as `handler` that runs the given behaviour."""
+    options = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_stream is not None and stream is not None:
+        return grpc.unary_stream_rpc_method_handler(stream, **options)
+    if handler.unary_unary is not None and unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary, **options)
+    raise TypeError("no behaviour given for this kind of handler")
+
+
 class _Call:
     """Book-keeping of one RPC: request id, timing, outcome."""
 
@@ -38,11 +88,15 @@ class _Call:
         supplied = metadata.get(REQUEST_ID_HEADER)
         REQUEST_ID.set(supplied if isinstance(supplied, str) else new_request_id())
 
-    async def fail(self, error: Exception) -> None:
+    async def fail(self, error: Exception) -> NoReturn:
         """Ends the call with the status that reports `error`."""
         status = rpc_status.to_status(status_for(error))
         self.finish(status.code)
         await self.context.abort(status.code, status.details, status.trailing_metadata)
+
+    def aborted(self) -> None:
+        """Counts a call that an inner layer (such as authentication) ended."""
+        self.finish(self.context.code())
 
     def finish(self, code: grpc.StatusCode, *, timed: bool = True) -> None:
         """Counts the call's outcome (and its latency, for unary calls)."""
@@ -51,37 +105,22 @@ class _Call:
             self.metrics.rpc_seconds.labels(self.method).observe(time.perf_counter() - self.started)
 
 
-class CallInterceptor(ServerInterceptor):
+class CallInterceptor(MethodInterceptor):
     """Request ids, error statuses and metrics for the RPCs of one service."""
 
     def __init__(self, metrics: Metrics, service_name: str) -> None:
+        super().__init__(service_name)
         self._metrics = metrics
-        self._prefix = f"/{service_name}/"
 
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
+    def intercept_method(
+        self, method: str, handler: Handler, details: grpc.HandlerCallDetails
     ) -> Handler:
-        """Wraps unary and server-streaming handlers; others pass through."""
-        # None for an unknown method, though grpc-stubs do not say so.
-        handler: Handler | None = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(self._prefix):
-            return handler  # type: ignore[return-value]  # health and reflection pass through
-        method = handler_call_details.method.rpartition("/")[2]
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+        """Wraps the method's behaviour with its book-keeping."""
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+            return replace_behaviour(handler, stream=self._stream(method, handler.unary_stream))
+        if handler.unary_unary is not None:
+            return replace_behaviour(handler, unary=self._unary(method, handler.unary_unary))
+        return handler  # ConnectService has no client-streaming methods
 
     def _unary(self, method: str, inner: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, context: Context) -> Any:
@@ -89,6 +128,7 @@ class CallInterceptor(ServerInterceptor):
             try:
                 response = await inner(request, context)
             except grpc.aio.AbortError:
+                call.aborted()
                 raise
             except Exception as error:  # every error becomes a status
                 await call.fail(error)
@@ -107,6 +147,7 @@ class CallInterceptor(ServerInterceptor):
                 call.finish(grpc.StatusCode.CANCELLED, timed=False)
                 raise
             except grpc.aio.AbortError:
+                call.aborted()
                 raise
             except Exception as error:  # every error becomes a status
                 await call.fail(error)

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, TypeAlias
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.config import Settings
 from service.metrics import Metrics
 from service.rpc.auth import AuthInterceptor, ClientRegistry
 from service.rpc.interceptor import CallInterceptor
+from service.rpc.methods import CONNECT_METHODS, CONNECT_SERVICE, Method, MethodTableError
 from service.rpc.servicer import ConnectServicer
 
 MethodHandler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["ConnectService"].full_name
+SERVICE_NAME: str = CONNECT_SERVICE.full_name
 
 _OPTIONS = [
     # Ping idle connections so streams to vanished subscribers are noticed.
@@ -55,38 +56,33 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def connect_service_handlers(servicer: ConnectServicer) -> dict[str, MethodHandler]:
-    """ConnectService's method handlers, as the generated `add_..._to_server` makes them.
+def connect_service_handlers(
+    servicer: object, methods: Sequence[Method] = CONNECT_METHODS
+) -> dict[str, MethodHandler]:
+    """A handler for each method of the proto, calling the servicer's method of that name.
 
-    Except StreamAccountEvents: its method yields already-serialized responses, which grpc
-    sends as they are because the handler has no response serializer.
+    Server-streaming methods yield already-serialized responses (`service.rpc.wire`), which
+    grpc sends as they are because their handler has no response serializer.
     """
-    return {
-        "CreateSession": grpc.unary_unary_rpc_method_handler(
-            servicer.CreateSession,
-            request_deserializer=pb.CreateSessionRequest.FromString,
-            response_serializer=pb.Session.SerializeToString,
-        ),
-        "GetAccount": grpc.unary_unary_rpc_method_handler(
-            servicer.GetAccount,
-            request_deserializer=pb.GetAccountRequest.FromString,
-            response_serializer=pb.Account.SerializeToString,
-        ),
-        "ListAccounts": grpc.unary_unary_rpc_method_handler(
-            servicer.ListAccounts,
-            request_deserializer=pb.ListAccountsRequest.FromString,
-            response_serializer=pb.ListAccountsResponse.SerializeToString,
-        ),
-        "DeleteAccount": grpc.unary_unary_rpc_method_handler(
-            servicer.DeleteAccount,
-            request_deserializer=pb.DeleteAccountRequest.FromString,
-            response_serializer=pb.Account.SerializeToString,
-        ),
-        "StreamAccountEvents": grpc.unary_stream_rpc_method_handler(
-            servicer.stream_account_events,
-            request_deserializer=pb.StreamAccountEventsRequest.FromString,
-        ),
-    }
+    handlers: dict[str, MethodHandler] = {}
+    for method in methods:
+        behaviour = getattr(servicer, method.name, None)
+        if behaviour is None:
+            raise MethodTableError(
+                f"{type(servicer).__name__} has no method {method.name}, "
+                "which the proto's ConnectService declares"
+            )
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                behaviour, request_deserializer=method.request.FromString
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour,
+                request_deserializer=method.request.FromString,
+                response_serializer=method.response.SerializeToString,
+            )
+    return handlers
 
 
 def build_grpc_server(

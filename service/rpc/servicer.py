@@ -84,13 +84,13 @@ class ConnectServicer:
         account = await self._stackone.delete_account(account_id, deadline=self._deadline(context))
         return convert.account_message(account)
 
-    async def stream_account_events(
+    async def StreamAccountEvents(
         self, request: pb.StreamAccountEventsRequest, context: Context
     ) -> AsyncIterator[bytes]:
-        """StreamAccountEvents: matching events from the requested position, with bookmarks.
+        """Matching events from the requested position, with bookmarks.
 
-        Yields serialized responses (see `service.rpc.wire`); `service.rpc.server` registers it
-        in place of the generated `StreamAccountEvents` with no response serializer.
+        Yields serialized responses (see `service.rpc.wire`), which `service.rpc.server`
+        registers with no response serializer, as it does every server-streaming method.
         """
         event_filter, start, per_message = validation.stream_request(request)
         after = await resolve_start(self._log, start)

@@ -22,50 +22,61 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%service/api/v1/stackone_connect.proto\x12\x13stackone_connect.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x02\n\x14\x43reateSessionRequest\x12\x17\n\x0forigin_owner_id\x18\x01 \x01(\t\x12\x19\n\x11origin_owner_name\x18\x02 \x01(\t\x12\x17\n\x0forigin_username\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x17\n\nexpires_in\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\naccount_id\x18\x07 \x01(\t\x12\r\n\x05label\x18\x08 \x01(\t\x12)\n\x08metadata\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08multiple\x18\n \x01(\x08\x42\r\n\x0b_expires_in\"\xf5\x01\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x15\n\rauth_link_url\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x12\n\ncategories\x18\x06 \x03(\t\x12\x17\n\x0forigin_owner_id\x18\x07 \x01(\t\x12\x19\n\x11origin_owner_name\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"`\n\x0cStatusReason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfd\x02\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x15\n\rprovider_name\x18\x03 \x01(\t\x12\x17\n\x0forigin_owner_id\x18\x04 \x01(\t\x12\x19\n\x11origin_owner_name\x18\x05 \x01(\t\x12\x17\n\x0forigin_username\x18\x06 \x01(\t\x12\x32\n\x06status\x18\x07 \x01(\x0e\x32\".stackone_connect.v1.AccountStatus\x12\x12\n\nraw_status\x18\x08 \x01(\t\x12\x39\n\x0estatus_reasons\x18\t \x03(\x0b\x32!.stackone_connect.v1.StatusReason\x12\r\n\x05label\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\x90\x01\n\x13ListAccountsRequest\x12\x18\n\x10origin_owner_ids\x18\x01 \x03(\t\x12\x11\n\tproviders\x18\x02 \x03(\t\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x03 \x03(\t\x12\x10\n\x08statuses\x18\x04 \x03(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"_\n\x14ListAccountsResponse\x12.\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x1c.stackone_connect.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14\x44\x65leteAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\x91\x02\n\x1aStreamAccountEventsRequest\x12\x11\n\tproviders\x18\x01 \x03(\t\x12\x18\n\x10origin_owner_ids\x18\x02 \x03(\t\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x03 \x03(\t\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12*\n\x08\x66rom_now\x18\x05 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x16\n\x0c\x61\x66ter_cursor\x18\x06 \x01(\tH\x00\x12/\n\rfrom_earliest\x18\x07 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x1e\n\x16max_events_per_message\x18\x08 \x01(\rB\x07\n\x05start\"\xf1\x02\n\x0c\x41\x63\x63ountEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12-\n\x07\x61\x63\x63ount\x18\x04 \x01(\x0b\x32\x1c.stackone_connect.v1.Account\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breceived_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06source\x18\x07 \x01(\x0e\x32 .stackone_connect.v1.EventSource\x12\x37\n\x0cverification\x18\x08 \x01(\x0e\x32!.stackone_connect.v1.Verification\x12\x1a\n\x12verification_error\x18\t \x01(\t\x12\x19\n\x11\x63overed_event_ids\x18\n \x03(\t\"G\n\x08\x42ookmark\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\nEventBatch\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.stackone_connect.v1.AccountEvent\"\xbf\x01\n\x1bStreamAccountEventsResponse\x12\x32\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.stackone_connect.v1.AccountEventH\x00\x12\x31\n\x08\x62ookmark\x18\x02 \x01(\x0b\x32\x1d.stackone_connect.v1.BookmarkH\x00\x12\x31\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x1f.stackone_connect.v1.EventBatchH\x00\x42\x06\n\x04item*\x9b\x01\n\rAccountStatus\x12\x1e\n\x1a\x41\x43\x43OUNT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_ACTIVE\x10\x01\x12\x1b\n\x17\x41\x43\x43OUNT_STATUS_INACTIVE\x10\x02\x12\x18\n\x14\x41\x43\x43OUNT_STATUS_ERROR\x10\x03\x12\x18\n\x14\x41\x43\x43OUNT_STATUS_OTHER\x10\x04*f\n\x0b\x45ventSource\x12\x1c\n\x18\x45VENT_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_SOURCE_WEBHOOK\x10\x01\x12\x1f\n\x1b\x45VENT_SOURCE_RECONCILIATION\x10\x02*\x85\x01\n\x0cVerification\x12\x1c\n\x18VERIFICATION_UNSPECIFIED\x10\x00\x12\x19\n\x15VERIFICATION_VERIFIED\x10\x01\x12\x1b\n\x17VERIFICATION_UNVERIFIED\x10\x02\x12\x1f\n\x1bVERIFICATION_NOT_APPLICABLE\x10\x03\x32\xf9\x03\n\x0e\x43onnectService\x12X\n\rCreateSession\x12).stackone_connect.v1.CreateSessionRequest\x1a\x1c.stackone_connect.v1.Session\x12R\n\nGetAccount\x12&.stackone_connect.v1.GetAccountRequest\x1a\x1c.stackone_connect.v1.Account\x12\x63\n\x0cListAccounts\x12(.stackone_connect.v1.ListAccountsRequest\x1a).stackone_connect.v1.ListAccountsResponse\x12X\n\rDeleteAccount\x12).stackone_connect.v1.DeleteAccountRequest\x1a\x1c.stackone_connect.v1.Account\x12z\n\x13StreamAccountEvents\x12/.stackone_connect.v1.StreamAccountEventsRequest\x1a\x30.stackone_connect.v1.StreamAccountEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%service/api/v1/stackone_connect.proto\x12\x13stackone_connect.v1\x1a google/protobuf/descriptor.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x02\n\x14\x43reateSessionRequest\x12\x17\n\x0forigin_owner_id\x18\x01 \x01(\t\x12\x19\n\x11origin_owner_name\x18\x02 \x01(\t\x12\x17\n\x0forigin_username\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x17\n\nexpires_in\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\naccount_id\x18\x07 \x01(\t\x12\r\n\x05label\x18\x08 \x01(\t\x12)\n\x08metadata\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08multiple\x18\n \x01(\x08\x42\r\n\x0b_expires_in\"\xf5\x01\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x15\n\rauth_link_url\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x12\n\ncategories\x18\x06 \x03(\t\x12\x17\n\x0forigin_owner_id\x18\x07 \x01(\t\x12\x19\n\x11origin_owner_name\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"`\n\x0cStatusReason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfd\x02\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x15\n\rprovider_name\x18\x03 \x01(\t\x12\x17\n\x0forigin_owner_id\x18\x04 \x01(\t\x12\x19\n\x11origin_owner_name\x18\x05 \x01(\t\x12\x17\n\x0forigin_username\x18\x06 \x01(\t\x12\x32\n\x06status\x18\x07 \x01(\x0e\x32\".stackone_connect.v1.AccountStatus\x12\x12\n\nraw_status\x18\x08 \x01(\t\x12\x39\n\x0estatus_reasons\x18\t \x03(\x0b\x32!.stackone_connect.v1.StatusReason\x12\r\n\x05label\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\x90\x01\n\x13ListAccountsRequest\x12\x18\n\x10origin_owner_ids\x18\x01 \x03(\t\x12\x11\n\tproviders\x18\x02 \x03(\t\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x03 \x03(\t\x12\x10\n\x08statuses\x18\x04 \x03(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"_\n\x14ListAccountsResponse\x12.\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x1c.stackone_connect.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14\x44\x65leteAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\x91\x02\n\x1aStreamAccountEventsRequest\x12\x11\n\tproviders\x18\x01 \x03(\t\x12\x18\n\x10origin_owner_ids\x18\x02 \x03(\t\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x03 \x03(\t\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12*\n\x08\x66rom_now\x18\x05 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x16\n\x0c\x61\x66ter_cursor\x18\x06 \x01(\tH\x00\x12/\n\rfrom_earliest\x18\x07 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x1e\n\x16max_events_per_message\x18\x08 \x01(\rB\x07\n\x05start\"\xf1\x02\n\x0c\x41\x63\x63ountEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12-\n\x07\x61\x63\x63ount\x18\x04 \x01(\x0b\x32\x1c.stackone_connect.v1.Account\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breceived_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06source\x18\x07 \x01(\x0e\x32 .stackone_connect.v1.EventSource\x12\x37\n\x0cverification\x18\x08 \x01(\x0e\x32!.stackone_connect.v1.Verification\x12\x1a\n\x12verification_error\x18\t \x01(\t\x12\x19\n\x11\x63overed_event_ids\x18\n \x03(\t\"G\n\x08\x42ookmark\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\nEventBatch\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.stackone_connect.v1.AccountEvent\"\xbf\x01\n\x1bStreamAccountEventsResponse\x12\x32\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.stackone_connect.v1.AccountEventH\x00\x12\x31\n\x08\x62ookmark\x18\x02 \x01(\x0b\x32\x1d.stackone_connect.v1.BookmarkH\x00\x12\x31\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x1f.stackone_connect.v1.EventBatchH\x00\x42\x06\n\x04item*\x9b\x01\n\rAccountStatus\x12\x1e\n\x1a\x41\x43\x43OUNT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_ACTIVE\x10\x01\x12\x1b\n\x17\x41\x43\x43OUNT_STATUS_INACTIVE\x10\x02\x12\x18\n\x14\x41\x43\x43OUNT_STATUS_ERROR\x10\x03\x12\x18\n\x14\x41\x43\x43OUNT_STATUS_OTHER\x10\x04*f\n\x0b\x45ventSource\x12\x1c\n\x18\x45VENT_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_SOURCE_WEBHOOK\x10\x01\x12\x1f\n\x1b\x45VENT_SOURCE_RECONCILIATION\x10\x02*\x85\x01\n\x0cVerification\x12\x1c\n\x18VERIFICATION_UNSPECIFIED\x10\x00\x12\x19\n\x15VERIFICATION_VERIFIED\x10\x01\x12\x1b\n\x17VERIFICATION_UNVERIFIED\x10\x02\x12\x1f\n\x1bVERIFICATION_NOT_APPLICABLE\x10\x03\x32\xda\x04\n\x0e\x43onnectService\x12m\n\rCreateSession\x12).stackone_connect.v1.CreateSessionRequest\x1a\x1c.stackone_connect.v1.Session\"\x13\x8a\xb5\x18\x0fsessions:create\x12\x65\n\nGetAccount\x12&.stackone_connect.v1.GetAccountRequest\x1a\x1c.stackone_connect.v1.Account\"\x11\x8a\xb5\x18\raccounts:read\x12v\n\x0cListAccounts\x12(.stackone_connect.v1.ListAccountsRequest\x1a).stackone_connect.v1.ListAccountsResponse\"\x11\x8a\xb5\x18\raccounts:read\x12l\n\rDeleteAccount\x12).stackone_connect.v1.DeleteAccountRequest\x1a\x1c.stackone_connect.v1.Account\"\x12\x8a\xb5\x18\x0e\x61\x63\x63ounts:write\x12\x8b\x01\n\x13StreamAccountEvents\x12/.stackone_connect.v1.StreamAccountEventsRequest\x1a\x30.stackone_connect.v1.StreamAccountEventsResponse\"\x0f\x8a\xb5\x18\x0b\x65vents:read0\x01:8\n\x0erequired_scope\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'service.api.v1.stackone_connect_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCOUNTSTATUS']._serialized_start=2470
-  _globals['_ACCOUNTSTATUS']._serialized_end=2625
-  _globals['_EVENTSOURCE']._serialized_start=2627
-  _globals['_EVENTSOURCE']._serialized_end=2729
-  _globals['_VERIFICATION']._serialized_start=2732
-  _globals['_VERIFICATION']._serialized_end=2865
-  _globals['_CREATESESSIONREQUEST']._serialized_start=155
-  _globals['_CREATESESSIONREQUEST']._serialized_end=428
-  _globals['_SESSION']._serialized_start=431
-  _globals['_SESSION']._serialized_end=676
-  _globals['_STATUSREASON']._serialized_start=678
-  _globals['_STATUSREASON']._serialized_end=774
-  _globals['_ACCOUNT']._serialized_start=777
-  _globals['_ACCOUNT']._serialized_end=1158
-  _globals['_GETACCOUNTREQUEST']._serialized_start=1160
-  _globals['_GETACCOUNTREQUEST']._serialized_end=1199
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=1202
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1346
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=1348
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=1443
-  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1445
-  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1487
-  _globals['_STREAMACCOUNTEVENTSREQUEST']._serialized_start=1490
-  _globals['_STREAMACCOUNTEVENTSREQUEST']._serialized_end=1763
-  _globals['_ACCOUNTEVENT']._serialized_start=1766
-  _globals['_ACCOUNTEVENT']._serialized_end=2135
-  _globals['_BOOKMARK']._serialized_start=2137
-  _globals['_BOOKMARK']._serialized_end=2208
-  _globals['_EVENTBATCH']._serialized_start=2210
-  _globals['_EVENTBATCH']._serialized_end=2273
-  _globals['_STREAMACCOUNTEVENTSRESPONSE']._serialized_start=2276
-  _globals['_STREAMACCOUNTEVENTSRESPONSE']._serialized_end=2467
-  _globals['_CONNECTSERVICE']._serialized_start=2868
-  _globals['_CONNECTSERVICE']._serialized_end=3373
+  _globals['_CONNECTSERVICE'].methods_by_name['CreateSession']._loaded_options = None
+  _globals['_CONNECTSERVICE'].methods_by_name['CreateSession']._serialized_options = b'\212\265\030\017sessions:create'
+  _globals['_CONNECTSERVICE'].methods_by_name['GetAccount']._loaded_options = None
+  _globals['_CONNECTSERVICE'].methods_by_name['GetAccount']._serialized_options = b'\212\265\030\raccounts:read'
+  _globals['_CONNECTSERVICE'].methods_by_name['ListAccounts']._loaded_options = None
+  _globals['_CONNECTSERVICE'].methods_by_name['ListAccounts']._serialized_options = b'\212\265\030\raccounts:read'
+  _globals['_CONNECTSERVICE'].methods_by_name['DeleteAccount']._loaded_options = None
+  _globals['_CONNECTSERVICE'].methods_by_name['DeleteAccount']._serialized_options = b'\212\265\030\016accounts:write'
+  _globals['_CONNECTSERVICE'].methods_by_name['StreamAccountEvents']._loaded_options = None
+  _globals['_CONNECTSERVICE'].methods_by_name['StreamAccountEvents']._serialized_options = b'\212\265\030\013events:read'
+  _globals['_ACCOUNTSTATUS']._serialized_start=2504
+  _globals['_ACCOUNTSTATUS']._serialized_end=2659
+  _globals['_EVENTSOURCE']._serialized_start=2661
+  _globals['_EVENTSOURCE']._serialized_end=2763
+  _globals['_VERIFICATION']._serialized_start=2766
+  _globals['_VERIFICATION']._serialized_end=2899
+  _globals['_CREATESESSIONREQUEST']._serialized_start=189
+  _globals['_CREATESESSIONREQUEST']._serialized_end=462
+  _globals['_SESSION']._serialized_start=465
+  _globals['_SESSION']._serialized_end=710
+  _globals['_STATUSREASON']._serialized_start=712
+  _globals['_STATUSREASON']._serialized_end=808
+  _globals['_ACCOUNT']._serialized_start=811
+  _globals['_ACCOUNT']._serialized_end=1192
+  _globals['_GETACCOUNTREQUEST']._serialized_start=1194
+  _globals['_GETACCOUNTREQUEST']._serialized_end=1233
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=1236
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1380
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=1382
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=1477
+  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1479
+  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1521
+  _globals['_STREAMACCOUNTEVENTSREQUEST']._serialized_start=1524
+  _globals['_STREAMACCOUNTEVENTSREQUEST']._serialized_end=1797
+  _globals['_ACCOUNTEVENT']._serialized_start=1800
+  _globals['_ACCOUNTEVENT']._serialized_end=2169
+  _globals['_BOOKMARK']._serialized_start=2171
+  _globals['_BOOKMARK']._serialized_end=2242
+  _globals['_EVENTBATCH']._serialized_start=2244
+  _globals['_EVENTBATCH']._serialized_end=2307
+  _globals['_STREAMACCOUNTEVENTSRESPONSE']._serialized_start=2310
+  _globals['_STREAMACCOUNTEVENTSRESPONSE']._serialized_end=2501
+  _globals['_CONNECTSERVICE']._serialized_start=2902
+  _globals['_CONNECTSERVICE']._serialized_end=3504
 # @@protoc_insertion_point(module_scope)
