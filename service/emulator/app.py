@@ -122,16 +122,22 @@ class Fault:
         retry_after: the Retry-After header to send with `status`.
         reset: drop the connection without an answer.
         malformed: answer 200 with a body that is not JSON.
+        body: answer with this body (status `status`, or 200), repeated `repeat` times: an
+            odd or huge answer without a huge fault request.
         times: how many requests it applies to; None for all.
+
+    `retry_after` may be text, sent as it is ("inf", an HTTP date).
     """
 
     path_prefix: str = "/"
     method: str | None = None
     status: int | None = None
     delay: float = 0.0
-    retry_after: float | None = None
+    retry_after: float | str | None = None
     reset: bool = False
     malformed: bool = False
+    body: str | None = None
+    repeat: int = 1
     times: int | None = None
 
     def matches(self, request: web.Request) -> bool:
@@ -268,12 +274,29 @@ async def stackone_edge(request: web.Request, handler: Handler) -> web.StreamRes
             raise ConnectionResetError("emulator fault: connection reset")
         if fault.malformed:
             return web.Response(status=200, text="{not json", content_type="application/json")
-        if fault.status is not None:
-            headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
-            return stackone_error(fault.status, f"Emulated fault {fault.status}", **headers)
+        if (answer := _fault_answer(fault)) is not None:
+            return answer
     if not _authorized(request):
         return stackone_error(401, "Unauthorized")
     return await handler(request)
+
+
+def _fault_answer(fault: Fault) -> web.StreamResponse | None:
+    """The answer a fault gives, or None for one that only delays."""
+    retry_after = fault.retry_after
+    headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+    if isinstance(retry_after, float | int):
+        headers = {"Retry-After": f"{retry_after:g}"}
+    if fault.body is not None:
+        return web.Response(
+            status=fault.status or 200,
+            body=fault.body.encode() * fault.repeat,
+            content_type="application/json",
+            headers=headers,
+        )
+    if fault.status is not None:
+        return stackone_error(fault.status, f"Emulated fault {fault.status}", **headers)
+    return None
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:

@@ -6,6 +6,11 @@ recorded for it; each difference becomes a synthesized `account.created`, `.upda
 change itself, so replicas sweeping at the same time produce the same ids and the log
 records each change once. Accounts changed within the grace period are left for their
 webhook, which is usually on its way.
+
+StackOne documents neither a maximum page size nor how paging ends, so a listing is only
+trusted for what it shows: it ends at a short page, a page with nothing new, MAX_PAGES
+or the sweep's time limit, and an account it does not show is deleted only once its own
+look-up answers 404.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -21,16 +27,20 @@ from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.ingest import event_record
 from service.events.log import EventLog
 from service.events.model import EventRecord, KnownAccount
+from service.metrics import Metrics
 from service.stackone.budget import Priority
-from service.stackone.errors import StackOneError
+from service.stackone.errors import StackOneError, StackOneNotFound, StackOneUnavailable
 from service.stackone.models import AccountListQuery, LinkedAccount
 
 _log = logging.getLogger(__name__)
 PAGE_SIZE = 100
+MAX_PAGES = 1000  # 100,000 accounts; a listing that goes on is not StackOne's own
+MAX_CONFIRMATIONS = 100  # look-ups of missing accounts per sweep; the rest wait a sweep
+SWEEP_SECONDS = 300.0
 
 
-class AccountLister(Protocol):
-    """Lists accounts (the StackOne client)."""
+class AccountSource(Protocol):
+    """Lists and looks up accounts (the StackOne client)."""
 
     async def list_accounts(
         self,
@@ -42,24 +52,34 @@ class AccountLister(Protocol):
         """One page of accounts, spending the StackOne budget at `priority`."""
         ...
 
+    async def get_account(
+        self, account_id: str, *, deadline: float | None = None, priority: Priority = ...
+    ) -> LinkedAccount:
+        """One account; raises StackOneNotFound when StackOne has none of that id."""
+        ...
 
-async def all_accounts(lister: AccountLister, *, deadline: float) -> list[LinkedAccount]:
-    """Every account StackOne reports, page by page until a short page.
 
-    Spends the StackOne budget as reconciliation, the last in line.
+async def all_accounts(source: AccountSource, *, deadline: float) -> list[LinkedAccount]:
+    """Every account StackOne lists within `deadline` seconds, page by page.
+
+    Ends at a short page or at a page with no account not seen before (a listing that
+    ignores `page`), and raises StackOneUnavailable past MAX_PAGES. Spends the StackOne
+    budget as reconciliation, the last in line.
     """
-    accounts: list[LinkedAccount] = []
-    page = 0
-    while True:
-        batch = await lister.list_accounts(
+    loop = asyncio.get_running_loop()
+    ends_at = loop.time() + deadline
+    accounts: dict[str, LinkedAccount] = {}
+    for page in range(MAX_PAGES):
+        batch = await source.list_accounts(
             AccountListQuery(page=page, page_size=PAGE_SIZE),
-            deadline=deadline,
+            deadline=max(0.0, ends_at - loop.time()),
             priority=Priority.RECONCILE,
         )
-        accounts.extend(batch)
-        if len(batch) < PAGE_SIZE:
-            return accounts
-        page += 1
+        new = {account.id: account for account in batch if account.id not in accounts}
+        accounts.update(new)
+        if len(batch) < PAGE_SIZE or not new:
+            return list(accounts.values())
+    raise StackOneUnavailable(f"StackOne's account listing did not end within {MAX_PAGES} pages")
 
 
 def _synthesized(event_type: str, account: pb.Account, version: str) -> EventRecord:
@@ -80,31 +100,53 @@ def _synthesized(event_type: str, account: pb.Account, version: str) -> EventRec
     return event_record(message)
 
 
+@dataclass(frozen=True, slots=True)
+class Differences:
+    """What a listing shows against the log: events to record, accounts to look up."""
+
+    records: list[EventRecord]
+    missing: list[str]
+
+
 def changes(
     remote: Sequence[LinkedAccount],
     known: dict[str, KnownAccount],
     *,
     settled_before: datetime,
-) -> list[EventRecord]:
-    """The events that bring the log's account states in line with StackOne's list."""
-    records: list[EventRecord] = []
-    seen: set[str] = set()
-    for account in remote:
-        seen.add(account.id)
-        if account.updated_at is not None and _aware(account.updated_at) > settled_before:
-            continue
-        message = account_message(account)
-        version = message.updated_at.ToJsonString() if message.HasField("updated_at") else ""
-        last = known.get(account.id)
-        if last is None or last.deleted:
-            records.append(_synthesized("account.created", message, version))
-        elif (last.status, last.updated_at) != (message.raw_status, version):
-            records.append(_synthesized("account.updated", message, version or message.raw_status))
-    for account_id, last in sorted(known.items()):
-        if not last.deleted and account_id not in seen:
-            gone = pb.Account(id=account_id, raw_status=last.status)
-            records.append(_synthesized("account.deleted", gone, last.updated_at))
-    return records
+) -> Differences:
+    """The created and updated events that bring the log in line with StackOne's list,
+    and the live accounts of the log that the list does not show."""
+    records = [
+        record
+        for account in remote
+        if (record := _change(account, known.get(account.id), settled_before)) is not None
+    ]
+    seen = {account.id for account in remote}
+    missing = [
+        account_id
+        for account_id, last in sorted(known.items())
+        if not last.deleted and account_id not in seen
+    ]
+    return Differences(records, missing)
+
+
+def _change(
+    account: LinkedAccount, last: KnownAccount | None, settled_before: datetime
+) -> EventRecord | None:
+    if account.updated_at is not None and _aware(account.updated_at) > settled_before:
+        return None
+    message = account_message(account)
+    version = message.updated_at.ToJsonString() if message.HasField("updated_at") else ""
+    if last is None or last.deleted:
+        return _synthesized("account.created", message, version)
+    if (last.status, last.updated_at) != (message.raw_status, version):
+        return _synthesized("account.updated", message, version or message.raw_status)
+    return None
+
+
+def _deleted(account_id: str, last: KnownAccount) -> EventRecord:
+    gone = pb.Account(id=account_id, raw_status=last.status)
+    return _synthesized("account.deleted", gone, last.updated_at)
 
 
 def _aware(moment: datetime) -> datetime:
@@ -112,22 +154,38 @@ def _aware(moment: datetime) -> datetime:
 
 
 class Reconciler:
-    """Runs reconciliation sweeps every `interval` seconds."""
+    """Runs reconciliation sweeps every `interval` seconds.
+
+    `sweeps` counts finished sweeps and `failed_sweeps` failed ones, for whoever waits on
+    a sweep having happened.
+    """
 
     def __init__(
-        self, log: EventLog, lister: AccountLister, *, interval: float, grace: float
+        self,
+        log: EventLog,
+        source: AccountSource,
+        *,
+        interval: float,
+        grace: float,
+        metrics: Metrics,
     ) -> None:
         self._log = log
-        self._lister = lister
+        self._source = source
         self._interval = interval
         self._grace = grace
+        self._metrics = metrics
+        self.sweeps = 0
+        self.failed_sweeps = 0
 
     async def sweep(self) -> int:
         """Runs one sweep; returns how many events it recorded."""
-        remote = await all_accounts(self._lister, deadline=max(self._interval, 30.0))
+        remote = await all_accounts(self._source, deadline=SWEEP_SECONDS)
         known = await self._log.known_accounts()
         settled_before = datetime.now(UTC) - timedelta(seconds=self._grace)
-        records = changes(remote, known, settled_before=settled_before)
+        found = changes(remote, known, settled_before=settled_before)
+        records = found.records + await self._confirm_missing(
+            found.missing[:MAX_CONFIRMATIONS], known, settled_before
+        )
         if not records:
             return 0
         outcomes = await self._log.append(records)
@@ -135,11 +193,38 @@ class Reconciler:
         _log.info("reconciliation recorded %d event(s)", recorded, extra={"recorded": recorded})
         return recorded
 
+    async def _confirm_missing(
+        self, missing: Sequence[str], known: dict[str, KnownAccount], settled_before: datetime
+    ) -> list[EventRecord]:
+        """Looks each unlisted account up: deleted on a 404, compared as listed otherwise."""
+        records: list[EventRecord] = []
+        for account_id in missing:
+            try:
+                account = await self._source.get_account(
+                    account_id, deadline=SWEEP_SECONDS, priority=Priority.RECONCILE
+                )
+            except StackOneNotFound:
+                records.append(_deleted(account_id, known[account_id]))
+                continue
+            if (record := _change(account, known[account_id], settled_before)) is not None:
+                records.append(record)
+        return records
+
     async def run(self) -> None:
-        """Sweeps forever; a failed sweep is logged and retried at the next interval."""
+        """Sweeps forever; a failed sweep is logged, counted and retried at the next interval."""
         while True:
             await asyncio.sleep(self._interval)
             try:
                 await self.sweep()
             except StackOneError as error:
+                self._failed(error)
                 _log.warning("reconciliation sweep failed: %s", error)
+            except Exception as error:  # anything else too: the safety net stays up
+                self._failed(error)
+                _log.exception("reconciliation sweep failed; retrying in %ss", self._interval)
+            else:
+                self.sweeps += 1
+
+    def _failed(self, error: Exception) -> None:
+        self.failed_sweeps += 1
+        self._metrics.background_failures.labels("reconcile").inc()

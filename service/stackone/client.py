@@ -17,10 +17,13 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from service.stackone.budget import Priority, RateBudget
@@ -45,28 +48,52 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=3.0)
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
 BACKGROUND_CONNECTIONS = 16  # verification and reconciliation share these
+# What StackOne sends is untrusted too: every answer is bounded before it is parsed.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # a page of 100 accounts is about 100 KB
+MAX_ERROR_BODY = 16 * 1024
+MAX_MESSAGE = 300
+MAX_RETRY_AFTER = 300.0
 _RETRYABLE = (StackOneUnavailable, StackOneServerError, StackOneRateLimited)
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 Observer = Callable[[str, str, float], None]
 """Called after each HTTP attempt with (endpoint, HTTP status or error name, seconds)."""
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
+def retry_after_seconds(value: str, now: datetime | None = None) -> float | None:
+    """StackOne's `Retry-After` (seconds or an HTTP date) as seconds in [0, MAX_RETRY_AFTER].
+
+    Anything else (negative, NaN, infinite, unparsable) is ignored: the backoff applies.
+    """
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
     try:
-        return max(0.0, float(value))
-    except ValueError:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if moment.tzinfo is None:
+        return None
+    seconds = (moment - (now or datetime.now(UTC))).total_seconds()
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
-def _error_message(response: httpx.Response) -> tuple[str, dict[str, Any] | None]:
+def _bounded(text: str) -> str:
+    """StackOne's text as it may appear in our errors: one line, at most MAX_MESSAGE chars."""
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def _error_message(status: int, reason: str, content: bytes) -> tuple[str, dict[str, Any] | None]:
+    fallback = _bounded(reason) if reason else f"HTTP {status}"
+    if len(content) > MAX_ERROR_BODY:
+        return fallback, None  # too large to keep or pass on
     try:
-        body = response.json()
-    except ValueError:
-        return response.reason_phrase or f"HTTP {response.status_code}", None
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return fallback, None
     if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"], body
-    return response.reason_phrase or f"HTTP {response.status_code}", None
+        return _bounded(body["message"]), body
+    return fallback, None
 
 
 class StackOneClient:
@@ -206,16 +233,23 @@ class StackOneClient:
 
     @staticmethod
     def _account_path(account_id: str) -> str:
-        # Percent-encode everything, '/' included, so an id can never change the path.
-        return "/accounts/" + quote(account_id, safe="")
+        # Percent-encode everything, '/' included, so an id can never change the path;
+        # ids of dots alone would still be dot segments, so their dots are encoded too.
+        encoded = quote(account_id, safe="")
+        return "/accounts/" + (
+            encoded.replace(".", "%2E") if not account_id.strip(".") else encoded
+        )
 
     @staticmethod
     def _parse(model: type[_ModelT], data: Any) -> _ModelT:
         try:
             return model.model_validate(data)
         except ValidationError as error:
+            first = error.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the body"
             raise StackOneUnavailable(
-                f"StackOne sent a {model.__name__} this client cannot read: {error}"
+                f"StackOne sent a {model.__name__} this client cannot read "
+                f"({error.error_count()} problem(s); {where}: {_bounded(first['msg'])})"
             ) from error
 
     async def _call(
@@ -321,7 +355,9 @@ class StackOneClient:
             raise StackOneTimeout(f"no time left for {method} {path} before the deadline")
         try:
             async with asyncio.timeout(remaining):
-                response = await http.request(method, path, json=json, params=params)
+                status, reason, headers, content = await self._exchange(
+                    http, method, path, json=json, params=params
+                )
         except (TimeoutError, httpx.TimeoutException) as error:
             raise StackOneTimeout(
                 f"StackOne did not answer {method} {path} in time ({type(error).__name__})"
@@ -330,14 +366,38 @@ class StackOneClient:
             raise StackOneUnavailable(
                 f"could not reach StackOne at {self.base_url}: {type(error).__name__}: {error}"
             ) from error
-        if response.is_success:
+        if 200 <= status < 300:
             try:
-                return response.json()
-            except ValueError as error:
+                return orjson.loads(content)
+            except orjson.JSONDecodeError as error:  # also past orjson's nesting limit
                 raise StackOneUnavailable(
-                    f"StackOne answered {method} {path} with a body that is not JSON"
+                    f"StackOne answered {method} {path} with a body that is not JSON "
+                    f"this client reads ({_bounded(str(error))})"
                 ) from error
-        message, body = _error_message(response)
+        message, body = _error_message(status, reason, content)
         raise error_for_status(
-            response.status_code, message, body=body, retry_after=_retry_after(response)
+            status,
+            message,
+            body=body,
+            retry_after=retry_after_seconds(headers.get("retry-after", "")),
         )
+
+    @staticmethod
+    async def _exchange(
+        http: httpx.AsyncClient, method: str, path: str, *, json: Any, params: Any
+    ) -> tuple[int, str, httpx.Headers, bytes]:
+        """One request; the answer's body is read up to MAX_RESPONSE_BYTES and no further."""
+        request = http.build_request(method, path, json=json, params=params)
+        response = await http.send(request, stream=True)
+        try:
+            content = bytearray()
+            async for chunk in response.aiter_bytes():
+                content += chunk
+                if len(content) > MAX_RESPONSE_BYTES:
+                    raise StackOneUnavailable(
+                        f"StackOne answered {method} {path} with more than "
+                        f"{MAX_RESPONSE_BYTES} bytes; refusing to read on"
+                    )
+        finally:
+            await response.aclose()
+        return response.status_code, response.reason_phrase, response.headers, bytes(content)

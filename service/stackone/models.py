@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+# StackOne's answers are untrusted: bounded here, before they reach a URL, a subject or a
+# stored event. Limits are far above anything StackOne documents.
+MAX_ID = 255
+MAX_TEXT = 4096
+MAX_REASONS = 100
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _usable_id(value: str) -> str:
+    if not value.strip(".") or not value.isprintable():
+        raise ValueError("an id must be printable and not only dots")
+    return value
+
+
+def _plausible_moment(moment: datetime) -> datetime:
+    # Far-off dates would overflow when a lifetime is added or converted to a Timestamp.
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if not EARLIEST <= aware <= LATEST:
+        raise ValueError(f"a date between {EARLIEST.year} and {LATEST.year} is expected")
+    return aware
+
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID), AfterValidator(_usable_id)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+Moment = Annotated[datetime, AfterValidator(_plausible_moment)]
 
 
 class _Model(BaseModel):
@@ -37,21 +64,21 @@ class ConnectSessionCreate(_Model):
 class ConnectSession(_Model):
     """A connect session; `token` and `auth_link_url` only when just created."""
 
-    id: str
-    organization_id: str | None = None
-    project_id: str | None = None
-    origin_owner_id: str | None = None
-    origin_owner_name: str | None = None
-    origin_username: str | None = None
-    provider: str | None = None
-    categories: list[str] | None = None
-    account_id: str | None = None
-    label: str | None = None
+    id: Id
+    organization_id: Text | None = None
+    project_id: Text | None = None
+    origin_owner_id: Text | None = None
+    origin_owner_name: Text | None = None
+    origin_username: Text | None = None
+    provider: Text | None = None
+    categories: Annotated[list[Text], Field(max_length=MAX_REASONS)] | None = None
+    account_id: Text | None = None
+    label: Text | None = None
     metadata: dict[str, Any] | None = None
-    type: str | None = None
-    created_at: datetime | None = None
-    token: str | None = None
-    auth_link_url: str | None = None
+    type: Text | None = None
+    created_at: Moment | None = None
+    token: Text | None = None
+    auth_link_url: Text | None = None
 
     @field_validator("id", "organization_id", mode="before")
     @classmethod
@@ -63,25 +90,25 @@ class ConnectSession(_Model):
 class StatusReason(_Model):
     """Why an account has its status."""
 
-    code: str | None = None
-    description: str | None = None
-    timestamp: datetime | None = None
+    code: Text | None = None
+    description: Text | None = None
+    timestamp: Moment | None = None
 
 
 class LinkedAccount(_Model):
     """A linked account. Credentials and setup information are deliberately not kept."""
 
-    id: str
-    provider: str | None = None
-    provider_name: str | None = None
-    status: str | None = None
-    status_reasons: list[StatusReason] | None = None
-    origin_owner_id: str | None = None
-    origin_owner_name: str | None = None
-    origin_username: str | None = None
-    label: str | None = None
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
+    id: Id
+    provider: Text | None = None
+    provider_name: Text | None = None
+    status: Text | None = None
+    status_reasons: Annotated[list[StatusReason], Field(max_length=MAX_REASONS)] | None = None
+    origin_owner_id: Text | None = None
+    origin_owner_name: Text | None = None
+    origin_username: Text | None = None
+    label: Text | None = None
+    created_at: Moment | None = None
+    updated_at: Moment | None = None
 
     @field_validator("id", mode="before")
     @classmethod
