@@ -11,7 +11,8 @@ import grpc
 import httpx
 import orjson
 import pytest
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
@@ -36,8 +37,8 @@ async def failure(call: Any) -> grpc.aio.AioRpcError:
     error = caught.value
     assert time.monotonic() - started < 5
     assert len(error.details() or "") <= 1024
-    trailers = sum(len(key) + len(value) for key, value in error.trailing_metadata() or ())
-    assert trailers <= 4096
+    trailers: Any = error.trailing_metadata() or ()
+    assert sum(len(key) + len(value) for key, value in trailers) <= 4096
     return error
 
 
@@ -113,13 +114,13 @@ async def test_a_huge_error_message_is_cut_to_a_bounded_one(
 
 
 def _retry_delay(error: grpc.aio.AioRpcError) -> float | None:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)  # type: ignore[arg-type]
-            for detail in status.details:
-                info = error_details_pb2.RetryInfo()
-                if detail.Unpack(info):
-                    return info.retry_delay.ToTimedelta().total_seconds()  # type: ignore[attr-defined,no-any-return]
+    """The RetryInfo delay a failed call carries, if any."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            delay: float = info.retry_delay.ToTimedelta().total_seconds()
+            return delay
     return None
 
 
