@@ -103,6 +103,12 @@ class Metrics:
             ["task"], registry=registry,
         )  # fmt: skip
 
+        self.reconcile_sweeps = Counter(
+            "stackone_connect_reconcile_sweeps",
+            "Reconciliation sweeps by outcome (ok, failed).",
+            ["outcome"], registry=registry,
+        )  # fmt: skip
+
     def observe_upstream(self, endpoint: str, status: str, seconds: float) -> None:
         """Records one StackOne HTTP attempt (`status` is the HTTP status or an error name)."""
         self.upstream_calls.labels(endpoint, status).inc()

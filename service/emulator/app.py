@@ -116,6 +116,7 @@ class Fault:
 
     Attributes:
         path_prefix: e.g. `/accounts/123` (one account) or `/connect_sessions`.
+        path: only this exact path (e.g. `/accounts`, the listing alone), when set.
         method: only this HTTP method, or every method when None.
         status: answer with this status and a StackOne error body.
         delay: seconds to wait before answering (or failing).
@@ -130,6 +131,7 @@ class Fault:
     """
 
     path_prefix: str = "/"
+    path: str | None = None
     method: str | None = None
     status: int | None = None
     delay: float = 0.0
@@ -145,6 +147,7 @@ class Fault:
         return (
             (self.times is None or self.times > 0)
             and request.path.startswith(self.path_prefix)
+            and (self.path is None or self.path == request.path)
             and (self.method is None or self.method == request.method)
         )
 

@@ -224,7 +224,9 @@ class Reconciler:
                 _log.exception("reconciliation sweep failed; retrying in %ss", self._interval)
             else:
                 self.sweeps += 1
+                self._metrics.reconcile_sweeps.labels("ok").inc()
 
     def _failed(self, error: Exception) -> None:
         self.failed_sweeps += 1
+        self._metrics.reconcile_sweeps.labels("failed").inc()
         self._metrics.background_failures.labels("reconcile").inc()

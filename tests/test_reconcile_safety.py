@@ -1,0 +1,114 @@
+"""Reconciliation trusts a listing only for what it shows, and ends whatever StackOne sends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import httpx
+import orjson
+import pytest
+from google.protobuf.empty_pb2 import Empty
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.events.reconcile import PAGE_SIZE
+from service.runtime import Runtime, running
+from tests.streams import attached, events_until_caught_up
+from tests.support import LogBackend, eventually, make_settings
+
+pytestmark = pytest.mark.asyncio
+BACKENDS = ["sqlite", "jetstream"]
+OWNER = {"provider": "hibob", "origin_owner_id": "t-1", "origin_owner_name": "Acme"}
+
+
+async def sample(http: httpx.AsyncClient, name: str, **labels: str) -> float:
+    """The value of one metric sample of the service (0 when it has none yet)."""
+    text = (await http.get("/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                return float(found.value)
+    return 0.0
+
+
+async def sweeps_after(http: httpx.AsyncClient, count: int) -> float:
+    """Waits until `count` more sweeps finished than now; returns the new total."""
+    name = "stackone_connect_reconcile_sweeps_total"
+    target = await sample(http, name, outcome="ok") + count
+
+    async def done() -> bool:
+        return await sample(http, name, outcome="ok") >= target
+
+    await eventually(done, timeout=10)
+    return target
+
+
+async def recorded(service: Runtime) -> list[pb.AccountEvent]:
+    """Every event of the log, read from the start."""
+    async with grpc.aio.insecure_channel(service.grpc_target) as channel:
+        stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
+        live = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
+        latest = await attached(live)
+        live.cancel()
+        stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(from_earliest=Empty()))
+        events = await events_until_caught_up(stream, latest)
+        stream.cancel()
+    return events
+
+
+async def test_an_account_missing_from_a_listing_is_deleted_only_after_a_404(
+    tmp_path: Path, backend: LogBackend
+) -> None:
+    """A listing that leaves out a live account records nothing; the 404 of its look-up does."""
+    settings = make_settings(
+        tmp_path, reconcile_interval=0.05, reconcile_grace=0, **backend.settings()
+    )
+    async with running(settings) as service:
+        assert service.emulator is not None
+        async with (
+            httpx.AsyncClient(base_url=service.emulator.base_url) as emulator,
+            httpx.AsyncClient(base_url=service.gateway.base_url) as http,
+        ):
+            account_id = (await emulator.post("/emulator/accounts", json=OWNER)).json()["id"]
+            await eventually(lambda: _has(service, "account.created", account_id), timeout=10)
+            await emulator.put("/emulator/webhooks", json={"enabled": False})
+            fault = {"path": "/accounts", "method": "GET", "body": "[]"}
+            assert (await emulator.post("/emulator/faults", json=fault)).status_code == 201
+            await sweeps_after(http, 3)
+            assert not await _has(service, "account.deleted", account_id)
+            calls = (await emulator.get("/emulator/stats")).json()["calls"]
+            assert calls["GET /accounts/{account_id}"] >= 3, "each sweep looked it up"
+            async with grpc.aio.insecure_channel(service.grpc_target) as channel:
+                stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
+                await stub.DeleteAccount(pb.DeleteAccountRequest(account_id=account_id))
+            await eventually(lambda: _has(service, "account.deleted", account_id), timeout=10)
+
+
+async def test_a_listing_that_ignores_its_page_still_ends(
+    tmp_path: Path, backend: LogBackend
+) -> None:
+    """StackOne answering every page with the same full page: each sweep ends after two."""
+    settings = make_settings(
+        tmp_path, reconcile_interval=0.05, reconcile_grace=0, **backend.settings()
+    )
+    page = [{**OWNER, "id": f"acc-{n}", "status": "active"} for n in range(PAGE_SIZE)]
+    async with running(settings) as service:
+        assert service.emulator is not None
+        async with (
+            httpx.AsyncClient(base_url=service.emulator.base_url) as emulator,
+            httpx.AsyncClient(base_url=service.gateway.base_url) as http,
+        ):
+            fault = {"path": "/accounts", "method": "GET", "body": orjson.dumps(page).decode()}
+            assert (await emulator.post("/emulator/faults", json=fault)).status_code == 201
+            sweeps = await sweeps_after(http, 3)
+            calls = (await emulator.get("/emulator/stats")).json()["calls"]
+        events = await recorded(service)
+    assert calls["GET /accounts"] <= 2 * (sweeps + 1)
+    created = {e.account.id for e in events if e.type == "account.created"}
+    assert created == {account["id"] for account in page}
+
+
+async def _has(service: Runtime, event_type: str, account_id: str) -> bool:
+    return any(e.type == event_type and e.account.id == account_id for e in await recorded(service))
