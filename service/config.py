@@ -250,14 +250,25 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_open_exposure(self) -> Settings:
         host = split_address(self.grpc_address)[0]
-        protected = self.tls_cert_file is not None or self.clients_file is not None
-        if not (_is_loopback(host) or protected or self.allow_insecure):
+        # Server-only TLS hides the traffic but lets anyone in: callers must authenticate.
+        authenticated = self.clients_file is not None or self.tls_client_ca_file is not None
+        if not (_is_loopback(host) or authenticated or self.allow_insecure):
             raise ValueError(
-                f"refusing to serve gRPC on {self.grpc_address} with neither TLS nor client "
-                "tokens: anyone who can reach it could create sessions and read accounts. Set "
-                f"{ENV_PREFIX}TLS_CERT_FILE/{ENV_PREFIX}TLS_KEY_FILE and/or "
-                f"{ENV_PREFIX}CLIENTS_FILE, or {ENV_PREFIX}ALLOW_INSECURE=true if a proxy in "
-                "front authenticates callers"
+                f"refusing to serve gRPC on {self.grpc_address} without client authentication: "
+                "anyone who can reach it could create sessions and read accounts. Set "
+                f"{ENV_PREFIX}CLIENTS_FILE (bearer tokens) and/or {ENV_PREFIX}TLS_CLIENT_CA_FILE "
+                f"(mutual TLS), or {ENV_PREFIX}ALLOW_INSECURE=true if a proxy in front "
+                "authenticates callers"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _emulator_on_loopback(self) -> Settings:
+        host = split_address(self.emulator_address)[0]
+        if not _is_loopback(host):
+            raise ValueError(
+                f"{ENV_PREFIX}EMULATOR_ADDRESS ({self.emulator_address}) must be a loopback "
+                "address: the emulator accepts any request and is for local use only"
             )
         return self
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.runtime import Runtime, running
 from tests.certificates import Certificates, make_certificates
-from tests.support import make_settings
+from tests.support import eventually, make_settings
 
 pytestmark = pytest.mark.asyncio
 ADMIN = "admin-token-0123456789abcdef"
@@ -172,7 +173,8 @@ async def test_mutual_tls_requires_a_client_certificate(
 
 
 async def test_tokens_rotate_without_a_restart(tmp_path: Path) -> None:
-    """Editing the clients file swaps tokens on the running server."""
+    """Editing the clients file swaps tokens on the running server, even when the new file
+    keeps the old one's size and modification time."""
     clients = write_clients(
         tmp_path / "clients.json", ("app", "old-token-0123456789", ["sessions:create"])
     )
@@ -185,12 +187,16 @@ async def test_tokens_rotate_without_a_restart(tmp_path: Path) -> None:
             await code_of(stub.CreateSession(SESSION, metadata=bearer("old-token-0123456789")))
             == grpc.StatusCode.OK
         )
+        before = clients.stat()
         write_clients(clients, ("app", "new-token-0123456789", ["sessions:create"]))
-        await asyncio.sleep(1.1)  # the file is checked at most once a second
-        assert (
-            await code_of(stub.CreateSession(SESSION, metadata=bearer("new-token-0123456789")))
-            == grpc.StatusCode.OK
-        )
+        os.utime(clients, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert clients.stat().st_size == before.st_size
+
+        async def new_token_works() -> bool:
+            call = stub.CreateSession(SESSION, metadata=bearer("new-token-0123456789"))
+            return await code_of(call) == grpc.StatusCode.OK
+
+        await eventually(new_token_works)  # the file is checked at most once a second
         assert (
             await code_of(stub.CreateSession(SESSION, metadata=bearer("old-token-0123456789")))
             == grpc.StatusCode.UNAUTHENTICATED
@@ -224,4 +230,10 @@ async def test_serve_explains_the_refusal_and_exits_2() -> None:
     async with asyncio.timeout(20):
         _, err = await process.communicate()
     assert process.returncode == 2
-    assert b"refusing to serve gRPC on 0.0.0.0:0 with neither TLS nor client tokens" in err
+    assert err.decode().strip() == (
+        "stackone-connect: invalid configuration: refusing to serve gRPC on 0.0.0.0:0 without "
+        "client authentication: anyone who can reach it could create sessions and read "
+        "accounts. Set STACKONE_CONNECT_CLIENTS_FILE (bearer tokens) and/or "
+        "STACKONE_CONNECT_TLS_CLIENT_CA_FILE (mutual TLS), or STACKONE_CONNECT_ALLOW_INSECURE="
+        "true if a proxy in front authenticates callers"
+    ), "one line naming the settings"

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from service import logs
 from service.cli.commands import add_client_commands, run_client_command
 from service.config import ENV_PREFIX, Settings
+from service.rpc.auth import InvalidClientsFile
 from service.runtime import ConfigurationError, running
 
 _log = logging.getLogger("service.cli")
@@ -25,10 +26,14 @@ TOKEN_VARIABLE = "STACKONE_CONNECT_TOKEN"  # noqa: S105 - a variable name, not a
 
 
 def _settings_error(error: ValidationError) -> str:
-    lines = ["invalid configuration:"]
-    for problem in error.errors():
-        name = str(problem["loc"][0]) if problem["loc"] else "?"
-        lines.append(f"  {ENV_PREFIX}{name.upper()} (--{name.replace('_', '-')}): {problem['msg']}")
+    """One line per problem, naming the setting (model-wide checks name theirs)."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["loc"]:
+            name = str(problem["loc"][0])
+            message = f"{ENV_PREFIX}{name.upper()} (--{name.replace('_', '-')}): {message}"
+        lines.append(f"stackone-connect: invalid configuration: {message}")
     return "\n".join(lines)
 
 
@@ -58,7 +63,12 @@ def _serve_command(args: argparse.Namespace) -> int:
         # uvloop: cheaper sockets and callbacks for the gateway and the StackOne client.
         uvloop.run(serve(settings))
     except ConfigurationError as error:
-        _log.error("cannot start: %s", error)
+        print(f"stackone-connect: cannot start: {error}", file=sys.stderr)
+        return 2
+    except InvalidClientsFile as error:
+        print(
+            f"stackone-connect: cannot start: {error} ({ENV_PREFIX}CLIENTS_FILE)", file=sys.stderr
+        )
         return 2
     return 0
 

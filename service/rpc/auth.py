@@ -12,9 +12,9 @@ Health checking and reflection stay open so probes and tools work without a toke
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,18 +78,20 @@ class ClientRegistry:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._clients: list[Client] = []
-        self._version: tuple[int, int] | None = None
+        self._version: bytes | None = None
         self._checked_at = 0.0
         self.reload()
 
     def reload(self) -> None:
         """Re-reads the file if it changed; a broken new version keeps the old clients."""
-        stat = os.stat(self._path)
-        version = (stat.st_mtime_ns, stat.st_size)
+        # By content, not timestamps: a copy that keeps the old mtime and size (cp -p, a
+        # config-management tool, a second-granularity file system) is still noticed.
+        raw = self._path.read_bytes()
+        version = hashlib.sha256(raw).digest()
         if version == self._version:
             return
         try:
-            self._clients = parse_clients(self._path.read_bytes(), str(self._path))
+            self._clients = parse_clients(raw, str(self._path))
         except InvalidClientsFile:
             if self._version is None:
                 raise
