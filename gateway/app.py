@@ -9,6 +9,7 @@ than JSON 415, a storage failure or a full inbox 503 (so StackOne retries).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
+from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 from prometheus_client import CONTENT_TYPE_LATEST, Counter
 
 from gateway.signature import SIGNATURE_HEADER, is_valid_signature
@@ -28,6 +30,14 @@ _log = logging.getLogger(__name__)
 WEBHOOK_PATH = "/webhooks/stackone"
 MAX_BODY_BYTES = 256 * 1024
 INBOX_FULL_RETRY_AFTER = 30  # seconds; StackOne keeps its own schedule, this is a hint
+KNOWN_TYPES = frozenset({"account.created", "account.updated", "account.deleted"})
+# What aiohttp decodes (it passes any other coding through undecoded, which would then be
+# read as JSON): brotli and zstd only when their modules are installed.
+DECODABLE = frozenset(
+    {"identity", "gzip", "x-gzip", "deflate"}
+    | ({"br"} if HAS_BROTLI else set())
+    | ({"zstd"} if HAS_ZSTD else set())
+)
 
 
 @dataclass(slots=True)
@@ -40,6 +50,7 @@ class GatewayState:
     readiness_check: Callable[[], Awaitable[None]]
     metrics: Metrics
     max_body_bytes: int = MAX_BODY_BYTES
+    body_timeout: float = 10.0
     accepting: bool = True
     _counters: dict[tuple[str, str], Counter] = field(default_factory=dict)
 
@@ -59,7 +70,7 @@ GATEWAY_STATE = web.AppKey("gateway_state", GatewayState)
 def _problem(
     state: GatewayState, status: int, outcome: str, reason: str, **headers: str
 ) -> web.Response:
-    state.count("unknown", outcome)
+    state.count("unknown", outcome)  # refused before its type is known
     _log.info("webhook refused (%d): %s", status, reason, extra={"outcome": outcome})
     return web.json_response({"error": reason}, status=status, headers=headers)
 
@@ -71,11 +82,23 @@ async def receive_webhook(request: web.Request) -> web.Response:
         return _problem(state, 503, "draining", "shutting down; retry")
     if request.content_type != "application/json":
         return _problem(state, 415, "unsupported_media_type", "the body must be application/json")
+    if problem := _undecodable(request.headers.get("content-encoding", "")):
+        return _problem(state, 400, "malformed", problem)
     try:
-        body = await request.read()
+        async with asyncio.timeout(state.body_timeout):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         reason = f"the body is over the {state.max_body_bytes}-byte limit"
         return _problem(state, 413, "too_large", reason)
+    except TimeoutError:
+        reason = f"the body did not arrive within {state.body_timeout:g}s"
+        return _problem(state, 408, "timeout", reason, Connection="close")
+    except web.RequestPayloadError:  # e.g. a gzip body that is not gzip
+        reason = "the body cannot be decoded as its Content-Encoding says"
+        return _problem(state, 400, "malformed", reason)
+    except ConnectionResetError:
+        # The sender went away mid-body: nobody reads an answer, and nothing was recorded.
+        return _problem(state, 400, "disconnected", "the client disconnected mid-body")
     if state.url_token is not None and not hmac.compare_digest(
         request.query.get("token", "").encode(), state.url_token.encode()
     ):
@@ -98,7 +121,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     except EventLogError as error:
         _log.error("webhook not recorded, asking StackOne to retry: %s", error)
         return _problem(state, 503, "unavailable", "the event could not be recorded; retry")
-    state.count(event.type, result.value)
+    state.count(_type_label(event.type), result.value)
     if _log.isEnabledFor(logging.DEBUG):
         _log.debug(
             "webhook %s %s", event.type, result.value,
@@ -106,6 +129,25 @@ async def receive_webhook(request: web.Request) -> web.Response:
         )  # fmt: skip
     body = orjson.dumps({"result": result.value, "event_id": event.event_id})
     return web.Response(body=body, content_type="application/json")
+
+
+def _undecodable(content_encoding: str) -> str | None:
+    """Why a body in this Content-Encoding cannot be read, or None when it can."""
+    codings = [part.strip().lower() for part in content_encoding.split(",") if part.strip()]
+    unknown = [coding for coding in codings if coding not in DECODABLE]
+    if not unknown:
+        return None
+    return (
+        f"Content-Encoding {unknown[0][:40]!r} cannot be decoded here; "
+        f"send one of {', '.join(sorted(DECODABLE))}"
+    )
+
+
+def _type_label(event_type: str) -> str:
+    """A metric label from a bounded set, whatever types senders invent."""
+    if event_type in KNOWN_TYPES:
+        return event_type
+    return "account.other" if event_type.startswith("account.") else "other"
 
 
 async def healthz(request: web.Request) -> web.Response:

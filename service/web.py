@@ -1,12 +1,60 @@
-"""Runs an aiohttp application on a TCP address and tells where it listens."""
+"""Runs an aiohttp application on a TCP address and tells where it listens.
+
+Listeners that face the internet get two bounds aiohttp does not apply by default: an
+idle/keep-alive timeout (aiohttp closes a connection that has not completed a request's
+headers within it, which also bounds slow headers) and a cap on open connections, past
+which a new connection is answered 503 and closed without reaching the application.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiohttp import web
+
+_TURNED_AWAY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+class _TurnAway(asyncio.Protocol):
+    """Answers a connection over the cap with 503 and closes it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.write(_TURNED_AWAY)
+        transport.close()
+
+
+class _CappedSite(web.TCPSite):
+    """A TCP site that accepts at most `max_connections` open connections."""
+
+    __slots__ = ("_max_connections",)
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, max_connections: int) -> None:
+        super().__init__(runner, host, port)
+        self._max_connections = max_connections
+
+    async def start(self) -> None:
+        """TCPSite.start, with a protocol factory that counts open connections first."""
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        if server is None:
+            raise RuntimeError("the runner is not set up")
+
+        def protocol() -> asyncio.BaseProtocol:
+            if len(server.connections) >= self._max_connections:
+                return _TurnAway()
+            return server()
+
+        self._server = await asyncio.get_running_loop().create_server(
+            protocol, self._host, self._port
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]
 
 
 @dataclass(slots=True)
@@ -32,7 +80,13 @@ class ListeningApp:
 
 @asynccontextmanager
 async def listening(
-    app: web.Application, host: str, port: int, *, shutdown_timeout: float = 5.0
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_timeout: float = 5.0,
+    keepalive_timeout: float = 75.0,
+    max_connections: int = 10_000,
 ) -> AsyncIterator[ListeningApp]:
     """Serves `app` on `host:port` (port 0 picks a free one) until the block exits.
 
@@ -41,12 +95,20 @@ async def listening(
         host: the address to bind.
         port: the port to bind; 0 lets the kernel choose, read it back from the result.
         shutdown_timeout: seconds in-flight requests get to finish on exit.
+        keepalive_timeout: seconds a connection may wait for a request's headers to
+            complete, whether it is new or idle between requests.
+        max_connections: open connections past which new ones are answered 503.
     """
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+        keepalive_timeout=keepalive_timeout,
+    )
     await runner.setup()
     listening_app = ListeningApp(runner=runner, host=host, port=0)
     try:
-        site = web.TCPSite(runner, host, port)
+        site = _CappedSite(runner, host, port, max_connections)
         await site.start()
         listening_app.port = int(runner.addresses[0][1])
         yield listening_app

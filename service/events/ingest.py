@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -22,9 +22,14 @@ import orjson
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.log import EventLog
 from service.events.model import EventRecord, InboxEntry
+from service.stackone.models import EARLIEST, LATEST
 
 _log = logging.getLogger(__name__)
 _PER_ATTEMPT_FIELDS = frozenset({"sent_at"})
+# Bounds as on the gRPC side: ids reach URLs, NATS subjects and headers, so they are short.
+MAX_ID = 255
+MAX_TYPE = 100
+MAX_TEXT = 1024
 
 
 class InvalidWebhook(ValueError):
@@ -58,7 +63,9 @@ class IngestResult(Enum):
     IGNORED = "ignored"
 
 
-def _text(fields: Mapping[str, Any], key: str, *, required: bool = False) -> str:
+def _text(
+    fields: Mapping[str, Any], key: str, *, required: bool = False, limit: int = MAX_TEXT
+) -> str:
     value = fields.get(key)
     if value is None:
         if required:
@@ -66,24 +73,42 @@ def _text(fields: Mapping[str, Any], key: str, *, required: bool = False) -> str
         return ""
     if not isinstance(value, str | int) or isinstance(value, bool):
         raise InvalidWebhook(f"the webhook field '{key}' must be a string")
-    return str(value)
+    text = str(value)
+    if len(text) > limit:
+        raise InvalidWebhook(f"the webhook field '{key}' is over {limit} characters")
+    return text
+
+
+def _id(fields: Mapping[str, Any], key: str, *, required: bool) -> str:
+    value = _text(fields, key, required=required, limit=MAX_ID)
+    if value and (not value.strip(".") or not value.isprintable()):
+        raise InvalidWebhook(f"the webhook field '{key}' must be printable and not only dots")
+    return value
 
 
 def _moment(fields: Mapping[str, Any], key: str) -> datetime | None:
     raw = fields.get(key)
     if not isinstance(raw, str):
         return None
+    if len(raw) > MAX_TYPE:
+        raise InvalidWebhook(f"the webhook field '{key}' is not an ISO-8601 time")
     try:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError as error:
         raise InvalidWebhook(f"the webhook field '{key}' is not an ISO-8601 time") from error
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if not EARLIEST <= aware <= LATEST:
+        raise InvalidWebhook(
+            f"the webhook field '{key}' is not between {EARLIEST.year} and {LATEST.year}"
+        )
+    return aware
 
 
 def _event_id(payload: Mapping[str, Any]) -> str:
     for key in ("id", "event_id"):
         value = payload.get(key)
         if isinstance(value, str) and value:
-            return value
+            return _id(payload, key, required=True)
     stable = {key: value for key, value in payload.items() if key not in _PER_ATTEMPT_FIELDS}
     return "sha256:" + hashlib.sha256(orjson.dumps(stable, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
@@ -104,12 +129,12 @@ def parse_webhook(body: bytes, *, event_id: str | None = None) -> WebhookEvent:
     nested = payload.get("data")
     if isinstance(nested, dict) and "account_id" not in payload:
         fields = {**nested, **{k: v for k, v in payload.items() if k != "data"}}
-    event_type = _text(fields, "event", required=True)
+    event_type = _text(fields, "event", required=True, limit=MAX_TYPE)
     is_account_event = event_type.startswith("account.")
     return WebhookEvent(
         event_id=event_id or _event_id(payload),
         type=event_type,
-        account_id=_text(fields, "account_id", required=is_account_event),
+        account_id=_id(fields, "account_id", required=is_account_event),
         provider=_text(fields, "provider"),
         origin_owner_id=_text(fields, "origin_owner_id"),
         origin_owner_name=_text(fields, "origin_owner_name"),
