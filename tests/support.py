@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
+import httpx
+import orjson
+from grpc_status import rpc_status
+
+from gateway.app import WEBHOOK_PATH
 from gateway.signature import sign
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.config import ENV_PREFIX, Settings
@@ -16,6 +23,7 @@ from service.events.log import EventLog
 from service.events.sqlite import Retention, SqliteEventLog
 
 WEBHOOK_SECRET = "whsec-test-secret"
+_numbers = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,38 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
 def signed_headers(body: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, str]:
     """Headers of a webhook delivery signed the way StackOne signs it."""
     return {"content-type": "application/json", "x-stackone-signature": sign(secret, body)}
+
+
+def webhook(event: str = "account.deleted", account_id: str | None = None, **fields: str) -> bytes:
+    """A StackOne-shaped webhook body; deleted events need no StackOne round trip."""
+    payload = {
+        "event": event,
+        "account_id": account_id or f"acct-{next(_numbers)}",
+        "provider": "hibob",
+        "origin_owner_id": "tenant-1",
+        "origin_owner_name": "Tenant One",
+        "event_date": "2026-11-24T14:06:49.120Z",
+        **fields,
+    }
+    return orjson.dumps(payload)
+
+
+async def deliver(http: httpx.AsyncClient, body: bytes) -> httpx.Response:
+    """Posts one signed webhook to the gateway `http` is based at."""
+    return await http.post(WEBHOOK_PATH, content=body, headers=signed_headers(body))
+
+
+def details_of(error: grpc.aio.AioRpcError, kind: type[object]) -> list[object]:
+    """The rich-status details of one kind attached to a failed call."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "the error carries google.rpc details"
+    found = []
+    for detail in status.details:
+        if detail.Is(kind.DESCRIPTOR):  # type: ignore[attr-defined]
+            unpacked = kind()
+            detail.Unpack(unpacked)
+            found.append(unpacked)
+    return found
 
 
 async def wait_recorded(log: EventLog, event_ids: Iterable[str], timeout: float = 10) -> int:

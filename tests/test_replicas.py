@@ -22,8 +22,7 @@ from service.web import listening
 from tests.nats import NatsServer
 from tests.processes import ServeProcess, serve_env, serve_process
 from tests.streams import events_until_caught_up, next_event, subscribed
-from tests.support import WEBHOOK_SECRET, LogBackend
-from tests.test_stream_guarantees import deliver, webhook
+from tests.support import WEBHOOK_SECRET, LogBackend, deliver, webhook
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 

@@ -4,7 +4,6 @@ retention, reconciliation and verified enrichment."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import signal
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import pytest
 from google.protobuf.empty_pb2 import Empty
 from google.rpc import error_details_pb2
 
-from gateway.app import WEBHOOK_PATH
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EMULATOR_STATE
@@ -31,34 +29,15 @@ from tests.streams import (
 from tests.support import (
     WEBHOOK_SECRET,
     LogBackend,
+    deliver,
+    details_of,
     make_settings,
-    signed_headers,
     wait_recorded,
+    webhook,
 )
-from tests.test_service_errors import details_of
 
 pytestmark = pytest.mark.asyncio
 BACKENDS = ["sqlite", "jetstream"]  # the service fixture runs on each
-_numbers = itertools.count()
-
-
-def webhook(event: str = "account.deleted", account_id: str | None = None, **fields: str) -> bytes:
-    """A StackOne-shaped webhook body; deleted events need no StackOne round trip."""
-    payload = {
-        "event": event,
-        "account_id": account_id or f"acct-{next(_numbers)}",
-        "provider": "hibob",
-        "origin_owner_id": "tenant-1",
-        "origin_owner_name": "Tenant One",
-        "event_date": "2026-11-24T14:06:49.120Z",
-        **fields,
-    }
-    return orjson.dumps(payload)
-
-
-async def deliver(http: httpx.AsyncClient, body: bytes) -> httpx.Response:
-    """Posts one signed webhook."""
-    return await http.post(WEBHOOK_PATH, content=body, headers=signed_headers(body))
 
 
 async def test_duplicate_deliveries_appear_once_on_every_stream(
