@@ -97,6 +97,11 @@ class Metrics:
             " superseded, not_needed, no_client).",
             ["outcome"], registry=registry,
         )  # fmt: skip
+        self.reconcile_sweeps = Counter(
+            "stackone_connect_reconcile_sweeps",
+            "Reconciliation sweeps that compared StackOne's account list with the log.",
+            registry=registry,
+        )  # fmt: skip
         self.background_failures = Counter(
             "stackone_connect_background_failures",
             "Failures of background work (retried at its next interval), by task.",

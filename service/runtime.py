@@ -223,6 +223,7 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
                 stackone,
                 interval=settings.reconcile_interval,
                 grace=settings.reconcile_grace,
+                metrics=metrics,
             )
             background.append(asyncio.create_task(reconciler.run()))
         runtime = Runtime(settings, grpc_port, gateway, emulator, event_log, health_servicer)

@@ -139,6 +139,11 @@ async def wait_recorded(log: EventLog, event_ids: Iterable[str], timeout: float 
             await log.wait_for_append(log.latest_cursor, 0.2)
 
 
+async def inbox_is_empty(log: EventLog) -> bool:
+    """True once the verifier settled every accepted webhook (recorded or folded)."""
+    return (await log.inbox_stats()).depth == 0
+
+
 async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5) -> None:
     """Returns once `condition()` holds, checking every 10 ms; for state another server
     owns (an emulator's counters, a metrics page), which offers nothing to wait on."""
@@ -148,3 +153,24 @@ async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout: f
             if held if isinstance(held, bool) else await held:
                 return
             await asyncio.sleep(0.01)
+
+
+async def metric(http: httpx.AsyncClient, sample: str) -> float:
+    """One sample of the gateway's /metrics page (`name{labels}` as exposed); 0 if absent."""
+    for line in (await http.get("/metrics")).text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == sample:
+            return float(value)
+    return 0.0
+
+
+async def more_sweeps(gateways: Iterable[httpx.AsyncClient], count: int = 2) -> None:
+    """Returns once every service behind `gateways` completed `count` reconciliation
+    sweeps begun after this call (the sweep in flight now may have begun before it)."""
+    sweeps = "stackone_connect_reconcile_sweeps_total"
+    targets = [(http, await metric(http, sweeps) + count + 1) for http in gateways]
+
+    async def all_swept() -> bool:
+        return all([await metric(http, sweeps) >= target for http, target in targets])
+
+    await eventually(all_swept, timeout=10)

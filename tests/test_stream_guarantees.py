@@ -31,7 +31,10 @@ from tests.support import (
     LogBackend,
     deliver,
     details_of,
+    eventually,
+    inbox_is_empty,
     make_settings,
+    more_sweeps,
     wait_recorded,
     webhook,
 )
@@ -346,7 +349,9 @@ async def test_reconciliation_never_repeats_a_change_a_webhook_delivered(
             await emulator.patch(f"/emulator/accounts/{ids[1]}", json={"status": "error"})
             await stub.DeleteAccount(pb.DeleteAccountRequest(account_id=ids[2]))
             await emulator_state.wait_for_deliveries()
-            await asyncio.sleep(0.5)  # several more sweeps after every webhook landed
+            await eventually(lambda: inbox_is_empty(service.event_log))  # webhooks recorded
+            async with httpx.AsyncClient(base_url=service.gateway.base_url) as gateway:
+                await more_sweeps([gateway], 3)  # each sweeping after every webhook landed
         events = await _replay_in_process(stub)
     by_account = {
         account_id: [e.type for e in events if e.account.id == account_id] for account_id in ids

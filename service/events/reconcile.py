@@ -21,6 +21,7 @@ from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.ingest import event_record
 from service.events.log import EventLog
 from service.events.model import EventRecord, KnownAccount
+from service.metrics import Metrics
 from service.stackone.budget import Priority
 from service.stackone.errors import StackOneError
 from service.stackone.models import AccountListQuery, LinkedAccount
@@ -115,12 +116,19 @@ class Reconciler:
     """Runs reconciliation sweeps every `interval` seconds."""
 
     def __init__(
-        self, log: EventLog, lister: AccountLister, *, interval: float, grace: float
+        self,
+        log: EventLog,
+        lister: AccountLister,
+        *,
+        interval: float,
+        grace: float,
+        metrics: Metrics,
     ) -> None:
         self._log = log
         self._lister = lister
         self._interval = interval
         self._grace = grace
+        self._metrics = metrics
 
     async def sweep(self) -> int:
         """Runs one sweep; returns how many events it recorded."""
@@ -143,3 +151,5 @@ class Reconciler:
                 await self.sweep()
             except StackOneError as error:
                 _log.warning("reconciliation sweep failed: %s", error)
+            else:
+                self._metrics.reconcile_sweeps.inc()
