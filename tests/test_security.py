@@ -18,7 +18,7 @@ from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.runtime import Runtime, running
 from tests.certificates import Certificates, make_certificates
-from tests.support import make_settings
+from tests.support import eventually, make_settings
 
 pytestmark = pytest.mark.asyncio
 ADMIN = "admin-token-0123456789abcdef"
@@ -159,11 +159,12 @@ async def test_tokens_rotate_without_a_restart(tmp_path: Path) -> None:
             == grpc.StatusCode.OK
         )
         write_clients(clients, ("app", "new-token-0123456789", ["sessions:create"]))
-        await asyncio.sleep(1.1)  # the file is checked at most once a second
-        assert (
-            await code_of(stub.CreateSession(SESSION, metadata=bearer("new-token-0123456789")))
-            == grpc.StatusCode.OK
-        )
+
+        async def new_token_works() -> bool:
+            call = stub.CreateSession(SESSION, metadata=bearer("new-token-0123456789"))
+            return await code_of(call) == grpc.StatusCode.OK
+
+        await eventually(new_token_works)  # the file is checked at most once a second
         assert (
             await code_of(stub.CreateSession(SESSION, metadata=bearer("old-token-0123456789")))
             == grpc.StatusCode.UNAUTHENTICATED
