@@ -102,7 +102,6 @@ class Metrics:
             "Failures of background work (retried at its next interval), by task.",
             ["task"], registry=registry,
         )  # fmt: skip
-
         self.reconcile_sweeps = Counter(
             "stackone_connect_reconcile_sweeps",
             "Reconciliation sweeps by outcome (ok, failed).",

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
+import httpx
+import orjson
+from grpc_status import rpc_status
+
+from gateway.app import WEBHOOK_PATH
 from gateway.signature import sign
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.config import ENV_PREFIX, Settings
@@ -16,6 +23,7 @@ from service.events.log import EventLog
 from service.events.sqlite import Retention, SqliteEventLog
 
 WEBHOOK_SECRET = "whsec-test-secret"
+_numbers = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,38 @@ def signed_headers(body: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, str]:
     return {"content-type": "application/json", "x-stackone-signature": sign(secret, body)}
 
 
+def webhook(event: str = "account.deleted", account_id: str | None = None, **fields: str) -> bytes:
+    """A StackOne-shaped webhook body; deleted events need no StackOne round trip."""
+    payload = {
+        "event": event,
+        "account_id": account_id or f"acct-{next(_numbers)}",
+        "provider": "hibob",
+        "origin_owner_id": "tenant-1",
+        "origin_owner_name": "Tenant One",
+        "event_date": "2026-11-24T14:06:49.120Z",
+        **fields,
+    }
+    return orjson.dumps(payload)
+
+
+async def deliver(http: httpx.AsyncClient, body: bytes) -> httpx.Response:
+    """Posts one signed webhook to the gateway `http` is based at."""
+    return await http.post(WEBHOOK_PATH, content=body, headers=signed_headers(body))
+
+
+def details_of(error: grpc.aio.AioRpcError, kind: type[object]) -> list[object]:
+    """The rich-status details of one kind attached to a failed call."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "the error carries google.rpc details"
+    found = []
+    for detail in status.details:
+        if detail.Is(kind.DESCRIPTOR):  # type: ignore[attr-defined]
+            unpacked = kind()
+            detail.Unpack(unpacked)
+            found.append(unpacked)
+    return found
+
+
 async def wait_recorded(log: EventLog, event_ids: Iterable[str], timeout: float = 10) -> int:
     """Returns once the verifier has recorded every webhook id (the gateway only puts
     webhooks in the inbox) and the log's latest cursor shows it; returns the cursor of
@@ -99,6 +139,11 @@ async def wait_recorded(log: EventLog, event_ids: Iterable[str], timeout: float 
             await log.wait_for_append(log.latest_cursor, 0.2)
 
 
+async def inbox_is_empty(log: EventLog) -> bool:
+    """True once the verifier settled every accepted webhook (recorded or folded)."""
+    return (await log.inbox_stats()).depth == 0
+
+
 async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5) -> None:
     """Returns once `condition()` holds, checking every 10 ms; for state another server
     owns (an emulator's counters, a metrics page), which offers nothing to wait on."""
@@ -108,3 +153,24 @@ async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout: f
             if held if isinstance(held, bool) else await held:
                 return
             await asyncio.sleep(0.01)
+
+
+async def metric(http: httpx.AsyncClient, sample: str) -> float:
+    """One sample of the gateway's /metrics page (`name{labels}` as exposed); 0 if absent."""
+    for line in (await http.get("/metrics")).text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == sample:
+            return float(value)
+    return 0.0
+
+
+async def more_sweeps(gateways: Iterable[httpx.AsyncClient], count: int = 2) -> None:
+    """Returns once every service behind `gateways` completed `count` reconciliation
+    sweeps begun after this call (the sweep in flight now may have begun before it)."""
+    sweeps = 'stackone_connect_reconcile_sweeps_total{outcome="ok"}'
+    targets = [(http, await metric(http, sweeps) + count + 1) for http in gateways]
+
+    async def all_swept() -> bool:
+        return all([await metric(http, sweeps) >= target for http, target in targets])
+
+    await eventually(all_swept, timeout=10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from service.events.model import (
     EventRecord,
     StoredEvent,
 )
+from service.events.sqlite import SqliteEventLog
 from tests.support import LogBackend
 
 pytestmark = pytest.mark.asyncio
@@ -141,14 +143,14 @@ async def test_a_live_feed_receives_events_appended_after_it_started(
     """A feed started from now gets later appends and nothing earlier."""
     await event_log.append([record(0)])
     after = await resolve_start(event_log, StartPosition.now())
-    feed = follow(event_log, after, EventFilter(), bookmark_interval=10)
-    first = await anext(feed)
-    assert first == Bookmark(after)
-    reader = asyncio.create_task(take(feed, 2))
-    await asyncio.sleep(0.05)
+    feed = follow(event_log, after, EventFilter(), bookmark_interval=0.05)
+    assert await anext(feed) == Bookmark(after)
+    async with asyncio.timeout(5):
+        # A second bookmark: the feed read the log, found nothing and waited. It is live.
+        assert await anext(feed) == Bookmark(after)
     await event_log.append([record(1)])
     await event_log.append([record(2)])
-    assert [event.event_id for event in await reader] == ["evt-1", "evt-2"]
+    assert [event.event_id for event in await take(feed, 2)] == ["evt-1", "evt-2"]
     await feed.aclose()
 
 
@@ -210,11 +212,24 @@ async def test_a_follower_overtaken_by_retention_gets_an_error_not_a_gap(
         await log.close()
 
 
-async def test_concurrent_appends_are_group_committed(event_log: EventLog) -> None:
+async def test_concurrent_appends_all_get_distinct_cursors(event_log: EventLog) -> None:
     """Many concurrent single-event appends all succeed and keep distinct cursors."""
     outcomes = await asyncio.gather(*(event_log.append([record(n)]) for n in range(300)))
     cursors = sorted(result[0].cursor for result in outcomes)
     assert cursors == list(range(1, 301))
+
+
+async def test_concurrent_appends_are_group_committed(tmp_path: Path) -> None:
+    """300 concurrent single-event appends to SQLite share a handful of transactions."""
+    log = await SqliteEventLog.open(tmp_path / "events.db")
+    try:
+        before = log.commits
+        outcomes = await asyncio.gather(*(log.append([record(n)]) for n in range(300)))
+        commits = log.commits - before
+    finally:
+        await log.close()
+    assert sorted(result[0].cursor for result in outcomes) == list(range(1, 301))
+    assert 1 <= commits <= 10, f"{commits} commits for 300 appends"
 
 
 async def test_a_change_already_recorded_by_another_source_is_not_recorded_again(

@@ -15,13 +15,14 @@ from google.protobuf.empty_pb2 import Empty
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from gateway.app import WEBHOOK_PATH
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.rpc.server import SERVICE_NAME
 from service.runtime import Runtime, running
 from tests.processes import serve_env, serve_process
 from tests.streams import StreamCall, attached, next_event
-from tests.support import WEBHOOK_SECRET, make_settings, signed_headers
+from tests.support import WEBHOOK_SECRET, eventually, make_settings, metric, signed_headers
 
 pytestmark = pytest.mark.asyncio
 
@@ -71,17 +72,27 @@ async def test_metrics_move_with_real_traffic(
     stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
     await attached(stream)
     body = orjson.dumps({"event": "account.deleted", "account_id": "a1", "provider": "hibob"})
+    # Two refusals, each for one reason only: the content type, then the signature.
+    not_json = {**signed_headers(body), "content-type": "text/plain"}
+    badly_signed = {**signed_headers(body), "x-stackone-signature": "x"}
     async with httpx.AsyncClient(base_url=service.gateway.base_url) as http:
-        await http.post("/webhooks/stackone", content=body, headers=signed_headers(body))
-        await http.post("/webhooks/stackone", content=body, headers={"x-stackone-signature": "x"})
+        refused = [
+            (await http.post(WEBHOOK_PATH, content=body, headers=headers)).status_code
+            for headers in (not_json, badly_signed)
+        ]
+        await http.post(WEBHOOK_PATH, content=body, headers=signed_headers(body))
         await next_event(stream)  # recorded by the verifier
-        metrics = await _metrics_once_settled(http)
+        # The verifier's append is counted just after the event reaches subscribers.
+        await eventually(lambda: _counted(http, "stackone_connect_event_log_append_seconds_count"))
+        metrics = (await http.get("/metrics")).text
     stream.cancel()
+    assert refused == [415, 401]
     expected = [
         'stackone_connect_rpcs_total{code="OK",method="CreateSession"} 1.0',
         'stackone_connect_rpcs_total{code="NOT_FOUND",method="GetAccount"} 1.0',
         'stackone_connect_webhooks_total{outcome="accepted",type="account.deleted"} 1.0',
         'stackone_connect_webhooks_total{outcome="unsupported_media_type",type="unknown"} 1.0',
+        'stackone_connect_webhooks_total{outcome="unauthorized",type="unknown"} 1.0',
         'stackone_connect_upstream_calls_total{endpoint="POST /connect_sessions",status="ok"} 1.0',
         'stackone_connect_upstream_calls_total{endpoint="GET /accounts/{id}",status="404"} 1.0',
         "stackone_connect_stream_subscribers 1.0",
@@ -93,15 +104,8 @@ async def test_metrics_move_with_real_traffic(
         assert line in metrics
 
 
-async def _metrics_once_settled(http: httpx.AsyncClient) -> str:
-    """The metrics text once the verifier's append is counted (it finishes just after the
-    event reaches subscribers)."""
-    async with asyncio.timeout(5):
-        while "stackone_connect_event_log_append_seconds_count 1.0" not in (  # noqa: ASYNC110 - another server, seen over HTTP
-            text := (await http.get("/metrics")).text
-        ):
-            await asyncio.sleep(0.01)
-    return text
+async def _counted(http: httpx.AsyncClient, sample: str) -> bool:
+    return await metric(http, sample) > 0
 
 
 @pytest.mark.slow
@@ -133,7 +137,7 @@ async def test_sigterm_under_load_loses_nothing_and_exits_cleanly(tmp_path: Path
                         acknowledged.append(response.json()["event_id"])
 
             senders = [asyncio.create_task(sender(worker)) for worker in range(8)]
-            await asyncio.sleep(0.5)
+            await eventually(lambda: len(acknowledged) >= 50)  # under load
             started = time.monotonic()
             serve.process.send_signal(signal.SIGTERM)
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING

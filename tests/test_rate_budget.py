@@ -30,8 +30,7 @@ from service.stackone.budget import Priority, RateBudget
 from service.stackone.client import StackOneClient
 from service.stackone.errors import BudgetExhausted
 from service.web import listening
-from tests.support import make_settings
-from tests.test_service_errors import details_of
+from tests.support import details_of, make_settings
 
 pytestmark = pytest.mark.asyncio
 API_KEY = "budget-key"

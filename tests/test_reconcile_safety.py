@@ -9,40 +9,18 @@ import httpx
 import orjson
 import pytest
 from google.protobuf.empty_pb2 import Empty
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events.reconcile import PAGE_SIZE
 from service.runtime import Runtime, running
 from tests.streams import attached, events_until_caught_up
-from tests.support import LogBackend, eventually, make_settings
+from tests.support import LogBackend, eventually, make_settings, metric, more_sweeps
 
 pytestmark = pytest.mark.asyncio
 BACKENDS = ["sqlite", "jetstream"]
+SWEEPS = 'stackone_connect_reconcile_sweeps_total{outcome="ok"}'
 OWNER = {"provider": "hibob", "origin_owner_id": "t-1", "origin_owner_name": "Acme"}
-
-
-async def sample(http: httpx.AsyncClient, name: str, **labels: str) -> float:
-    """The value of one metric sample of the service (0 when it has none yet)."""
-    text = (await http.get("/metrics")).text
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                return float(found.value)
-    return 0.0
-
-
-async def sweeps_after(http: httpx.AsyncClient, count: int) -> float:
-    """Waits until `count` more sweeps finished than now; returns the new total."""
-    name = "stackone_connect_reconcile_sweeps_total"
-    target = await sample(http, name, outcome="ok") + count
-
-    async def done() -> bool:
-        return await sample(http, name, outcome="ok") >= target
-
-    await eventually(done, timeout=10)
-    return target
 
 
 async def recorded(service: Runtime) -> list[pb.AccountEvent]:
@@ -76,7 +54,7 @@ async def test_an_account_missing_from_a_listing_is_deleted_only_after_a_404(
             await emulator.put("/emulator/webhooks", json={"enabled": False})
             fault = {"path": "/accounts", "method": "GET", "body": "[]"}
             assert (await emulator.post("/emulator/faults", json=fault)).status_code == 201
-            await sweeps_after(http, 3)
+            await more_sweeps([http], 3)
             assert not await _has(service, "account.deleted", account_id)
             calls = (await emulator.get("/emulator/stats")).json()["calls"]
             assert calls["GET /accounts/{account_id}"] >= 3, "each sweep looked it up"
@@ -102,8 +80,9 @@ async def test_a_listing_that_ignores_its_page_still_ends(
         ):
             fault = {"path": "/accounts", "method": "GET", "body": orjson.dumps(page).decode()}
             assert (await emulator.post("/emulator/faults", json=fault)).status_code == 201
-            sweeps = await sweeps_after(http, 3)
+            await more_sweeps([http], 3)
             calls = (await emulator.get("/emulator/stats")).json()["calls"]
+            sweeps = await metric(http, SWEEPS)
         events = await recorded(service)
     assert calls["GET /accounts"] <= 2 * (sweeps + 1)
     created = {e.account.id for e in events if e.type == "account.created"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import uuid
 from collections.abc import AsyncIterator
@@ -22,8 +21,7 @@ from service.web import listening
 from tests.nats import NatsServer
 from tests.processes import ServeProcess, serve_env, serve_process
 from tests.streams import events_until_caught_up, next_event, subscribed
-from tests.support import WEBHOOK_SECRET, LogBackend
-from tests.test_stream_guarantees import deliver, webhook
+from tests.support import WEBHOOK_SECRET, LogBackend, deliver, eventually, more_sweeps, webhook
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
@@ -153,23 +151,24 @@ async def test_a_nats_restart_is_not_ready_then_5xx_then_recovers_by_itself(
 
 
 async def _until(http: httpx.AsyncClient, path: str, status: int) -> None:
-    """Polls `path` until it answers `status` (20 s at most)."""
-    for _ in range(200):
-        if (await http.get(path)).status_code == status:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{path} never answered {status}")
+    """Returns once `path` answers `status` (20 s at most)."""
+
+    async def answers() -> bool:
+        return (await http.get(path)).status_code == status
+
+    await eventually(answers, timeout=20)
 
 
 async def _until_health(serve: ServeProcess, status: int) -> None:
-    """Polls the gRPC health service until the whole server reports `status` (20 s at most)."""
+    """Returns once the gRPC health service reports `status` for the whole server (20 s)."""
     async with grpc.aio.insecure_channel(serve.grpc_target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for _ in range(200):
-            if (await health.Check(health_pb2.HealthCheckRequest())).status == status:
-                return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"health never became {status}")
+
+        async def reports() -> bool:
+            response = await health.Check(health_pb2.HealthCheckRequest())
+            return int(response.status) == status
+
+        await eventually(reports, timeout=20)
 
 
 async def test_two_replicas_sweeping_at_once_record_each_change_once(
@@ -185,18 +184,24 @@ async def test_two_replicas_sweeping_at_once_record_each_change_once(
             "STACKONE_CONNECT_RECONCILE_GRACE": "0",
         }
         async with (
-            replicas(2, tmp_path, nats_server.url, **upstream) as (a, _),
+            replicas(2, tmp_path, nats_server.url, **upstream) as (a, b),
             httpx.AsyncClient(base_url=stackone.base_url) as emulator,
+            httpx.AsyncClient(base_url=a.gateway_url) as gateway_a,
+            httpx.AsyncClient(base_url=b.gateway_url) as gateway_b,
         ):
-            spec = {"provider": "hibob", "origin_owner_id": "t-3", "origin_owner_name": "Three"}
-            ids = [
-                (await emulator.post("/emulator/accounts", json=spec)).json()["id"]
-                for _ in range(3)
-            ]
-            await asyncio.sleep(0.5)
-            await emulator.patch(f"/emulator/accounts/{ids[1]}", json={"status": "error"})
-            await emulator.delete(f"/accounts/{ids[2]}", auth=("replica-key", ""))
-            await asyncio.sleep(1.0)  # many sweeps on both replicas
+            async with subscribed(a.grpc_target) as live:
+                spec = {"provider": "hibob", "origin_owner_id": "t-3", "origin_owner_name": "3"}
+                ids = [
+                    (await emulator.post("/emulator/accounts", json=spec)).json()["id"]
+                    for _ in range(3)
+                ]
+                for _ in ids:  # every creation swept before anything changes
+                    await next_event(live)
+                await emulator.patch(f"/emulator/accounts/{ids[1]}", json={"status": "error"})
+                await emulator.delete(f"/accounts/{ids[2]}", auth=("replica-key", ""))
+                for _ in range(2):  # the update and the deletion
+                    await next_event(live)
+            await more_sweeps([gateway_a, gateway_b], 3)  # on both, after every change
             async with subscribed(a.grpc_target, from_earliest=Empty()) as stream:
                 events = await events_until_caught_up(stream, await _latest_cursor(a))
     by_account = {i: [e.type for e in events if e.account.id == i] for i in ids}

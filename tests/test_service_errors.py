@@ -12,29 +12,15 @@ import grpc
 import pytest
 from aiohttp import web
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EmulatorConfig, build_emulator_app
 from service.runtime import running
 from service.web import listening
-from tests.support import make_settings
+from tests.support import details_of, make_settings
 
 pytestmark = pytest.mark.asyncio
-
-
-def details_of(error: grpc.aio.AioRpcError, kind: type[object]) -> list[object]:
-    """The rich-status details of one kind attached to a failed call."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "the error carries google.rpc details"
-    found = []
-    for detail in status.details:
-        if detail.Is(kind.DESCRIPTOR):  # type: ignore[attr-defined]
-            unpacked = kind()
-            detail.Unpack(unpacked)
-            found.append(unpacked)
-    return found
 
 
 @asynccontextmanager

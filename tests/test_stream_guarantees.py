@@ -4,7 +4,6 @@ retention, reconciliation and verified enrichment."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import signal
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import pytest
 from google.protobuf.empty_pb2 import Empty
 from google.rpc import error_details_pb2
 
-from gateway.app import WEBHOOK_PATH
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EMULATOR_STATE
@@ -31,34 +29,18 @@ from tests.streams import (
 from tests.support import (
     WEBHOOK_SECRET,
     LogBackend,
+    deliver,
+    details_of,
+    eventually,
+    inbox_is_empty,
     make_settings,
-    signed_headers,
+    more_sweeps,
     wait_recorded,
+    webhook,
 )
-from tests.test_service_errors import details_of
 
 pytestmark = pytest.mark.asyncio
 BACKENDS = ["sqlite", "jetstream"]  # the service fixture runs on each
-_numbers = itertools.count()
-
-
-def webhook(event: str = "account.deleted", account_id: str | None = None, **fields: str) -> bytes:
-    """A StackOne-shaped webhook body; deleted events need no StackOne round trip."""
-    payload = {
-        "event": event,
-        "account_id": account_id or f"acct-{next(_numbers)}",
-        "provider": "hibob",
-        "origin_owner_id": "tenant-1",
-        "origin_owner_name": "Tenant One",
-        "event_date": "2026-11-24T14:06:49.120Z",
-        **fields,
-    }
-    return orjson.dumps(payload)
-
-
-async def deliver(http: httpx.AsyncClient, body: bytes) -> httpx.Response:
-    """Posts one signed webhook."""
-    return await http.post(WEBHOOK_PATH, content=body, headers=signed_headers(body))
 
 
 async def test_duplicate_deliveries_appear_once_on_every_stream(
@@ -248,7 +230,12 @@ async def _send_many(gateway_url: str, total: int, padding: str) -> list[str]:
         async def worker() -> None:
             while not queue.empty():
                 account_id = queue.get_nowait()
-                body = webhook(account_id=account_id, origin_owner_name=padding)
+                # Webhook texts are bounded at 1,024 characters: spread over two fields.
+                body = webhook(
+                    account_id=account_id,
+                    origin_owner_name=padding[:1000],
+                    origin_username=padding[1000:],
+                )
                 response = await deliver(http, body)
                 assert response.status_code == 200, response.text
 
@@ -367,7 +354,9 @@ async def test_reconciliation_never_repeats_a_change_a_webhook_delivered(
             await emulator.patch(f"/emulator/accounts/{ids[1]}", json={"status": "error"})
             await stub.DeleteAccount(pb.DeleteAccountRequest(account_id=ids[2]))
             await emulator_state.wait_for_deliveries()
-            await asyncio.sleep(0.5)  # several more sweeps after every webhook landed
+            await eventually(lambda: inbox_is_empty(service.event_log))  # webhooks recorded
+            async with httpx.AsyncClient(base_url=service.gateway.base_url) as gateway:
+                await more_sweeps([gateway], 3)  # each sweeping after every webhook landed
         events = await _replay_in_process(stub)
     by_account = {
         account_id: [e.type for e in events if e.account.id == account_id] for account_id in ids

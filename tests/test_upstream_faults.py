@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
-from tests.test_service_errors import details_of
+from tests.support import details_of
 
 pytestmark = pytest.mark.asyncio
 SESSION = pb.CreateSessionRequest(origin_owner_id="t-1", origin_owner_name="Acme")
