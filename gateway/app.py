@@ -4,7 +4,8 @@
 (never waiting on StackOne: the verifier records the event later); a bad signature gets
 401, a body that is not an event 400, a body over the limit 413, a content type other
 than JSON 415, a storage failure or a full inbox 503 (so StackOne retries).
-`GET /healthz` is liveness, `GET /readyz` readiness, `GET /metrics` Prometheus metrics.
+`GET /healthz` is liveness. Only these face the internet: `GET /readyz` (readiness) and
+`GET /metrics` (Prometheus) are served by the admin app on its own listener.
 """
 
 from __future__ import annotations
@@ -94,8 +95,11 @@ async def receive_webhook(request: web.Request) -> web.Response:
         reason = f"the body did not arrive within {state.body_timeout:g}s"
         return _problem(state, 408, "timeout", reason, Connection="close")
     except web.RequestPayloadError:  # e.g. a gzip body that is not gzip
+        # The rest cannot be decoded either: end the body here rather than have aiohttp
+        # drain it after the answer (which re-raises the error as an ERROR traceback).
+        request.content.feed_eof()
         reason = "the body cannot be decoded as its Content-Encoding says"
-        return _problem(state, 400, "malformed", reason)
+        return _problem(state, 400, "malformed", reason, Connection="close")
     except ConnectionResetError:
         # The sender went away mid-body: nobody reads an answer, and nothing was recorded.
         return _problem(state, 400, "disconnected", "the client disconnected mid-body")
@@ -186,10 +190,18 @@ async def request_id(
 
 
 def init_app(state: GatewayState) -> web.Application:
-    """Builds the gateway application around `state`."""
+    """The public webhook listener: the webhook path and liveness, nothing else."""
     app = web.Application(client_max_size=state.max_body_bytes, middlewares=[request_id])
     app[GATEWAY_STATE] = state
     app.router.add_post(WEBHOOK_PATH, receive_webhook)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def init_admin_app(state: GatewayState) -> web.Application:
+    """The admin listener (loopback by default): metrics, readiness and liveness."""
+    app = web.Application(middlewares=[request_id])
+    app[GATEWAY_STATE] = state
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

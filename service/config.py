@@ -50,6 +50,27 @@ class Settings(BaseSettings):
     gateway_address: str = Field(
         "127.0.0.1:8080", description="host:port the webhook gateway listens on (port 0: any)."
     )
+    admin_address: str = Field(
+        "127.0.0.1:9464",
+        description="host:port of the admin listener: /metrics, /readyz and /healthz (port 0:"
+        " any). Keep it off the internet: it is not authenticated.",
+    )
+    gateway_max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Open connections the webhook gateway accepts; past it, new ones get 503.",
+    )
+    gateway_idle_timeout: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds a gateway connection may take to send a request's headers, new"
+        " or kept alive between requests, before it is closed.",
+    )
+    gateway_body_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a webhook's body may take to arrive before the gateway answers 408.",
+    )
     api_key: SecretStr | None = Field(
         None,
         description="StackOne API key. Unset: the bundled StackOne emulator is started and used.",
@@ -193,7 +214,7 @@ class Settings(BaseSettings):
         " behind a proxy that authenticates).",
     )
 
-    @field_validator("grpc_address", "gateway_address", "emulator_address")
+    @field_validator("grpc_address", "gateway_address", "admin_address", "emulator_address")
     @classmethod
     def _check_address(cls, value: str) -> str:
         return _host_port(value)

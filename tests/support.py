@@ -70,6 +70,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "grpc_address": "127.0.0.1:0",
         "gateway_address": "127.0.0.1:0",
+        "admin_address": "127.0.0.1:0",
         "emulator_address": "127.0.0.1:0",
         "event_log_url": f"sqlite:///{tmp_path / 'events.db'}",
         "webhook_secrets": [WEBHOOK_SECRET],

@@ -5,6 +5,10 @@ No verifier runs here, so what the gateway accepted stays in the inbox to be loo
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -13,13 +17,13 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from gateway.app import WEBHOOK_PATH, GatewayState, init_app
+from gateway.app import WEBHOOK_PATH, GatewayState, init_admin_app, init_app
 from gateway.signature import sign
 from service.events.ingest import Ingestor
 from service.events.sqlite import SqliteEventLog
 from service.metrics import Metrics
-from service.web import listening
-from tests.support import WEBHOOK_SECRET, signed_headers
+from service.web import ListeningApp, listening
+from tests.support import WEBHOOK_SECRET, eventually, signed_headers
 
 pytestmark = pytest.mark.asyncio
 
@@ -34,13 +38,19 @@ CREATED = {
 }
 
 
+IDLE_TIMEOUT = 0.5
+MAX_CONNECTIONS = 8
+
+
 @dataclass
 class Gateway:
-    """A running gateway, its HTTP client and the log it records into."""
+    """A running gateway and its admin listener, their HTTP clients, and the log."""
 
     http: httpx.AsyncClient
+    admin: httpx.AsyncClient
     log: SqliteEventLog
     state: GatewayState
+    port: int
 
     async def post(self, body: bytes, headers: Mapping[str, str | bytes]) -> httpx.Response:
         """Delivers one webhook."""
@@ -62,12 +72,21 @@ async def gateway(event_log: SqliteEventLog) -> AsyncIterator[Gateway]:
         readiness_check=event_log.check_writable,
         metrics=Metrics(),
         max_body_bytes=4096,
+        body_timeout=0.5,
     )
     async with (
-        listening(init_app(state), "127.0.0.1", 0) as app,
+        listening(
+            init_app(state),
+            "127.0.0.1",
+            0,
+            keepalive_timeout=IDLE_TIMEOUT,
+            max_connections=MAX_CONNECTIONS,
+        ) as app,
+        listening(init_admin_app(state), "127.0.0.1", 0) as admin_app,
         httpx.AsyncClient(base_url=app.base_url) as http,
+        httpx.AsyncClient(base_url=admin_app.base_url) as admin,
     ):
-        yield Gateway(http, event_log, state)
+        yield Gateway(http, admin, event_log, state, app.port)
 
 
 async def test_a_signed_account_event_is_in_the_inbox_then_acknowledged(gateway: Gateway) -> None:
@@ -199,15 +218,15 @@ async def test_a_storage_failure_gets_503_so_stackone_retries(gateway: Gateway) 
     body = orjson.dumps(CREATED)
     response = await gateway.post(body, signed_headers(body))
     assert response.status_code == 503
-    assert (await gateway.http.get("/readyz")).status_code == 503
+    assert (await gateway.admin.get("/readyz")).status_code == 503
 
 
 async def test_health_and_readiness(gateway: Gateway) -> None:
     """Liveness is 200; readiness is 200 while accepting and 503 once draining."""
     assert (await gateway.http.get("/healthz")).json() == {"status": "ok"}
-    assert (await gateway.http.get("/readyz")).status_code == 200
+    assert (await gateway.admin.get("/readyz")).status_code == 200
     gateway.state.accepting = False
-    assert (await gateway.http.get("/readyz")).status_code == 503
+    assert (await gateway.admin.get("/readyz")).status_code == 503
 
 
 async def test_a_body_that_is_not_json_by_content_type_gets_415(gateway: Gateway) -> None:
@@ -216,4 +235,154 @@ async def test_a_body_that_is_not_json_by_content_type_gets_415(gateway: Gateway
     headers = {**signed_headers(body), "content-type": "text/plain"}
     response = await gateway.post(body, headers)
     assert response.status_code == 415
+    assert await gateway.recorded() == []
+
+
+async def test_readiness_and_metrics_are_only_on_the_admin_listener(gateway: Gateway) -> None:
+    """The public listener serves the webhook path and liveness; nothing else leaks."""
+    for path in ("/metrics", "/readyz"):
+        assert (await gateway.http.get(path)).status_code == 404
+        assert (await gateway.admin.get(path)).status_code == 200
+    assert (await gateway.http.get("/healthz")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("encoding", "content"),
+    [("br-x", orjson.dumps(CREATED)), ("gzip", orjson.dumps(CREATED)), ("zip, gzip", b"{}")],
+)
+async def test_a_body_it_cannot_decode_is_400_and_not_recorded(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture, encoding: str, content: bytes
+) -> None:
+    """An unknown Content-Encoding, or gzip that is not gzip: 400, no ERROR traceback."""
+    headers = {**signed_headers(content), "content-encoding": encoding}
+    with caplog.at_level(logging.ERROR):
+        response = await gateway.post(content, headers)
+    assert response.status_code == 400
+    assert "Content-Encoding" in response.json()["error"]
+    assert await gateway.recorded() == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_gzip_body_is_decoded_and_recorded(gateway: Gateway) -> None:
+    """A gzip-encoded webhook signed over its JSON is accepted like a plain one."""
+    body = orjson.dumps(CREATED)
+    headers = {**signed_headers(body), "content-encoding": "gzip"}
+    assert (await gateway.post(gzip.compress(body), headers)).status_code == 200
+    assert len(await gateway.recorded()) == 1
+
+
+async def _raw(gateway: Gateway) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", gateway.port)
+
+
+def _head(length: int) -> bytes:
+    return (
+        f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+async def test_a_body_that_stalls_gets_408(gateway: Gateway) -> None:
+    """A sender that stops mid-body is answered 408 once the body timeout passes."""
+    reader, writer = await _raw(gateway)
+    writer.write(_head(100) + b'{"event"')
+    async with asyncio.timeout(5):
+        status_line = await reader.readline()
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408")
+    assert await gateway.recorded() == []
+
+
+async def test_a_sender_vanishing_mid_body_is_counted_not_a_traceback(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection closed mid-body records nothing and logs no ERROR."""
+    disconnected = gateway.state.metrics.webhooks.labels("unknown", "disconnected")
+    with caplog.at_level(logging.INFO):
+        _, writer = await _raw(gateway)
+        writer.write(_head(1000) + b'{"event"')
+        await writer.drain()
+        writer.close()
+        await eventually(lambda: disconnected._value.get() == 1)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert await gateway.recorded() == []
+
+
+async def test_headers_that_trickle_in_are_cut_off(gateway: Gateway) -> None:
+    """A connection that keeps sending header bytes but never ends them is closed."""
+    reader, writer = await _raw(gateway)
+    started = time.monotonic()
+    async with asyncio.timeout(10):
+        for byte in _head(10)[:-4]:
+            if reader.at_eof():
+                break
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(IDLE_TIMEOUT / 10)  # a slow sender: the point of the test
+        assert await reader.read() == b""
+    writer.close()
+    assert time.monotonic() - started < IDLE_TIMEOUT * 6
+
+
+async def test_connections_past_the_cap_get_503(gateway: Gateway) -> None:
+    """With MAX_CONNECTIONS open, the next connection is answered 503 and closed."""
+    app = init_app(gateway.state)
+    async with listening(app, "127.0.0.1", 0, max_connections=MAX_CONNECTIONS) as capped:
+        held = []
+        for _ in range(MAX_CONNECTIONS):
+            reader, writer = await asyncio.open_connection("127.0.0.1", capped.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # then kept alive
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            held.append(writer)
+        reader, writer = await asyncio.open_connection("127.0.0.1", capped.port)
+        assert (await reader.readline()).startswith(b"HTTP/1.1 503")
+        writer.close()
+        held.pop().close()
+        await eventually(lambda: len(app_connections(capped)) < MAX_CONNECTIONS)
+        reader, writer = await asyncio.open_connection("127.0.0.1", capped.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200"), "a freed slot is reused"
+        for connection in [*held, writer]:
+            connection.close()
+
+
+def app_connections(app: ListeningApp) -> list[object]:
+    """The connections an application's server holds open."""
+    server = app.runner.server
+    return list(server.connections) if server is not None else []
+
+
+async def test_unknown_event_types_are_acknowledged_under_bounded_labels(gateway: Gateway) -> None:
+    """Any type is answered 2xx; metric labels come from a fixed set whatever the types."""
+    for event_type in ("hris_employees.created", "x" * 90, "account.error", "account.zz"):
+        body = orjson.dumps({**CREATED, "event": event_type})
+        assert (await gateway.post(body, signed_headers(body))).status_code == 200
+    labels = {
+        sample.labels["type"]
+        for family in gateway.state.metrics.webhooks.collect()
+        for sample in family.samples
+    }
+    assert labels == {"other", "account.other"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("account_id", "x" * 256),
+        ("account_id", ".."),
+        ("account_id", "a\u0000b"),
+        ("id", "e" * 256),
+        ("event", "account." + "y" * 100),
+        ("origin_owner_name", "n" * 1025),
+        ("event_date", "0001-01-01T00:00:00+14:00"),
+    ],
+)
+async def test_fields_past_their_bounds_are_400_naming_the_field(
+    gateway: Gateway, field: str, value: str
+) -> None:
+    """Ids, types, texts and dates beyond their bounds are refused before the inbox."""
+    body = orjson.dumps({**CREATED, field: value})
+    response = await gateway.post(body, signed_headers(body))
+    assert response.status_code == 400
+    assert f"'{field}'" in response.json()["error"]
     assert await gateway.recorded() == []
