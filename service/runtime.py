@@ -20,12 +20,11 @@ from gateway.app import WEBHOOK_PATH, GatewayState, init_app
 from service.aio import cancel_all
 from service.config import Settings, split_address
 from service.emulator import EMULATOR_STATE, EmulatorConfig, build_emulator_app
+from service.events.backends import open_event_log
 from service.events.ingest import Ingestor
-from service.events.jetstream import JetStreamEventLog, JetStreamOptions
 from service.events.log import EventLog
 from service.events.model import EventLogError, EventLogUnavailable
 from service.events.reconcile import Reconciler
-from service.events.sqlite import Retention, SqliteEventLog
 from service.events.verify import Verifier
 from service.metrics import Metrics
 from service.rpc.server import SERVICE_NAME, HealthReporter, build_grpc_server, new_health_servicer
@@ -84,37 +83,6 @@ async def _watch_readiness(log: EventLog, servicer: HealthReporter, interval: fl
             ready = now_ready
 
 
-async def open_event_log(settings: Settings) -> EventLog:
-    """The configured backend: SQLite in one process, or JetStream shared by replicas."""
-    if not settings.uses_jetstream:
-        return await SqliteEventLog.open(
-            settings.sqlite_path,
-            Retention(
-                max_age=settings.retention_max_age,
-                max_count=settings.retention_max_count,
-                dedup_window=settings.dedup_window,
-            ),
-            inbox_limit=settings.inbox_limit,
-        )
-    try:
-        return await JetStreamEventLog.open(
-            JetStreamOptions(
-                url=settings.event_log_url,
-                stream=settings.jetstream_stream,
-                subject_prefix=settings.jetstream_subject_prefix,
-                storage=settings.jetstream_storage,
-                replicas=settings.jetstream_replicas,
-                max_age=settings.retention_max_age,
-                max_count=settings.retention_max_count,
-                dedup_window=settings.dedup_window,
-                inbox_limit=settings.inbox_limit,
-                inbox_duplicate_window=max(120.0, 2 * settings.verify_deadline),
-            )
-        )
-    except EventLogUnavailable as error:
-        raise ConfigurationError(f"{error} (STACKONE_CONNECT_EVENT_LOG_URL)") from error
-
-
 @asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Runtime]:
     """Runs the whole service until the block exits, then stops it gracefully."""
@@ -149,7 +117,10 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
                     "of your StackOne webhook every delivery would be rejected"
                 )
 
-        event_log = await open_event_log(settings)
+        try:
+            event_log = await open_event_log(settings)
+        except EventLogUnavailable as error:
+            raise ConfigurationError(f"{error} (STACKONE_CONNECT_EVENT_LOG_URL)") from error
         stack.push_async_callback(event_log.close)
         metrics = Metrics()
         metrics.latest_cursor.set_function(lambda: event_log.latest_cursor)
