@@ -9,10 +9,12 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.events.backends import backend_for
+from service.events.model import Retention
 
 ENV_PREFIX = "STACKONE_CONNECT_"
 
@@ -229,14 +231,8 @@ class Settings(BaseSettings):
     @field_validator("event_log_url")
     @classmethod
     def _check_event_log_url(cls, value: str) -> str:
-        parsed = urlparse(value)
-        if parsed.scheme == "sqlite" and parsed.path.lstrip("/"):
-            return value
-        if parsed.scheme in {"nats", "tls"} and parsed.hostname:
-            return value
-        raise ValueError(
-            f"'{value}' is not a supported event log URL (sqlite:///path.db or nats://host:port)"
-        )
+        backend_for(value)  # refuses a URL no backend opens
+        return value
 
     @field_validator("log_level")
     @classmethod
@@ -299,15 +295,13 @@ class Settings(BaseSettings):
         return self.api_key is None or not self.api_key.get_secret_value()
 
     @property
-    def uses_jetstream(self) -> bool:
-        """True when the event log is a NATS JetStream stream."""
-        return urlparse(self.event_log_url).scheme != "sqlite"
-
-    @property
-    def sqlite_path(self) -> Path:
-        """The file of a `sqlite:///` event log URL (three slashes: relative path)."""
-        path = urlparse(self.event_log_url).path
-        return Path(path[1:]) if path.startswith("/") else Path(path)
+    def retention(self) -> Retention:
+        """How long the event log keeps events and remembers their ids."""
+        return Retention(
+            max_age=self.retention_max_age,
+            max_count=self.retention_max_count,
+            dedup_window=self.dedup_window,
+        )
 
 
 def settings_table() -> str:

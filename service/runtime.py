@@ -1,8 +1,13 @@
 """The lifecycle owner: starts every part of `serve`, tracks readiness, stops in order.
 
-Start: (emulator) → event log → StackOne client → gateway → gRPC server → SERVING.
-Stop:  NOT_SERVING and refuse new webhooks → end streams (clients reconnect) →
-       gRPC stop with grace → gateway cleanup → client close → event log close.
+`running` enters one named step after another on an exit stack, which stops them in
+reverse order:
+
+Start: StackOne (or the emulator) → event log → StackOne client → gateway and gRPC
+       server → SERVING → verifier, reconciler, readiness watch.
+Stop:  background work cancelled → NOT_SERVING and refuse new webhooks → end streams
+       (clients reconnect) → gRPC stop and gateway cleanup within one grace period →
+       client close → event log close → emulator stop.
 """
 
 from __future__ import annotations
@@ -16,16 +21,15 @@ from dataclasses import dataclass
 
 from grpc_health.v1 import health_pb2
 
-from gateway.app import WEBHOOK_PATH, GatewayState, init_app
+from gateway.app import WEBHOOK_PATH, GatewayState, init_admin_app, init_app
 from service.aio import cancel_all
-from service.config import Settings, split_address
+from service.config import ENV_PREFIX, Settings, split_address
 from service.emulator import EMULATOR_STATE, EmulatorConfig, build_emulator_app
+from service.events.backends import open_event_log
 from service.events.ingest import Ingestor
-from service.events.jetstream import JetStreamEventLog, JetStreamOptions
 from service.events.log import EventLog
 from service.events.model import EventLogError, EventLogUnavailable
 from service.events.reconcile import Reconciler
-from service.events.sqlite import Retention, SqliteEventLog
 from service.events.verify import Verifier
 from service.metrics import Metrics
 from service.rpc.server import SERVICE_NAME, HealthReporter, build_grpc_server, new_health_servicer
@@ -48,6 +52,7 @@ class Runtime:
     settings: Settings
     grpc_port: int
     gateway: ListeningApp
+    admin: ListeningApp
     emulator: ListeningApp | None
     event_log: EventLog
     health: HealthReporter
@@ -84,163 +89,231 @@ async def _watch_readiness(log: EventLog, servicer: HealthReporter, interval: fl
             ready = now_ready
 
 
-async def open_event_log(settings: Settings) -> EventLog:
-    """The configured backend: SQLite in one process, or JetStream shared by replicas."""
-    if not settings.uses_jetstream:
-        return await SqliteEventLog.open(
-            settings.sqlite_path,
-            Retention(
-                max_age=settings.retention_max_age,
-                max_count=settings.retention_max_count,
-                dedup_window=settings.dedup_window,
-            ),
-            inbox_limit=settings.inbox_limit,
+@dataclass(slots=True)
+class _StackOne:
+    """Where StackOne is: the real API, or the bundled emulator standing in for it."""
+
+    base_url: str
+    api_key: str
+    webhook_secrets: list[str]
+    emulator: ListeningApp | None
+
+    def deliver_webhooks_to(self, gateway: ListeningApp) -> None:
+        """Points the emulator's webhooks at the gateway (the real StackOne is configured
+        in its dashboard)."""
+        if self.emulator is None:
+            return
+        self.emulator.runner.app[EMULATOR_STATE].config.webhook_url = (
+            gateway.base_url + WEBHOOK_PATH
         )
-    try:
-        return await JetStreamEventLog.open(
-            JetStreamOptions(
-                url=settings.event_log_url,
-                stream=settings.jetstream_stream,
-                subject_prefix=settings.jetstream_subject_prefix,
-                storage=settings.jetstream_storage,
-                replicas=settings.jetstream_replicas,
-                max_age=settings.retention_max_age,
-                max_count=settings.retention_max_count,
-                dedup_window=settings.dedup_window,
-                inbox_limit=settings.inbox_limit,
-                inbox_duplicate_window=max(120.0, 2 * settings.verify_deadline),
-            )
+        _log.warning(
+            "No STACKONE_CONNECT_API_KEY is set: using the bundled StackOne emulator at %s "
+            '(link an account with POST %s/emulator/link {"token": ...})',
+            self.emulator.base_url,
+            self.emulator.base_url,
+            extra={"emulator_url": self.emulator.base_url},
         )
-    except EventLogUnavailable as error:
-        raise ConfigurationError(f"{error} (STACKONE_CONNECT_EVENT_LOG_URL)") from error
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Runtime]:
-    """Runs the whole service until the block exits, then stops it gracefully."""
-    async with AsyncExitStack() as stack:
-        webhook_secrets = [secret.get_secret_value() for secret in settings.webhook_secrets]
-        emulator: ListeningApp | None = None
-        if settings.uses_emulator:
-            api_key = "emulator-" + secrets.token_urlsafe(16)
-            webhook_secrets = webhook_secrets or [secrets.token_urlsafe(32)]
-            emulator_config = EmulatorConfig(
-                api_key=api_key,
-                webhook_url=None,
-                webhook_secret=webhook_secrets[0],
-                latency=settings.emulator_latency,
-                rate_limit=settings.emulator_rate_limit,
+async def _stackone(settings: Settings) -> AsyncIterator[_StackOne]:
+    """StackOne as configured, or the bundled emulator (started here) without an API key."""
+    webhook_secrets = [secret.get_secret_value() for secret in settings.webhook_secrets]
+    api_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
+    if api_key:
+        if not webhook_secrets:
+            raise ConfigurationError(
+                "STACKONE_CONNECT_WEBHOOK_SECRETS is not set: without the signing secret "
+                "of your StackOne webhook every delivery would be rejected"
             )
-            emulator = await stack.enter_async_context(
-                listening(
-                    build_emulator_app(emulator_config),
-                    *split_address(settings.emulator_address),
-                    # A stand-in for StackOne: its slow (fault-injected) answers need no grace.
-                    shutdown_timeout=0.5,
-                )
-            )
-            base_url = emulator.base_url
-        else:
-            assert settings.api_key is not None  # uses_emulator is False only with a key
-            api_key, base_url = settings.api_key.get_secret_value(), settings.base_url
-            if not webhook_secrets:
-                raise ConfigurationError(
-                    "STACKONE_CONNECT_WEBHOOK_SECRETS is not set: without the signing secret "
-                    "of your StackOne webhook every delivery would be rejected"
-                )
+        yield _StackOne(settings.base_url, api_key, webhook_secrets, emulator=None)
+        return
+    webhook_secrets = webhook_secrets or [secrets.token_urlsafe(32)]
+    emulator_config = EmulatorConfig(
+        api_key="emulator-" + secrets.token_urlsafe(16),
+        webhook_url=None,  # the gateway's, once it listens
+        webhook_secret=webhook_secrets[0],
+        latency=settings.emulator_latency,
+        rate_limit=settings.emulator_rate_limit,
+    )
+    async with listening(
+        build_emulator_app(emulator_config),
+        *split_address(settings.emulator_address),
+        # A stand-in for StackOne: its slow (fault-injected) answers need no grace.
+        shutdown_timeout=0.5,
+        purpose=f"{ENV_PREFIX}EMULATOR_ADDRESS",
+    ) as emulator:
+        yield _StackOne(emulator.base_url, emulator_config.api_key, webhook_secrets, emulator)
 
+
+@asynccontextmanager
+async def _event_log(settings: Settings) -> AsyncIterator[EventLog]:
+    """The log `STACKONE_CONNECT_EVENT_LOG_URL` names, closed (flushed) at the end."""
+    try:
         event_log = await open_event_log(settings)
-        stack.push_async_callback(event_log.close)
-        metrics = Metrics()
-        metrics.latest_cursor.set_function(lambda: event_log.latest_cursor)
-        # One budget for every StackOne call: callers, verification and reconciliation.
-        budget = RateBudget(
-            settings.rate_limit, caller_reserve=settings.rate_caller_reserve, metrics=metrics
-        )
-        stackone = StackOneClient(
-            base_url, api_key, observer=metrics.observe_upstream, budget=budget
-        )
-        stack.push_async_callback(stackone.aclose)
+    except EventLogUnavailable as error:
+        raise ConfigurationError(f"{error} (STACKONE_CONNECT_EVENT_LOG_URL)") from error
+    try:
+        yield event_log
+    finally:
+        await event_log.close()
 
-        gateway_state = GatewayState(
-            ingestor=Ingestor(event_log),
-            secrets=webhook_secrets,
-            url_token=(
-                settings.webhook_url_token.get_secret_value()
-                if settings.webhook_url_token
-                else None
-            ),
-            readiness_check=event_log.check_writable,
-            metrics=metrics,
-        )
-        gateway = await stack.enter_async_context(
-            listening(
-                init_app(gateway_state),
-                *split_address(settings.gateway_address),
-                shutdown_timeout=settings.shutdown_grace,
-            )
-        )
-        if emulator is not None:
-            emulator.runner.app[EMULATOR_STATE].config.webhook_url = gateway.base_url + WEBHOOK_PATH
-            _log.warning(
-                "No STACKONE_CONNECT_API_KEY is set: using the bundled StackOne emulator at %s "
-                '(link an account with POST %s/emulator/link {"token": ...})',
-                emulator.base_url,
-                emulator.base_url,
-                extra={"emulator_url": emulator.base_url},
-            )
 
+def _stackone_client(settings: Settings, stackone: _StackOne, metrics: Metrics) -> StackOneClient:
+    """The one StackOne client, spending one budget for every call: callers,
+    verification and reconciliation."""
+    budget = RateBudget(
+        settings.rate_limit, caller_reserve=settings.rate_caller_reserve, metrics=metrics
+    )
+    return StackOneClient(
+        stackone.base_url, stackone.api_key, observer=metrics.observe_upstream, budget=budget
+    )
+
+
+@dataclass(slots=True)
+class _Serving:
+    """The listening front doors and the health they report."""
+
+    gateway: ListeningApp
+    admin: ListeningApp
+    grpc_port: int
+    health: HealthReporter
+
+
+@asynccontextmanager
+async def _serving(
+    settings: Settings,
+    stackone: _StackOne,
+    client: StackOneClient,
+    event_log: EventLog,
+    metrics: Metrics,
+) -> AsyncIterator[_Serving]:
+    """The gateway and the gRPC server, SERVING once both listen; on exit, the graceful
+    stop: NOT_SERVING, no new webhooks, streams told to reconnect, both drained within
+    one grace period."""
+    gateway_state = GatewayState(
+        ingestor=Ingestor(event_log),
+        secrets=stackone.webhook_secrets,
+        url_token=(
+            settings.webhook_url_token.get_secret_value() if settings.webhook_url_token else None
+        ),
+        readiness_check=event_log.check_writable,
+        metrics=metrics,
+        body_timeout=settings.gateway_body_timeout,
+    )
+    async with (
+        listening(
+            init_app(gateway_state),
+            *split_address(settings.gateway_address),
+            shutdown_timeout=settings.shutdown_grace,
+            keepalive_timeout=settings.gateway_idle_timeout,
+            max_connections=settings.gateway_max_connections,
+            purpose=f"{ENV_PREFIX}GATEWAY_ADDRESS",
+        ) as gateway,
+        listening(
+            init_admin_app(gateway_state),
+            *split_address(settings.admin_address),
+            shutdown_timeout=settings.shutdown_grace,
+            purpose=f"{ENV_PREFIX}ADMIN_ADDRESS",
+        ) as admin,
+    ):
+        stackone.deliver_webhooks_to(gateway)
         draining = asyncio.Event()
         servicer = ConnectServicer(
-            stackone,
+            client,
             event_log,
             bookmark_interval=settings.bookmark_interval,
             stop=draining,
             upstream_timeout=settings.upstream_timeout,
             metrics=metrics,
         )
-        health_servicer = new_health_servicer()
-        server, grpc_port = build_grpc_server(servicer, health_servicer, settings, metrics)
+        health = new_health_servicer()
+        server, grpc_port = build_grpc_server(servicer, health, settings, metrics)
         await server.start()
-        await _set_health(health_servicer, True)
-        verifier = Verifier(
+        await _set_health(health, True)
+        try:
+            yield _Serving(gateway, admin, grpc_port, health)
+        finally:
+            await health.enter_graceful_shutdown()
+            gateway_state.accepting = False
+            draining.set()
+            event_log.stop_waits()  # idle streams see `draining` now, not at their next wake
+            await asyncio.gather(server.stop(settings.shutdown_grace), gateway.stop())
+
+
+@asynccontextmanager
+async def _background(
+    settings: Settings,
+    client: StackOneClient,
+    event_log: EventLog,
+    metrics: Metrics,
+    health: HealthReporter,
+) -> AsyncIterator[None]:
+    """The readiness watch, the verifier and (unless turned off) the reconciler, until
+    the block exits."""
+    verifier = Verifier(
+        event_log,
+        client,
+        metrics=metrics,
+        deadline=settings.verify_deadline,
+        quiet=settings.verify_quiet,
+        lookup_timeout=settings.upstream_timeout,
+    )
+    tasks = [
+        asyncio.create_task(_watch_readiness(event_log, health, settings.readiness_interval)),
+        asyncio.create_task(verifier.run(), name="verifier"),
+    ]
+    if settings.reconcile_interval > 0:
+        reconciler = Reconciler(
             event_log,
-            stackone,
+            client,
+            interval=settings.reconcile_interval,
+            grace=settings.reconcile_grace,
             metrics=metrics,
-            deadline=settings.verify_deadline,
-            quiet=settings.verify_quiet,
-            lookup_timeout=settings.upstream_timeout,
         )
-        background = [
-            asyncio.create_task(
-                _watch_readiness(event_log, health_servicer, settings.readiness_interval)
-            ),
-            asyncio.create_task(verifier.run(), name="verifier"),
-        ]
-        if settings.reconcile_interval > 0:
-            reconciler = Reconciler(
-                event_log,
-                stackone,
-                interval=settings.reconcile_interval,
-                grace=settings.reconcile_grace,
-                metrics=metrics,
-            )
-            background.append(asyncio.create_task(reconciler.run()))
-        runtime = Runtime(settings, grpc_port, gateway, emulator, event_log, health_servicer)
+        tasks.append(asyncio.create_task(reconciler.run()))
+    try:
+        yield
+    finally:
+        await cancel_all(tasks)
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Runtime]:
+    """Runs the whole service until the block exits, then stops it gracefully."""
+    async with AsyncExitStack() as stack:
+        stackone = await stack.enter_async_context(_stackone(settings))
+        event_log = await stack.enter_async_context(_event_log(settings))
+        metrics = Metrics()
+        metrics.latest_cursor.set_function(lambda: event_log.latest_cursor)
+        client = await stack.enter_async_context(_stackone_client(settings, stackone, metrics))
+        serving = await stack.enter_async_context(
+            _serving(settings, stackone, client, event_log, metrics)
+        )
+        await stack.enter_async_context(
+            _background(settings, client, event_log, metrics, serving.health)
+        )
+        runtime = Runtime(
+            settings,
+            serving.grpc_port,
+            serving.gateway,
+            serving.admin,
+            stackone.emulator,
+            event_log,
+            serving.health,
+        )
         _log.info(
-            "stackone-connect serving: gRPC on %s, gateway on %s",
+            "stackone-connect serving: gRPC on %s, gateway on %s, admin on %s",
             runtime.grpc_target,
-            gateway.base_url,
-            extra={"grpc_target": runtime.grpc_target, "gateway_url": gateway.base_url},
+            serving.gateway.base_url,
+            serving.admin.base_url,
+            extra={
+                "grpc_target": runtime.grpc_target,
+                "gateway_url": serving.gateway.base_url,
+                "admin_url": serving.admin.base_url,
+            },
         )
         try:
             yield runtime
         finally:
             _log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace})
-            await cancel_all(background)
-            await health_servicer.enter_graceful_shutdown()
-            gateway_state.accepting = False
-            draining.set()
-            event_log.stop_waits()  # idle streams see `draining` now, not at their next wake
-            # Both drain within one grace period; the exit stack then closes the rest.
-            await asyncio.gather(server.stop(settings.shutdown_grace), gateway.stop())

@@ -21,6 +21,10 @@ _TURNED_AWAY = (
 )
 
 
+class CannotListen(OSError):
+    """A listener could not bind its address; the message names it and what uses it."""
+
+
 class _TurnAway(asyncio.Protocol):
     """Answers a connection over the cap with 503 and closes it."""
 
@@ -87,6 +91,7 @@ async def listening(
     shutdown_timeout: float = 5.0,
     keepalive_timeout: float = 75.0,
     max_connections: int = 10_000,
+    purpose: str = "",
 ) -> AsyncIterator[ListeningApp]:
     """Serves `app` on `host:port` (port 0 picks a free one) until the block exits.
 
@@ -98,6 +103,8 @@ async def listening(
         keepalive_timeout: seconds a connection may wait for a request's headers to
             complete, whether it is new or idle between requests.
         max_connections: open connections past which new ones are answered 503.
+        purpose: what the address is for (e.g. the setting naming it), for the error
+            `CannotListen` raises when it cannot be bound.
     """
     runner = web.AppRunner(
         app,
@@ -109,7 +116,13 @@ async def listening(
     listening_app = ListeningApp(runner=runner, host=host, port=0)
     try:
         site = _CappedSite(runner, host, port, max_connections)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:
+            where = f" ({purpose})" if purpose else ""
+            raise CannotListen(
+                f"cannot listen on {host}:{port}{where}: {error.strerror}"
+            ) from error
         listening_app.port = int(runner.addresses[0][1])
         yield listening_app
     finally:

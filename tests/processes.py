@@ -24,6 +24,7 @@ class ServeProcess:
     process: asyncio.subprocess.Process
     grpc_target: str = ""
     gateway_url: str = ""
+    admin_url: str = ""
     emulator_url: str = ""
     log_lines: list[dict[str, object]] = field(default_factory=list)
     _drain: asyncio.Task[None] | None = None
@@ -43,6 +44,7 @@ class ServeProcess:
                 if str(entry.get("message", "")).startswith(READY_MESSAGE):
                     self.grpc_target = str(entry["grpc_target"])
                     self.gateway_url = str(entry["gateway_url"])
+                    self.admin_url = str(entry["admin_url"])
                     self._drain = asyncio.create_task(self._drain_stderr())
                     return
         raise RuntimeError(f"serve exited before it was ready: {self.log_lines}")
@@ -108,6 +110,7 @@ def serve_env(tmp_path: Path, secret: str, **extra: str) -> dict[str, str]:
     return {
         "STACKONE_CONNECT_GRPC_ADDRESS": "127.0.0.1:0",
         "STACKONE_CONNECT_GATEWAY_ADDRESS": "127.0.0.1:0",
+        "STACKONE_CONNECT_ADMIN_ADDRESS": "127.0.0.1:0",
         "STACKONE_CONNECT_EMULATOR_ADDRESS": "127.0.0.1:0",
         "STACKONE_CONNECT_EVENT_LOG_URL": f"sqlite:///{tmp_path / 'events.db'}",
         "STACKONE_CONNECT_WEBHOOK_SECRETS": secret,

@@ -18,9 +18,9 @@ from gateway.app import WEBHOOK_PATH
 from gateway.signature import sign
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.config import ENV_PREFIX, Settings
-from service.events.jetstream import JetStreamEventLog, JetStreamOptions
+from service.events.backends import open_event_log
 from service.events.log import EventLog
-from service.events.sqlite import Retention, SqliteEventLog
+from service.events.tail import DEFAULT_TAIL_BYTES
 
 WEBHOOK_SECRET = "whsec-test-secret"
 _numbers = itertools.count()
@@ -28,7 +28,7 @@ _numbers = itertools.count()
 
 @dataclass(frozen=True)
 class LogBackend:
-    """An event log location: a SQLite URL, or a NATS URL and a stream of its own."""
+    """An event log's URL, and a JetStream stream of its own when it is shared."""
 
     url: str
     stream: str = ""
@@ -46,23 +46,12 @@ class LogBackend:
             f"{ENV_PREFIX}{name.upper()}": str(value) for name, value in self.settings().items()
         }
 
-    async def open(self, *, max_count: int | None = None, tail_bytes: int = 4 << 20) -> EventLog:
-        """Opens (or reopens) the log, as `serve` would with these settings."""
+    async def open(
+        self, *, max_count: int | None = None, tail_bytes: int = DEFAULT_TAIL_BYTES
+    ) -> EventLog:
+        """Opens (or reopens) the log, as `serve` does with these settings."""
         settings = Settings(**self.settings(retention_max_count=max_count))
-        if not self.stream:
-            return await SqliteEventLog.open(
-                settings.sqlite_path, Retention(max_count=max_count), tail_bytes=tail_bytes
-            )
-        return await JetStreamEventLog.open(
-            JetStreamOptions(
-                self.url,
-                stream=self.stream,
-                subject_prefix=self.stream,
-                max_count=max_count,
-                storage="memory",
-            ),
-            tail_bytes=tail_bytes,
-        )
+        return await open_event_log(settings, tail_bytes=tail_bytes)
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -157,7 +146,7 @@ async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout: f
 
 
 async def metric(http: httpx.AsyncClient, sample: str) -> float:
-    """One sample of the gateway's /metrics page (`name{labels}` as exposed); 0 if absent."""
+    """One sample of the admin listener's /metrics page (`name{labels}` as exposed); 0 if absent."""
     for line in (await http.get("/metrics")).text.splitlines():
         name, _, value = line.rpartition(" ")
         if name == sample:

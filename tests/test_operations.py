@@ -39,7 +39,7 @@ async def test_health_reports_serving_and_follows_event_log_writability(tmp_path
     async with (
         running(make_settings(tmp_path, readiness_interval=0.05)) as service,
         grpc.aio.insecure_channel(service.grpc_target) as channel,
-        httpx.AsyncClient(base_url=service.gateway.base_url) as http,
+        httpx.AsyncClient(base_url=service.admin.base_url) as admin,
     ):
         assert await health_of(channel) == health_pb2.HealthCheckResponse.SERVING
         assert await health_of(channel, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
@@ -49,7 +49,7 @@ async def test_health_reports_serving_and_follows_event_log_writability(tmp_path
             async for update in watch:
                 if update.status == health_pb2.HealthCheckResponse.NOT_SERVING:
                     break
-        assert (await http.get("/readyz")).status_code == 503
+        assert (await admin.get("/readyz")).status_code == 503
 
 
 async def test_reflection_lists_the_service(service: Runtime) -> None:
@@ -75,7 +75,10 @@ async def test_metrics_move_with_real_traffic(
     # Two refusals, each for one reason only: the content type, then the signature.
     not_json = {**signed_headers(body), "content-type": "text/plain"}
     badly_signed = {**signed_headers(body), "x-stackone-signature": "x"}
-    async with httpx.AsyncClient(base_url=service.gateway.base_url) as http:
+    async with (
+        httpx.AsyncClient(base_url=service.gateway.base_url) as http,
+        httpx.AsyncClient(base_url=service.admin.base_url) as admin,
+    ):
         refused = [
             (await http.post(WEBHOOK_PATH, content=body, headers=headers)).status_code
             for headers in (not_json, badly_signed)
@@ -83,8 +86,8 @@ async def test_metrics_move_with_real_traffic(
         await http.post(WEBHOOK_PATH, content=body, headers=signed_headers(body))
         await next_event(stream)  # recorded by the verifier
         # The verifier's append is counted just after the event reaches subscribers.
-        await eventually(lambda: _counted(http, "stackone_connect_event_log_append_seconds_count"))
-        metrics = (await http.get("/metrics")).text
+        await eventually(lambda: _counted(admin, "stackone_connect_event_log_append_seconds_count"))
+        metrics = (await admin.get("/metrics")).text
     stream.cancel()
     assert refused == [415, 401]
     expected = [

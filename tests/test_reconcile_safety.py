@@ -47,7 +47,7 @@ async def test_an_account_missing_from_a_listing_is_deleted_only_after_a_404(
         assert service.emulator is not None
         async with (
             httpx.AsyncClient(base_url=service.emulator.base_url) as emulator,
-            httpx.AsyncClient(base_url=service.gateway.base_url) as http,
+            httpx.AsyncClient(base_url=service.admin.base_url) as http,
         ):
             account_id = (await emulator.post("/emulator/accounts", json=OWNER)).json()["id"]
             await eventually(lambda: _has(service, "account.created", account_id), timeout=10)
@@ -76,7 +76,7 @@ async def test_a_listing_that_ignores_its_page_still_ends(
         assert service.emulator is not None
         async with (
             httpx.AsyncClient(base_url=service.emulator.base_url) as emulator,
-            httpx.AsyncClient(base_url=service.gateway.base_url) as http,
+            httpx.AsyncClient(base_url=service.admin.base_url) as http,
         ):
             fault = {"path": "/accounts", "method": "GET", "body": orjson.dumps(page).decode()}
             assert (await emulator.post("/emulator/faults", json=fault)).status_code == 201

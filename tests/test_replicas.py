@@ -123,20 +123,21 @@ async def test_a_nats_restart_is_not_ready_then_5xx_then_recovers_by_itself(
             replicas(1, tmp_path, server.url, STACKONE_CONNECT_READINESS_INTERVAL="0.2") as (one,),
             subscribed(one.grpc_target) as stream,
             httpx.AsyncClient(base_url=one.gateway_url, timeout=10) as http,
+            httpx.AsyncClient(base_url=one.admin_url, timeout=10) as admin,
         ):
             before = webhook()
             assert (await deliver(http, before)).status_code == 200
             assert (await next_event(stream)).account.id == webhook_account(before)
 
             server.stop()
-            await _until(http, "/readyz", 503)
+            await _until(admin, "/readyz", 503)
             await _until_health(one, health_pb2.HealthCheckResponse.NOT_SERVING)
             during = webhook()
             refused = await deliver(http, during)
             assert refused.status_code >= 500, refused.text
 
             server.start()
-            await _until(http, "/readyz", 200)
+            await _until(admin, "/readyz", 200)
             await _until_health(one, health_pb2.HealthCheckResponse.SERVING)
             after = webhook()
             assert (await deliver(http, after)).status_code == 200
@@ -186,8 +187,8 @@ async def test_two_replicas_sweeping_at_once_record_each_change_once(
         async with (
             replicas(2, tmp_path, nats_server.url, **upstream) as (a, b),
             httpx.AsyncClient(base_url=stackone.base_url) as emulator,
-            httpx.AsyncClient(base_url=a.gateway_url) as gateway_a,
-            httpx.AsyncClient(base_url=b.gateway_url) as gateway_b,
+            httpx.AsyncClient(base_url=a.admin_url) as admin_a,
+            httpx.AsyncClient(base_url=b.admin_url) as admin_b,
         ):
             async with subscribed(a.grpc_target) as live:
                 spec = {"provider": "hibob", "origin_owner_id": "t-3", "origin_owner_name": "3"}
@@ -201,7 +202,7 @@ async def test_two_replicas_sweeping_at_once_record_each_change_once(
                 await emulator.delete(f"/accounts/{ids[2]}", auth=("replica-key", ""))
                 for _ in range(2):  # the update and the deletion
                     await next_event(live)
-            await more_sweeps([gateway_a, gateway_b], 3)  # on both, after every change
+            await more_sweeps([admin_a, admin_b], 3)  # on both, after every change
             async with subscribed(a.grpc_target, from_earliest=Empty()) as stream:
                 events = await events_until_caught_up(stream, await _latest_cursor(a))
     by_account = {i: [e.type for e in events if e.account.id == i] for i in ids}

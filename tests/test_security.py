@@ -132,7 +132,7 @@ async def test_denied_calls_are_counted_with_their_code(
         )
         stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(), metadata=bearer(READER))
         assert await code_of(stream.read()) == grpc.StatusCode.PERMISSION_DENIED
-        async with httpx.AsyncClient(base_url=service.gateway.base_url) as http:
+        async with httpx.AsyncClient(base_url=service.admin.base_url) as http:
             metrics = (await http.get("/metrics")).text
     for line in (
         'stackone_connect_rpcs_total{code="UNAUTHENTICATED",method="CreateSession"} 1.0',

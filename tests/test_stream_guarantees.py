@@ -355,8 +355,8 @@ async def test_reconciliation_never_repeats_a_change_a_webhook_delivered(
             await stub.DeleteAccount(pb.DeleteAccountRequest(account_id=ids[2]))
             await emulator_state.wait_for_deliveries()
             await eventually(lambda: inbox_is_empty(service.event_log))  # webhooks recorded
-            async with httpx.AsyncClient(base_url=service.gateway.base_url) as gateway:
-                await more_sweeps([gateway], 3)  # each sweeping after every webhook landed
+            async with httpx.AsyncClient(base_url=service.admin.base_url) as admin:
+                await more_sweeps([admin], 3)  # each sweeping after every webhook landed
         events = await _replay_in_process(stub)
     by_account = {
         account_id: [e.type for e in events if e.account.id == account_id] for account_id in ids

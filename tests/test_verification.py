@@ -82,8 +82,9 @@ class Harness:
         return self.state.calls[LOOK_UP]
 
     async def metrics(self) -> str:
-        """The gateway's metrics page."""
-        return (await self.http.get("/metrics")).text
+        """The service's metrics page (on the admin listener)."""
+        async with httpx.AsyncClient(base_url=self.service.admin.base_url) as admin:
+            return (await admin.get("/metrics")).text
 
 
 @asynccontextmanager

@@ -18,6 +18,7 @@ from service.cli.commands import add_client_commands, run_client_command
 from service.config import ENV_PREFIX, Settings
 from service.rpc.auth import InvalidClientsFile
 from service.runtime import ConfigurationError, running
+from service.web import CannotListen
 
 _log = logging.getLogger("service.cli")
 TARGET_VARIABLE = "STACKONE_CONNECT_TARGET"
@@ -62,7 +63,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     try:
         # uvloop: cheaper sockets and callbacks for the gateway and the StackOne client.
         uvloop.run(serve(settings))
-    except ConfigurationError as error:
+    except (ConfigurationError, CannotListen) as error:
         print(f"stackone-connect: cannot start: {error}", file=sys.stderr)
         return 2
     except InvalidClientsFile as error:

@@ -34,8 +34,8 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import nats
 import nats.errors
@@ -56,6 +56,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from service.aio import cancel_all
+from service.events.log import Backend
 from service.events.model import (
     AppendOutcome,
     EventLogUnavailable,
@@ -65,10 +66,15 @@ from service.events.model import (
     InboxStats,
     KnownAccount,
     LogBounds,
+    Retention,
     StoredEvent,
     already_known,
+    deletes_account,
 )
-from service.events.tail import Tail, Watermark
+from service.events.tail import DEFAULT_TAIL_BYTES, Tail, Watermark
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 _log = logging.getLogger(__name__)
 
@@ -94,14 +100,28 @@ class JetStreamOptions:
     subject_prefix: str = "stackone_connect.events"
     storage: str = "file"
     replicas: int = 1
-    max_age: float = 7 * 24 * 3600.0
-    max_count: int | None = None
-    dedup_window: float = 7 * 24 * 3600.0
+    # JetStream enforces max age and count itself; no sweep runs.
+    retention: Retention = field(default_factory=Retention)
     request_timeout: float = 2.0
     inbox_limit: int = 100_000
     # Redeliveries of a pending webhook are dropped by JetStream within this window;
     # later ones are recognised by the ids bucket or by `inbox_through`.
     inbox_duplicate_window: float = 120.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JetStreamOptions:
+        """The options the service's settings name."""
+        return cls(
+            url=settings.event_log_url,
+            stream=settings.jetstream_stream,
+            subject_prefix=settings.jetstream_subject_prefix,
+            storage=settings.jetstream_storage,
+            replicas=settings.jetstream_replicas,
+            retention=settings.retention,
+            inbox_limit=settings.inbox_limit,
+            # Covers a pending webhook's redeliveries until the verifier's deadline.
+            inbox_duplicate_window=max(120.0, 2 * settings.verify_deadline),
+        )
 
     @property
     def inbox_stream(self) -> str:
@@ -155,7 +175,7 @@ class JetStreamEventLog:
 
     @classmethod
     async def open(
-        cls, options: JetStreamOptions, *, tail_bytes: int = 4 << 20
+        cls, options: JetStreamOptions, *, tail_bytes: int = DEFAULT_TAIL_BYTES
     ) -> JetStreamEventLog:
         """Connects, creates or updates the stream and buckets, and starts following."""
         try:
@@ -183,7 +203,7 @@ class JetStreamEventLog:
             ids = await js.create_key_value(
                 KeyValueConfig(
                     bucket=f"{options.stream}_IDS",
-                    ttl=options.dedup_window,
+                    ttl=options.retention.dedup_window,
                     storage=_storage(options.storage),
                     replicas=options.replicas,
                 )
@@ -495,7 +515,7 @@ class JetStreamEventLog:
             fields["account_id"],
             fields["status"],
             fields["updated_at"],
-            fields["type"] == "account.deleted",
+            deletes_account(fields["type"]),
             fields["source"],
         )
         return _LastEvent(
@@ -517,15 +537,9 @@ class JetStreamEventLog:
             await self._ids.put(_id_key(event_id), str(cursor).encode())
 
     async def _remember(self, record: EventRecord, cursor: int) -> None:
-        state = KnownAccount(
-            record.account_id,
-            record.account_status,
-            record.account_updated_at,
-            record.type == "account.deleted",
-            record.source,
-        )
         # orjson writes the dataclass's fields, which `known_accounts` reads back.
-        await self._accounts.put(_token(record.account_id), orjson.dumps(state))
+        state = orjson.dumps(KnownAccount.recorded(record))
+        await self._accounts.put(_token(record.account_id), state)
         await self._remember_ids(record, cursor)
 
     # --- Following ----------------------------------------------------------------
@@ -583,20 +597,7 @@ class JetStreamEventLog:
         if cursor != self._tail.latest + 1:
             self._poke.set()  # another replica's events are between: the follower reads them
             return
-        self._tail.publish(
-            [
-                StoredEvent(
-                    cursor,
-                    record.event_id,
-                    record.type,
-                    record.account_id,
-                    record.provider,
-                    record.origin_owner_id,
-                    recorded_at,
-                    record.body,
-                )
-            ]
-        )
+        self._tail.publish([record.stored(cursor, recorded_at)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -665,20 +666,35 @@ def _storage(name: str) -> StorageType:
 
 async def _ensure_stream(js: JetStreamContext, options: JetStreamOptions) -> None:
     """Creates the stream, or updates it to the configured limits."""
-    if options.dedup_window > options.max_age:
+    retention = options.retention
+    if retention.dedup_window > retention.max_age:
         _log.warning(
             "JetStream caps the duplicate window at the stream's max age: redeliveries are "
             "recognised for %gs, not %gs",
-            options.max_age,
-            options.dedup_window,
+            retention.max_age,
+            retention.dedup_window,
         )
     config = StreamConfig(
         name=options.stream,
         subjects=[f"{options.subject_prefix}.>"],
         storage=_storage(options.storage),
         num_replicas=options.replicas,
-        max_age=options.max_age,
-        max_msgs=options.max_count or -1,
-        duplicate_window=min(options.dedup_window, options.max_age),
+        max_age=retention.max_age,
+        max_msgs=retention.max_count or -1,
+        duplicate_window=min(retention.dedup_window, retention.max_age),
     )
     await _create_or_update(js, options.stream, config)
+
+
+async def open_configured(settings: Settings, tail_bytes: int) -> JetStreamEventLog:
+    """The stream the settings name, created or brought to their limits."""
+    return await JetStreamEventLog.open(
+        JetStreamOptions.from_settings(settings), tail_bytes=tail_bytes
+    )
+
+
+BACKEND = Backend(
+    example="nats://host:port",
+    accepts=lambda url: bool(url.hostname),
+    open=open_configured,
+)

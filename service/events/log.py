@@ -1,9 +1,11 @@
-"""The interface every event-log backend implements."""
+"""The interface every event-log backend implements, and how a backend is described."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import ParseResult
 
 from service.events.model import (
     AppendOutcome,
@@ -14,6 +16,9 @@ from service.events.model import (
     LogBounds,
     StoredEvent,
 )
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 
 class EventLog(Protocol):
@@ -103,3 +108,19 @@ class EventLog(Protocol):
     async def close(self) -> None:
         """Flushes and releases the storage."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One kind of event log, as `service.events.backends` offers it for a URL scheme.
+
+    Attributes:
+        example: a URL naming this backend, shown when a URL is refused.
+        accepts: whether a URL of its scheme says enough to open it (a path, a host).
+        open: opens the log the settings name; it starts the log's own background work
+            (group commit, retention, following), which `EventLog.close` stops.
+    """
+
+    example: str
+    accepts: Callable[[ParseResult], bool]
+    open: Callable[[Settings, int], Awaitable[EventLog]]

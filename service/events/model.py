@@ -1,9 +1,34 @@
-"""Plain data the event log stores and hands out."""
+"""Plain data the event log stores and hands out, and the rules every backend shares."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+
+ACCOUNT_CREATED = "account.created"
+ACCOUNT_DELETED = "account.deleted"
+
+
+def deletes_account(event_type: str) -> bool:
+    """True for the event after which the account no longer exists in StackOne."""
+    return event_type == ACCOUNT_DELETED
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long events and dedup keys are kept (SQLite sweeps; JetStream enforces itself).
+
+    Attributes:
+        max_age: seconds an event is kept.
+        max_count: most events kept; None keeps any number.
+        dedup_window: seconds an event id is remembered for de-duplication.
+        sweep_interval: seconds between retention sweeps, where the backend sweeps.
+    """
+
+    max_age: float = 7 * 24 * 3600.0
+    max_count: int | None = None
+    dedup_window: float = 7 * 24 * 3600.0
+    sweep_interval: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +55,19 @@ class EventRecord:
         """Every id that marks this event as recorded."""
         return self.covered_ids or (self.event_id,)
 
+    def stored(self, cursor: int, recorded_at: float) -> StoredEvent:
+        """The event as the log hands it out once recorded at `cursor`."""
+        return StoredEvent(
+            cursor,
+            self.event_id,
+            self.type,
+            self.account_id,
+            self.provider,
+            self.origin_owner_id,
+            recorded_at,
+            self.body,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class KnownAccount:
@@ -45,6 +83,17 @@ class KnownAccount:
     deleted: bool
     source: str
 
+    @classmethod
+    def recorded(cls, record: EventRecord) -> KnownAccount:
+        """The account's state once `record` is recorded."""
+        return cls(
+            record.account_id,
+            record.account_status,
+            record.account_updated_at,
+            deletes_account(record.type),
+            record.source,
+        )
+
 
 def already_known(record: EventRecord, known: KnownAccount | None) -> bool:
     """True when the log already holds the change `record` reports.
@@ -55,9 +104,9 @@ def already_known(record: EventRecord, known: KnownAccount | None) -> bool:
     """
     if known is None:
         return False
-    if record.type == "account.created":
+    if record.type == ACCOUNT_CREATED:
         return not known.deleted
-    if record.type == "account.deleted":
+    if deletes_account(record.type):
         return known.deleted
     same_state = bool(record.account_updated_at) and (known.status, known.updated_at) == (
         record.account_status,

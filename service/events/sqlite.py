@@ -23,9 +23,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import ParseResult, urlparse
 
 from service.aio import cancel_all
+from service.events.log import Backend
 from service.events.model import (
     AppendOutcome,
     EventLogUnavailable,
@@ -35,10 +37,14 @@ from service.events.model import (
     InboxStats,
     KnownAccount,
     LogBounds,
+    Retention,
     StoredEvent,
     already_known,
 )
-from service.events.tail import Tail, Watermark
+from service.events.tail import DEFAULT_TAIL_BYTES, Tail, Watermark
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -93,23 +99,6 @@ DEFAULT_INBOX_LIMIT = 100_000
 
 def _known(row: tuple[str, str, str, int, str]) -> KnownAccount:
     return KnownAccount(row[0], row[1], row[2], bool(row[3]), row[4])
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """How long events and dedup keys are kept.
-
-    Attributes:
-        max_age: seconds an event is kept.
-        max_count: most events kept; None keeps any number.
-        dedup_window: seconds an event id is remembered for de-duplication.
-        sweep_interval: seconds between retention sweeps.
-    """
-
-    max_age: float = 7 * 24 * 3600
-    max_count: int | None = None
-    dedup_window: float = 7 * 24 * 3600
-    sweep_interval: float = 60.0
 
 
 @dataclass(slots=True)
@@ -187,7 +176,7 @@ class SqliteEventLog:
         path: Path,
         retention: Retention | None = None,
         *,
-        tail_bytes: int = 4 << 20,
+        tail_bytes: int = DEFAULT_TAIL_BYTES,
         max_batch: int = 1024,
         inbox_limit: int = DEFAULT_INBOX_LIMIT,
     ) -> SqliteEventLog:
@@ -517,37 +506,30 @@ class SqliteEventLog:
                 self._remember_ids(record, 0, now)
                 outcomes.append(AppendOutcome(record.event_id, 0, duplicate=True))
                 continue
-            # In StoredEvent's field order, after the cursor.
-            row = (
-                record.event_id,
-                record.type,
-                record.account_id,
-                record.provider,
-                record.origin_owner_id,
-                now,
-                record.body,
-            )
             cursor = conn.execute(
                 "INSERT INTO events (event_id, type, account_id, provider, origin_owner_id,"
                 " recorded_at, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                row,
+                (
+                    record.event_id,
+                    record.type,
+                    record.account_id,
+                    record.provider,
+                    record.origin_owner_id,
+                    now,
+                    record.body,
+                ),
             ).lastrowid
             if cursor is None:  # an INSERT into a rowid table always has one
                 raise sqlite3.OperationalError("the event INSERT returned no rowid")
             self._remember_ids(record, cursor, now)
+            known = KnownAccount.recorded(record)
             conn.execute(
                 "INSERT OR REPLACE INTO accounts (account_id, status, updated_at, deleted,"
                 " source) VALUES (?, ?, ?, ?, ?)",
-                (
-                    record.account_id,
-                    record.account_status,
-                    record.account_updated_at,
-                    record.type == "account.deleted",
-                    record.source,
-                ),
+                (known.account_id, known.status, known.updated_at, known.deleted, known.source),
             )
             outcomes.append(AppendOutcome(record.event_id, cursor, duplicate=False))
-            stored.append(StoredEvent(cursor, *row))
+            stored.append(record.stored(cursor, now))
         return _Staged(outcomes, stored)
 
     def _remember_ids(self, record: EventRecord, cursor: int, now: float) -> None:
@@ -608,3 +590,26 @@ class SqliteEventLog:
             raise EventLogUnavailable("the event log is closed") from error
         except sqlite3.Error as error:
             raise EventLogUnavailable(f"the event log at {self.path} failed: {error}") from error
+
+
+def path_of(url: ParseResult) -> Path:
+    """The file of a `sqlite:///` URL (three slashes: a relative path, four: absolute)."""
+    path = url.path
+    return Path(path[1:]) if path.startswith("/") else Path(path)
+
+
+async def open_configured(settings: Settings, tail_bytes: int) -> SqliteEventLog:
+    """The log at the settings' URL, with their retention and inbox limit."""
+    return await SqliteEventLog.open(
+        path_of(urlparse(settings.event_log_url)),
+        settings.retention,
+        tail_bytes=tail_bytes,
+        inbox_limit=settings.inbox_limit,
+    )
+
+
+BACKEND = Backend(
+    example="sqlite:///path.db",
+    accepts=lambda url: bool(url.path.lstrip("/")),
+    open=open_configured,
+)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from service.events.model import StoredEvent
 
+DEFAULT_TAIL_BYTES = 4 << 20  # a few MiB of the newest events, shared by every follower
+
 
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():

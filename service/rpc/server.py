@@ -9,12 +9,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.config import Settings
+from service.config import ENV_PREFIX, Settings
 from service.metrics import Metrics
 from service.rpc.auth import AuthInterceptor, ClientRegistry
 from service.rpc.interceptor import CallInterceptor
 from service.rpc.methods import CONNECT_METHODS, CONNECT_SERVICE, Method, MethodTableError
 from service.rpc.servicer import ConnectServicer
+from service.web import CannotListen
 
 MethodHandler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 SERVICE_NAME: str = CONNECT_SERVICE.full_name
@@ -113,6 +114,11 @@ def build_grpc_server(
         server,
     )
     credentials = server_credentials(settings)
-    if credentials is None:
-        return server, server.add_insecure_port(settings.grpc_address)
-    return server, server.add_secure_port(settings.grpc_address, credentials)
+    try:
+        if credentials is None:
+            return server, server.add_insecure_port(settings.grpc_address)
+        return server, server.add_secure_port(settings.grpc_address, credentials)
+    except RuntimeError as error:  # grpc's "Failed to bind to address"
+        raise CannotListen(
+            f"cannot listen on {settings.grpc_address} ({ENV_PREFIX}GRPC_ADDRESS): {error}"
+        ) from error

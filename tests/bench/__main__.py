@@ -151,7 +151,7 @@ async def bench_verified_ingest(workdir: Path, seconds: float) -> Row:
     """The door's throughput for account.updated webhooks of accounts that exist in a
     StackOne answering in 0.15 s, vs the bare aiohttp handler given the same bodies."""
     load = _ingest_load(seconds)
-    probe = {"path": "/metrics", "samples": [VERIFICATIONS, INBOX_DEPTH]}
+    samples = [VERIFICATIONS, INBOX_DEPTH]
     latency = {"STACKONE_CONNECT_EMULATOR_LATENCY": "0.15"}
     async with serve(workdir, "verified-ingest", **latency) as process:
         seeded = await run_role(
@@ -159,7 +159,8 @@ async def bench_verified_ingest(workdir: Path, seconds: float) -> Row:
         )
         measured = await run_role(
             "http_load", seconds + 30, url=process.gateway_url, prefix="v",
-            account_ids=seeded["ids"], probe=probe, **load,
+            account_ids=seeded["ids"], **load,
+            probe={"url": process.admin_url + "/metrics", "samples": samples},
         )  # fmt: skip
     async with server_role("bare_http") as bare:
         baseline = await run_role(

@@ -212,7 +212,7 @@ async def http_load(args: dict[str, Any]) -> None:
     """Posts distinct signed webhooks from `concurrency` workers for `seconds`.
 
     account.deleted ones, or account.updated ones cycling over `account_ids` when given.
-    With `probe` ({"path", "samples"}), GETs that path right after the measured period
+    With `probe` ({"url", "samples"}), GETs that URL right after the measured period
     and reports the named Prometheus samples it answers.
     """
     if args.get("account_ids"):
@@ -241,7 +241,7 @@ async def http_load(args: dict[str, Any]) -> None:
         elapsed = time.perf_counter() - started
         probed: dict[str, float] = {}
         if probe := args.get("probe"):
-            async with http.get(probe["path"]) as response:
+            async with http.get(probe["url"]) as response:
                 probed = prometheus_samples(await response.text(), probe["samples"])
     done = sum(statuses.values())
     print(orjson.dumps({
