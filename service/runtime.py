@@ -119,8 +119,8 @@ class _StackOne:
 async def _stackone(settings: Settings) -> AsyncIterator[_StackOne]:
     """StackOne as configured, or the bundled emulator (started here) without an API key."""
     webhook_secrets = [secret.get_secret_value() for secret in settings.webhook_secrets]
-    api_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
-    if api_key:
+    if not settings.uses_emulator and settings.api_key is not None:
+        api_key = settings.api_key.get_secret_value()
         if not webhook_secrets:
             raise ConfigurationError(
                 "STACKONE_CONNECT_WEBHOOK_SECRETS is not set: without the signing secret "

@@ -26,7 +26,7 @@ from service.api.convert import account_message, timestamp
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.ingest import event_record
 from service.events.log import EventLog
-from service.events.model import EventRecord, KnownAccount
+from service.events.model import ACCOUNT_DELETED, EventRecord, KnownAccount, deletes_account
 from service.metrics import Metrics
 from service.stackone.budget import Priority
 from service.stackone.errors import StackOneError, StackOneNotFound, StackOneUnavailable
@@ -93,7 +93,7 @@ def _synthesized(event_type: str, account: pb.Account, version: str) -> EventRec
         source=pb.EVENT_SOURCE_RECONCILIATION,
         verification=(
             pb.VERIFICATION_NOT_APPLICABLE
-            if event_type == "account.deleted"
+            if deletes_account(event_type)
             else pb.VERIFICATION_VERIFIED
         ),
     )
@@ -146,7 +146,7 @@ def _change(
 
 def _deleted(account_id: str, last: KnownAccount) -> EventRecord:
     gone = pb.Account(id=account_id, raw_status=last.status)
-    return _synthesized("account.deleted", gone, last.updated_at)
+    return _synthesized(ACCOUNT_DELETED, gone, last.updated_at)
 
 
 def _aware(moment: datetime) -> datetime:
