@@ -207,13 +207,13 @@ class Settings(BaseSettings):
     )
     clients_file: Path | None = Field(
         None,
-        description="JSON file of clients with bearer tokens and scopes; re-read when it"
-        " changes. Unset: no token is required.",
+        description="JSON file of clients with bearer tokens and scopes; re-read when its"
+        " content changes. Unset: no token is required.",
     )
     allow_insecure: bool = Field(
         False,
-        description="Serve gRPC on a non-loopback address with neither TLS nor tokens (only"
-        " behind a proxy that authenticates).",
+        description="Serve gRPC on a non-loopback address without client authentication"
+        " (tokens or mutual TLS); only behind a proxy that authenticates.",
     )
 
     @field_validator("grpc_address", "gateway_address", "admin_address", "emulator_address")
