@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
+from google.protobuf.empty_pb2 import Empty
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
@@ -80,3 +81,14 @@ async def subscribed(target: str, **request: object) -> AsyncIterator[StreamCall
         await attached(stream)
         yield stream
         stream.cancel()
+
+
+async def replay_all(stub: pb_grpc.ConnectServiceAsyncStub) -> list[pb.AccountEvent]:
+    """Every event recorded so far, read from the earliest up to the latest cursor."""
+    live = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
+    latest = await attached(live)
+    live.cancel()
+    stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(from_earliest=Empty()))
+    events = await events_until_caught_up(stream, latest)
+    stream.cancel()
+    return events

@@ -8,13 +8,12 @@ import grpc
 import httpx
 import orjson
 import pytest
-from google.protobuf.empty_pb2 import Empty
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events.reconcile import PAGE_SIZE
 from service.runtime import Runtime, running
-from tests.streams import attached, events_until_caught_up
+from tests.streams import replay_all
 from tests.support import LogBackend, eventually, make_settings, metric, more_sweeps
 
 pytestmark = pytest.mark.asyncio
@@ -24,16 +23,9 @@ OWNER = {"provider": "hibob", "origin_owner_id": "t-1", "origin_owner_name": "Ac
 
 
 async def recorded(service: Runtime) -> list[pb.AccountEvent]:
-    """Every event of the log, read from the start."""
+    """Every event of the service's log, read from the start."""
     async with grpc.aio.insecure_channel(service.grpc_target) as channel:
-        stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
-        live = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
-        latest = await attached(live)
-        live.cancel()
-        stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(from_earliest=Empty()))
-        events = await events_until_caught_up(stream, latest)
-        stream.cancel()
-    return events
+        return await replay_all(pb_grpc.ConnectServiceStub(channel))
 
 
 async def test_an_account_missing_from_a_listing_is_deleted_only_after_a_404(

@@ -25,6 +25,7 @@ from tests.streams import (
     events_covering,
     events_until_caught_up,
     next_event,
+    replay_all,
 )
 from tests.support import (
     WEBHOOK_SECRET,
@@ -357,7 +358,7 @@ async def test_reconciliation_never_repeats_a_change_a_webhook_delivered(
             await eventually(lambda: inbox_is_empty(service.event_log))  # webhooks recorded
             async with httpx.AsyncClient(base_url=service.admin.base_url) as admin:
                 await more_sweeps([admin], 3)  # each sweeping after every webhook landed
-        events = await _replay_in_process(stub)
+        events = await replay_all(stub)
     by_account = {
         account_id: [e.type for e in events if e.account.id == account_id] for account_id in ids
     }
@@ -372,13 +373,3 @@ async def test_reconciliation_never_repeats_a_change_a_webhook_delivered(
     }
     last_of_ids1 = [e for e in events if e.account.id == ids[1]][-1]
     assert last_of_ids1.account.status == pb.ACCOUNT_STATUS_ERROR
-
-
-async def _replay_in_process(stub: pb_grpc.ConnectServiceAsyncStub) -> list[pb.AccountEvent]:
-    live = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
-    latest = await attached(live)
-    live.cancel()
-    stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(from_earliest=Empty()))
-    events = await events_until_caught_up(stream, latest)
-    stream.cancel()
-    return events
