@@ -225,6 +225,7 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
                 grace=settings.reconcile_grace,
             )
             background.append(asyncio.create_task(reconciler.run()))
+        background.append(asyncio.create_task(metrics.watch_loop_lag(), name="loop-lag"))
         runtime = Runtime(settings, grpc_port, gateway, emulator, event_log, health_servicer)
         _log.info(
             "stackone-connect serving: gRPC on %s, gateway on %s",

@@ -108,3 +108,18 @@ async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout: f
             if held if isinstance(held, bool) else await held:
                 return
             await asyncio.sleep(0.01)
+
+
+def loop_lag_counts(exposition: str, seconds: float) -> tuple[int, int]:
+    """From a /metrics page: how many event-loop lag measurements there were, and how many
+    of them exceeded `seconds` (which must be a bucket boundary of the histogram)."""
+    total = at_most = None
+    for line in exposition.splitlines():
+        if line.startswith("stackone_connect_event_loop_lag_seconds_count "):
+            total = int(float(line.split()[1]))
+        elif line.startswith(f'stackone_connect_event_loop_lag_seconds_bucket{{le="{seconds}"}} '):
+            at_most = int(float(line.split()[1]))
+    assert total is not None, "the page has no event-loop lag histogram"
+    assert at_most is not None, f"{seconds} is not a bucket boundary of the lag histogram"
+    return total, total - at_most
+
