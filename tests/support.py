@@ -123,3 +123,13 @@ def loop_lag_counts(exposition: str, seconds: float) -> tuple[int, int]:
     assert at_most is not None, f"{seconds} is not a bucket boundary of the lag histogram"
     return total, total - at_most
 
+
+def trailer_bytes(details: str | None, trailers: Any) -> int:
+    """Bytes an error's trailers take on the wire: its message (`details`) percent-encoded,
+    and every trailer, binary ones in base64. `trailers` as a sync or grpc.aio call gives
+    them (pairs either way; grpc-stubs type them as objects with key and value)."""
+    message = (details or "").encode()
+    size = sum(1 if 0x20 <= byte < 0x7F and byte != 0x25 else 3 for byte in message)
+    for key, value in trailers or ():
+        size += len(key) + ((len(value) * 4 + 2) // 3 if key.endswith("-bin") else len(value))
+    return size
