@@ -109,13 +109,16 @@ odd_texts = st.one_of(
     st.sampled_from(
         ["", " ", "\x00", "\n", ".", "..", "/", "%2F", "\u202e", "ﬀ", "١٢٣", "²", "a" * 255]
     ),
-    st.integers(256, 1_000_000).map(lambda n: "x" * n),
+    st.integers(256, 3000).map(lambda n: "x" * n),  # huger ones: `with_a_huge_field`
 )
 numeric_texts = st.one_of(
     st.integers(-(2**70), 2**70).map(str),
     st.text(st.characters(categories=["Nd", "No"]), min_size=1, max_size=25),
-    st.sampled_from(
-        ["", " 1", "1 ", "+1", "-0", "1e3", "0x10", "1_0", "\uff11", "9" * 19, "9" * 20, str(2**63)]
+    st.sampled_from(["", " 1", "1 ", "+1", "-0", "1e3", "0x10", "1_0", "9" * 19, "9" * 20]),
+    st.sampled_from([str(2**63 - 1), str(2**63)]),
+    # Digits str.isdigit() takes: Arabic-Indic, fullwidth, superscript, circled, bold.
+    st.lists(st.sampled_from("\u0661\uff11\u00b2\u2463\U0001d7d9"), min_size=1, max_size=4).map(
+        "".join
     ),
     st.integers(0, 5000).map(lambda n: "9" * n),
 )
@@ -126,9 +129,10 @@ int32s = st.integers(-(2**31), 2**31 - 1)
 
 
 def repeated(values: st.SearchStrategy[str]) -> st.SearchStrategy[list[str]]:
-    """Short lists of odd values, or very long lists of one value (up to a million)."""
-    return st.lists(values, max_size=120) | st.tuples(
-        st.integers(0, 1_000_000), st.sampled_from(["", "x", "hibob", "account.created"])
+    """Lists of odd values, or of one value around the bound of 100 (much longer ones:
+    `with_a_huge_field`)."""
+    return st.lists(values, max_size=20) | st.tuples(
+        st.integers(0, 300), st.sampled_from(["", "x", "hibob", "account.created"])
     ).map(lambda count_value: [count_value[1]] * count_value[0])
 
 
@@ -252,11 +256,29 @@ def deeply_nested_session(depth: int) -> bytes:
 
 
 @st.composite
+def with_a_huge_field(draw: st.DrawFn, requests: st.SearchStrategy[Any]) -> bytes:
+    """A generated request with one string field up to a million characters long, or one
+    repeated string field up to a million values long (2 MB of empty strings)."""
+    request = draw(requests)
+    strings = [f for f in request.DESCRIPTOR.fields if f.type == f.TYPE_STRING]
+    field = draw(st.sampled_from(strings))
+    size = draw(st.sampled_from([101, 10_000, 300_000, 1_000_000]) | st.integers(0, 1_000_000))
+    if field.is_repeated:
+        getattr(request, field.name)[:] = [draw(st.sampled_from(["", "x"]))] * size
+    else:
+        setattr(request, field.name, "x" * size)
+    raw: bytes = request.SerializeToString()
+    return raw
+
+
+@st.composite
 def calls(draw: st.DrawFn) -> tuple[str, bytes]:
-    """A method and the request bytes to send it: a generated message, random bytes, a
-    mangled message, or deeply nested metadata."""
+    """A method and the request bytes to send it: a generated message, one with a huge
+    field, random bytes, a mangled message, or deeply nested metadata."""
     method = draw(st.sampled_from(sorted(REQUESTS)))
-    kind = draw(st.sampled_from(["message", "message", "random", "mangled", "deep"]))
+    kind = draw(st.sampled_from(["message"] * 4 + ["huge", "random", "mangled", "deep"]))
+    if kind == "huge":
+        return method, draw(with_a_huge_field(REQUESTS[method]))
     if kind == "deep":
         return "CreateSession", deeply_nested_session(draw(st.integers(1, 200)))
     if kind == "random":

@@ -222,6 +222,7 @@ async def test_the_largest_error_stays_far_under_grpc_trailer_limits(
     for fields in ({"metadata": metadata}, {"categories": [key] * limits.MAX_CATEGORIES}):
         error = await refusal(call_with(stub, "CreateSession", **fields))
         assert len(violations_of(error)) == 11
+        assert len((error.details() or "").encode()) <= limits.MAX_ERROR_MESSAGE_BYTES
         assert len(status_of(error).SerializeToString()) <= limits.MAX_ERROR_STATUS_BYTES
         assert trailer_bytes(error.details(), error.trailing_metadata()) <= 8 << 10
 

@@ -50,7 +50,8 @@ MAX_QUOTED_VALUE_CHARS = 40
 """Characters of a caller's value quoted back in a violation."""
 MAX_ERROR_MESSAGE_BYTES = 1024
 MAX_ERROR_STATUS_BYTES = 4096
-"""The serialized `google.rpc.Status` (message and details) of any error."""
+"""The serialized `google.rpc.Status` of any error, which the bounds above keep it under:
+1 KiB of message and 11 violations of at most ~240 bytes (checked by a test)."""
 
 # Responses.
 MAX_BATCH_BYTES = 1 << 20

@@ -17,9 +17,10 @@ a canonical code, a message a person can act on, and `google.rpc` details where 
 | EventLogUnavailable           | UNAVAILABLE         |                   |
 | anything else                 | INTERNAL            |                   |
 
-Every status is bounded (`service.rpc.limits`): its message to `MAX_ERROR_MESSAGE_BYTES`,
-the whole serialized status to `MAX_ERROR_STATUS_BYTES`, so that clients' trailer limits
-never turn an error into another one.
+Every status is bounded (`service.rpc.limits`): its message is cut to
+`MAX_ERROR_MESSAGE_BYTES` here, and its details are bounded where they are built (at most
+eleven field violations of bounded size), so the whole stays under `MAX_ERROR_STATUS_BYTES`
+and clients' trailer limits never turn an error into another one.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from service.events.model import CursorOutOfRange, EventLogUnavailable, ServerDraining
-from service.rpc.limits import MAX_ERROR_MESSAGE_BYTES, MAX_ERROR_STATUS_BYTES, clip
+from service.rpc.limits import MAX_ERROR_MESSAGE_BYTES, clip
 from service.rpc.validation import InvalidRequest
 from service.stackone import errors as upstream
 
@@ -121,10 +122,6 @@ def status_for(error: Exception) -> status_pb2.Status:
 
 def _status(code: int, message: str, *details: Any) -> status_pb2.Status:
     packed = [d if isinstance(d, any_pb2.Any) else _packed(d)[0] for d in details]
-    status = status_pb2.Status(code=code, message=clip(message, MAX_ERROR_MESSAGE_BYTES))
-    for detail in packed:
-        # Details are bounded where they are built; this keeps the promise whatever they hold.
-        if status.ByteSize() + detail.ByteSize() + 8 > MAX_ERROR_STATUS_BYTES:
-            break
-        status.details.append(detail)
-    return status
+    return status_pb2.Status(
+        code=code, message=clip(message, MAX_ERROR_MESSAGE_BYTES), details=packed
+    )
