@@ -1,6 +1,6 @@
 """Property-based fuzzing of the real gRPC server: whatever a caller sends to any
 ConnectService RPC, the answer is never INTERNAL or UNKNOWN (nor a deadline passing), an
-error stays small, the server logs no error, and its event loop never lags 100 ms.
+error stays small, the server logs no error, and no call makes its event loop lag 100 ms.
 
 The server is the real `serve` in a process of its own (on the bundled emulator), so the
 lag it reports is its own and not this process's building of huge requests. The default
@@ -20,7 +20,7 @@ import grpc
 import httpx
 import pytest
 from google.protobuf import struct_pb2
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from service.api.v1 import stackone_connect_pb2 as pb
@@ -30,6 +30,7 @@ from tests.processes import ServeProcess, serve_env, serve_process
 from tests.support import loop_lag_counts, trailer_bytes
 
 MAX_LAG = 0.1
+LAG_ATTEMPTS = 3
 CALL_TIMEOUT = 10.0
 # grpc refuses trailers past 8 KiB (soft) or 16 KiB; an error must stay far under.
 MAX_TRAILER_BYTES = 8 << 10
@@ -105,7 +106,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 odd_texts = st.one_of(
     st.text(max_size=20),
-    st.text(st.characters(codec="utf-8"), min_size=200, max_size=300),
+    # Long odd text, cheap to generate (every drawn character costs hypothesis a choice).
+    st.text(min_size=1, max_size=8).map(lambda text: (text * 300)[: 250 + len(text)]),
     st.sampled_from(
         ["", " ", "\x00", "\n", ".", "..", "/", "%2F", "\u202e", "ﬀ", "١٢٣", "²", "a" * 255]
     ),
@@ -289,16 +291,22 @@ def calls(draw: st.DrawFn) -> tuple[str, bytes]:
 
 
 def check_one(server: Server, call: tuple[str, bytes]) -> None:
-    """Makes one call and checks its outcome, and the server's event loop, against it."""
+    """Makes one call and checks its outcome, and whether it made the server's event loop
+    lag over `MAX_LAG`: a call that does makes it lag every time, while on a busy machine
+    the scheduler sometimes does it alone, so a lag counts only if the call repeats it."""
     method, raw = call
-    failed = server.call(method, raw)
-    if failed is not None:
-        assert failed.code() not in NEVER, f"{method}: {failed.code()}: {failed.details()}"
-        size = trailer_bytes(failed.details(), failed.trailing_metadata())
-        assert size <= MAX_TRAILER_BYTES, f"{method}: {size} bytes of trailers"
-    measured, lagging = server.loop_lag()
+    for _ in range(LAG_ATTEMPTS):
+        measured, lagged_before = server.loop_lag()
+        failed = server.call(method, raw)
+        if failed is not None:
+            assert failed.code() not in NEVER, f"{method}: {failed.code()}: {failed.details()}"
+            size = trailer_bytes(failed.details(), failed.trailing_metadata())
+            assert size <= MAX_TRAILER_BYTES, f"{method}: {size} bytes of trailers"
+        if server.loop_lag()[1] == lagged_before:
+            break
+    else:
+        raise AssertionError(f"{method}: the server's event loop lagged over {MAX_LAG} s")
     assert measured > 0, "the server measures its event loop's lag"
-    assert lagging == 0, f"{method}: the server's event loop lagged over {MAX_LAG} s"
 
 
 def test_every_rpc_is_fuzzed() -> None:
@@ -312,8 +320,18 @@ _FUZZ = settings(
 )
 
 
+def _million_empty(message: type[Any], field: str) -> bytes:
+    request: bytes = message(**{field: [""] * 1_000_000}).SerializeToString()
+    return request
+
+
 @settings(_FUZZ, max_examples=200)
 @given(call=calls())
+# The requests the bounds were built for, in every run whatever hypothesis draws.
+@example(call=("ListAccounts", _million_empty(pb.ListAccountsRequest, "origin_owner_ids")))
+@example(call=("StreamAccountEvents", _million_empty(pb.StreamAccountEventsRequest, "providers")))
+@example(call=("CreateSession", _million_empty(pb.CreateSessionRequest, "categories")))
+@example(call=("GetAccount", pb.GetAccountRequest(account_id="x" * 4_000_000).SerializeToString()))
 def test_generated_calls_never_fail_internally_or_stall(
     server: Server, call: tuple[str, bytes]
 ) -> None:
