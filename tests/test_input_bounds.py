@@ -4,6 +4,7 @@ caller gets a small INVALID_ARGUMENT naming the field (`service.rpc.limits`)."""
 from __future__ import annotations
 
 import base64
+import gc
 import logging
 import time
 from pathlib import Path
@@ -280,6 +281,22 @@ async def test_bytes_that_are_not_the_request_are_invalid_argument_without_an_er
                     ("", f"the request bytes are not a valid {name} message")
                 ]
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_refused_request_is_freed_at_once(service: Runtime) -> None:
+    """A refused request (up to 512 KiB parsed into ~10 MB of message) is not kept alive by
+    its error's traceback until the garbage collector happens to find the cycle."""
+    raw = pb.ListAccountsRequest(account_ids=[""] * 200_000).SerializeToString()
+    gc.collect()
+    gc.disable()  # so that only reference counting frees anything
+    try:
+        async with grpc.aio.insecure_channel(service.grpc_target) as channel:
+            error = await refusal(raw_call(channel, "ListAccounts", raw))
+        alive = [o for o in gc.get_objects() if isinstance(o, pb.ListAccountsRequest)]
+    finally:
+        gc.enable()
+    assert violations_of(error) == [("account_ids", "must have at most 100 values (got 200000)")]
+    assert alive == []
 
 
 @pytest.mark.slow
