@@ -181,6 +181,7 @@ def test_generated_webhooks_never_crash_or_record_unsigned_events(
 
 
 @pytest.mark.fuzz
+@pytest.mark.timeout(1800)
 @settings(max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(request=webhook_requests())
 def test_ten_thousand_generated_webhooks(gateway: Gateway, request: WebhookRequest) -> None:
