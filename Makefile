@@ -33,9 +33,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
-# The 10,000-request property-based run against the real gateway.
+# The 10,000-request property-based runs against the real gateway and gRPC server.
 fuzz: $(STAMP)
-	$(BIN)/pytest -m fuzz tests/test_webhook_fuzz.py
+	$(BIN)/pytest --fuzz -m fuzz tests/test_webhook_fuzz.py tests/test_grpc_fuzz.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

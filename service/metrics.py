@@ -6,6 +6,7 @@ side in tests from sharing counters.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -13,6 +14,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # Waits for the StackOne budget can last up to its window (a minute).
 _WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+LOOP_LAG_TICK = 0.01
+"""Seconds the loop-lag monitor sleeps between measurements."""
+LOOP_LAG_WINDOW = 10.0
+"""Seconds over which the loop-lag gauge reports the largest lag."""
 
 
 @dataclass
@@ -79,6 +85,18 @@ class Metrics:
         )  # fmt: skip
 
         self._add_pipeline_metrics(registry)
+        self.loop_lag_seconds = Histogram(
+            "stackone_connect_event_loop_lag_seconds",
+            "How late the event loop woke a task that slept a fixed tick: time during which"
+            " nothing else (RPCs, webhooks, streams) could run.",
+            buckets=_LAG_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.loop_lag_max_seconds = Gauge(
+            "stackone_connect_event_loop_lag_max_seconds",
+            f"The largest event-loop lag of the last {LOOP_LAG_WINDOW:g} to"
+            f" {2 * LOOP_LAG_WINDOW:g} seconds.",
+            registry=registry,
+        )  # fmt: skip
 
     def _add_pipeline_metrics(self, registry: CollectorRegistry) -> None:
         """The inbox between the gateway and the verifier, and background work."""
@@ -112,6 +130,22 @@ class Metrics:
         """Records one StackOne HTTP attempt (`status` is the HTTP status or an error name)."""
         self.upstream_calls.labels(endpoint, status).inc()
         self.upstream_seconds.labels(endpoint).observe(seconds)
+
+    async def watch_loop_lag(self, tick: float = LOOP_LAG_TICK) -> None:
+        """Measures the event loop's lag until cancelled: sleeps `tick` and records how
+        much later than that it woke (a blocked loop wakes nobody on time)."""
+        loop = asyncio.get_running_loop()
+        window_started, window_max, previous_max = loop.time(), 0.0, 0.0
+        while True:
+            asleep_at = loop.time()
+            await asyncio.sleep(tick)
+            now = loop.time()
+            lag = max(0.0, now - asleep_at - tick)
+            self.loop_lag_seconds.observe(lag)
+            if now - window_started >= LOOP_LAG_WINDOW:
+                window_started, window_max, previous_max = now, 0.0, window_max
+            window_max = max(window_max, lag)
+            self.loop_lag_max_seconds.set(max(window_max, previous_max))
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""

@@ -262,6 +262,7 @@ async def _background(
     tasks = [
         asyncio.create_task(_watch_readiness(event_log, health, settings.readiness_interval)),
         asyncio.create_task(verifier.run(), name="verifier"),
+        asyncio.create_task(metrics.watch_loop_lag(), name="loop-lag"),
     ]
     if settings.reconcile_interval > 0:
         reconciler = Reconciler(

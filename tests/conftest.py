@@ -20,6 +20,23 @@ from tests.nats import NatsServer
 from tests.support import LogBackend, make_settings
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """`--fuzz` runs the long fuzzing runs (marker `fuzz`), which are skipped otherwise."""
+    parser.addoption(
+        "--fuzz", action="store_true", help="run the 10,000-example fuzzing runs (make fuzz)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skips `fuzz` tests without `--fuzz`, whatever `-m` says (it replaces addopts' `-m`)."""
+    if config.getoption("--fuzz"):
+        return
+    skip = pytest.mark.skip(reason="a long fuzzing run: needs --fuzz (make fuzz)")
+    for item in items:
+        if item.get_closest_marker("fuzz") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keeps the developer's own STACKONE_CONNECT_* variables out of every test."""

@@ -164,3 +164,28 @@ async def more_sweeps(gateways: Iterable[httpx.AsyncClient], count: int = 2) -> 
         return all([await metric(http, sweeps) >= target for http, target in targets])
 
     await eventually(all_swept, timeout=10)
+
+
+def loop_lag_counts(exposition: str, seconds: float) -> tuple[int, int]:
+    """From a /metrics page: how many event-loop lag measurements there were, and how many
+    of them exceeded `seconds` (which must be a bucket boundary of the histogram)."""
+    total = at_most = None
+    for line in exposition.splitlines():
+        if line.startswith("stackone_connect_event_loop_lag_seconds_count "):
+            total = int(float(line.split()[1]))
+        elif line.startswith(f'stackone_connect_event_loop_lag_seconds_bucket{{le="{seconds}"}} '):
+            at_most = int(float(line.split()[1]))
+    assert total is not None, "the page has no event-loop lag histogram"
+    assert at_most is not None, f"{seconds} is not a bucket boundary of the lag histogram"
+    return total, total - at_most
+
+
+def trailer_bytes(details: str | None, trailers: Any) -> int:
+    """Bytes an error's trailers take on the wire: its message (`details`) percent-encoded,
+    and every trailer, binary ones in base64. `trailers` as a sync or grpc.aio call gives
+    them (pairs either way; grpc-stubs type them as objects with key and value)."""
+    message = (details or "").encode()
+    size = sum(1 if 0x20 <= byte < 0x7F and byte != 0x25 else 3 for byte in message)
+    for key, value in trailers or ():
+        size += len(key) + ((len(value) * 4 + 2) // 3 if key.endswith("-bin") else len(value))
+    return size

@@ -92,6 +92,9 @@ class _Call:
         """Ends the call with the status that reports `error`."""
         status = rpc_status.to_status(status_for(error))
         self.finish(status.code)
+        # Its traceback holds the handler's frames, and so the request, however big, until
+        # the garbage collector finds the cycle; the status says all the caller needs.
+        error.__traceback__ = None
         await self.context.abort(status.code, status.details, status.trailing_metadata)
 
     def aborted(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol, TypeAlias
 
 import grpc
@@ -12,9 +12,15 @@ from grpc_reflection.v1alpha import reflection
 from service.config import ENV_PREFIX, Settings
 from service.metrics import Metrics
 from service.rpc.auth import AuthInterceptor, ClientRegistry
-from service.rpc.interceptor import CallInterceptor
+from service.rpc.interceptor import CallInterceptor, Context
+from service.rpc.limits import (
+    GRPC_MAX_RECEIVE_BYTES,
+    MAX_REQUEST_BYTES,
+    MAX_REQUEST_BYTES_BY_METHOD,
+)
 from service.rpc.methods import CONNECT_METHODS, CONNECT_SERVICE, Method, MethodTableError
 from service.rpc.servicer import ConnectServicer
+from service.rpc.validation import parse
 from service.web import CannotListen
 
 MethodHandler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -26,6 +32,7 @@ _OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", GRPC_MAX_RECEIVE_BYTES),
 ]
 
 
@@ -62,6 +69,9 @@ def connect_service_handlers(
 ) -> dict[str, MethodHandler]:
     """A handler for each method of the proto, calling the servicer's method of that name.
 
+    Requests arrive as bytes (no request deserializer) and are parsed by the handler, so
+    that bytes that are not the request message are `INVALID_ARGUMENT` like any other bad
+    request (grpc would answer UNKNOWN and log an error), after authentication.
     Server-streaming methods yield already-serialized responses (`service.rpc.wire`), which
     grpc sends as they are because their handler has no response serializer.
     """
@@ -75,15 +85,36 @@ def connect_service_handlers(
             )
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                behaviour, request_deserializer=method.request.FromString
+                _parsing_stream(behaviour, method)
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                behaviour,
-                request_deserializer=method.request.FromString,
+                _parsing_unary(behaviour, method),
                 response_serializer=method.response.SerializeToString,
             )
     return handlers
+
+
+def _parse(raw: bytes, method: Method) -> Any:
+    limit = MAX_REQUEST_BYTES_BY_METHOD.get(method.name, MAX_REQUEST_BYTES)
+    return parse(raw, method.request, limit)
+
+
+def _parsing_unary(behaviour: Callable[..., Any], method: Method) -> Callable[..., Any]:
+    async def unary(raw: bytes, context: Context) -> Any:
+        return await behaviour(_parse(raw, method), context)
+
+    return unary
+
+
+def _parsing_stream(
+    behaviour: Callable[..., AsyncIterator[Any]], method: Method
+) -> Callable[..., AsyncIterator[Any]]:
+    async def stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
+        async for item in behaviour(_parse(raw, method), context):
+            yield item
+
+    return stream
 
 
 def build_grpc_server(

@@ -16,6 +16,11 @@ a canonical code, a message a person can act on, and `google.rpc` details where 
 | ServerDraining (shutdown)     | UNAVAILABLE         | ErrorInfo         |
 | EventLogUnavailable           | UNAVAILABLE         |                   |
 | anything else                 | INTERNAL            |                   |
+
+Every status is bounded (`service.rpc.limits`): its message is cut to
+`MAX_ERROR_MESSAGE_BYTES` here, and its details are bounded where they are built (at most
+eleven field violations of bounded size), so the whole stays under `MAX_ERROR_STATUS_BYTES`
+and clients' trailer limits never turn an error into another one.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from service.events.model import CursorOutOfRange, EventLogUnavailable, ServerDraining
+from service.rpc.limits import MAX_ERROR_MESSAGE_BYTES, clip
 from service.rpc.validation import InvalidRequest
 from service.stackone import errors as upstream
 
@@ -116,4 +122,6 @@ def status_for(error: Exception) -> status_pb2.Status:
 
 def _status(code: int, message: str, *details: Any) -> status_pb2.Status:
     packed = [d if isinstance(d, any_pb2.Any) else _packed(d)[0] for d in details]
-    return status_pb2.Status(code=code, message=message, details=packed)
+    return status_pb2.Status(
+        code=code, message=clip(message, MAX_ERROR_MESSAGE_BYTES), details=packed
+    )

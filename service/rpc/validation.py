@@ -1,21 +1,48 @@
 """Checks every request before any upstream call and turns it into domain values.
 
-Each check names the offending field, so `INVALID_ARGUMENT` carries one
-`google.rpc.BadRequest` field violation per problem, all reported at once.
+Each check names the offending field, so `INVALID_ARGUMENT` carries a
+`google.rpc.BadRequest` field violation per problem: the first `MAX_REPORTED_VIOLATIONS`,
+then one entry saying how many more. Every check keeps to the bounds of
+`service.rpc.limits`: a repeated field's count is checked before its values, a string's
+length before its contents, a request's size before it is parsed.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import DecodeError, Message
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.feed import StartPosition
 from service.events.model import EventFilter
+from service.rpc.limits import (
+    DEFAULT_PAGE_SIZE,
+    MAX_CATEGORIES,
+    MAX_CURSOR,
+    MAX_EVENTS_PER_MESSAGE,
+    MAX_EXPIRES_IN,
+    MAX_FILTER_VALUES,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_PAGE_NUMBER,
+    MAX_PAGE_SIZE,
+    MAX_PAGE_TOKEN_CHARS,
+    MAX_QUOTED_VALUE_CHARS,
+    MAX_REPORTED_VIOLATIONS,
+    MAX_TEXT_CHARS,
+    MAX_VIOLATION_DESCRIPTION_BYTES,
+    MAX_VIOLATION_FIELD_BYTES,
+    clip,
+)
 from service.stackone.models import AccountListQuery, ConnectSessionCreate
 
 CATEGORIES = frozenset(
@@ -38,58 +65,163 @@ CATEGORIES = frozenset(
 ACCOUNT_STATUSES = frozenset({"active", "inactive", "suspended", "archived", "expired", "error"})
 _PROVIDER = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _EVENT_TYPE = re.compile(r"account\.[a-z_]{1,64}")
-MAX_TEXT = 255
-MAX_FILTER_VALUES = 100
-MAX_PAGE_SIZE = 100
-MAX_EVENTS_PER_MESSAGE = 1000
-DEFAULT_PAGE_SIZE = 25
-MAX_EXPIRES_IN = 30 * 24 * 3600
+# Not str.isdigit() or int() alone: both also take other scripts' digits ('١٢٣', '²').
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+# Dot segments would survive percent-encoding and change the StackOne path they go into.
+_DOT_SEGMENTS = frozenset({".", ".."})
+
+_MessageT = TypeVar("_MessageT", bound=Message)
 
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
-    """One bad field and what is wrong with it."""
+    """One bad field and what is wrong with it; an empty `field` is the request as a whole."""
 
     field: str
     description: str
 
 
 class InvalidRequest(ValueError):
-    """A request failed validation; `violations` lists every bad field."""
+    """A request failed validation; `violations` lists the bad fields.
 
-    def __init__(self, violations: list[FieldViolation]) -> None:
-        self.violations = violations
-        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+    At most `MAX_REPORTED_VIOLATIONS` of them, each cut to a bounded size, then one entry
+    "and N more" counting the rest (`unreported` are ones never recorded).
+    """
+
+    def __init__(self, violations: Sequence[FieldViolation], unreported: int = 0) -> None:
+        reported = [
+            FieldViolation(
+                clip(v.field, MAX_VIOLATION_FIELD_BYTES),
+                clip(v.description, MAX_VIOLATION_DESCRIPTION_BYTES),
+            )
+            for v in violations[:MAX_REPORTED_VIOLATIONS]
+        ]
+        more = unreported + max(0, len(violations) - MAX_REPORTED_VIOLATIONS)
+        if more:
+            reported.append(FieldViolation("", f"and {more} more"))
+        self.violations = reported
+        super().__init__(
+            "; ".join(f"{v.field}: {v.description}" if v.field else v.description for v in reported)
+        )
+
+
+def _quoted(value: str) -> str:
+    """The caller's value as quoted back in a violation: escaped and cut short."""
+    if len(value) <= MAX_QUOTED_VALUE_CHARS:
+        return repr(value)
+    return repr(value[:MAX_QUOTED_VALUE_CHARS]) + "…"
+
+
+def _number(text: str, maximum: int) -> int | None:
+    """`text` as a number from 0 to `maximum` written in ASCII digits, or None."""
+    if len(text) > len(str(maximum)) or not _ASCII_DIGITS.fullmatch(text):
+        return None
+    value = int(text)
+    return value if value <= maximum else None
+
+
+def parse(raw: bytes, message_type: type[_MessageT], max_bytes: int) -> _MessageT:
+    """The request message in `raw`, or `InvalidRequest` if it is too big or not protobuf."""
+    name = message_type.DESCRIPTOR.full_name
+    if len(raw) > max_bytes:
+        violation = FieldViolation(
+            "", f"the request is {len(raw)} bytes; a {name} is at most {max_bytes}"
+        )
+        raise InvalidRequest([violation])
+    try:
+        return message_type.FromString(raw)
+    except DecodeError:
+        violation = FieldViolation("", f"the request bytes are not a valid {name} message")
+        raise InvalidRequest([violation]) from None
 
 
 @dataclass(slots=True)
 class _Checker:
     violations: list[FieldViolation] = field(default_factory=list)
+    unreported: int = 0
 
     def fail(self, name: str, description: str) -> None:
-        self.violations.append(FieldViolation(name, description))
+        # Past the reported ones only a count is kept, whatever the request holds.
+        if len(self.violations) < MAX_REPORTED_VIOLATIONS:
+            self.violations.append(FieldViolation(name, description))
+        else:
+            self.unreported += 1
 
     def text(self, name: str, value: str, *, required: bool = False) -> str | None:
+        if len(value) > MAX_TEXT_CHARS:
+            self.fail(name, f"must be at most {MAX_TEXT_CHARS} characters (got {len(value)})")
+            return None
         if not value.strip():
             if required:
                 self.fail(name, "is required")
             return None
-        if len(value) > MAX_TEXT:
-            self.fail(name, f"must be at most {MAX_TEXT} characters (got {len(value)})")
         return value
 
-    def values(self, name: str, values: list[str], pattern: re.Pattern[str] | None = None) -> None:
-        if len(values) > MAX_FILTER_VALUES:
-            self.fail(name, f"must have at most {MAX_FILTER_VALUES} values")
+    def count(self, name: str, values: Sized, limit: int) -> bool:
+        """Whether `values` has at most `limit` items; checked before looking at any."""
+        if len(values) > limit:
+            self.fail(name, f"must have at most {limit} values (got {len(values)})")
+            return False
+        return True
+
+    def values(
+        self, name: str, values: Sequence[str], pattern: re.Pattern[str] | None = None
+    ) -> None:
+        if not self.count(name, values, MAX_FILTER_VALUES):
+            return
         for index, value in enumerate(values):
-            if not value.strip() or len(value) > MAX_TEXT:
-                self.fail(f"{name}[{index}]", f"must be 1 to {MAX_TEXT} characters")
+            if len(value) > MAX_TEXT_CHARS or not value.strip():
+                self.fail(f"{name}[{index}]", f"must be 1 to {MAX_TEXT_CHARS} characters")
             elif pattern is not None and not pattern.fullmatch(value):
-                self.fail(f"{name}[{index}]", f"'{value}' does not match {pattern.pattern}")
+                self.fail(f"{name}[{index}]", f"{_quoted(value)} does not match {pattern.pattern}")
+
+    def one_of(self, name: str, values: Sequence[str], allowed: frozenset[str], limit: int) -> None:
+        if not self.count(name, values, limit):
+            return
+        for index, value in enumerate(values):
+            if value not in allowed:
+                self.fail(
+                    f"{name}[{index}]",
+                    f"must be one of {', '.join(sorted(allowed))} (got {_quoted(value)})",
+                )
+
+    def metadata(self, struct: struct_pb2.Struct) -> dict[str, Any] | None:
+        """`struct` as JSON-ready values, if it is small, shallow and finite enough."""
+        size = struct.ByteSize()
+        if size > MAX_METADATA_BYTES:
+            self.fail("metadata", f"must be at most {MAX_METADATA_BYTES} bytes (got {size})")
+            return None
+        found = len(self.violations) + self.unreported
+        # Iterative, so that nesting up to protobuf's own limit (100) costs no recursion.
+        pending: list[tuple[str, struct_pb2.Struct | struct_pb2.ListValue, int]] = [
+            ("metadata", struct, 1)
+        ]
+        while pending:
+            path, container, depth = pending.pop()
+            if depth > MAX_METADATA_DEPTH:
+                self.fail(path, f"nests deeper than {MAX_METADATA_DEPTH} levels")
+                continue
+            if isinstance(container, struct_pb2.Struct):
+                items = [(f"{path}.{key}", key, value) for key, value in container.fields.items()]
+            else:
+                items = [(f"{path}[{i}]", "", value) for i, value in enumerate(container.values)]
+            for child, key, value in items:
+                if len(key) > MAX_TEXT_CHARS:
+                    self.fail(path, f"has a key longer than {MAX_TEXT_CHARS} characters")
+                kind = value.WhichOneof("kind")
+                if kind == "number_value" and not math.isfinite(value.number_value):
+                    self.fail(child, "must be a finite number (JSON has no NaN or Infinity)")
+                elif kind == "struct_value":
+                    pending.append((child, value.struct_value, depth + 1))
+                elif kind == "list_value":
+                    pending.append((child, value.list_value, depth + 1))
+        if len(self.violations) + self.unreported > found:
+            return None
+        return MessageToDict(struct)
 
     def done(self) -> None:
         if self.violations:
-            raise InvalidRequest(self.violations)
+            raise InvalidRequest(self.violations, self.unreported)
 
 
 def session_create(request: pb.CreateSessionRequest) -> ConnectSessionCreate:
@@ -100,16 +232,13 @@ def session_create(request: pb.CreateSessionRequest) -> ConnectSessionCreate:
     check.text("origin_username", request.origin_username)
     check.text("account_id", request.account_id)
     check.text("label", request.label)
+    # The pattern gives up after 64 characters, whatever the length.
     if request.provider and not _PROVIDER.fullmatch(request.provider):
-        check.fail("provider", f"'{request.provider}' is not a provider key like 'bamboohr'")
-    for index, category in enumerate(request.categories):
-        if category not in CATEGORIES:
-            check.fail(
-                f"categories[{index}]",
-                f"'{category}' is not one of {', '.join(sorted(CATEGORIES))}",
-            )
+        check.fail("provider", f"{_quoted(request.provider)} is not a provider key like 'bamboohr'")
+    check.one_of("categories", request.categories, CATEGORIES, MAX_CATEGORIES)
     if request.HasField("expires_in") and not 0 < request.expires_in <= MAX_EXPIRES_IN:
         check.fail("expires_in", f"must be between 1 and {MAX_EXPIRES_IN} seconds")
+    metadata = check.metadata(request.metadata) if request.HasField("metadata") else None
     check.done()
     return ConnectSessionCreate(
         origin_owner_id=owner_id or "",
@@ -120,7 +249,7 @@ def session_create(request: pb.CreateSessionRequest) -> ConnectSessionCreate:
         expires_in=request.expires_in if request.HasField("expires_in") else None,
         account_id=request.account_id or None,
         label=request.label or None,
-        metadata=MessageToDict(request.metadata) if request.HasField("metadata") else None,
+        metadata=metadata,
         multiple=request.multiple or None,
     )
 
@@ -128,7 +257,8 @@ def session_create(request: pb.CreateSessionRequest) -> ConnectSessionCreate:
 def account_id(value: str) -> str:
     """Validates a required account id."""
     check = _Checker()
-    check.text("account_id", value, required=True)
+    if check.text("account_id", value, required=True) in _DOT_SEGMENTS:
+        check.fail("account_id", f"{_quoted(value)} is not an account id")
     check.done()
     return value
 
@@ -141,13 +271,15 @@ def page_token(page: int) -> str:
 def _page_of(token: str, check: _Checker) -> int:
     if not token:
         return 0
-    try:
-        decoded = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    if len(token) <= MAX_PAGE_TOKEN_CHARS:
+        try:
+            decoded = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        except (binascii.Error, ValueError):  # ValueError: not ASCII
+            decoded = ""
         prefix, _, number = decoded.partition(":")
-        if prefix == "page" and number.isdigit():
-            return int(number)
-    except (binascii.Error, UnicodeDecodeError):
-        pass
+        page = _number(number, MAX_PAGE_NUMBER) if prefix == "page" else None
+        if page is not None:
+            return page
     check.fail("page_token", "is not a next_page_token this service returned")
     return 0
 
@@ -159,15 +291,10 @@ def list_query(request: pb.ListAccountsRequest) -> AccountListQuery:
         check.fail(
             "page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
         )
-    check.values("origin_owner_ids", list(request.origin_owner_ids))
-    check.values("providers", list(request.providers), _PROVIDER)
-    check.values("account_ids", list(request.account_ids))
-    for index, status in enumerate(request.statuses):
-        if status not in ACCOUNT_STATUSES:
-            check.fail(
-                f"statuses[{index}]",
-                f"'{status}' is not one of {', '.join(sorted(ACCOUNT_STATUSES))}",
-            )
+    check.values("origin_owner_ids", request.origin_owner_ids)
+    check.values("providers", request.providers, _PROVIDER)
+    check.values("account_ids", request.account_ids)
+    check.one_of("statuses", request.statuses, ACCOUNT_STATUSES, MAX_FILTER_VALUES)
     page = _page_of(request.page_token, check)
     check.done()
     return AccountListQuery(
@@ -185,19 +312,20 @@ def stream_request(
 ) -> tuple[EventFilter, StartPosition, int]:
     """Validates `StreamAccountEvents` into a filter, a start position and a batch size."""
     check = _Checker()
-    check.values("providers", list(request.providers), _PROVIDER)
-    check.values("origin_owner_ids", list(request.origin_owner_ids))
-    check.values("account_ids", list(request.account_ids))
-    check.values("event_types", list(request.event_types), _EVENT_TYPE)
+    check.values("providers", request.providers, _PROVIDER)
+    check.values("origin_owner_ids", request.origin_owner_ids)
+    check.values("account_ids", request.account_ids)
+    check.values("event_types", request.event_types, _EVENT_TYPE)
     start = StartPosition.now()
     which = request.WhichOneof("start")
     if which == "from_earliest":
         start = StartPosition.earliest()
     elif which == "after_cursor":
-        if request.after_cursor.isdigit() and len(request.after_cursor) <= 19:
-            start = StartPosition.after(int(request.after_cursor))
-        else:
+        cursor = _number(request.after_cursor, MAX_CURSOR)
+        if cursor is None:
             check.fail("after_cursor", "is not a cursor from an event or a bookmark")
+        else:
+            start = StartPosition.after(cursor)
     if request.max_events_per_message > MAX_EVENTS_PER_MESSAGE:
         check.fail("max_events_per_message", f"must be at most {MAX_EVENTS_PER_MESSAGE}")
     check.done()

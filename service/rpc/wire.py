@@ -3,7 +3,8 @@
 An event is stored as its serialized `AccountEvent`. Appending the `cursor` field to
 those bytes, and wrapping the result as a length-delimited field of the response (or of
 an `EventBatch`), is valid protobuf encoding: every subscriber gets the event without it
-being parsed and serialized again, once per subscriber.
+being parsed and serialized again, once per subscriber. A batch holds at most
+`MAX_BATCH_BYTES` of events, so it stays under any default client's receive limit.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from google.protobuf.descriptor import Descriptor
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.model import StoredEvent
+from service.rpc.limits import MAX_BATCH_BYTES
 
 
 def _varint(value: int) -> bytes:
@@ -45,16 +47,26 @@ def _event_bytes(event: StoredEvent) -> bytes:
     return event.body + _field(_CURSOR_KEY, cursor)
 
 
-def event_frames(events: Sequence[StoredEvent], per_message: int) -> Iterator[bytes]:
-    """Serialized responses for `events`: one per event, or batches of up to `per_message`."""
+def event_frames(
+    events: Sequence[StoredEvent], per_message: int, max_bytes: int = MAX_BATCH_BYTES
+) -> Iterator[bytes]:
+    """Serialized responses for `events`: one per event, or batches of up to `per_message`
+    events and `max_bytes` of them (an event larger than that goes alone)."""
     if per_message <= 1:
         for event in events:
             yield _field(_RESPONSE_EVENT_KEY, _event_bytes(event))
         return
-    for start in range(0, len(events), per_message):
-        chunk = events[start : start + per_message]
-        batch = b"".join(_field(_BATCH_EVENT_KEY, _event_bytes(event)) for event in chunk)
-        yield _field(_RESPONSE_BATCH_KEY, batch)
+    batch: list[bytes] = []
+    size = 0
+    for event in events:
+        item = _field(_BATCH_EVENT_KEY, _event_bytes(event))
+        if batch and (len(batch) == per_message or size + len(item) > max_bytes):
+            yield _field(_RESPONSE_BATCH_KEY, b"".join(batch))
+            batch, size = [], 0
+        batch.append(item)
+        size += len(item)
+    if batch:
+        yield _field(_RESPONSE_BATCH_KEY, b"".join(batch))
 
 
 def bookmark_frame(cursor: int) -> bytes:

@@ -1,0 +1,355 @@
+"""Property-based fuzzing of the real gRPC server: whatever a caller sends to any
+ConnectService RPC, the answer is never INTERNAL or UNKNOWN (nor a deadline passing), an
+error stays small, the server logs no error, and no call makes its event loop lag 100 ms.
+
+The server is the real `serve` in a process of its own (on the bundled emulator), so the
+lag it reports is its own and not this process's building of huge requests. The default
+run throws a few hundred generated calls; `make fuzz` (`--fuzz`) throws 10,000.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import struct_pb2
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.rpc.methods import CONNECT_METHODS
+from service.rpc.server import SERVICE_NAME
+from tests.processes import ServeProcess, serve_env, serve_process
+from tests.support import loop_lag_counts, trailer_bytes
+
+MAX_LAG = 0.1
+LAG_ATTEMPTS = 3
+CALL_TIMEOUT = 10.0
+# grpc refuses trailers past 8 KiB (soft) or 16 KiB; an error must stay far under.
+MAX_TRAILER_BYTES = 8 << 10
+NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+@dataclass
+class Server:
+    """A `serve` process run from a thread's own loop, and sync clients of it."""
+
+    process: ServeProcess
+    channel: grpc.Channel
+    http: httpx.Client
+
+    def call(self, method: str, raw: bytes) -> grpc.Call | None:
+        """Sends `raw` as the request of `method`; the failed call, if it failed. A stream
+        is read up to its first message (a valid one starts with a bookmark), then cancelled."""
+        path = f"/{SERVICE_NAME}/{method}"
+        try:
+            if method == "StreamAccountEvents":
+                stream = self.channel.unary_stream(path, None, None)(raw, timeout=CALL_TIMEOUT)
+                next(iter(stream))
+                stream.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leave it untyped
+            else:
+                self.channel.unary_unary(path, None, None)(raw, timeout=CALL_TIMEOUT)
+        except grpc.RpcError as error:
+            return cast("grpc.Call", error)  # grpc raises the failed call itself
+        return None
+
+    def loop_lag(self) -> tuple[int, int]:
+        """Lag measurements the server made so far, and how many exceeded `MAX_LAG`."""
+        return loop_lag_counts(self.http.get("/metrics").text, MAX_LAG)
+
+    def errors_logged(self) -> list[dict[str, object]]:
+        """The server's log lines at ERROR or above."""
+        return [
+            line for line in self.process.log_lines if line.get("level") in {"ERROR", "CRITICAL"}
+        ]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real `serve`, running until the module's tests are done."""
+    started: list[tuple[ServeProcess, asyncio.AbstractEventLoop, asyncio.Event]] = []
+    ready = threading.Event()
+    env = serve_env(
+        tmp_path_factory.mktemp("grpc-fuzz"),
+        "whsec-fuzz",
+        # Thousands of calls reach the emulator; the rate budget is not under test here.
+        STACKONE_CONNECT_RATE_LIMIT="100000000",
+    )
+
+    async def run() -> None:
+        async with serve_process(env) as process:
+            stop = asyncio.Event()
+            started.append((process, asyncio.get_running_loop(), stop))
+            ready.set()
+            await stop.wait()
+            await process.stop()
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
+    thread.start()
+    assert ready.wait(60), "serve did not start"
+    process, loop, stop = started[0]
+    with (
+        grpc.insecure_channel(process.grpc_target) as channel,
+        httpx.Client(base_url=process.admin_url, timeout=10) as http,
+    ):
+        yield Server(process, channel, http)
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(30)
+
+
+odd_texts = st.one_of(
+    st.text(max_size=20),
+    # Long odd text, cheap to generate (every drawn character costs hypothesis a choice).
+    st.text(min_size=1, max_size=8).map(lambda text: (text * 300)[: 250 + len(text)]),
+    st.sampled_from(
+        ["", " ", "\x00", "\n", ".", "..", "/", "%2F", "\u202e", "ﬀ", "١٢٣", "²", "a" * 255]
+    ),
+    st.integers(256, 3000).map(lambda n: "x" * n),  # huger ones: `with_a_huge_field`
+)
+numeric_texts = st.one_of(
+    st.integers(-(2**70), 2**70).map(str),
+    st.text(st.characters(categories=["Nd", "No"]), min_size=1, max_size=25),
+    st.sampled_from(["", " 1", "1 ", "+1", "-0", "1e3", "0x10", "1_0", "9" * 19, "9" * 20]),
+    st.sampled_from([str(2**63 - 1), str(2**63)]),
+    # Digits str.isdigit() takes: Arabic-Indic, fullwidth, superscript, circled, bold.
+    st.lists(st.sampled_from("\u0661\uff11\u00b2\u2463\U0001d7d9"), min_size=1, max_size=4).map(
+        "".join
+    ),
+    st.integers(0, 5000).map(lambda n: "9" * n),
+)
+page_tokens = odd_texts | numeric_texts.map(
+    lambda n: base64.urlsafe_b64encode(f"page:{n}".encode()).decode().rstrip("=")
+)
+int32s = st.integers(-(2**31), 2**31 - 1)
+
+
+def repeated(values: st.SearchStrategy[str]) -> st.SearchStrategy[list[str]]:
+    """Lists of odd values, or of one value around the bound of 100 (much longer ones:
+    `with_a_huge_field`)."""
+    return st.lists(values, max_size=20) | st.tuples(
+        st.integers(0, 300), st.sampled_from(["", "x", "hibob", "account.created"])
+    ).map(lambda count_value: [count_value[1]] * count_value[0])
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.floats()  # NaN and infinities included: JSON has neither
+    | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth):
+        value = {"n": value}
+    return value
+
+
+metadatas = st.one_of(
+    st.dictionaries(st.text(max_size=300), json_values, max_size=6),
+    st.integers(1, 30).map(_nested),  # (deeper: `deeply_nested_session`)
+    st.integers(0, 5000).map(lambda n: {str(i): "v" * 8 for i in range(n)}),
+)
+
+
+def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct
+
+
+sessions = st.builds(
+    pb.CreateSessionRequest,
+    origin_owner_id=odd_texts,
+    origin_owner_name=odd_texts,
+    origin_username=odd_texts,
+    provider=odd_texts | st.sampled_from(["hibob", "bamboohr"]),
+    categories=repeated(odd_texts | st.sampled_from(["hris", "ats"])),
+    expires_in=int32s,
+    account_id=odd_texts,
+    label=odd_texts,
+    metadata=metadatas.map(_struct),
+    multiple=st.booleans(),
+)
+account_requests = st.builds(pb.GetAccountRequest, account_id=odd_texts)
+deletions = st.builds(pb.DeleteAccountRequest, account_id=odd_texts)
+listings = st.builds(
+    pb.ListAccountsRequest,
+    origin_owner_ids=repeated(odd_texts),
+    providers=repeated(odd_texts),
+    account_ids=repeated(odd_texts),
+    statuses=repeated(odd_texts | st.sampled_from(["active", "error"])),
+    page_size=int32s,
+    page_token=page_tokens,
+)
+
+
+@st.composite
+def stream_requests(draw: st.DrawFn) -> pb.StreamAccountEventsRequest:
+    """Filters, any start position (odd cursors included) and batch size."""
+    request = pb.StreamAccountEventsRequest(
+        providers=draw(repeated(odd_texts)),
+        origin_owner_ids=draw(repeated(odd_texts)),
+        account_ids=draw(repeated(odd_texts)),
+        event_types=draw(repeated(odd_texts | st.just("account.created"))),
+        max_events_per_message=draw(st.integers(0, 2**32 - 1)),
+    )
+    start = draw(st.sampled_from(["none", "from_now", "from_earliest", "after_cursor"]))
+    if start == "after_cursor":
+        request.after_cursor = draw(numeric_texts)
+    elif start != "none":
+        getattr(request, start).SetInParent()
+    return request
+
+
+REQUESTS: dict[str, st.SearchStrategy[Any]] = {
+    "CreateSession": sessions,
+    "GetAccount": account_requests,
+    "ListAccounts": listings,
+    "DeleteAccount": deletions,
+    "StreamAccountEvents": stream_requests(),
+}
+
+
+@st.composite
+def mangled(draw: st.DrawFn, requests: st.SearchStrategy[Any]) -> bytes:
+    """A valid request's bytes cut short or with a byte changed."""
+    raw: bytes = draw(requests).SerializeToString()[:1000]
+    if not raw:
+        return b"\x0a"
+    at = draw(st.integers(0, len(raw) - 1))
+    if draw(st.booleans()):
+        return raw[:at]
+    return raw[:at] + bytes([draw(st.integers(0, 255))]) + raw[at + 1 :]
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    def varint(value: int) -> bytes:
+        out = bytearray()
+        while value > 0x7F:
+            out.append(value & 0x7F | 0x80)
+            value >>= 7
+        return bytes([*out, value])
+
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def deeply_nested_session(depth: int) -> bytes:
+    """A CreateSessionRequest whose metadata nests `depth` Structs (protobuf's own parser
+    refuses more than 100, so such a message can only be built as bytes)."""
+    struct = b""
+    for _ in range(depth):
+        value = _length_delimited(5, struct)  # Value.struct_value
+        struct = _length_delimited(1, _length_delimited(1, b"n") + _length_delimited(2, value))
+    owner = pb.CreateSessionRequest(origin_owner_id="o", origin_owner_name="O")
+    return owner.SerializeToString() + _length_delimited(9, struct)
+
+
+@st.composite
+def with_a_huge_field(draw: st.DrawFn, requests: st.SearchStrategy[Any]) -> bytes:
+    """A generated request with one string field up to a million characters long, or one
+    repeated string field up to a million values long (2 MB of empty strings)."""
+    request = draw(requests)
+    strings = [f for f in request.DESCRIPTOR.fields if f.type == f.TYPE_STRING]
+    field = draw(st.sampled_from(strings))
+    size = draw(st.sampled_from([101, 10_000, 300_000, 1_000_000]) | st.integers(0, 1_000_000))
+    if field.is_repeated:
+        getattr(request, field.name)[:] = [draw(st.sampled_from(["", "x"]))] * size
+    else:
+        setattr(request, field.name, "x" * size)
+    raw: bytes = request.SerializeToString()
+    return raw
+
+
+@st.composite
+def calls(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A method and the request bytes to send it: a generated message, one with a huge
+    field, random bytes, a mangled message, or deeply nested metadata."""
+    method = draw(st.sampled_from(sorted(REQUESTS)))
+    kind = draw(st.sampled_from(["message"] * 4 + ["huge", "random", "mangled", "deep"]))
+    if kind == "huge":
+        return method, draw(with_a_huge_field(REQUESTS[method]))
+    if kind == "deep":
+        return "CreateSession", deeply_nested_session(draw(st.integers(1, 200)))
+    if kind == "random":
+        return method, draw(st.binary(max_size=300))
+    if kind == "mangled":
+        return method, draw(mangled(REQUESTS[method]))
+    return method, draw(REQUESTS[method]).SerializeToString()
+
+
+def check_one(server: Server, call: tuple[str, bytes]) -> None:
+    """Makes one call and checks its outcome, and whether it made the server's event loop
+    lag over `MAX_LAG`: a call that does makes it lag every time, while on a busy machine
+    the scheduler sometimes does it alone, so a lag counts only if the call repeats it."""
+    method, raw = call
+    for _ in range(LAG_ATTEMPTS):
+        measured, lagged_before = server.loop_lag()
+        failed = server.call(method, raw)
+        if failed is not None:
+            assert failed.code() not in NEVER, f"{method}: {failed.code()}: {failed.details()}"
+            size = trailer_bytes(failed.details(), failed.trailing_metadata())
+            assert size <= MAX_TRAILER_BYTES, f"{method}: {size} bytes of trailers"
+        if server.loop_lag()[1] == lagged_before:
+            break
+    else:
+        raise AssertionError(f"{method}: the server's event loop lagged over {MAX_LAG} s")
+    assert measured > 0, "the server measures its event loop's lag"
+
+
+def test_every_rpc_is_fuzzed() -> None:
+    """Every method of ConnectService has a request strategy here."""
+    assert sorted(REQUESTS) == sorted(method.name for method in CONNECT_METHODS)
+
+
+_FUZZ = settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def _million_empty(message: type[Any], field: str) -> bytes:
+    request: bytes = message(**{field: [""] * 1_000_000}).SerializeToString()
+    return request
+
+
+@settings(_FUZZ, max_examples=200)
+@given(call=calls())
+# The requests the bounds were built for, in every run whatever hypothesis draws.
+@example(call=("ListAccounts", _million_empty(pb.ListAccountsRequest, "origin_owner_ids")))
+@example(call=("StreamAccountEvents", _million_empty(pb.StreamAccountEventsRequest, "providers")))
+@example(call=("CreateSession", _million_empty(pb.CreateSessionRequest, "categories")))
+@example(call=("GetAccount", pb.GetAccountRequest(account_id="x" * 4_000_000).SerializeToString()))
+def test_generated_calls_never_fail_internally_or_stall(
+    server: Server, call: tuple[str, bytes]
+) -> None:
+    """A few hundred generated calls: no INTERNAL/UNKNOWN, small errors, no loop lag."""
+    check_one(server, call)
+
+
+@pytest.mark.fuzz
+@pytest.mark.timeout(1800)
+@settings(_FUZZ, max_examples=10_000)
+@given(call=calls())
+def test_ten_thousand_generated_calls(server: Server, call: tuple[str, bytes]) -> None:
+    """The 10,000-call run behind `--fuzz` (`make fuzz`)."""
+    check_one(server, call)
+
+
+def test_the_fuzzed_server_logged_no_error(server: Server) -> None:
+    """After the fuzzing, the server has not logged a single ERROR line."""
+    measured, _ = server.loop_lag()
+    assert measured > 0
+    assert server.errors_logged() == []
