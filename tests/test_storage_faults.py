@@ -12,9 +12,10 @@ import asyncio
 import errno
 import os
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, closing, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -127,6 +128,15 @@ def small_filesystem(directory: Path, size: str) -> Iterator[Path]:
         subprocess.run([umount, str(directory)], check=True)
 
 
+def wal_of_a_busy_log(database: Path) -> None:
+    """Leaves the WAL as a busy log's is: grown to its working size (4 MiB, where SQLite
+    checkpoints) and, checkpointed, written again from its start, in blocks it has."""
+    with closing(sqlite3.connect(database, timeout=5, isolation_level=None)) as conn:
+        conn.execute("INSERT INTO probe (id, room) VALUES (2, zeroblob(4 << 20))")
+        conn.execute("DELETE FROM probe WHERE id = 2")
+        conn.execute("PRAGMA wal_checkpoint(RESTART)")
+
+
 def fill(filler: Path) -> None:
     """Writes to `filler` until the filesystem has no block left."""
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -159,10 +169,12 @@ async def test_a_full_database_is_not_serving_until_it_has_room_again(tmp_path: 
 
 async def test_a_full_filesystem_is_not_serving_until_space_is_freed(tmp_path: Path) -> None:
     """With the log on a real filesystem that fills up, health is NOT_SERVING and /readyz
-    503 (no space left); freeing the space brings back SERVING and 200."""
+    503 (no space left), though SQLite alone could still write for a while (its WAL reuses
+    its blocks); freeing the space brings back SERVING and 200."""
     with small_filesystem(tmp_path / "disk", "16m") as disk:
         url = f"sqlite:///{disk / 'events.db'}"
         async with served(tmp_path, event_log_url=url) as (_, channel, admin):
+            await asyncio.to_thread(wal_of_a_busy_log, disk / "events.db")
             filler = disk / "filler"
             # Topped up until the probe fails: a probe finishing as the disk fills gives
             # its old page back, and that page would do for every later probe.
