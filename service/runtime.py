@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -27,7 +27,7 @@ from service.config import ENV_PREFIX, Settings, split_address
 from service.emulator import EMULATOR_STATE, EmulatorConfig, build_emulator_app
 from service.events.backends import open_event_log
 from service.events.ingest import Ingestor
-from service.events.log import EventLog
+from service.events.log import EventLog, ReportsBackgroundFailures
 from service.events.model import EventLogError, EventLogUnavailable
 from service.events.reconcile import Reconciler
 from service.events.verify import Verifier
@@ -73,19 +73,34 @@ async def _set_health(servicer: HealthReporter, serving: bool) -> None:
         await servicer.set(name, status)
 
 
-async def _watch_readiness(log: EventLog, servicer: HealthReporter, interval: float) -> None:
+async def _watch_readiness(
+    check_writable: Callable[[], Awaitable[None]],
+    servicer: HealthReporter,
+    interval: float,
+    metrics: Metrics,
+) -> None:
+    """Every `interval`, SERVING if the event log's write probe succeeds, NOT_SERVING if
+    not; runs until cancelled, whatever the probe raises."""
     ready = True
     while True:
         await asyncio.sleep(interval)
         try:
-            await log.check_writable()
+            await check_writable()
             now_ready = True
         except EventLogError as error:
             now_ready = False
             if ready:
                 _log.error("not ready: %s", error)
+        except Exception:
+            # A fault of the probe itself proves no write would succeed either: not ready,
+            # counted, and probed again at the next interval.
+            now_ready = False
+            _log.exception("not ready: the event log's write probe failed")
+            metrics.background_failures.labels("readiness").inc()
         if now_ready != ready:
             await _set_health(servicer, now_ready)
+            if now_ready:
+                _log.info("ready again: the event log is writable")
             ready = now_ready
 
 
@@ -147,12 +162,17 @@ async def _stackone(settings: Settings) -> AsyncIterator[_StackOne]:
 
 
 @asynccontextmanager
-async def _event_log(settings: Settings) -> AsyncIterator[EventLog]:
-    """The log `STACKONE_CONNECT_EVENT_LOG_URL` names, closed (flushed) at the end."""
+async def _event_log(settings: Settings, metrics: Metrics) -> AsyncIterator[EventLog]:
+    """The log `STACKONE_CONNECT_EVENT_LOG_URL` names, closed (flushed) at the end; a log
+    that cannot be opened (in use, damaged, cannot be created) is a one-line start-up error."""
     try:
         event_log = await open_event_log(settings)
     except EventLogUnavailable as error:
         raise ConfigurationError(f"{error} (STACKONE_CONNECT_EVENT_LOG_URL)") from error
+    if isinstance(event_log, ReportsBackgroundFailures):
+        event_log.report_background_failures(
+            lambda task: metrics.background_failures.labels(task).inc()
+        )
     try:
         yield event_log
     finally:
@@ -260,7 +280,12 @@ async def _background(
         lookup_timeout=settings.upstream_timeout,
     )
     tasks = [
-        asyncio.create_task(_watch_readiness(event_log, health, settings.readiness_interval)),
+        asyncio.create_task(
+            _watch_readiness(
+                event_log.check_writable, health, settings.readiness_interval, metrics
+            ),
+            name="readiness",
+        ),
         asyncio.create_task(verifier.run(), name="verifier"),
         asyncio.create_task(metrics.watch_loop_lag(), name="loop-lag"),
     ]
@@ -284,8 +309,8 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
     """Runs the whole service until the block exits, then stops it gracefully."""
     async with AsyncExitStack() as stack:
         stackone = await stack.enter_async_context(_stackone(settings))
-        event_log = await stack.enter_async_context(_event_log(settings))
         metrics = Metrics()
+        event_log = await stack.enter_async_context(_event_log(settings, metrics))
         metrics.latest_cursor.set_function(lambda: event_log.latest_cursor)
         client = await stack.enter_async_context(_stackone_client(settings, stackone, metrics))
         serving = await stack.enter_async_context(

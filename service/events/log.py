@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import ParseResult
 
 from service.events.model import (
@@ -107,6 +107,16 @@ class EventLog(Protocol):
 
     async def close(self) -> None:
         """Flushes and releases the storage."""
+        ...
+
+
+@runtime_checkable
+class ReportsBackgroundFailures(Protocol):
+    """A log with background work of its own that survives each failure of it (logged,
+    retried at its next interval) and can report them, for a metric."""
+
+    def report_background_failures(self, report: Callable[[str], None]) -> None:
+        """Calls `report(task)` after each failure, naming the task that failed."""
         ...
 
 

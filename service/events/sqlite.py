@@ -10,13 +10,18 @@ reads batches. A third, on the event loop's thread, answers the per-webhook dupl
 check: a primary-key lookup in WAL mode never waits for the writer. The newest events (a
 few MiB of them) are also kept in memory (the tail), so the many streams that follow the
 head of the log share one copy instead of querying SQLite.
+
+One open log writes a file: an OS lock on `<file>.lock`, held until close, refuses any
+other (in another process, or in this one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -90,11 +95,15 @@ CREATE TABLE IF NOT EXISTS inbox (
     received_at REAL NOT NULL,
     body BLOB NOT NULL
 );
+-- Written by the readiness probe, so that "ready" means a write just succeeded.
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, checked_at REAL, room BLOB);
 """
 _COLUMNS = "cursor, event_id, type, account_id, provider, origin_owner_id, recorded_at, body"
 _ACCOUNT_COLUMNS = "account_id, status, updated_at, deleted, source"
 _INBOX_COLUMNS = "seq, event_id, type, account_id, received_at, body"
 DEFAULT_INBOX_LIMIT = 100_000
+# Start-up checks the file's structure for at most this long (about 250 MB read cold).
+INTEGRITY_CHECK_SECONDS = 5.0
 
 
 def _known(row: tuple[str, str, str, int, str]) -> KnownAccount:
@@ -133,12 +142,127 @@ def _connect(
     return conn
 
 
+def _check_integrity(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuses a damaged file: SQLite's quick_check, cut short on a file too big to read
+    within `INTEGRITY_CHECK_SECONDS` (a slow start is worse than a later read error)."""
+    deadline = time.monotonic() + INTEGRITY_CHECK_SECONDS
+    conn.set_progress_handler(lambda: time.monotonic() > deadline, 100_000)
+    try:
+        problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as error:
+        if error.sqlite_errorname == "SQLITE_CORRUPT":  # too damaged to list the problems
+            problems = [str(error)]
+        elif error.sqlite_errorname == "SQLITE_INTERRUPT":
+            _log.warning(
+                "the integrity check of %s stopped after %gs; starting without it",
+                path,
+                INTEGRITY_CHECK_SECONDS,
+            )
+            return
+        else:
+            raise
+    finally:
+        conn.set_progress_handler(None, 0)
+    if problems != ["ok"]:
+        found = "; ".join(" ".join(problem.split()) for problem in problems)
+        raise EventLogUnavailable(
+            f"the event log {path} is damaged ({found}); restore it from a backup or move it "
+            "aside to start a new log"
+        )
+
+
+def _open_writer(path: Path) -> sqlite3.Connection:
+    """The writing connection, once the file proves to be an intact SQLite database."""
+    if path.exists() and path.stat().st_size == 0:
+        # What SQLite itself leaves after creating a file, so not refused; but a log that
+        # held events and was truncated looks the same.
+        _log.warning(
+            "the event log %s is an empty file: starting a new log in it (if it held events, "
+            "they are gone: restore it from a backup)",
+            path,
+            extra={"event_log": str(path)},
+        )
+    conn = _connect(path)
+    try:
+        _check_integrity(conn, path)
+        conn.executescript(_SCHEMA)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class _WriterLock:
+    """The OS lock that makes one open log the file's only writer, held until close.
+
+    An flock belongs to one open file, so a second open is refused whether it comes from
+    another process or this one, and the kernel releases it when the process dies. The
+    lock file holds the holder's pid, which the refusal names.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def take(cls, db: Path) -> _WriterLock:
+        """Locks `<db>.lock`; EventLogUnavailable when another open log holds it."""
+        fd = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            by = f" (pid {holder})" if holder.isdigit() else ""
+            raise EventLogUnavailable(
+                f"the event log {db} is in use by another process{by}: one process at a time "
+                "writes a SQLite log (replicas share a NATS JetStream log instead)"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd)
+
+    def release(self) -> None:
+        """Closes the lock file, which releases the lock (the file stays, for the next)."""
+        os.close(self._fd)
+
+
+def _probe_files(db: Path) -> tuple[Path, Path]:
+    probe = db.with_name(db.name + ".probe")
+    return probe, probe.with_name(probe.name + ".new")
+
+
+def _probe_space(db: Path) -> None:
+    """Takes a fresh page of disk, as a growing log does (SQLite's WAL reuses its own
+    blocks, so writes to it can succeed on a full disk): the probe file's new copy is
+    written and synced before it replaces the old one, whose block only then goes back."""
+    probe, fresh = _probe_files(db)
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, f"{os.getpid()} {time.time()}\n".encode().ljust(4096))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(fresh, probe)
+
+
+def _ignore_failure(task: str) -> None:
+    """The failure report of a log nobody asked to report (it still logs each one)."""
+
+
 class SqliteEventLog:
     """An `EventLog` in one SQLite file. Create it with `SqliteEventLog.open`."""
 
     def __init__(
         self,
         path: Path,
+        lock: _WriterLock,
         writer: sqlite3.Connection,
         reader: sqlite3.Connection,
         lookup: sqlite3.Connection,
@@ -149,6 +273,7 @@ class SqliteEventLog:
         inbox_limit: int,
     ) -> None:
         self.path = path
+        self._lock = lock
         self._writer_conn = writer
         self._reader_conn = reader
         self._lookup_conn = lookup
@@ -166,6 +291,7 @@ class SqliteEventLog:
         self._tail = Tail(tail_bytes)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._report_failure: Callable[[str], None] = _ignore_failure
         # Transactions the writer committed for appends, inbox writes and settles: with
         # group commit, far fewer than the writes they carried.
         self.commits = 0
@@ -180,15 +306,30 @@ class SqliteEventLog:
         max_batch: int = 1024,
         inbox_limit: int = DEFAULT_INBOX_LIMIT,
     ) -> SqliteEventLog:
-        """Opens (creating if needed) the log at `path` and starts its writer."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await asyncio.to_thread(_connect, path)
-        await asyncio.to_thread(writer.executescript, _SCHEMA)
-        reader = await asyncio.to_thread(_connect, path)
-        # Short: this one runs on the event loop, which must not wait long for a lock.
-        lookup = _connect(path, check_same_thread=True, busy_ms=100)
+        """Opens (creating if needed) the log at `path` and starts its writer.
+
+        Raises `EventLogUnavailable` when another open log holds the file, or the file
+        cannot be created or is not an intact SQLite database.
+        """
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = await asyncio.to_thread(_WriterLock.take, path)
+        except OSError as error:
+            raise EventLogUnavailable(f"cannot create the event log {path}: {error}") from error
+        try:
+            writer = await asyncio.to_thread(_open_writer, path)
+            reader = await asyncio.to_thread(_connect, path)
+            # Short: this one runs on the event loop, which must not wait long for a lock.
+            lookup = _connect(path, check_same_thread=True, busy_ms=100)
+        except sqlite3.Error as error:
+            lock.release()
+            raise EventLogUnavailable(f"cannot open the event log {path}: {error}") from error
+        except BaseException:
+            lock.release()
+            raise
         log = cls(
             path,
+            lock,
             writer,
             reader,
             lookup,
@@ -306,7 +447,7 @@ class SqliteEventLog:
         return InboxStats(len(self._pending_ids), None if row is None else float(row[0]))
 
     async def check_writable(self) -> None:
-        """Takes and releases the write lock to prove the file is writable."""
+        """Writes and syncs as an append would; raises `EventLogUnavailable` if it fails."""
         if self._closed:
             raise EventLogUnavailable("the event log is closed")
         await self._on_writer(self._probe_write)
@@ -323,7 +464,15 @@ class SqliteEventLog:
         self._lookup_conn.close()
         self._writer.shutdown()
         self._reader.shutdown()
+        for probe in _probe_files(self.path):
+            probe.unlink(missing_ok=True)
+        self._lock.release()
         self._tail.wake_waiters()
+
+    def report_background_failures(self, report: Callable[[str], None]) -> None:
+        """Calls `report(task)` after each failure the writer or the retention sweep
+        survives ("event_log_writer", "event_log_retention")."""
+        self._report_failure = report
 
     # --- Retention ----------------------------------------------------------------
 
@@ -339,12 +488,14 @@ class SqliteEventLog:
         return self._pruned_through
 
     async def _retention_loop(self) -> None:
+        interval = self._retention.sweep_interval
         while True:
-            await asyncio.sleep(self._retention.sweep_interval)
+            await asyncio.sleep(interval)
             try:
                 await self.enforce_retention()
-            except EventLogUnavailable:
-                _log.exception("event log retention sweep failed; retrying next interval")
+            except Exception:  # whatever it was, the next sweep tries again
+                _log.exception("event log retention sweep failed; retrying in %gs", interval)
+                self._report_failure("event_log_retention")
 
     def _prune_target(self, now: float) -> int:
         (by_age,) = self._writer_conn.execute(
@@ -392,8 +543,10 @@ class SqliteEventLog:
                 async with self._write_lock:
                     staged = self._stage_batch(batch)
                     await self._run(self._writer, self._commit)
-            except (EventLogUnavailable, OSError) as error:
-                _log.error("event log write failed: %s", error)
+            except Exception as error:  # the batch fails; the writer lives on for the next
+                storage = isinstance(error, EventLogUnavailable | OSError)
+                _log.error("event log write failed: %s", error, exc_info=not storage)
+                self._report_failure("event_log_writer")
                 for pending in batch:
                     if not pending.done.done():
                         pending.done.set_exception(
@@ -566,8 +719,30 @@ class SqliteEventLog:
         return pending, int(row[0]) if row else 0
 
     def _probe_write(self) -> None:
-        self._writer_conn.execute("BEGIN IMMEDIATE")
-        self._writer_conn.execute("ROLLBACK")
+        """Succeeds only if an append could now: fresh space from the filesystem, a page
+        from SQLite (taken, then given back, so the file does not grow), and a
+        transaction committed and fsync'd (synchronous=FULL) through the WAL."""
+        try:
+            _probe_space(self.path)
+        except OSError as error:
+            raise EventLogUnavailable(f"cannot write next to {self.path}: {error}") from error
+        conn = self._writer_conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("SAVEPOINT room")
+            conn.execute(
+                "INSERT INTO probe (id, room) SELECT 0, zeroblob(page_size) FROM pragma_page_size"
+            )
+            conn.execute("ROLLBACK TO room")
+            conn.execute("RELEASE room")
+            conn.execute(
+                "INSERT OR REPLACE INTO probe (id, checked_at) VALUES (1, ?)", (time.time(),)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+                conn.execute("ROLLBACK")
+            raise
 
     def _select_after(self, after: int, limit: int) -> list[StoredEvent]:
         rows = self._reader_conn.execute(
