@@ -3,6 +3,9 @@
 - Each event is a message on `<prefix>.<account token>` in one stream; its cursor is the
   stream sequence. `Nats-Msg-Id` is the event id, so JetStream drops redeliveries within
   the stream's duplicate window, whichever replica they reach.
+- Nothing in the data can break the connection: the account token (also the accounts
+  bucket's key) and `Nats-Msg-Id` are bounded, and a message over the server's
+  `max_payload` is refused here, before the server would close the connection for it.
 - "Already known" (the same change reported by a webhook and by reconciliation) is
   checked against the last message on the account's subject, and the publish carries
   `Nats-Expected-Last-Subject-Sequence`: if another replica recorded something for that
@@ -33,8 +36,9 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from email.header import Header, decode_header
 from typing import TYPE_CHECKING, Any
 
 import nats
@@ -49,6 +53,7 @@ from nats.js.api import (
     DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
+    PubAck,
     StorageType,
     StreamConfig,
 )
@@ -83,6 +88,10 @@ _MAX_CONFLICT_RETRIES = 20
 _MAX_ENTRIES_PER_SETTLE = 1000
 _HEADER = "Sc-Event"  # our index columns, as JSON, so reads need not parse the body
 _INBOX_HEADER = "Sc-Inbox"
+# base64url of 1,020 bytes (1,360 characters): every id of up to 255 characters, the
+# gateway's bound, keeps its token; subjects stay far below the server's control line.
+_MAX_TOKEN_BYTES = 1020
+_MAX_MSG_ID = 255
 NATS_ERRORS: tuple[type[Exception], ...] = (
     nats.errors.Error,
     nats.js.errors.Error,
@@ -135,12 +144,32 @@ class JetStreamOptions:
 
 
 def _token(account_id: str) -> str:
-    """A subject token for any account id (subjects forbid '.', '*', '>' and spaces)."""
-    return base64.urlsafe_b64encode(account_id.encode()).decode().rstrip("=") or "_"
+    """A subject token and accounts-bucket key for any account id: its unpadded base64url
+    (subjects forbid '.', '*', '>' and spaces), or for a long id '=' and its SHA-256, so
+    a subject never outgrows the server's control line; '=' never occurs in the former."""
+    raw = account_id.encode(errors="surrogatepass")
+    if len(raw) > _MAX_TOKEN_BYTES:
+        return "=" + hashlib.sha256(raw).hexdigest()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=") or "_"
+
+
+def _msg_id(event_id: str) -> str:
+    """`Nats-Msg-Id` for an event id: the id itself when a header keeps it verbatim
+    (nats-py strips surrounding spaces and blanks line breaks, which would make two ids
+    one), else '=' and its SHA-256, which no verbatim id starts with."""
+    verbatim = (
+        0 < len(event_id) <= _MAX_MSG_ID
+        and event_id.isprintable()
+        and event_id == event_id.strip()
+        and not event_id.startswith("=")
+    )
+    if verbatim:
+        return event_id
+    return "=" + hashlib.sha256(event_id.encode(errors="surrogatepass")).hexdigest()
 
 
 def _id_key(event_id: str) -> str:
-    return hashlib.sha256(event_id.encode()).hexdigest()
+    return hashlib.sha256(event_id.encode(errors="surrogatepass")).hexdigest()
 
 
 class JetStreamEventLog:
@@ -298,7 +327,7 @@ class JetStreamEventLog:
         if self._closed:
             raise EventLogUnavailable("the event log is closed")
         headers = {
-            "Nats-Msg-Id": entry.event_id,
+            "Nats-Msg-Id": _msg_id(entry.event_id),
             _INBOX_HEADER: orjson.dumps(
                 {
                     "event_id": entry.event_id,
@@ -311,11 +340,11 @@ class JetStreamEventLog:
         try:
             if await self._recorded_cursor(entry.event_id) is not None:
                 return False
-            ack = await self._js.publish(
+            ack = await self._publish(
                 self._inbox_subject(entry.account_id),
                 entry.body,
-                headers=headers,
-                stream=self._options.inbox_stream,
+                headers,
+                self._options.inbox_stream,
             )
         except nats.js.errors.APIError as error:
             if "maximum messages" in str(error.description or ""):
@@ -411,7 +440,7 @@ class JetStreamEventLog:
             return InboxStats(0, None)
         except NATS_ERRORS as error:
             raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
-        fields = orjson.loads((first.headers or {})[_INBOX_HEADER])
+        fields = _fields(first.headers, _INBOX_HEADER)
         return InboxStats(info.state.messages, float(fields["received_at"]))
 
     async def _clear_inbox(self, account_id: str, through: int) -> None:
@@ -473,7 +502,7 @@ class JetStreamEventLog:
                 return AppendOutcome(record.event_id, 0, duplicate=True)
             recorded_at = time.time()
             headers = {
-                "Nats-Msg-Id": record.event_id,
+                "Nats-Msg-Id": _msg_id(record.event_id),
                 "Nats-Expected-Last-Subject-Sequence": str(last.sequence),
                 _HEADER: orjson.dumps(
                     {
@@ -491,9 +520,7 @@ class JetStreamEventLog:
                 ).decode(),
             }
             try:
-                ack = await self._js.publish(
-                    subject, record.body, headers=headers, stream=self._options.stream
-                )
+                ack = await self._publish(subject, record.body, headers, self._options.stream)
             except nats.js.errors.APIError as error:
                 if error.err_code == _WRONG_LAST_SEQUENCE:
                     continue  # another replica recorded this account meanwhile: check again
@@ -504,13 +531,25 @@ class JetStreamEventLog:
             return AppendOutcome(record.event_id, ack.seq, duplicate=bool(ack.duplicate))
         raise EventLogUnavailable(f"account {record.account_id} kept changing; retry")
 
+    async def _publish(
+        self, subject: str, body: bytes, headers: dict[str, str], stream: str
+    ) -> PubAck:
+        """Publishes to `stream`, refusing here what the server would refuse by closing
+        the connection: a message (headers included) over its `max_payload`."""
+        size = len(body) + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items()) + 14
+        if size > self._nc.max_payload:
+            raise EventLogUnavailable(
+                f"a message of {size} bytes is over NATS's max_payload ({self._nc.max_payload})"
+            )
+        return await self._js.publish(subject, body, headers=headers, stream=stream)
+
     async def _last_on(self, subject: str) -> _LastEvent:
         """What the last event on `subject` (one account's) says."""
         try:
             message = await self._js.get_last_msg(self._options.stream, subject)
         except nats.js.errors.NotFoundError:
             return _LastEvent(0, None, "", 0)
-        fields = orjson.loads((message.headers or {})[_HEADER])
+        fields = _fields(message.headers, _HEADER)
         known = KnownAccount(
             fields["account_id"],
             fields["status"],
@@ -610,8 +649,19 @@ class _LastEvent:
     inbox_through: int
 
 
-def _inbox_entry(seq: int, headers: dict[str, str] | None, body: bytes) -> InboxEntry:
-    fields = orjson.loads((headers or {})[_INBOX_HEADER])
+def _fields(headers: Mapping[str, object] | None, name: str) -> dict[str, Any]:
+    """Our JSON header `name`. nats-py's get of a stream message parses headers as e-mail,
+    which hands back a value with non-ASCII bytes (an id such as 'café') as an
+    `email.header.Header`; `decode_header` gives back its bytes."""
+    value = (headers or {})[name]
+    if isinstance(value, Header):
+        value = b"".join(p if isinstance(p, bytes) else p.encode() for p, _ in decode_header(value))
+    fields: dict[str, Any] = orjson.loads(value if isinstance(value, bytes) else str(value))
+    return fields
+
+
+def _inbox_entry(seq: int, headers: Mapping[str, object] | None, body: bytes) -> InboxEntry:
+    fields = _fields(headers, _INBOX_HEADER)
     return InboxEntry(
         seq,
         fields["event_id"],
@@ -623,7 +673,7 @@ def _inbox_entry(seq: int, headers: dict[str, str] | None, body: bytes) -> Inbox
 
 
 def _stored(message: Msg) -> StoredEvent:
-    fields = orjson.loads((message.headers or {})[_HEADER])
+    fields = _fields(message.headers, _HEADER)
     return StoredEvent(
         message.metadata.sequence.stream,
         fields["event_id"],
