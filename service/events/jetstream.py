@@ -3,6 +3,9 @@
 - Each event is a message on `<prefix>.<account token>` in one stream; its cursor is the
   stream sequence. `Nats-Msg-Id` is the event id, so JetStream drops redeliveries within
   the stream's duplicate window, whichever replica they reach.
+- Nothing in the data can break the connection: the account token (also the accounts
+  bucket's key) and `Nats-Msg-Id` are bounded, and a message over the server's
+  `max_payload` is refused here, before the server would close the connection for it.
 - "Already known" (the same change reported by a webhook and by reconciliation) is
   checked against the last message on the account's subject, and the publish carries
   `Nats-Expected-Last-Subject-Sequence`: if another replica recorded something for that
@@ -23,6 +26,10 @@
   A core-NATS subscription to the stream's subjects wakes the follower at once; a poll
   every second catches anything that wake-up missed (e.g. across a reconnect). Reads
   older than the tail use a short-lived consumer starting at the cursor.
+- nats-py reconnects by itself after a drop (and subscribes again). When it closes the
+  connection for good (an `-ERR` from the server, or its attempts exhausted), the log
+  opens a fresh one, with backoff, and binds the stream, buckets and subscriptions
+  again; meanwhile `check_writable` reports the log unavailable.
 """
 
 from __future__ import annotations
@@ -33,11 +40,12 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from email.header import Header, decode_header
 from typing import TYPE_CHECKING, Any
 
-import nats
 import nats.errors
 import nats.js.errors
 import orjson
@@ -49,8 +57,10 @@ from nats.js.api import (
     DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
+    PubAck,
     StorageType,
     StreamConfig,
+    StreamInfo,
 )
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
@@ -83,6 +93,14 @@ _MAX_CONFLICT_RETRIES = 20
 _MAX_ENTRIES_PER_SETTLE = 1000
 _HEADER = "Sc-Event"  # our index columns, as JSON, so reads need not parse the body
 _INBOX_HEADER = "Sc-Inbox"
+# base64url of 1,020 bytes (1,360 characters): every id of up to 255 characters, the
+# gateway's bound, keeps its token; subjects stay far below the server's control line.
+_MAX_TOKEN_BYTES = 1020
+_MAX_MSG_ID = 255
+_RECONNECT_WAIT = 0.5  # between nats-py's own attempts after a drop
+_RECONNECT_ATTEMPTS = 10  # then it closes for good and the log opens a fresh connection
+_REOPEN_BACKOFF = (0.1, 5.0)  # the log's first and longest wait between fresh connections
+_FOLLOW_BACKOFF = (0.5, 5.0)
 NATS_ERRORS: tuple[type[Exception], ...] = (
     nats.errors.Error,
     nats.js.errors.Error,
@@ -135,92 +153,100 @@ class JetStreamOptions:
 
 
 def _token(account_id: str) -> str:
-    """A subject token for any account id (subjects forbid '.', '*', '>' and spaces)."""
-    return base64.urlsafe_b64encode(account_id.encode()).decode().rstrip("=") or "_"
+    """A subject token and accounts-bucket key for any account id: its unpadded base64url
+    (subjects forbid '.', '*', '>' and spaces), or for a long id '=' and its SHA-256, so
+    a subject never outgrows the server's control line; '=' never occurs in the former."""
+    raw = account_id.encode(errors="surrogatepass")
+    if len(raw) > _MAX_TOKEN_BYTES:
+        return "=" + hashlib.sha256(raw).hexdigest()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=") or "_"
+
+
+def _msg_id(event_id: str) -> str:
+    """`Nats-Msg-Id` for an event id: the id itself when a header keeps it verbatim
+    (nats-py strips surrounding spaces and blanks line breaks, which would make two ids
+    one), else '=' and its SHA-256, which no verbatim id starts with."""
+    verbatim = (
+        0 < len(event_id) <= _MAX_MSG_ID
+        and event_id.isprintable()
+        and event_id == event_id.strip()
+        and not event_id.startswith("=")
+    )
+    if verbatim:
+        return event_id
+    return "=" + hashlib.sha256(event_id.encode(errors="surrogatepass")).hexdigest()
 
 
 def _id_key(event_id: str) -> str:
-    return hashlib.sha256(event_id.encode()).hexdigest()
+    return hashlib.sha256(event_id.encode(errors="surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    """One NATS connection and what the log uses on it, replaced whole when it closes."""
+
+    connection: NatsClient
+    js: JetStreamContext
+    accounts: KeyValue
+    ids: KeyValue
 
 
 class JetStreamEventLog:
     """An `EventLog` in a JetStream stream. Create it with `JetStreamEventLog.open`."""
 
-    def __init__(
-        self,
-        options: JetStreamOptions,
-        connection: NatsClient,
-        js: JetStreamContext,
-        accounts: KeyValue,
-        ids: KeyValue,
-        *,
-        tail_bytes: int,
-    ) -> None:
+    def __init__(self, options: JetStreamOptions, *, tail_bytes: int) -> None:
         self._options = options
-        self._nc = connection
-        self._js = js
-        self._accounts = accounts
-        self._ids = ids
+        self._binding: _Binding | None = None
         self._wildcard = f"{options.subject_prefix}.>"
         self._tail = Tail(tail_bytes)
         self._pruned_through = 0
         self._poke = asyncio.Event()
+        self._connection_lost = asyncio.Event()
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._notifications: Any = None
-        self._inbox_notifications: Any = None
         # Counts the inbox publications seen (of any replica): hints to read the inbox.
         self._inbox_hints = Watermark()
         self._inbox_hints_seen = 0
+        self.reconnects = 0  # nats-py's own, after a drop
+        self.reopens = 0  # fresh connections after nats-py closed one for good
+        self.background_failures: Counter[str] = Counter()  # by task; each was retried
 
     @classmethod
     async def open(
         cls, options: JetStreamOptions, *, tail_bytes: int = DEFAULT_TAIL_BYTES
     ) -> JetStreamEventLog:
         """Connects, creates or updates the stream and buckets, and starts following."""
-        try:
-            connection = await nats.connect(
-                options.url,
-                connect_timeout=options.request_timeout,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                name="stackone-connect",
-            )
-        except NATS_ERRORS as error:
-            raise EventLogUnavailable(f"cannot reach NATS at {options.url}: {error}") from error
-        js = connection.jetstream(timeout=options.request_timeout)
-        try:
-            await _ensure_stream(js, options)
-            await _ensure_inbox(js, options)
-            accounts = await js.create_key_value(
-                KeyValueConfig(
-                    bucket=f"{options.stream}_ACCOUNTS",
-                    storage=_storage(options.storage),
-                    replicas=options.replicas,
-                )
-            )
-            ids = await js.create_key_value(
-                KeyValueConfig(
-                    bucket=f"{options.stream}_IDS",
-                    ttl=options.retention.dedup_window,
-                    storage=_storage(options.storage),
-                    replicas=options.replicas,
-                )
-            )
-            info = await js.stream_info(options.stream)
-        except NATS_ERRORS as error:
-            await connection.close()
-            raise EventLogUnavailable(f"cannot set up JetStream stream: {error}") from error
-        log = cls(options, connection, js, accounts, ids, tail_bytes=tail_bytes)
+        log = cls(options, tail_bytes=tail_bytes)
+        log._binding, info = await log._bind()
         log._tail.start_at(info.state.last_seq)
         log._pruned_through = max(0, info.state.first_seq - 1)
-        log._notifications = await connection.subscribe(log._wildcard, cb=log._on_notification)
-        log._inbox_notifications = await connection.subscribe(
-            f"{options.inbox_prefix}.>", cb=log._on_inbox_notification
-        )
-        log._tasks = [asyncio.create_task(log._follow(), name="jetstream-follow")]
+        log._tasks = [
+            asyncio.create_task(log._follow(), name="jetstream-follow"),
+            asyncio.create_task(log._keep_connected(), name="jetstream-connection"),
+        ]
         return log
+
+    @property
+    def _nats(self) -> _Binding:
+        if self._binding is None:
+            raise EventLogUnavailable(f"not connected to NATS at {self._options.url}")
+        return self._binding
+
+    @property
+    def _nc(self) -> NatsClient:
+        return self._nats.connection
+
+    @property
+    def _js(self) -> JetStreamContext:
+        return self._nats.js
+
+    @property
+    def _accounts(self) -> KeyValue:
+        return self._nats.accounts
+
+    @property
+    def _ids(self) -> KeyValue:
+        return self._nats.ids
 
     # --- EventLog interface -------------------------------------------------------
 
@@ -298,7 +324,7 @@ class JetStreamEventLog:
         if self._closed:
             raise EventLogUnavailable("the event log is closed")
         headers = {
-            "Nats-Msg-Id": entry.event_id,
+            "Nats-Msg-Id": _msg_id(entry.event_id),
             _INBOX_HEADER: orjson.dumps(
                 {
                     "event_id": entry.event_id,
@@ -311,11 +337,11 @@ class JetStreamEventLog:
         try:
             if await self._recorded_cursor(entry.event_id) is not None:
                 return False
-            ack = await self._js.publish(
+            ack = await self._publish(
                 self._inbox_subject(entry.account_id),
                 entry.body,
-                headers=headers,
-                stream=self._options.inbox_stream,
+                headers,
+                self._options.inbox_stream,
             )
         except nats.js.errors.APIError as error:
             if "maximum messages" in str(error.description or ""):
@@ -411,7 +437,7 @@ class JetStreamEventLog:
             return InboxStats(0, None)
         except NATS_ERRORS as error:
             raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
-        fields = orjson.loads((first.headers or {})[_INBOX_HEADER])
+        fields = _fields(first.headers, _INBOX_HEADER)
         return InboxStats(info.state.messages, float(fields["received_at"]))
 
     async def _clear_inbox(self, account_id: str, through: int) -> None:
@@ -450,9 +476,97 @@ class JetStreamEventLog:
             return
         self._closed = True
         await cancel_all(self._tasks)
-        with contextlib.suppress(*NATS_ERRORS):
-            await self._nc.close()
+        if self._binding is not None:
+            with contextlib.suppress(*NATS_ERRORS):
+                await self._binding.connection.close()
         self._tail.wake_waiters()
+
+    # --- Connection ---------------------------------------------------------------
+
+    async def _bind(self) -> tuple[_Binding, StreamInfo]:
+        """A fresh connection with the stream, inbox and buckets created or brought to
+        the options, and the notifications subscribed; `EventLogUnavailable` if not."""
+        options = self._options
+        connection = NatsClient()
+        try:
+            await connection.connect(
+                options.url,
+                connect_timeout=options.request_timeout,  # type: ignore[arg-type]
+                allow_reconnect=True,
+                max_reconnect_attempts=_RECONNECT_ATTEMPTS,
+                reconnect_time_wait=_RECONNECT_WAIT,  # type: ignore[arg-type]
+                name="stackone-connect",
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+                closed_cb=self._on_closed,
+            )
+            js = connection.jetstream(timeout=options.request_timeout)
+            await _ensure_stream(js, options)
+            await _ensure_inbox(js, options)
+            accounts, ids = await _ensure_buckets(js, options)
+            info = await js.stream_info(options.stream)
+            await connection.subscribe(self._wildcard, cb=self._on_notification)
+            await connection.subscribe(f"{options.inbox_prefix}.>", cb=self._on_inbox_notification)
+            await connection.flush()  # the server has the subscriptions before we rely on them
+        except BaseException as error:  # a cancelled open must not leave a client running
+            with contextlib.suppress(*NATS_ERRORS):
+                await connection.close()
+            if isinstance(error, NATS_ERRORS):
+                raise EventLogUnavailable(
+                    f"cannot reach NATS JetStream at {options.url}: {error!r}"
+                ) from error
+            raise
+        return _Binding(connection, js, accounts, ids), info
+
+    async def _keep_connected(self) -> None:
+        """Opens a fresh connection whenever nats-py has closed the current one for good,
+        with backoff; every failed attempt is logged and counted."""
+        delay = _REOPEN_BACKOFF[0]
+        while not self._closed:
+            self._connection_lost.clear()
+            if not self._nc.is_closed:
+                delay = _REOPEN_BACKOFF[0]
+                # closed_cb wakes this; the timer covers a close that ran no callbacks.
+                await _wait(self._connection_lost, 1.0)
+                continue
+            try:
+                self._binding, _ = await self._bind()
+            except Exception as error:
+                self._background_failed("connection", error)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, _REOPEN_BACKOFF[1])
+                continue
+            _log.warning("opened a fresh connection to NATS at %s", self._options.url)
+            self._connected_again()
+            self.reopens += 1
+
+    def _connected_again(self) -> None:
+        # Notifications sent while disconnected were lost: look at the stream and inbox now.
+        self._poke.set()
+        self._inbox_hints.advance(self._inbox_hints.value + 1)
+
+    async def _on_error(self, error: Exception) -> None:
+        _log.warning("NATS at %s: %r", self._options.url, error)
+
+    async def _on_disconnected(self) -> None:
+        if not self._closed:
+            _log.warning("disconnected from NATS at %s", self._options.url)
+
+    async def _on_reconnected(self) -> None:
+        _log.warning("reconnected to NATS at %s", self._options.url)
+        self._connected_again()
+        self.reconnects += 1
+
+    async def _on_closed(self) -> None:
+        self._connection_lost.set()
+
+    def _background_failed(self, task: str, error: Exception) -> None:
+        self.background_failures[task] += 1
+        expected = isinstance(error, (EventLogUnavailable, *NATS_ERRORS))  # NATS is away
+        _log.error(
+            "JetStream %s failed, retrying: %r", task, error, exc_info=None if expected else error
+        )
 
     # --- Appending ----------------------------------------------------------------
 
@@ -473,7 +587,7 @@ class JetStreamEventLog:
                 return AppendOutcome(record.event_id, 0, duplicate=True)
             recorded_at = time.time()
             headers = {
-                "Nats-Msg-Id": record.event_id,
+                "Nats-Msg-Id": _msg_id(record.event_id),
                 "Nats-Expected-Last-Subject-Sequence": str(last.sequence),
                 _HEADER: orjson.dumps(
                     {
@@ -491,9 +605,7 @@ class JetStreamEventLog:
                 ).decode(),
             }
             try:
-                ack = await self._js.publish(
-                    subject, record.body, headers=headers, stream=self._options.stream
-                )
+                ack = await self._publish(subject, record.body, headers, self._options.stream)
             except nats.js.errors.APIError as error:
                 if error.err_code == _WRONG_LAST_SEQUENCE:
                     continue  # another replica recorded this account meanwhile: check again
@@ -504,13 +616,25 @@ class JetStreamEventLog:
             return AppendOutcome(record.event_id, ack.seq, duplicate=bool(ack.duplicate))
         raise EventLogUnavailable(f"account {record.account_id} kept changing; retry")
 
+    async def _publish(
+        self, subject: str, body: bytes, headers: dict[str, str], stream: str
+    ) -> PubAck:
+        """Publishes to `stream`, refusing here what the server would refuse by closing
+        the connection: a message (headers included) over its `max_payload`."""
+        size = len(body) + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items()) + 14
+        if size > self._nc.max_payload:
+            raise EventLogUnavailable(
+                f"a message of {size} bytes is over NATS's max_payload ({self._nc.max_payload})"
+            )
+        return await self._js.publish(subject, body, headers=headers, stream=stream)
+
     async def _last_on(self, subject: str) -> _LastEvent:
         """What the last event on `subject` (one account's) says."""
         try:
             message = await self._js.get_last_msg(self._options.stream, subject)
         except nats.js.errors.NotFoundError:
             return _LastEvent(0, None, "", 0)
-        fields = orjson.loads((message.headers or {})[_HEADER])
+        fields = _fields(message.headers, _HEADER)
         known = KnownAccount(
             fields["account_id"],
             fields["status"],
@@ -548,25 +672,30 @@ class JetStreamEventLog:
         self._poke.set()
 
     async def _follow(self) -> None:
+        """Brings the tail up to the stream whenever woken (or every second) until the
+        log closes; any failure is logged, counted and retried with backoff."""
+        failures = 0
         while not self._closed:
+            self._poke.clear()  # before reading, so a poke meanwhile is not lost
             try:
-                info = await self._js.stream_info(self._options.stream)
-                self._pruned_through = max(self._pruned_through, info.state.first_seq - 1)
-                if info.state.last_seq > self._tail.latest:
-                    self._tail.publish(await self._fetch(self._tail.latest, 1024))
-                    continue
-            except NATS_ERRORS as error:
-                _log.warning("following JetStream failed, retrying: %r", error)
-                await asyncio.sleep(0.5)
+                behind = await self._catch_up()
+            except Exception as error:
+                failures += 1
+                self._background_failed("follow", error)
+                await asyncio.sleep(min(_FOLLOW_BACKOFF[0] * failures, _FOLLOW_BACKOFF[1]))
                 continue
-            # A timer rather than asyncio.timeout: on Python 3.11 a cancel arriving as the
-            # timeout expires can be swallowed, and close() would wait for this forever.
-            self._poke.clear()
-            timer = asyncio.get_running_loop().call_later(1.0, self._poke.set)
-            try:
-                await self._poke.wait()
-            finally:
-                timer.cancel()
+            failures = 0
+            if not behind:
+                await _wait(self._poke, 1.0)
+
+    async def _catch_up(self) -> bool:
+        """Reads one batch of newer events into the tail; True while more may wait."""
+        info = await self._js.stream_info(self._options.stream)
+        self._pruned_through = max(self._pruned_through, info.state.first_seq - 1)
+        if info.state.last_seq <= self._tail.latest:
+            return False
+        self._tail.publish(await self._fetch(self._tail.latest, 1024))
+        return True
 
     async def _fetch(self, after: int, limit: int) -> list[StoredEvent]:
         """Up to `limit` events after `after` (which must exist)."""
@@ -610,8 +739,30 @@ class _LastEvent:
     inbox_through: int
 
 
-def _inbox_entry(seq: int, headers: dict[str, str] | None, body: bytes) -> InboxEntry:
-    fields = orjson.loads((headers or {})[_INBOX_HEADER])
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Waits for `event` at most `timeout` seconds. A timer rather than asyncio.timeout:
+    on Python 3.11 a cancel arriving as the timeout expires can be swallowed, and
+    close() would wait for the task forever."""
+    timer = asyncio.get_running_loop().call_later(timeout, event.set)
+    try:
+        await event.wait()
+    finally:
+        timer.cancel()
+
+
+def _fields(headers: Mapping[str, object] | None, name: str) -> dict[str, Any]:
+    """Our JSON header `name`. nats-py's get of a stream message parses headers as e-mail,
+    which hands back a value with non-ASCII bytes (an id such as 'café') as an
+    `email.header.Header`; `decode_header` gives back its bytes."""
+    value = (headers or {})[name]
+    if isinstance(value, Header):
+        value = b"".join(p if isinstance(p, bytes) else p.encode() for p, _ in decode_header(value))
+    fields: dict[str, Any] = orjson.loads(value if isinstance(value, bytes) else str(value))
+    return fields
+
+
+def _inbox_entry(seq: int, headers: Mapping[str, object] | None, body: bytes) -> InboxEntry:
+    fields = _fields(headers, _INBOX_HEADER)
     return InboxEntry(
         seq,
         fields["event_id"],
@@ -623,7 +774,7 @@ def _inbox_entry(seq: int, headers: dict[str, str] | None, body: bytes) -> Inbox
 
 
 def _stored(message: Msg) -> StoredEvent:
-    fields = orjson.loads((message.headers or {})[_HEADER])
+    fields = _fields(message.headers, _HEADER)
     return StoredEvent(
         message.metadata.sequence.stream,
         fields["event_id"],
@@ -658,6 +809,28 @@ async def _create_or_update(js: JetStreamContext, name: str, config: StreamConfi
         await js.add_stream(config)
         return
     await js.update_stream(config)
+
+
+async def _ensure_buckets(
+    js: JetStreamContext, options: JetStreamOptions
+) -> tuple[KeyValue, KeyValue]:
+    """The accounts and ids buckets, created or bound."""
+    accounts = await js.create_key_value(
+        KeyValueConfig(
+            bucket=f"{options.stream}_ACCOUNTS",
+            storage=_storage(options.storage),
+            replicas=options.replicas,
+        )
+    )
+    ids = await js.create_key_value(
+        KeyValueConfig(
+            bucket=f"{options.stream}_IDS",
+            ttl=options.retention.dedup_window,
+            storage=_storage(options.storage),
+            replicas=options.replicas,
+        )
+    )
+    return accounts, ids
 
 
 def _storage(name: str) -> StorageType:
