@@ -211,7 +211,7 @@ async def test_a_connection_closed_for_good_is_opened_afresh(nats_server: NatsSe
             return False
 
         await eventually(unavailable, timeout=10)
-        await eventually(lambda: log.background_failures["follow"] > 0, timeout=10)
+        await eventually(lambda: log.background_failures["event_log_follow"] > 0, timeout=10)
         with pytest.raises(EventLogUnavailable):
             await log.append([record("evt-during", "acct-1")])
         proxy.refusing = False

@@ -41,7 +41,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.header import Header, decode_header
 from typing import TYPE_CHECKING, Any
@@ -210,6 +210,7 @@ class JetStreamEventLog:
         self.reconnects = 0  # nats-py's own, after a drop
         self.reopens = 0  # fresh connections after nats-py closed one for good
         self.background_failures: Counter[str] = Counter()  # by task; each was retried
+        self._report_failure: Callable[[str], None] = lambda task: None
 
     @classmethod
     async def open(
@@ -533,7 +534,7 @@ class JetStreamEventLog:
             try:
                 self._binding, _ = await self._bind()
             except Exception as error:
-                self._background_failed("connection", error)
+                self._background_failed("event_log_connection", error)
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, _REOPEN_BACKOFF[1])
                 continue
@@ -561,8 +562,14 @@ class JetStreamEventLog:
     async def _on_closed(self) -> None:
         self._connection_lost.set()
 
+    def report_background_failures(self, report: Callable[[str], None]) -> None:
+        """Calls `report(task)` after each failure the follower or the reconnection
+        survives, as `background_failures` counts them."""
+        self._report_failure = report
+
     def _background_failed(self, task: str, error: Exception) -> None:
         self.background_failures[task] += 1
+        self._report_failure(task)
         expected = isinstance(error, (EventLogUnavailable, *NATS_ERRORS))  # NATS is away
         _log.error(
             "JetStream %s failed, retrying: %r", task, error, exc_info=None if expected else error
@@ -681,7 +688,7 @@ class JetStreamEventLog:
                 behind = await self._catch_up()
             except Exception as error:
                 failures += 1
-                self._background_failed("follow", error)
+                self._background_failed("event_log_follow", error)
                 await asyncio.sleep(min(_FOLLOW_BACKOFF[0] * failures, _FOLLOW_BACKOFF[1]))
                 continue
             failures = 0
