@@ -32,7 +32,15 @@ from service.metrics import Metrics
 from service.rpc.server import new_health_servicer
 from service.runtime import ConfigurationError, Runtime, _watch_readiness, running
 from tests.processes import SERVE, serve_env, serve_process
-from tests.support import WEBHOOK_SECRET, deliver, eventually, make_settings, metric, webhook
+from tests.support import (
+    WEBHOOK_SECRET,
+    deliver,
+    eventually,
+    inbox_is_empty,
+    make_settings,
+    metric,
+    webhook,
+)
 
 pytestmark = pytest.mark.asyncio
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -392,3 +400,53 @@ async def test_the_readiness_watch_survives_a_probe_that_raises_the_unexpected()
     )
     assert faults >= 1
     assert counted == faults
+
+
+async def test_reconciliation_survives_a_storage_failure(tmp_path: Path) -> None:
+    """Sweeps that cannot record are counted as failed, and the next sweep after the
+    storage recovers records what they could not."""
+    failed = 'stackone_connect_reconcile_sweeps_total{outcome="failed"}'
+    log_files = [tmp_path / "events.db", tmp_path / "events.db-wal"]
+    async with served(tmp_path, reconcile_interval=0.05, reconcile_grace=0) as (
+        service,
+        _,
+        admin,
+    ):
+        assert service.emulator is not None
+        async with httpx.AsyncClient(base_url=service.emulator.base_url) as emulator:
+            await emulator.put("/emulator/webhooks", json={"enabled": False})  # sweeps alone
+            with immutable(log_files):
+                spec = {"provider": "hibob", "origin_owner_id": "t", "origin_owner_name": "T"}
+                account_id = (await emulator.post("/emulator/accounts", json=spec)).json()["id"]
+
+                async def failed_twice() -> bool:
+                    return await metric(admin, failed) >= 2
+
+                await eventually(failed_twice, timeout=10)
+
+            async def recorded() -> bool:
+                known = await service.event_log.known_accounts()
+                return account_id in known
+
+            await eventually(recorded, timeout=10)
+
+
+async def test_the_verifier_survives_a_storage_failure(tmp_path: Path) -> None:
+    """A webhook in the inbox whose event cannot be written is retried, counted, and
+    recorded once the storage recovers."""
+    failures = 'stackone_connect_background_failures_total{task="verifier"}'
+    log_files = [tmp_path / "events.db", tmp_path / "events.db-wal"]
+    body = webhook()
+    async with (
+        served(tmp_path, reconcile_interval=0, verify_quiet=2.0) as (service, _, admin),
+        httpx.AsyncClient(base_url=service.gateway.base_url) as gateway,
+    ):
+        assert (await deliver(gateway, body)).status_code == 200  # waits 2 s in the inbox
+        with immutable(log_files):
+
+            async def failed() -> bool:
+                return await metric(admin, failures) >= 1
+
+            await eventually(failed, timeout=10)
+        await eventually(lambda: inbox_is_empty(service.event_log), timeout=10)
+        assert await service.event_log.known_accounts()
