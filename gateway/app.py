@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter
 from gateway.signature import SIGNATURE_HEADER, is_valid_signature
 from service.events.ingest import Ingestor, InvalidWebhook, parse_webhook
 from service.events.model import EventLogError, InboxFull
-from service.logs import REQUEST_ID, new_request_id
+from service.logs import REQUEST_ID, request_id_from
 from service.metrics import Metrics
 
 _log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ async def request_id(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Gives every request an id (the caller's X-Request-Id, or a new one) for the logs."""
-    value = request.headers.get("x-request-id") or new_request_id()
+    value = request_id_from(request.headers.get("x-request-id"))
     REQUEST_ID.set(value)
     response = await handler(request)
     response.headers["x-request-id"] = value

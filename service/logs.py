@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -14,9 +15,21 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 """The id of the RPC or webhook being handled; every log line written meanwhile has it."""
 
 
+MAX_REQUEST_ID = 128
+_USABLE_REQUEST_ID = re.compile(rf"[!-~]{{1,{MAX_REQUEST_ID}}}")  # printable ASCII, no spaces
+
+
 def new_request_id() -> str:
     """A fresh id for a request that brought none (unique enough for logs; not a secret)."""
     return f"{random.getrandbits(64):016x}"
+
+
+def request_id_from(supplied: object) -> str:
+    """The caller's request id when it is a short printable token, else a fresh one: it
+    goes into every log line of the request, so it is bounded like any other input."""
+    if isinstance(supplied, str) and _USABLE_REQUEST_ID.fullmatch(supplied):
+        return supplied
+    return new_request_id()
 
 
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}

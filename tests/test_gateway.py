@@ -386,3 +386,17 @@ async def test_fields_past_their_bounds_are_400_naming_the_field(
     assert response.status_code == 400
     assert f"'{field}'" in response.json()["error"]
     assert await gateway.recorded() == []
+
+
+@pytest.mark.parametrize(
+    ("supplied", "kept"), [("req-42", True), ("r" * 129, False), ("has space", False)]
+)
+async def test_a_request_id_is_kept_only_when_short_and_printable(
+    gateway: Gateway, supplied: str, kept: bool
+) -> None:
+    """The caller's x-request-id goes into every log line, so only a short token is kept;
+    anything else is replaced by a fresh id."""
+    response = await gateway.http.get("/healthz", headers={"x-request-id": supplied})
+    echoed = response.headers["x-request-id"]
+    assert (echoed == supplied) is kept
+    assert len(echoed) <= 128

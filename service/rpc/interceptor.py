@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 from grpc_status import rpc_status
 
-from service.logs import REQUEST_ID, new_request_id
+from service.logs import REQUEST_ID, request_id_from
 from service.metrics import Metrics
 from service.rpc.grpc_typing import ServerInterceptor
 from service.rpc.status import status_for
@@ -86,7 +86,7 @@ class _Call:
         self.started = time.perf_counter()
         metadata = dict(context.invocation_metadata() or ())
         supplied = metadata.get(REQUEST_ID_HEADER)
-        REQUEST_ID.set(supplied if isinstance(supplied, str) else new_request_id())
+        REQUEST_ID.set(request_id_from(supplied))
 
     async def fail(self, error: Exception) -> NoReturn:
         """Ends the call with the status that reports `error`."""
