@@ -171,9 +171,12 @@ async def follows_and_hears(log: JetStreamEventLog, other: JetStreamEventLog) ->
         await log.wait_for_inbox(0, 60)  # a hint ends it long before its timeout
 
 
-async def test_the_log_reconnects_after_its_connection_drops(nats_server: NatsServer) -> None:
-    """Every connection cut: nats-py reconnects, and appends, the follower and the inbox
-    hints work on the reconnected connection."""
+@asynccontextmanager
+async def proxied(
+    nats_server: NatsServer,
+) -> AsyncIterator[tuple[NatsProxy, JetStreamEventLog, JetStreamEventLog]]:
+    """A log reaching nats-server through a proxy (with one event recorded), and another
+    log on the same stream connected directly."""
     stream = f"T{uuid.uuid4().hex}"
     async with (
         NatsProxy(nats_server.port) as proxy,
@@ -181,6 +184,13 @@ async def test_the_log_reconnects_after_its_connection_drops(nats_server: NatsSe
         jetstream_log(nats_server.url, stream) as other,
     ):
         await log.append([record("evt-before", "acct-1")])
+        yield proxy, log, other
+
+
+async def test_the_log_reconnects_after_its_connection_drops(nats_server: NatsServer) -> None:
+    """Every connection cut: nats-py reconnects, and appends, the follower and the inbox
+    hints work on the reconnected connection."""
+    async with proxied(nats_server) as (proxy, log, other):
         await proxy.cut()
         await eventually(lambda: log.reconnects == 1, timeout=10)
         await log.check_writable()
@@ -193,13 +203,7 @@ async def test_a_connection_closed_for_good_is_opened_afresh(nats_server: NatsSe
     """After the server's `-ERR` nats-py closes the connection for good: the log reports
     itself unavailable, counts the follower's failures, and once NATS can be reached
     opens a fresh connection on which everything works again."""
-    stream = f"T{uuid.uuid4().hex}"
-    async with (
-        NatsProxy(nats_server.port) as proxy,
-        jetstream_log(proxy.url, stream) as log,
-        jetstream_log(nats_server.url, stream) as other,
-    ):
-        await log.append([record("evt-before", "acct-1")])
+    async with proxied(nats_server) as (proxy, log, other):
         proxy.refusing = True
         proxy.send_to_clients(b"-ERR 'Maximum Control Line Exceeded'\r\n")
 
