@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.api.v1 import stackone_connect_pb2 as pb
@@ -15,6 +17,8 @@ _STATUSES = {
     "error": pb.ACCOUNT_STATUS_ERROR,
 }
 DEFAULT_SESSION_SECONDS = 1800  # StackOne's default `expires_in`.
+AUTH_LINK_SECONDS = 5 * 24 * 3600
+"""How long an Auth Link sent to a person should last: 5 days, as StackOne's guide says."""
 
 
 def timestamp(moment: datetime | None) -> Timestamp | None:
@@ -57,6 +61,7 @@ def account_message(account: LinkedAccount) -> pb.Account:
         label=account.label or "",
         created_at=timestamp(account.created_at),
         updated_at=timestamp(account.updated_at),
+        type=account.type or "",
     )
 
 
@@ -74,4 +79,20 @@ def session_message(session: ConnectSession, expires_in: int | None) -> pb.Sessi
         origin_owner_id=session.origin_owner_id or "",
         origin_owner_name=session.origin_owner_name or "",
         created_at=timestamp(created_at),
+        account_id=session.account_id or "",
+        label=session.label or "",
+        metadata=_struct(session.metadata),
+        origin_username=session.origin_username or "",
+        type=session.type or "",
+        organization_id=session.organization_id or "",
+        project_id=session.project_id or "",
+        external_trigger_token=session.external_trigger_token or "",
     )
+
+
+def _struct(values: dict[str, Any] | None) -> Struct | None:
+    if values is None:
+        return None
+    struct = Struct()
+    struct.update(values)
+    return struct

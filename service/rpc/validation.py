@@ -45,23 +45,14 @@ from service.rpc.limits import (
 )
 from service.stackone.models import AccountListQuery, ConnectSessionCreate
 
+# StackOne's own lists, as its SDK (@stackone/stackone-client-ts 4.28.0) defines them.
 CATEGORIES = frozenset(
     {
-        "ats",
-        "hris",
-        "crm",
-        "iam",
-        "marketing",
-        "lms",
-        "stackone",
-        "documents",
-        "ticketing",
-        "screening",
-        "messaging",
-        "accounting",
-        "scheduling",
+        *("ats", "hris", "hris-legacy", "crm", "iam", "marketing", "lms", "stackone"),
+        *("documents", "ticketing", "screening", "messaging", "accounting"),
     }
 )
+SESSION_TYPES = frozenset({"production", "test"})
 ACCOUNT_STATUSES = frozenset({"active", "inactive", "suspended", "archived", "expired", "error"})
 _PROVIDER = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _EVENT_TYPE = re.compile(r"account\.[a-z_]{1,64}")
@@ -236,6 +227,10 @@ def session_create(request: pb.CreateSessionRequest) -> ConnectSessionCreate:
     if request.provider and not _PROVIDER.fullmatch(request.provider):
         check.fail("provider", f"{_quoted(request.provider)} is not a provider key like 'bamboohr'")
     check.one_of("categories", request.categories, CATEGORIES, MAX_CATEGORIES)
+    if request.type and request.type not in SESSION_TYPES:
+        allowed = ", ".join(sorted(SESSION_TYPES))
+        check.fail("type", f"must be one of {allowed} (got {_quoted(request.type)})")
+    check.text("provider_version", request.provider_version)
     if request.HasField("expires_in") and not 0 < request.expires_in <= MAX_EXPIRES_IN:
         check.fail("expires_in", f"must be between 1 and {MAX_EXPIRES_IN} seconds")
     metadata = check.metadata(request.metadata) if request.HasField("metadata") else None
@@ -251,6 +246,8 @@ def session_create(request: pb.CreateSessionRequest) -> ConnectSessionCreate:
         label=request.label or None,
         metadata=metadata,
         multiple=request.multiple or None,
+        type=request.type or None,
+        provider_version=request.provider_version or None,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 # StackOne's answers are untrusted: bounded here, before they reach a URL, a subject or a
@@ -12,6 +13,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 MAX_ID = 255
 MAX_TEXT = 4096
 MAX_REASONS = 100
+MAX_METADATA_DEPTH = 16  # a Struct of this depth stays under protobuf's recursion limit (100)
+MAX_METADATA_BYTES = 64 * 1024
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
@@ -30,9 +33,29 @@ def _plausible_moment(moment: datetime) -> datetime:
     return aware
 
 
+def _modest_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    # It becomes a google.protobuf.Struct that every gRPC client must be able to parse.
+    if len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes")
+    pending: list[tuple[object, int]] = [(metadata, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            children: list[object] = list(value.values())
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata must nest at most {MAX_METADATA_DEPTH} levels")
+        pending += [(child, depth + 1) for child in children]
+    return metadata
+
+
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID), AfterValidator(_usable_id)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Moment = Annotated[datetime, AfterValidator(_plausible_moment)]
+Metadata = Annotated[dict[str, Any], AfterValidator(_modest_metadata)]
 
 
 class _Model(BaseModel):
@@ -54,7 +77,7 @@ class ConnectSessionCreate(_Model):
     label: str | None = None
     metadata: dict[str, Any] | None = None
     type: str | None = None
-    integration_id: str | None = None
+    provider_version: str | None = None
 
     def body(self) -> dict[str, Any]:
         """The JSON body, without unset fields."""
@@ -74,8 +97,9 @@ class ConnectSession(_Model):
     categories: Annotated[list[Text], Field(max_length=MAX_REASONS)] | None = None
     account_id: Text | None = None
     label: Text | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
     type: Text | None = None
+    external_trigger_token: Text | None = None
     created_at: Moment | None = None
     token: Text | None = None
     auth_link_url: Text | None = None
@@ -96,7 +120,8 @@ class StatusReason(_Model):
 
 
 class LinkedAccount(_Model):
-    """A linked account. Credentials and setup information are deliberately not kept."""
+    """A linked account. Credentials and setup information are deliberately not kept
+    (see the README's contract table)."""
 
     id: Id
     provider: Text | None = None
@@ -107,6 +132,7 @@ class LinkedAccount(_Model):
     origin_owner_name: Text | None = None
     origin_username: Text | None = None
     label: Text | None = None
+    type: Text | None = None
     created_at: Moment | None = None
     updated_at: Moment | None = None
 

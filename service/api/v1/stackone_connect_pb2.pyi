@@ -133,6 +133,8 @@ class CreateSessionRequest(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     MULTIPLE_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    PROVIDER_VERSION_FIELD_NUMBER: _builtins.int
     origin_owner_id: _builtins.str
     """Your customer's id (required). Set it server-side, never from a browser."""
     origin_owner_name: _builtins.str
@@ -142,16 +144,34 @@ class CreateSessionRequest(_message.Message):
     provider: _builtins.str
     """Provider key such as `bamboohr` (optional); skips the picker in the Hub."""
     expires_in: _builtins.int
-    """Seconds the session stays valid (optional; StackOne's default is 1800)."""
+    """Seconds the session, its token and its Auth Link stay valid (optional; StackOne's
+    default is 1800). For an Auth Link sent by e-mail ask for 432000 (5 days, how long
+    StackOne's guide says an Auth Link lasts); `sessions create --auth-link` does.
+    """
     account_id: _builtins.str
-    """An existing account to re-connect or edit (optional)."""
+    """An existing account to re-connect (re-authenticate) or edit (optional): the Hub
+    opens on that account, and linking updates it (`account.updated`) instead of
+    creating another.
+    """
     label: _builtins.str
     """Label applied to the created account (optional)."""
     multiple: _builtins.bool
-    """Allows several accounts for the same owner and provider (optional)."""
+    """Allows several accounts for the same owner and provider (optional). Unset, linking
+    the same owner and provider again updates the existing account. No effect with
+    `account_id`.
+    """
+    type: _builtins.str
+    """`production` or `test` (optional; StackOne's default is `production`): the type of
+    the account the session links.
+    """
+    provider_version: _builtins.str
+    """The version of the provider's integration to connect to (optional)."""
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Categories offered in the Hub (optional), e.g. `hris`, `ats`, `crm`."""
+        """Categories offered in the Hub (optional): StackOne's `ats`, `hris`, `hris-legacy`,
+        `crm`, `iam`, `marketing`, `lms`, `stackone`, `documents`, `ticketing`, `screening`,
+        `messaging`, `accounting`.
+        """
 
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
@@ -170,10 +190,12 @@ class CreateSessionRequest(_message.Message):
         label: _builtins.str = ...,
         metadata: _struct_pb2.Struct | None = ...,
         multiple: _builtins.bool = ...,
+        type: _builtins.str = ...,
+        provider_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in", "expires_in", b"expires_in", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in", "account_id", b"account_id", "categories", b"categories", "expires_in", b"expires_in", "label", b"label", "metadata", b"metadata", "multiple", b"multiple", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in", "account_id", b"account_id", "categories", b"categories", "expires_in", b"expires_in", "label", b"label", "metadata", b"metadata", "multiple", b"multiple", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider", "provider_version", b"provider_version", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expires_in: _TypeAlias = _typing.Literal["expires_in"]  # noqa: Y015
     _WhichOneofArgType__expires_in: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in"]  # noqa: Y015
@@ -196,6 +218,14 @@ class Session(_message.Message):
     ORIGIN_OWNER_ID_FIELD_NUMBER: _builtins.int
     ORIGIN_OWNER_NAME_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    ORIGIN_USERNAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_TRIGGER_TOKEN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """StackOne's id of the connect session."""
     token: _builtins.str
@@ -208,6 +238,22 @@ class Session(_message.Message):
     """Your customer's id, as sent."""
     origin_owner_name: _builtins.str
     """Your customer's display name, as sent."""
+    account_id: _builtins.str
+    """The account a re-connect session is bound to, as StackOne returned it; compare it
+    with the `account_id` you asked for.
+    """
+    label: _builtins.str
+    """The label the linked account gets."""
+    origin_username: _builtins.str
+    """The person who links the account, as sent."""
+    type: _builtins.str
+    """`production` or `test`, as StackOne returned it."""
+    organization_id: _builtins.str
+    """StackOne's organization of the API key (a number in StackOne's API, as text here)."""
+    project_id: _builtins.str
+    """StackOne's project of the API key."""
+    external_trigger_token: _builtins.str
+    """StackOne's external trigger token of the session, when it returns one."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the token and the Auth Link stop working."""
@@ -219,6 +265,10 @@ class Session(_message.Message):
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When StackOne created the session."""
+
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """The key/values carried onto the account, as StackOne returned them."""
 
     def __init__(
         self,
@@ -232,10 +282,18 @@ class Session(_message.Message):
         origin_owner_id: _builtins.str = ...,
         origin_owner_name: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        account_id: _builtins.str = ...,
+        label: _builtins.str = ...,
+        metadata: _struct_pb2.Struct | None = ...,
+        origin_username: _builtins.str = ...,
+        type: _builtins.str = ...,
+        organization_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        external_trigger_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_link_url", b"auth_link_url", "categories", b"categories", "created_at", b"created_at", "expires_at", b"expires_at", "id", b"id", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "provider", b"provider", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "auth_link_url", b"auth_link_url", "categories", b"categories", "created_at", b"created_at", "expires_at", b"expires_at", "external_trigger_token", b"external_trigger_token", "id", b"id", "label", b"label", "metadata", b"metadata", "organization_id", b"organization_id", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "project_id", b"project_id", "provider", b"provider", "token", b"token", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -291,6 +349,7 @@ class Account(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """StackOne's account id."""
     provider: _builtins.str
@@ -309,6 +368,8 @@ class Account(_message.Message):
     """The status string exactly as StackOne sent it (e.g. `suspended`, `expired`)."""
     label: _builtins.str
     """The account's label."""
+    type: _builtins.str
+    """`production` or `test` (the type of the session that linked it), as StackOne sent it."""
     @_builtins.property
     def status_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusReason]:
         """Reasons for the status, when StackOne gives them."""
@@ -336,10 +397,11 @@ class Account(_message.Message):
         label: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "label", b"label", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider", "provider_name", b"provider_name", "raw_status", b"raw_status", "status", b"status", "status_reasons", b"status_reasons", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "label", b"label", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider", "provider_name", b"provider_name", "raw_status", b"raw_status", "status", b"status", "status_reasons", b"status_reasons", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
