@@ -117,6 +117,15 @@ class Settings(BaseSettings):
         "127.0.0.1:8090",
         description="host:port of the bundled StackOne emulator, when it is started.",
     )
+    emulator_api_key: str = Field(
+        "local-emulator-key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[!-~]+$",
+        description="API key the bundled emulator accepts (the Basic-auth user name, empty"
+        " password), so curl or StackOne's own SDK can call it as well; not a secret: the"
+        " emulator listens on loopback only.",
+    )
     emulator_latency: float = Field(
         0.0,
         ge=0,

@@ -123,7 +123,8 @@ class _StackOne:
         )
         _log.warning(
             "No STACKONE_CONNECT_API_KEY is set: using the bundled StackOne emulator at %s "
-            '(link an account with POST %s/emulator/link {"token": ...})',
+            "(its API key is STACKONE_CONNECT_EMULATOR_API_KEY's; link an account with "
+            'POST %s/emulator/link {"token": ...})',
             self.emulator.base_url,
             self.emulator.base_url,
             extra={"emulator_url": self.emulator.base_url},
@@ -145,7 +146,7 @@ async def _stackone(settings: Settings) -> AsyncIterator[_StackOne]:
         return
     webhook_secrets = webhook_secrets or [secrets.token_urlsafe(32)]
     emulator_config = EmulatorConfig(
-        api_key="emulator-" + secrets.token_urlsafe(16),
+        api_key=settings.emulator_api_key,
         webhook_url=None,  # the gateway's, once it listens
         webhook_secret=webhook_secrets[0],
         latency=settings.emulator_latency,

@@ -91,13 +91,13 @@ async def test_a_resumed_subscriber_gets_exactly_the_missed_events_in_order(
     """Disconnect after two events, miss three, resume with the last cursor: those three."""
     first = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
     await attached(first)
-    seen = [await link_account(stub, emulator_http, "owner-a", "hibob") for _ in range(2)]
+    seen = [await link_account(stub, emulator_http, f"owner-a{i}", "hibob") for i in range(2)]
     received = [await next_event(first) for _ in range(2)]
     assert [event.account.id for event in received] == seen
     last_cursor = received[-1].cursor
     first.cancel()
 
-    missed = [await link_account(stub, emulator_http, "owner-b", "personio") for _ in range(2)]
+    missed = [await link_account(stub, emulator_http, f"owner-b{i}", "personio") for i in range(2)]
     # Recorded before the update, or the verifier would fold it into the creation.
     await recorded_through(service, int(last_cursor) + 2)
     await emulator_http.patch(f"/emulator/accounts/{missed[0]}", json={"status": "error"})

@@ -5,17 +5,23 @@ It is an independent implementation of the contract (it does not import our clie
 tests of the client against it mean something. StackOne endpoints:
 
     POST   /connect_sessions                 201 session with token and auth_link_url
+                                             (404 when its account_id is unknown)
     POST   /connect_sessions/authenticate    201 session of a token (401 if unknown/expired)
     GET    /accounts                         200 array; page, page_size and filters
     GET    /accounts/{id}                    200 account, 404
     DELETE /accounts/{id}                    200 account (status inactive); account.deleted
 
+They take HTTP Basic auth with `EmulatorConfig.api_key` as the user name (`serve` sets it
+from STACKONE_CONNECT_EMULATOR_API_KEY). Their shapes are StackOne's SDK's
+(@stackone/stackone-client-ts 4.28.0); tests/sdk checks them with the SDK itself.
+
 Emulator-only actions (no auth):
 
     POST   /emulator/link                    {"token", "provider"?, "status"?, "status_reasons"?}
-                                             completes the Hub for a session: creates the
-                                             account (or updates it on re-connect) and
-                                             sends account.created (account.updated)
+                                             completes the Hub for a session with StackOne's
+                                             rules (see `accounts.link_account`): 201 and
+                                             account.created for a new account, 200 and
+                                             account.updated for a re-connected one
     POST   /emulator/accounts                create an account directly; account.created
     PATCH  /emulator/accounts/{id}           {"status"?, "status_reasons"?, "label"?};
                                              account.updated
@@ -28,6 +34,10 @@ Emulator-only actions (no auth):
     GET    /emulator/stats                   {"calls": {"GET /accounts/{account_id}": n, ...},
                                              "rate_limited": n}: StackOne-endpoint requests
                                              that arrived, and how many got the emulated 429
+    GET    /emulator/requests                the last 1,000 StackOne-endpoint requests as
+                                             sent (method, path, query, headers, body), for
+                                             checking clients against StackOne's schemas;
+                                             DELETE forgets them
     GET    /connect?token=...                the hosted Auth Link page, with a Link button
 
 Every request to a StackOne endpoint passes, in order: it is counted in the stats; the
@@ -49,24 +59,39 @@ import logging
 import math
 import secrets
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
+from service.emulator.accounts import (
+    AccountNotFound,
+    LinkError,
+    link_account,
+    new_account,
+    update_account,
+)
+from service.emulator.accounts import iso as _iso
+from service.emulator.accounts import now as _now
+
 _log = logging.getLogger(__name__)
+# StackOne's, as its SDK (@stackone/stackone-client-ts 4.28.0) lists them.
 CATEGORIES = frozenset(
     {
-        *("ats", "hris", "crm", "iam", "marketing", "lms", "stackone", "documents"),
-        *("ticketing", "screening", "messaging", "accounting", "scheduling"),
+        *("ats", "hris", "hris-legacy", "crm", "iam", "marketing", "lms", "stackone"),
+        *("documents", "ticketing", "screening", "messaging", "accounting"),
     }
 )
-STATUSES = frozenset({"active", "inactive", "suspended", "archived", "expired", "error"})
+SESSION_TYPES = frozenset({"production", "test"})
+# What a session keeps that StackOne does not answer with.
+_INTERNAL_SESSION_KEYS = frozenset({"expires_at", "multiple", "provider_version"})
+REQUESTS_KEPT = 1000
 DELIVERY_ATTEMPTS = 6
 DELIVERY_BACKOFF = 0.05
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -76,14 +101,6 @@ def sign_webhook(secret: str, body: bytes) -> str:
     """StackOne's signature: unpadded base64url of HMAC-SHA256(secret, raw body)."""
     digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -96,7 +113,7 @@ class EmulatorConfig:
     deliver_webhooks: bool = True
     public_base_url: str | None = None
     project_id: str = "proj_emulator"
-    organization_id: str = "org_emulator"
+    organization_id: int = 41  # a number, as StackOne sends it
     latency: float = 0.0
     rate_limit: int | None = None
     rate_window: float = 60.0
@@ -164,6 +181,7 @@ class EmulatorState:
     calls: Counter[str] = field(default_factory=Counter)
     rate_limited: int = 0
     arrivals: dict[str, deque[float]] = field(default_factory=dict)
+    requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUESTS_KEPT))
     outbox: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -260,6 +278,7 @@ async def stackone_edge(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     state = _state(request)
     state.calls[_route(request)] += 1
+    state.requests.append(await _recorded(request))
     wait = state.admit(_username(request) or "", time.monotonic())
     await asyncio.sleep(state.config.latency)
     if wait is not None:
@@ -284,6 +303,22 @@ async def stackone_edge(request: web.Request, handler: Handler) -> web.StreamRes
     return await handler(request)
 
 
+async def _recorded(request: web.Request) -> dict[str, Any]:
+    """A request as it arrived (its body stays readable: aiohttp keeps what it read)."""
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        body = raw.decode(errors="replace")
+    return {
+        "method": request.method,
+        "path": request.raw_path.partition("?")[0],
+        "query": [[key, value] for key, value in request.query.items()],
+        "headers": {key.lower(): value for key, value in request.headers.items()},
+        "body": body,
+    }
+
+
 def _fault_answer(fault: Fault) -> web.StreamResponse | None:
     """The answer a fault gives, or None for one that only delays."""
     retry_after = fault.retry_after
@@ -306,22 +341,40 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except ValueError as error:
-        raise web.HTTPBadRequest(text="body is not JSON") from error
+        raise _bad_request("body is not JSON") from error
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text="body must be a JSON object")
+        raise _bad_request("body must be a JSON object")
     return body
+
+
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    """A 400 to raise, with StackOne's error body."""
+    body = {"statusCode": 400, "message": message, "timestamp": _iso(_now())}
+    return web.HTTPBadRequest(text=orjson.dumps(body).decode(), content_type="application/json")
+
+
+_OPTIONAL_TEXTS = ("origin_username", "provider", "provider_version", "account_id", "label")
 
 
 def _session_problem(body: dict[str, Any]) -> str | None:
     for name in ("origin_owner_id", "origin_owner_name"):
         if not isinstance(body.get(name), str) or not body[name]:
             return f"{name} must be a string"
+    for name in _OPTIONAL_TEXTS:
+        if not isinstance(body.get(name), str | None):
+            return f"{name} must be a string"
     categories = body.get("categories") or []
     if not isinstance(categories, list) or not all(c in CATEGORIES for c in categories):
         return f"categories must be a list of: {', '.join(sorted(CATEGORIES))}"
-    expires_in = body.get("expires_in", 1800)
-    if not isinstance(expires_in, int) or expires_in <= 0:
+    expires_in = body.get("expires_in") or 1800
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
         return "expires_in must be a positive number"
+    if body.get("type") not in {*SESSION_TYPES, None}:
+        return f"type must be one of: {', '.join(sorted(SESSION_TYPES))}"
+    if not isinstance(body.get("multiple"), bool | None):
+        return "multiple must be a boolean"
+    if not isinstance(body.get("metadata"), dict | None):
+        return "metadata must be an object"
     return None
 
 
@@ -331,6 +384,8 @@ async def create_session(request: web.Request) -> web.Response:
     body = await _json_object(request)
     if problem := _session_problem(body):
         return stackone_error(400, problem)
+    if body.get("account_id") and body["account_id"] not in state.accounts:
+        return stackone_error(404, f"Account {body['account_id']} not found")
     token = "cst_" + secrets.token_urlsafe(16)
     base = state.config.public_base_url or f"{request.scheme}://{request.host}"
     created = _now()
@@ -348,12 +403,15 @@ async def create_session(request: web.Request) -> web.Response:
                 "account_id",
                 "label",
                 "metadata",
+                "provider_version",
             )
         },
         "categories": body.get("categories") or [],
-        "type": body.get("type", "production"),
+        "type": body.get("type") or "production",
+        "multiple": bool(body.get("multiple")),
+        "external_trigger_token": str(uuid.uuid4()),
         "created_at": _iso(created),
-        "expires_at": created + timedelta(seconds=body.get("expires_in", 1800)),
+        "expires_at": created + timedelta(seconds=body.get("expires_in") or 1800),
         "token": token,
         "auth_link_url": f"{base}/connect?token={token}",
     }
@@ -362,7 +420,7 @@ async def create_session(request: web.Request) -> web.Response:
 
 
 def _public_session(session: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in session.items() if key != "expires_at"}
+    return {key: value for key, value in session.items() if key not in _INTERNAL_SESSION_KEYS}
 
 
 def _live_session(state: EmulatorState, token: object) -> dict[str, Any] | None:
@@ -435,36 +493,6 @@ async def delete_account(request: web.Request) -> web.Response:
     return web.json_response(account)
 
 
-def _new_account(state: EmulatorState, spec: dict[str, Any]) -> dict[str, Any]:
-    now = _iso(_now())
-    account_id = state.new_account_id()
-    account = {
-        "id": account_id,
-        "provider": spec.get("provider") or "bamboohr",
-        "provider_name": str(spec.get("provider") or "bamboohr").title(),
-        "status": spec.get("status") or "active",
-        "status_reasons": spec.get("status_reasons"),
-        "origin_owner_id": spec.get("origin_owner_id") or "owner",
-        "origin_owner_name": spec.get("origin_owner_name") or "Owner",
-        "origin_username": spec.get("origin_username"),
-        "label": spec.get("label"),
-        "type": "production",
-        "created_at": now,
-        "updated_at": now,
-    }
-    state.accounts[account_id] = account
-    state.queue_webhook("account.created", account)
-    return account
-
-
-def _update_account(state: EmulatorState, account: dict[str, Any], changes: dict[str, Any]) -> None:
-    for key in ("status", "status_reasons", "label", "provider"):
-        if key in changes:
-            account[key] = changes[key]
-    account["updated_at"] = _iso(_now())
-    state.queue_webhook("account.updated", account)
-
-
 async def link(request: web.Request) -> web.Response:
     """POST /emulator/link: plays "the user completed the Hub" for a session token."""
     state = _state(request)
@@ -472,20 +500,28 @@ async def link(request: web.Request) -> web.Response:
     session = _live_session(state, body.get("token"))
     if session is None:
         return stackone_error(404, "No live connect session has this token")
-    if body.get("status", "active") not in STATUSES:
-        return stackone_error(400, f"status must be one of {', '.join(sorted(STATUSES))}")
-    existing = state.accounts.get(str(session.get("account_id") or ""))
-    if existing is not None:
-        _update_account(state, existing, body)
-        return web.json_response(existing, status=200)
-    spec = {**session, **{k: v for k, v in body.items() if k != "token"}}
-    spec["provider"] = body.get("provider") or session.get("provider")
-    return web.json_response(_new_account(state, spec), status=201)
+    try:
+        linked = link_account(
+            state,
+            session,
+            body.get("provider"),
+            status=body.get("status") or "active",
+            reasons=body.get("status_reasons"),
+        )
+    except AccountNotFound as error:
+        return stackone_error(404, str(error))
+    except LinkError as error:
+        return stackone_error(400, str(error))
+    return web.json_response(linked.account, status=201 if linked.created else 200)
 
 
 async def create_account(request: web.Request) -> web.Response:
     """POST /emulator/accounts: creates an account without a session."""
-    return web.json_response(_new_account(_state(request), await _json_object(request)), status=201)
+    try:
+        account = new_account(_state(request), await _json_object(request))
+    except LinkError as error:
+        return stackone_error(400, str(error))
+    return web.json_response(account, status=201)
 
 
 async def patch_account(request: web.Request) -> web.Response:
@@ -493,7 +529,10 @@ async def patch_account(request: web.Request) -> web.Response:
     account = _account_or_404(request)
     if isinstance(account, web.Response):
         return account
-    _update_account(_state(request), account, await _json_object(request))
+    try:
+        update_account(_state(request), account, await _json_object(request))
+    except LinkError as error:
+        return stackone_error(400, str(error))
     return web.json_response(account)
 
 
@@ -562,6 +601,17 @@ async def stats(request: web.Request) -> web.Response:
     """GET /emulator/stats: StackOne-endpoint requests by route, and emulated 429s."""
     state = _state(request)
     return web.json_response({"calls": dict(state.calls), "rate_limited": state.rate_limited})
+
+
+async def list_requests(request: web.Request) -> web.Response:
+    """GET /emulator/requests: the StackOne-endpoint requests kept, oldest first."""
+    return web.json_response(list(_state(request).requests))
+
+
+async def clear_requests(request: web.Request) -> web.Response:
+    """DELETE /emulator/requests."""
+    _state(request).requests.clear()
+    return web.Response(status=204)
 
 
 async def auth_link_page(request: web.Request) -> web.Response:
@@ -651,5 +701,7 @@ def build_emulator_app(config: EmulatorConfig) -> web.Application:
     app.router.add_delete("/emulator/faults", clear_faults)
     app.router.add_put("/emulator/behaviour", configure_behaviour)
     app.router.add_get("/emulator/stats", stats)
+    app.router.add_get("/emulator/requests", list_requests)
+    app.router.add_delete("/emulator/requests", clear_requests)
     app.router.add_get("/connect", auth_link_page)
     return app
