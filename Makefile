@@ -47,3 +47,21 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache var
+
+# --- StackOne's own SDK as the contract (tests/sdk) -----------------------------------
+# The pinned @stackone/stackone-client-ts that tests/test_sdk_conformance.py runs with
+# Node against the emulator and the client's recorded requests. `install` and `test` get it.
+SDK_DIR := tests/sdk
+SDK_STAMP := $(SDK_DIR)/node_modules/.installed
+
+$(SDK_STAMP): $(SDK_DIR)/package.json $(SDK_DIR)/package-lock.json
+	cd $(SDK_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(SDK_STAMP)
+
+install: $(SDK_STAMP)
+test: $(SDK_STAMP)
+
+.PHONY: clean-sdk
+clean: clean-sdk
+clean-sdk:
+	rm -rf $(SDK_DIR)/node_modules
