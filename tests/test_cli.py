@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -113,3 +114,31 @@ async def _post_deleted(service: Runtime, account_id: str) -> str:
         response = await http.post("/webhooks/stackone", content=body, headers=signed_headers(body))
     event_id: str = response.json()["event_id"]
     return event_id
+
+
+async def test_an_auth_link_lasts_five_days_and_every_session_flag_reaches_stackone(
+    service: Runtime,
+) -> None:
+    """`sessions create --auth-link` asks StackOne for a 5-day session; the other flags go too."""
+    code, out, err = await cli(
+        service.grpc_target, "sessions", "create", "--owner-id", "t-1", "--owner-name", "Acme",
+        "--auth-link", "--type", "test", "--provider-version", "2", "--multiple",
+        "--metadata", '{"plan": "growth"}', "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    session = orjson.loads(out)
+    assert session["type"] == "test"
+    created = datetime.fromisoformat(session["created_at"])
+    assert datetime.fromisoformat(session["expires_at"]) - created == timedelta(days=5)
+    assert service.emulator is not None
+    async with httpx.AsyncClient(base_url=service.emulator.base_url) as http:
+        (sent,) = [r["body"] for r in (await http.get("/emulator/requests")).json()]
+    assert sent == {
+        "origin_owner_id": "t-1",
+        "origin_owner_name": "Acme",
+        "expires_in": 5 * 24 * 3600,
+        "metadata": {"plan": "growth"},
+        "multiple": True,
+        "type": "test",
+        "provider_version": "2",
+    }

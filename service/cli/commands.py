@@ -14,6 +14,7 @@ import orjson
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from service.api.convert import AUTH_LINK_SECONDS
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 
@@ -110,10 +111,28 @@ async def create_session(stub: Stub, args: argparse.Namespace, out: Output) -> N
         categories=args.category or [],
         account_id=args.account_id or "",
         label=args.label or "",
+        multiple=args.multiple,
+        type=args.type or "",
+        provider_version=args.provider_version or "",
     )
-    if args.expires_in is not None:
+    if args.metadata is not None:
+        request.metadata.update(args.metadata)
+    if args.auth_link:
+        request.expires_in = AUTH_LINK_SECONDS
+    elif args.expires_in is not None:
         request.expires_in = args.expires_in
     out.message(await stub.CreateSession(request, metadata=_auth(args)))
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """`--metadata`: a JSON object."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 async def get_account(stub: Stub, args: argparse.Namespace, out: Output) -> None:
@@ -230,9 +249,21 @@ def add_client_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--username", help="the person linking")
     create.add_argument("--provider", help="provider key, e.g. bamboohr")
     create.add_argument("--category", action="append", help="category (repeatable)")
-    create.add_argument("--expires-in", type=int, help="seconds the session is valid")
-    create.add_argument("--account-id", help="account to re-connect")
+    lifetime = create.add_mutually_exclusive_group()
+    lifetime.add_argument("--expires-in", type=int, help="seconds the session is valid")
+    lifetime.add_argument(
+        "--auth-link",
+        action="store_true",
+        help=f"an Auth Link to send to a person: valid {AUTH_LINK_SECONDS // 86400} days",
+    )
+    create.add_argument("--account-id", help="account to re-connect (re-authenticate)")
     create.add_argument("--label", help="label for the account")
+    create.add_argument("--type", choices=["production", "test"], help="the account's type")
+    create.add_argument("--provider-version", help="version of the provider's integration")
+    create.add_argument("--metadata", type=_json_object, help="JSON object carried onto it")
+    create.add_argument(
+        "--multiple", action="store_true", help="allow another account of this owner+provider"
+    )
     create.set_defaults(command=create_session)
 
     accounts = commands.add_parser("accounts", help="linked accounts").add_subparsers(

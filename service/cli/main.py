@@ -14,6 +14,7 @@ import uvloop
 from pydantic import ValidationError
 
 from service import logs
+from service.cli.check import add_check_command, check_main
 from service.cli.commands import add_client_commands, run_client_command
 from service.config import ENV_PREFIX, Settings
 from service.rpc.auth import InvalidClientsFile
@@ -74,6 +75,15 @@ def _serve_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_command(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        print(_settings_error(error), file=sys.stderr)
+        return 2
+    return check_main(settings, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -107,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--emulator-address", help="host:port of the bundled emulator")
     serve_parser.set_defaults(handler=_serve_command)
     add_client_commands(commands, common)
+    add_check_command(commands, common).set_defaults(handler=_check_command)
     return parser
 
 

@@ -1,0 +1,188 @@
+"""`stackone-connect check`: proves the settings work against the real StackOne.
+
+Without `--webhook` it reads the same settings as `serve` and, with no service running,
+checks that the webhook signing secrets are set and look like secrets (printable, 16
+characters or more), and that StackOne accepts the API key: it lists one account and
+creates a short-lived `test` connect session.
+
+With `--webhook` it then asks the running service (`--target`) for a `test` session,
+prints its Auth Link, and waits on the event stream for the account someone links with
+it: an event from a webhook exists only if StackOne delivered it to the gateway and its
+signature matched a configured secret. The test account is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+import grpc
+
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.cli.commands import _auth, _channel
+from service.config import ENV_PREFIX, Settings
+from service.stackone.client import StackOneClient
+from service.stackone.errors import StackOneError
+from service.stackone.models import AccountListQuery, ConnectSessionCreate
+
+if TYPE_CHECKING:
+    Stub = pb_grpc.ConnectServiceAsyncStub
+CHECK_OWNER_ID = "stackone-connect-check"
+MIN_SECRET_CHARS = 16
+CALL_SECONDS = 15.0
+
+
+class CheckFailed(Exception):
+    """A check found a problem; the message says what to fix."""
+
+
+def secret_problems(secrets: list[str]) -> list[str]:
+    """What is wrong with the configured webhook signing secrets (as `Settings` read them,
+    split on commas and stripped), if anything."""
+    variable = f"{ENV_PREFIX}WEBHOOK_SECRETS"
+    if not secrets:
+        return [f"{variable} is not set: every webhook would be refused"]
+    problems = []
+    for number, secret in enumerate(secrets, 1):
+        where = f"{variable}, secret {number} of {len(secrets)},"
+        if not secret.isprintable():
+            problems.append(f"{where} holds characters that cannot be typed (a copy's?)")
+        elif len(secret) < MIN_SECRET_CHARS:
+            problems.append(f"{where} has {len(secret)} characters: not a signing secret")
+    return problems
+
+
+async def api_key_findings(settings: Settings) -> list[str]:
+    """What StackOne says about the API key; raises CheckFailed when it refuses it."""
+    if settings.api_key is None or settings.uses_emulator:
+        raise CheckFailed(f"{ENV_PREFIX}API_KEY is not set: nothing to check against StackOne")
+    key = settings.api_key.get_secret_value()
+    async with StackOneClient(settings.base_url, key, max_retries=1) as stackone:
+        try:
+            await stackone.list_accounts(AccountListQuery(page_size=1), deadline=CALL_SECONDS)
+            session = await stackone.create_connect_session(
+                ConnectSessionCreate(
+                    origin_owner_id=CHECK_OWNER_ID,
+                    origin_owner_name="stackone-connect check",
+                    type="test",
+                    expires_in=60,
+                ),
+                deadline=CALL_SECONDS,
+            )
+        except StackOneError as error:  # an auth error's message names the setting
+            raise CheckFailed(f"StackOne at {settings.base_url}: {error}") from error
+    return [
+        f"StackOne at {settings.base_url} accepts the API key: it lists accounts",
+        f"it creates connect sessions (organization {session.organization_id}, "
+        f"project {session.project_id})",
+    ]
+
+
+async def webhook_findings(stub: Stub, args: argparse.Namespace, out: TextIO) -> list[str]:
+    """Links a test account through the running service and waits for its webhook."""
+    metadata = _auth(args)
+    owner = pb.StreamAccountEventsRequest(origin_owner_ids=[args.owner_id])
+    stream = stub.StreamAccountEvents(owner, metadata=metadata)
+    await stream.read()  # the first bookmark: attached before the session exists
+    session = await stub.CreateSession(
+        pb.CreateSessionRequest(
+            origin_owner_id=args.owner_id,
+            origin_owner_name="stackone-connect check",
+            type="test",
+            expires_in=max(60, int(args.timeout)),
+        ),
+        metadata=metadata,
+    )
+    print(
+        "Open this Auth Link and connect any provider (a test account):\n"
+        f"  {session.auth_link_url}\nwaiting up to {args.timeout:g} s for its webhook...",
+        file=out,
+        flush=True,
+    )
+    try:
+        async with asyncio.timeout(args.timeout):
+            event = await _first_event(stream)
+    except TimeoutError:
+        raise CheckFailed(
+            f"no webhook arrived in {args.timeout:g} s: check that StackOne's webhook URL "
+            f"ends in /webhooks/stackone on this gateway and that {ENV_PREFIX}WEBHOOK_SECRETS "
+            "holds its signing secret (refusals are counted in stackone_connect_webhooks_total"
+            '{outcome="unauthorized"} on the admin listener)'
+        ) from None
+    finally:
+        stream.cancel()
+    verification = pb.Verification.Name(event.verification).removeprefix("VERIFICATION_")
+    findings = [
+        f"StackOne's {event.type} webhook for account {event.account.id} passed the "
+        f"signature check and was recorded ({verification.lower()})"
+    ]
+    if not args.keep:
+        await stub.DeleteAccount(
+            pb.DeleteAccountRequest(account_id=event.account.id), metadata=metadata
+        )
+        findings.append(f"deleted the test account {event.account.id}")
+    return findings
+
+
+async def _first_event(stream: Any) -> pb.AccountEvent:
+    # read() rather than iteration: the first bookmark was read() already.
+    while isinstance(item := await stream.read(), pb.StreamAccountEventsResponse):
+        if item.HasField("event"):
+            return item.event
+    raise CheckFailed("the service ended the event stream")
+
+
+async def run_check(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    """Runs the checks, printing `ok:` and `problem:` lines; 0 when every check passed."""
+    problems = secret_problems([s.get_secret_value() for s in settings.webhook_secrets])
+    for problem in problems:
+        print(f"problem: {problem}", file=out, flush=True)
+    try:
+        _report(await api_key_findings(settings), out)
+        if args.webhook:
+            async with _channel(args) as channel:
+                stub: Stub = pb_grpc.ConnectServiceStub(channel)
+                _report(await webhook_findings(stub, args, out), out)
+    except CheckFailed as error:
+        print(f"problem: {error}", file=out)
+        return 1
+    except grpc.aio.AioRpcError as error:
+        print(
+            f"problem: the service at {args.target}: {error.code().name}: {error.details()}",
+            file=out,
+        )
+        return 1
+    return 1 if problems else 0
+
+
+def _report(findings: list[str], out: TextIO) -> None:
+    for finding in findings:
+        print(f"ok: {finding}", file=out, flush=True)
+
+
+def add_check_command(commands: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds `check` to the CLI's subcommands; returns its parser."""
+    check: argparse.ArgumentParser = commands.add_parser(
+        "check",
+        parents=[common],
+        help="prove the API key and the webhook secret work against StackOne",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument(
+        "--webhook", action="store_true", help="also link a test account and wait for its webhook"
+    )
+    check.add_argument("--owner-id", default=CHECK_OWNER_ID, help="owner id of the test account")
+    check.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for the webhook"
+    )
+    check.add_argument("--keep", action="store_true", help="keep the test account")
+    return check
+
+
+def check_main(settings: Settings, args: argparse.Namespace) -> int:
+    """Entry point of `check` once the settings are read."""
+    return asyncio.run(run_check(settings, args, sys.stdout))
