@@ -148,3 +148,24 @@ async def test_retry_after_as_an_http_date_counts_from_now() -> None:
     assert retry_after_seconds(format_datetime(now - timedelta(hours=1), usegmt=True), now) == 0
     assert retry_after_seconds(format_datetime(now + timedelta(days=9), usegmt=True), now) == 300
     assert retry_after_seconds("٣٠", now) is None, "ASCII digits only"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "problem"),
+    [
+        (orjson.loads("{" + '"k": {' * 20 + "}" * 21), "nest at most 16 levels"),
+        ({"big": "x" * 70_000}, "at most 65536 bytes"),
+    ],
+)
+async def test_session_metadata_too_deep_or_large_for_a_struct_is_unavailable(
+    stub: pb_grpc.ConnectServiceAsyncStub,
+    emulator_http: httpx.AsyncClient,
+    metadata: dict[str, Any],
+    problem: str,
+) -> None:
+    """Echoed metadata becomes a Struct every gRPC client must parse: bounded first."""
+    session = {"id": 7, "token": "cst_x", "metadata": metadata}
+    await answer(emulator_http, "/connect_sessions", body=orjson.dumps(session).decode())
+    error = await failure(stub.CreateSession(SESSION))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert problem in (error.details() or "")
