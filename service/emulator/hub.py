@@ -20,7 +20,9 @@ in StackOne's public `hub` repository). The Hub sends the connect session token 
 
 Credentials are checked as an emulated provider would: a required field left out is
 refused, and so is a secret (an API key) that is blank or starts with `wrong`, with the
-provider's answer in `provider_response`, which the Hub shows in its error state.
+provider's answer in `provider_response`, which the Hub shows in its error state. A secret
+that starts with `limited` links the account in status `error`, with a reason: the key
+works but lacks a permission, as StackOne reports such accounts.
 
 CORS: the Hub runs on the app's origin and calls these endpoints cross-origin. They answer
 as a NestJS API with default CORS does (StackOne's errors are NestJS-shaped): any origin,
@@ -46,8 +48,10 @@ from service.emulator.app import (
     EMULATOR_STATE,
     EmulatorState,
     Handler,
+    _iso,
     _live_session,
     _new_account,
+    _now,
     _update_account,
     stackone_error,
 )
@@ -277,17 +281,31 @@ def _refusal(connector: Connector, credentials: dict[str, Any]) -> web.Response 
     return None
 
 
+def _outcome(connector: Connector, credentials: dict[str, Any]) -> dict[str, Any]:
+    """The status the account gets with accepted credentials."""
+    secrets_given = [credentials[f.key] for f in connector.fields if f.secret]
+    if any(value.startswith("limited") for value in secrets_given):
+        reason = {
+            "code": "insufficient_permissions",
+            "description": f"The {connector.name} credentials cannot read employees: "
+            "grant that permission at the provider, then link again.",
+            "timestamp": _iso(_now()),
+        }
+        return {"status": "error", "status_reasons": [reason]}
+    return {"status": "active", "status_reasons": None}
+
+
 def link_session(
-    state: EmulatorState, session: dict[str, Any], connector: Connector
+    state: EmulatorState, session: dict[str, Any], changes: dict[str, Any]
 ) -> tuple[dict[str, Any], bool]:
-    """Completes `session` with `connector` by the emulator's own linking rules (those of
-    POST /emulator/link): returns the account and whether it is new. The one place the
-    Hub's endpoints depend on them."""
+    """Completes `session` by the emulator's own linking rules (those of POST
+    /emulator/link) with `changes` (provider, status, status_reasons): returns the account
+    and whether it is new. The one place the Hub's endpoints depend on those rules."""
     existing = state.accounts.get(str(session.get("account_id") or ""))
     if existing is not None:
-        _update_account(state, existing, {"provider": connector.key})
+        _update_account(state, existing, changes)
         return existing, False
-    return _new_account(state, {**session, "provider": connector.key}), True
+    return _new_account(state, {**session, **changes}), True
 
 
 async def _credentials_body(request: web.Request) -> tuple[object, dict[str, Any]] | None:
@@ -312,7 +330,8 @@ async def _link(request: web.Request, session: dict[str, Any]) -> web.Response:
         return stackone_error(400, "This session cannot link that integration with a form")
     if (refusal := _refusal(connector, credentials)) is not None:
         return refusal
-    account, created = link_session(request.app[EMULATOR_STATE], session, connector)
+    changes = {"provider": connector.key, **_outcome(connector, credentials)}
+    account, created = link_session(request.app[EMULATOR_STATE], session, changes)
     secret_keys = {f.key for f in connector.fields if f.secret}
     request.app[HUB_STATE].setup_information[account["id"]] = {
         key: value for key, value in credentials.items() if key not in secret_keys
