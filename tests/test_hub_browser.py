@@ -123,6 +123,7 @@ async def test_the_hub_links_bamboohr_and_the_page_shows_it_verified_and_its_eve
     await expect(page.get_by_text("Connection Successful")).to_be_visible()
     account = page.locator("#account")
     await expect(account).to_have_attribute("data-status", "active")
+    await expect(account).to_have_attribute("data-learned-from", "success")
     await expect(account).to_contain_text(success["id"])
     await browser.shot("verified")
     event = page.locator(f'#events li[data-account-id="{success["id"]}"]')
@@ -158,6 +159,7 @@ async def test_an_auth_link_opened_and_completed_shows_the_account_and_its_event
     account_id = await event.get_attribute("data-account-id")
     assert account_id in emulator_state(service).accounts
     await expect(page.locator("#account")).to_have_attribute("data-status", "active")
+    await expect(page.locator("#account")).to_have_attribute("data-learned-from", "event")
     await expect(page.locator("#account")).to_contain_text(str(account_id))
     await page.bring_to_front()
     await browser.shot("event-and-account")

@@ -15,7 +15,7 @@ async function showHub() {
   hub.setAttribute('token', session.token);
   hub.setAttribute('base-url', session.hub_base_url);
   hub.setAttribute('height', '440px');
-  hub.addEventListener('success', (event) => verify(event.detail.id));
+  hub.addEventListener('success', (event) => verify(event.detail.id, 'success'));
   hub.addEventListener('close', showHub);
   document.querySelector('#hub-slot').replaceChildren(hub);
 }
@@ -34,9 +34,15 @@ function line(label, value) {
   return row;
 }
 
+const LEARNED_FROM = {
+  success: "the Hub's success event",
+  event: 'its account.created event (an Auth Link has no callback)',
+};
+
 // The Hub's success only says an account was linked; StackOne's account says whether it works.
-async function verify(accountId) {
+async function verify(accountId, learnedFrom) {
   accountBox.dataset.accountId = accountId;
+  accountBox.dataset.learnedFrom = learnedFrom;
   accountBox.dataset.state = 'verifying';
   accountBox.textContent = `Verifying account ${accountId}…`;
   const response = await fetch(`/api/accounts/${encodeURIComponent(accountId)}`);
@@ -55,7 +61,7 @@ async function verify(accountId) {
   accountBox.replaceChildren(
     line('Status', status), line('Account', account.id), line('Provider', account.provider),
     line('Customer', `${account.origin_owner_name} (${account.origin_owner_id})`),
-    line('What it means', meaning),
+    line('What it means', meaning), line('Learned from', LEARNED_FROM[learnedFrom]),
   );
   for (const reason of account.status_reasons ?? []) {
     accountBox.append(line(`Reason ${reason.code}`, reason.description));
@@ -81,7 +87,7 @@ function followEvents() {
     document.querySelector('#events').append(item);
     // An Auth Link has no success callback: the event is how the app learns of the account.
     if (event.type === 'account.created' && accountBox.dataset.accountId !== account.id) {
-      verify(account.id);
+      verify(account.id, 'event');
     }
   });
   source.addEventListener('failed', (message) => {
