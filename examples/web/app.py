@@ -99,15 +99,18 @@ async def hub_script(request: web.Request) -> web.StreamResponse:
 async def connect_session(request: web.Request) -> web.Response:
     """A fresh session for the signed-in customer: the Hub's token and an Auth Link."""
     config = request.app[CONFIG]
-    session = await request.app[STUB].CreateSession(
-        pb.CreateSessionRequest(
-            origin_owner_id=config.owner_id,
-            origin_owner_name=config.owner_name,
-            categories=config.categories,
-        ),
-        metadata=_metadata(request),
-        timeout=10,
-    )
+    try:
+        session = await request.app[STUB].CreateSession(
+            pb.CreateSessionRequest(
+                origin_owner_id=config.owner_id,
+                origin_owner_name=config.owner_name,
+                categories=config.categories,
+            ),
+            metadata=_metadata(request),
+            timeout=10,
+        )
+    except grpc.aio.AioRpcError as error:
+        return web.json_response({"error": error.details()}, status=502)
     return web.json_response(
         {
             "token": session.token,

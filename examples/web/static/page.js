@@ -4,8 +4,9 @@ const accountBox = document.querySelector('#account');
 
 async function newSession() {
   const response = await fetch('/api/connect-session', { method: 'POST' });
-  if (!response.ok) throw new Error(`No connect session: HTTP ${response.status}`);
-  return response.json();
+  const body = await response.json();
+  if (!response.ok) throw new Error(`No connect session: ${body.error}`);
+  return body;
 }
 
 // A token is for one Hub: every Hub gets a fresh one.
@@ -16,11 +17,12 @@ async function showHub() {
   hub.setAttribute('base-url', session.hub_base_url);
   hub.setAttribute('height', '440px');
   hub.addEventListener('success', (event) => verify(event.detail.id, 'success'));
-  hub.addEventListener('close', showHub);
+  hub.addEventListener('close', reporting(showHub, '#hub-slot'));
   document.querySelector('#hub-slot').replaceChildren(hub);
 }
 
 async function createAuthLink() {
+  document.querySelector('#link-error').textContent = '';
   const session = await newSession();
   const link = document.querySelector('#auth-link');
   link.href = session.auth_link_url;
@@ -100,7 +102,13 @@ function followEvents() {
   };
 }
 
-document.querySelector('#new-hub').addEventListener('click', showHub);
-document.querySelector('#create-link').addEventListener('click', createAuthLink);
+// Shows why a step failed (e.g. the service is down) where its result would have been.
+function reporting(step, where) {
+  return () => step().catch((error) => { document.querySelector(where).textContent = error.message; });
+}
+
+document.querySelector('#new-hub').addEventListener('click', reporting(showHub, '#hub-slot'));
+document.querySelector('#create-link')
+  .addEventListener('click', reporting(createAuthLink, '#link-error'));
 followEvents();
-showHub();
+reporting(showHub, '#hub-slot')();
