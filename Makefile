@@ -65,3 +65,31 @@ test: $(SDK_STAMP)
 clean: clean-sdk
 clean-sdk:
 	rm -rf $(SDK_DIR)/node_modules
+
+# ---- The real Hub in a browser (examples/web, make demo, the browser tests) -------------
+# Kept apart from the verbs above; `install` and `test` gain `browser` as a prerequisite.
+HUB_DIR := examples/web
+HUB_JS := $(HUB_DIR)/node_modules/@stackone/hub/dist/webcomponent.js
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -qq
+
+.PHONY: browser demo
+
+# Exactly the @stackone/hub of package-lock.json. Its React peers are bundled into the web
+# component the example serves, hence --legacy-peer-deps.
+$(HUB_JS): $(HUB_DIR)/package-lock.json
+	command -v npm >/dev/null || $(APT_GET) install nodejs npm
+	cd $(HUB_DIR) && npm ci --legacy-peer-deps --no-audit --no-fund
+	touch $@
+
+# Debian's Chromium, which Playwright drives (Playwright's own browser builds are not used);
+# the package lists are refreshed only when the install cannot find it.
+browser: $(HUB_JS)
+	command -v chromium >/dev/null || $(APT_GET) install chromium \
+		|| { $(APT_GET) update && $(APT_GET) install chromium; }
+
+install test: browser
+
+# The service (with the bundled emulator unless STACKONE_CONNECT_API_KEY is set) and the
+# example app; prints the URL to open.
+demo: $(STAMP) $(HUB_JS)
+	$(BIN)/python -m examples.web.demo

@@ -40,6 +40,9 @@ Emulator-only actions (no auth):
                                              DELETE forgets them
     GET    /connect?token=...                the hosted Auth Link page, with a Link button
 
+The endpoints StackOne's Hub calls (`/hub/...`, authenticated by the session token) are in
+`hub`.
+
 Every request to a StackOne endpoint passes, in order: it is counted in the stats; the
 rate limit decides at arrival (StackOne counts arrivals) whether it is refused, a
 refused call taking no slot; `latency` delays every answer, 429s included, as a network
@@ -274,7 +277,7 @@ async def stackone_edge(request: web.Request, handler: Handler) -> web.StreamRes
 
     The order is the module docstring's.
     """
-    if request.path.startswith("/emulator/") or request.path == "/connect":
+    if request.path.startswith(("/emulator/", "/connect/")) or request.path == "/connect":
         return await handler(request)
     state = _state(request)
     state.calls[_route(request)] += 1
@@ -298,7 +301,8 @@ async def stackone_edge(request: web.Request, handler: Handler) -> web.StreamRes
             return web.Response(status=200, text="{not json", content_type="application/json")
         if (answer := _fault_answer(fault)) is not None:
             return answer
-    if not _authorized(request):
+    # The Hub's endpoints check the session token instead of the API key.
+    if not request.path.startswith("/hub/") and not _authorized(request):
         return stackone_error(401, "Unauthorized")
     return await handler(request)
 
@@ -684,6 +688,8 @@ async def _delivery_worker(app: web.Application) -> AsyncIterator[None]:
 
 def build_emulator_app(config: EmulatorConfig) -> web.Application:
     """The emulator as an aiohttp application."""
+    from service.emulator.hub import add_hub  # here: hub builds on this module
+
     app = web.Application(middlewares=[stackone_edge])
     app[EMULATOR_STATE] = EmulatorState(config)
     app.cleanup_ctx.append(_delivery_worker)
@@ -704,4 +710,5 @@ def build_emulator_app(config: EmulatorConfig) -> web.Application:
     app.router.add_get("/emulator/requests", list_requests)
     app.router.add_delete("/emulator/requests", clear_requests)
     app.router.add_get("/connect", auth_link_page)
+    add_hub(app)
     return app

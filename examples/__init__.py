@@ -1,0 +1,1 @@
+"""Examples of using stackone-connect; not part of the service."""

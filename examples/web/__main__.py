@@ -1,0 +1,13 @@
+"""Runs the example app alone, against a service already running:
+`python -m examples.web` (settings in `Config.from_environment`, address EXAMPLE_ADDRESS)."""
+
+import os
+
+from aiohttp import web
+
+from examples.web.app import Config, build_app
+
+if __name__ == "__main__":
+    host, _, port = os.environ.get("EXAMPLE_ADDRESS", "127.0.0.1:8000").rpartition(":")
+    app = build_app(Config.from_environment())
+    web.run_app(app, host=host, port=int(port), handler_cancellation=True, shutdown_timeout=1)

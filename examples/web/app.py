@@ -1,0 +1,212 @@
+"""An app's own backend for linking its customers' tools: what a user of stackone-connect
+writes, in one small aiohttp module.
+
+    GET  /                             the page (static/index.html)
+    GET  /vendor/stackone-hub.js       StackOne's Hub web component, from node_modules
+    POST /api/connect-session          CreateSession for the signed-in customer: a fresh
+                                       token for the Hub, and an Auth Link
+    GET  /api/accounts/{id}            GetAccount: is the new link working?
+    GET  /api/events                   StreamAccountEvents as server-sent events
+
+The customer is whoever is signed in; here a fixed one (`Config.owner_id`), set on the
+server because a browser must never choose whose accounts it links.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import orjson
+from aiohttp import web
+from google.protobuf import empty_pb2, json_format
+from google.protobuf.message import Message
+
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+
+HERE = Path(__file__).parent
+HUB_SCRIPT = HERE / "node_modules" / "@stackone" / "hub" / "dist" / "webcomponent.js"
+STACKONE_API = "https://api.stackone.com"
+
+# What an account's status means for the customer who just linked it.
+STATUS_MEANINGS = {
+    "ACCOUNT_STATUS_ACTIVE": "Linked and working: StackOne can read this account.",
+    "ACCOUNT_STATUS_ERROR": "Linked, but StackOne cannot use it yet. Usually the credentials "
+    "lack a permission at the provider: fix it there and link again.",
+    "ACCOUNT_STATUS_INACTIVE": "Unlinked: link it again to use it.",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Where the service and the Hub's API are, and who the signed-in customer is."""
+
+    grpc_target: str = "127.0.0.1:50051"
+    grpc_token: str | None = None
+    hub_base_url: str = "http://127.0.0.1:8090"
+    owner_id: str = "acme"
+    owner_name: str = "Acme Inc"
+    categories: tuple[str, ...] = ("hris",)
+
+    @classmethod
+    def from_environment(cls) -> Config:
+        """The service's own variables: its address and token as its CLI reads them, and
+        StackOne (with an API key) or else the bundled emulator for the Hub."""
+        env = os.environ
+        if env.get("STACKONE_CONNECT_API_KEY"):
+            hub_base_url = env.get("STACKONE_CONNECT_BASE_URL", STACKONE_API)
+        else:
+            emulator = env.get("STACKONE_CONNECT_EMULATOR_ADDRESS", "127.0.0.1:8090")
+            hub_base_url = f"http://{emulator}"
+        return cls(
+            grpc_target=env.get("STACKONE_CONNECT_TARGET", cls.grpc_target),
+            grpc_token=env.get("STACKONE_CONNECT_TOKEN") or None,
+            hub_base_url=env.get("EXAMPLE_HUB_BASE_URL", hub_base_url),
+        )
+
+
+CONFIG = web.AppKey("config", Config)
+STUB: web.AppKey[pb_grpc.ConnectServiceAsyncStub] = web.AppKey("stub")
+
+
+def _as_json(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
+    token = request.app[CONFIG].grpc_token
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    """The page."""
+    return web.FileResponse(HERE / "static" / "index.html")
+
+
+async def hub_script(request: web.Request) -> web.StreamResponse:
+    """The Hub's web component, served by the app itself (no CDN)."""
+    if not HUB_SCRIPT.exists():
+        raise web.HTTPServiceUnavailable(text="The Hub is not installed: run `make install`.")
+    return web.FileResponse(HUB_SCRIPT, headers={"content-type": "text/javascript"})
+
+
+async def connect_session(request: web.Request) -> web.Response:
+    """A fresh session for the signed-in customer: the Hub's token and an Auth Link."""
+    config = request.app[CONFIG]
+    try:
+        session = await request.app[STUB].CreateSession(
+            pb.CreateSessionRequest(
+                origin_owner_id=config.owner_id,
+                origin_owner_name=config.owner_name,
+                categories=config.categories,
+            ),
+            metadata=_metadata(request),
+            timeout=10,
+        )
+    except grpc.aio.AioRpcError as error:
+        return web.json_response({"error": error.details()}, status=502)
+    return web.json_response(
+        {
+            "token": session.token,
+            "auth_link_url": session.auth_link_url,
+            "expires_at": session.expires_at.ToJsonString(),
+            "hub_base_url": config.hub_base_url,
+        }
+    )
+
+
+async def account(request: web.Request) -> web.Response:
+    """The account as StackOne reports it now, with what its status means."""
+    try:
+        found = await request.app[STUB].GetAccount(
+            pb.GetAccountRequest(account_id=request.match_info["account_id"]),
+            metadata=_metadata(request),
+            timeout=10,
+        )
+    except grpc.aio.AioRpcError as error:
+        not_found = error.code() == grpc.StatusCode.NOT_FOUND
+        return web.json_response({"error": error.details()}, status=404 if not_found else 502)
+    if found.origin_owner_id != request.app[CONFIG].owner_id:
+        return web.json_response({"error": "not one of your accounts"}, status=404)
+    status = pb.AccountStatus.Name(found.status)
+    meaning = STATUS_MEANINGS.get(status, f"StackOne reports '{found.raw_status}'.")
+    return web.json_response({"account": _as_json(found), "meaning": meaning})
+
+
+def _server_sent(event: str, data: object = None, cursor: str | None = None) -> bytes:
+    """One server-sent event. Its id is the stream's cursor, which a reconnecting
+    EventSource sends back as Last-Event-ID: the stream then resumes after it."""
+    lines = f"event: {event}\ndata: {orjson.dumps(data).decode()}\n"
+    if cursor is not None:
+        lines = f"id: {cursor}\n{lines}"
+    return (lines + "\n").encode()
+
+
+def _stream_request(request: web.Request) -> pb.StreamAccountEventsRequest:
+    owner = request.app[CONFIG].owner_id
+    if after := request.headers.get("last-event-id"):
+        return pb.StreamAccountEventsRequest(origin_owner_ids=[owner], after_cursor=after)
+    return pb.StreamAccountEventsRequest(origin_owner_ids=[owner], from_now=empty_pb2.Empty())
+
+
+async def _follow(
+    stream: AsyncIterable[pb.StreamAccountEventsResponse], response: web.StreamResponse
+) -> None:
+    async for message in stream:
+        item = message.WhichOneof("item")
+        if item == "bookmark":
+            # The cursor read up to; the first one says the stream is attached.
+            await response.write(_server_sent("bookmark", cursor=message.bookmark.cursor))
+            continue
+        for event in message.events.events if item == "events" else [message.event]:
+            await response.write(_server_sent("account", _as_json(event), event.cursor))
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """The customer's account events, live, as server-sent events."""
+    response = web.StreamResponse(
+        headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
+    )
+    await response.prepare(request)
+    stream = request.app[STUB].StreamAccountEvents(
+        _stream_request(request), metadata=_metadata(request)
+    )
+    try:
+        await _follow(stream, response)
+        # The service ended the stream (it is stopping): the page's EventSource reconnects
+        # by itself with Last-Event-ID and resumes after it.
+    except grpc.aio.AioRpcError as error:
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(_server_sent("failed", {"error": error.details()}))
+    except ConnectionResetError:
+        pass  # the page went away
+    finally:
+        stream.cancel()
+    return response
+
+
+async def _grpc_channel(app: web.Application) -> AsyncIterator[None]:
+    async with grpc.aio.insecure_channel(app[CONFIG].grpc_target) as channel:
+        app[STUB] = pb_grpc.ConnectServiceStub(channel)
+        yield
+
+
+def build_app(config: Config) -> web.Application:
+    """The example app's backend. Run it with `handler_cancellation=True`, so that an event
+    stream ends as soon as its page goes away."""
+    app = web.Application()
+    app[CONFIG] = config
+    app.cleanup_ctx.append(_grpc_channel)
+    app.router.add_get("/", index)
+    app.router.add_get("/vendor/stackone-hub.js", hub_script)
+    app.router.add_static("/static", HERE / "static")
+    app.router.add_post("/api/connect-session", connect_session)
+    app.router.add_get("/api/accounts/{account_id}", account)
+    app.router.add_get("/api/events", events)
+    return app

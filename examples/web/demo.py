@@ -1,0 +1,80 @@
+"""`make demo`: the service (with the bundled emulator unless an API key is set) and the
+example app, until Ctrl-C. The service's log goes to var/demo-serve.log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from aiohttp import web
+
+from examples.web.app import Config, build_app
+
+READY = "stackone-connect serving"
+LOG_PATH = Path("var/demo-serve.log")
+
+
+async def _relay(stderr: asyncio.StreamReader, log: IO[bytes], ready: asyncio.Future[Any]) -> None:
+    """Copies the service's log to `log`; resolves `ready` with its readiness line."""
+    emulator_url = None
+    while line := await stderr.readline():
+        log.write(line)
+        log.flush()
+        with contextlib.suppress(orjson.JSONDecodeError):
+            entry = orjson.loads(line)
+            if isinstance(entry, dict):
+                emulator_url = entry.get("emulator_url", emulator_url)
+                if str(entry.get("message", "")).startswith(READY) and not ready.done():
+                    ready.set_result({**entry, "emulator_url": emulator_url})
+    if not ready.done():
+        ready.set_exception(RuntimeError(f"the service stopped: see {LOG_PATH}"))
+
+
+async def main(log: IO[bytes]) -> None:
+    """Starts both, prints the URL to open, and stops both on Ctrl-C."""
+    serve = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.cli", "serve", stderr=asyncio.subprocess.PIPE
+    )
+    if serve.stderr is None:
+        raise RuntimeError("the service's stderr is not piped")
+    runner: web.AppRunner | None = None
+    ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    relay = asyncio.create_task(_relay(serve.stderr, log, ready))
+    try:
+        service = await asyncio.wait_for(ready, timeout=60)
+        config = Config.from_environment()
+        config = replace(
+            config,
+            grpc_target=service["grpc_target"],
+            hub_base_url=service["emulator_url"] or config.hub_base_url,
+        )
+        host, _, port = os.environ.get("EXAMPLE_ADDRESS", "127.0.0.1:8000").rpartition(":")
+        runner = web.AppRunner(build_app(config), handler_cancellation=True, shutdown_timeout=1)
+        await runner.setup()
+        await web.TCPSite(runner, host, int(port)).start()
+        print(
+            f"\nOpen http://{host}:{port}/ in a browser.\n"
+            f"  service: gRPC {service['grpc_target']}, webhooks {service['gateway_url']}\n"
+            f"  the Hub talks to: {config.hub_base_url}\n"
+            f"  service log: {LOG_PATH}\nCtrl-C stops everything.",
+            flush=True,
+        )
+        await relay
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        if serve.returncode is None:
+            serve.terminate()
+        await serve.wait()
+
+
+if __name__ == "__main__":
+    LOG_PATH.parent.mkdir(exist_ok=True)
+    with LOG_PATH.open("ab") as service_log, contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main(service_log))

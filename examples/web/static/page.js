@@ -1,0 +1,114 @@
+// The page: renders StackOne's Hub with a fresh session token, verifies each new account
+// with the backend, and lists the customer's account events as they arrive.
+const accountBox = document.querySelector('#account');
+
+async function newSession() {
+  const response = await fetch('/api/connect-session', { method: 'POST' });
+  const body = await response.json();
+  if (!response.ok) throw new Error(`No connect session: ${body.error}`);
+  return body;
+}
+
+// A token is for one Hub: every Hub gets a fresh one.
+async function showHub() {
+  const session = await newSession();
+  const hub = document.createElement('stackone-hub');
+  hub.setAttribute('token', session.token);
+  hub.setAttribute('base-url', session.hub_base_url);
+  hub.setAttribute('height', '440px');
+  hub.addEventListener('success', (event) => verify(event.detail.id, 'success'));
+  hub.addEventListener('close', reporting(showHub, '#hub-slot'));
+  document.querySelector('#hub-slot').replaceChildren(hub);
+}
+
+async function createAuthLink() {
+  document.querySelector('#link-error').textContent = '';
+  const session = await newSession();
+  const link = document.querySelector('#auth-link');
+  link.href = session.auth_link_url;
+  document.querySelector('#link-expiry').textContent = `(valid until ${session.expires_at})`;
+  document.querySelector('#link-slot').hidden = false;
+}
+
+function line(label, value) {
+  const row = document.createElement('div');
+  row.append(`${label}: `, value);
+  return row;
+}
+
+const LEARNED_FROM = {
+  success: "the Hub's success event",
+  event: 'its account.created event (an Auth Link has no callback)',
+};
+
+// The Hub's success only says an account was linked; StackOne's account says whether it works.
+async function verify(accountId, learnedFrom) {
+  accountBox.dataset.accountId = accountId;
+  accountBox.dataset.learnedFrom = learnedFrom;
+  accountBox.dataset.state = 'verifying';
+  accountBox.textContent = `Verifying account ${accountId}…`;
+  const response = await fetch(`/api/accounts/${encodeURIComponent(accountId)}`);
+  const body = await response.json();
+  if (!response.ok) {
+    accountBox.dataset.state = 'failed';
+    accountBox.textContent = `Could not verify account ${accountId}: ${body.error}`;
+    return;
+  }
+  const { account, meaning } = body;
+  const status = document.createElement('span');
+  status.className = 'status';
+  status.textContent = account.raw_status;
+  accountBox.dataset.state = 'verified';
+  accountBox.dataset.status = account.raw_status;
+  accountBox.replaceChildren(
+    line('Status', status), line('Account', account.id), line('Provider', account.provider),
+    line('Customer', `${account.origin_owner_name} (${account.origin_owner_id})`),
+    line('What it means', meaning), line('Learned from', LEARNED_FROM[learnedFrom]),
+  );
+  for (const reason of account.status_reasons ?? []) {
+    accountBox.append(line(`Reason ${reason.code}`, reason.description));
+  }
+}
+
+// Live events from the backend; EventSource resumes after the last id by itself.
+function followEvents() {
+  const state = document.querySelector('#events-state');
+  const source = new EventSource('/api/events');
+  source.addEventListener('bookmark', () => {
+    state.dataset.state = 'live';
+    state.textContent = 'live';
+  });
+  source.addEventListener('account', (message) => {
+    const event = JSON.parse(message.data);
+    const { account } = event;
+    const item = document.createElement('li');
+    item.dataset.type = event.type;
+    item.dataset.accountId = account.id;
+    item.textContent = `${event.type}  ${account.provider}  ${account.id}  ` +
+      `${account.raw_status ?? ''}  ${(event.verification ?? '').replace('VERIFICATION_', '').toLowerCase()}`;
+    document.querySelector('#events').append(item);
+    // An Auth Link has no success callback: the event is how the app learns of the account.
+    if (event.type === 'account.created' && accountBox.dataset.accountId !== account.id) {
+      verify(account.id, 'event');
+    }
+  });
+  source.addEventListener('failed', (message) => {
+    state.dataset.state = 'failed';
+    state.textContent = JSON.parse(message.data).error;
+  });
+  source.onerror = () => {
+    state.dataset.state = 'reconnecting';
+    state.textContent = 'reconnecting…';
+  };
+}
+
+// Shows why a step failed (e.g. the service is down) where its result would have been.
+function reporting(step, where) {
+  return () => step().catch((error) => { document.querySelector(where).textContent = error.message; });
+}
+
+document.querySelector('#new-hub').addEventListener('click', reporting(showHub, '#hub-slot'));
+document.querySelector('#create-link')
+  .addEventListener('click', reporting(createAuthLink, '#link-error'));
+followEvents();
+reporting(showHub, '#hub-slot')();

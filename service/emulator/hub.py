@@ -1,0 +1,523 @@
+"""The endpoints StackOne's Hub calls, so the real `<stackone-hub>` runs against the emulator.
+
+It follows `@stackone/hub` 1.11.4 (`HUB_VERSION`): the requests and response shapes are
+those its `dist/webcomponent.js` makes and reads (the same as `queries.ts` and `types.ts`
+in StackOne's public `hub` repository). The Hub sends the connect session token in
+`x-hub-session-token`; no API key is involved.
+
+    GET    /hub/settings                    {"enabled_features": [], "existing_account_id"?}
+    GET    /hub/connectors[?provider=]      {"integrations": [...]}: the session's
+                                            categories and provider filter them
+    GET    /hub/connectors/{integration_id} {"config": form, "hub_settings": {...}}
+    POST   /hub/accounts                    {"integration_id", "credentials"}: links the
+                                            session's account (the emulator's linking rules)
+    GET    /hub/accounts/{id}               the session's account, to re-open it
+    PATCH  /hub/accounts/{id}               re-links the session's account
+    POST   /hub/connection_attempts         an OAuth attempt; GET/DELETE .../{id}
+    GET    /connect/oauth2/{integration_id} the OAuth pop-up: OAuth needs the provider's own
+                                            site, so the attempt fails with an explanation
+    GET    /emulator/logos/{provider}.svg   logos, so the Hub loads nothing from elsewhere
+
+Credentials are checked as an emulated provider would: a required field left out is
+refused, and so is a secret (an API key) that is blank or starts with `wrong`, with the
+provider's answer in `provider_response`, which the Hub shows in its error state. A secret
+that starts with `limited` links the account in status `error`, with a reason: the key
+works but lacks a permission, as StackOne reports such accounts.
+
+CORS: the Hub runs on the app's origin and calls these endpoints cross-origin. They answer
+as a NestJS API with default CORS does (StackOne's errors are NestJS-shaped): any origin,
+preflights answered 204 with the requested headers allowed. StackOne's API-key endpoints
+are CORS-protected (the Hub's README says so of `/connect_sessions`), so only `/hub/`
+answers CORS here.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from service.emulator.accounts import AccountNotFound, LinkError, iso, link_account, now
+from service.emulator.app import (
+    EMULATOR_STATE,
+    Handler,
+    _live_session,
+    stackone_error,
+)
+
+HUB_VERSION = "1.11.4"
+SESSION_HEADER = "x-hub-session-token"
+_CORS_METHODS = "GET,HEAD,PUT,PATCH,POST,DELETE"
+_INTEGRATION_IDS = uuid.UUID("6f1d2c3e-5b7a-4c1e-9d2f-0a8b7c6d5e4f")
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One field of a connector's credential form, as the Hub renders it."""
+
+    key: str
+    label: str
+    secret: bool = False
+    placeholder: str = ""
+    description: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        """The field in the Hub's `ConnectorConfigField` shape."""
+        return {
+            "key": self.key,
+            "label": self.label,
+            "type": "password" if self.secret else "text",
+            "required": True,
+            "readOnly": False,
+            "secret": self.secret,
+            "placeholder": self.placeholder,
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True)
+class Connector:
+    """An emulated provider: a credential form, or OAuth (which needs the real StackOne)."""
+
+    key: str
+    name: str
+    category: str
+    color: str
+    fields: tuple[FormField, ...] = ()
+
+    @property
+    def integration_id(self) -> str:
+        """A stable UUID, as StackOne's integration ids are."""
+        return str(uuid.uuid5(_INTEGRATION_IDS, self.key))
+
+    @property
+    def oauth(self) -> bool:
+        """True when the provider signs in with OAuth rather than a form."""
+        return not self.fields
+
+    def integration(self, base_url: str) -> dict[str, Any]:
+        """The connector in the Hub's `Integration` shape (an entry of the list)."""
+        return {
+            "active": True,
+            "name": self.name,
+            "provider": self.key,
+            "type": self.category,
+            "version": "1.0.0",
+            "authentication_config_key": "oauth2" if self.oauth else "api_key",
+            "environment": "production",
+            "integration_id": self.integration_id,
+            "logo_url": _logo_url(base_url, self.key),
+        }
+
+    def config(self, base_url: str) -> dict[str, Any]:
+        """The connector's form in the Hub's `FalconConnectorConfig` shape."""
+        notices = []
+        if self.oauth:
+            notices.append(
+                {
+                    "key": "emulator-oauth",
+                    "type": "warning",
+                    "description": f"{self.name} signs in with OAuth on its own site, which "
+                    "the StackOne emulator cannot reach. Set STACKONE_CONNECT_API_KEY to link "
+                    "it through the real StackOne.",
+                }
+            )
+        return {
+            "key": self.key,
+            "name": self.name,
+            "type": "oauth2" if self.oauth else "custom",
+            **({"grantType": "authorization_code"} if self.oauth else {}),
+            "configFields": [form_field.as_json() for form_field in self.fields],
+            "configNotices": notices,
+            "assets": {"icon": _logo_url(base_url, self.key)},
+            "support": {"link": None, "description": None},
+        }
+
+
+def _api_key_field(description: str) -> FormField:
+    return FormField("api_key", "API Key", secret=True, description=description)
+
+
+CONNECTORS: tuple[Connector, ...] = (
+    Connector(
+        "bamboohr",
+        "BambooHR",
+        "hris",
+        "#73c41d",
+        (
+            FormField(
+                "subdomain",
+                "Subdomain",
+                placeholder="acme",
+                description="The part before .bamboohr.com in your BambooHR address.",
+            ),
+            _api_key_field("In BambooHR: your name → API Keys → Add New Key."),
+        ),
+    ),
+    Connector(
+        "hibob",
+        "HiBob",
+        "hris",
+        "#e8336d",
+        (
+            FormField("service_user_id", "Service User ID"),
+            FormField("service_user_token", "Service User Token", secret=True),
+        ),
+    ),
+    Connector(
+        "personio",
+        "Personio",
+        "hris",
+        "#1f2a44",
+        (
+            FormField("client_id", "Client ID"),
+            FormField("client_secret", "Client Secret", secret=True),
+        ),
+    ),
+    Connector(
+        "greenhouse",
+        "Greenhouse",
+        "ats",
+        "#24a47f",
+        (_api_key_field("A Harvest API key with access to candidates and jobs."),),
+    ),
+    Connector("lever", "Lever", "ats", "#2f3a4a"),
+    Connector("hubspot", "HubSpot", "crm", "#ff7a59"),
+)
+_BY_KEY = {connector.key: connector for connector in CONNECTORS}
+
+
+def _generic_connector(key: str, category: str) -> Connector:
+    """A provider the catalogue lacks, named by a session: a plain API-key form."""
+    name = key.replace("_", " ").title()
+    return Connector(key, name, category, "#5b6b7f", (_api_key_field(f"Your {name} API key."),))
+
+
+@dataclass
+class HubState:
+    """What the Hub's endpoints keep besides the emulator's accounts."""
+
+    # OAuth connection attempts by id: the token that made it, status, account, error.
+    attempts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Non-secret credentials of accounts linked through the Hub, shown when re-opened.
+    setup_information: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+HUB_STATE = web.AppKey("hub_state", HubState)
+SessionHandler = Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
+
+
+def _base_url(request: web.Request) -> str:
+    configured = request.app[EMULATOR_STATE].config.public_base_url
+    return configured or f"{request.scheme}://{request.host}"
+
+
+def _logo_url(base_url: str, key: str) -> str:
+    return f"{base_url}/emulator/logos/{key}.svg"
+
+
+def _with_session(handler: SessionHandler) -> Handler:
+    """Authenticates a Hub request by its session token, as StackOne does (401 without)."""
+
+    @functools.wraps(handler)
+    async def authenticated(request: web.Request) -> web.StreamResponse:
+        state = request.app[EMULATOR_STATE]
+        session = _live_session(state, request.headers.get(SESSION_HEADER))
+        if session is None:
+            return stackone_error(401, "Invalid or expired connect session token")
+        return await handler(request, session)
+
+    return authenticated
+
+
+def offered_connectors(session: dict[str, Any], provider: str | None = None) -> list[Connector]:
+    """The connectors a session may link: its categories and provider filter them; a
+    provider the catalogue lacks gets a generic API-key form."""
+    categories = set(session.get("categories") or [])
+    wanted = {name for name in (session.get("provider"), provider) if name}
+    category = min(categories, default="hris")
+    unknown = [_generic_connector(key, category) for key in wanted - _BY_KEY.keys()]
+    catalogue = [*CONNECTORS, *unknown]
+    return [
+        connector
+        for connector in catalogue
+        if (not categories or connector.category in categories)
+        and all(connector.key == name for name in wanted)
+    ]
+
+
+def _connector(session: dict[str, Any], integration_id: object) -> Connector | None:
+    return next(
+        (c for c in offered_connectors(session) if c.integration_id == integration_id), None
+    )
+
+
+def _refusal(connector: Connector, credentials: dict[str, Any]) -> web.Response | None:
+    """The emulated provider's answer to credentials it does not accept, or None."""
+    for form_field in connector.fields:
+        value = credentials.get(form_field.key)
+        if not isinstance(value, str) or not value:
+            return stackone_error(400, f"{form_field.label} is required")
+        if form_field.secret and (not value.strip() or value.startswith("wrong")):
+            answer = {"status": 401, "error": "Unauthorized", "message": "Invalid API key"}
+            # The Hub reads `message` as JSON holding the message and the provider's answer.
+            detail = {
+                "message": f"{connector.name} refused the credentials: check the "
+                f"{form_field.label} and try again",
+                "provider_response": orjson.dumps(answer).decode(),
+            }
+            return stackone_error(400, orjson.dumps(detail).decode())
+    return None
+
+
+def _outcome(connector: Connector, credentials: dict[str, Any]) -> dict[str, Any]:
+    """The status the account gets with accepted credentials."""
+    secrets_given = [credentials[f.key] for f in connector.fields if f.secret]
+    if any(value.startswith("limited") for value in secrets_given):
+        reason = {
+            "code": "insufficient_permissions",
+            "description": f"The {connector.name} credentials cannot read employees: "
+            "grant that permission at the provider, then link again.",
+            "timestamp": iso(now()),
+        }
+        return {"status": "error", "status_reasons": [reason]}
+    return {"status": "active", "status_reasons": None}
+
+
+async def _credentials_body(request: web.Request) -> tuple[object, dict[str, Any]] | None:
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    credentials = body.get("credentials") if isinstance(body, dict) else None
+    if not isinstance(credentials, dict):
+        return None
+    return body.get("integration_id"), credentials
+
+
+async def _link(request: web.Request, session: dict[str, Any]) -> web.Response:
+    """Checks the form the Hub submitted and links the account."""
+    parsed = await _credentials_body(request)
+    if parsed is None:
+        return stackone_error(400, "Expected {integration_id, credentials}")
+    integration_id, credentials = parsed
+    connector = _connector(session, integration_id)
+    if connector is None or connector.oauth:
+        return stackone_error(400, "This session cannot link that integration with a form")
+    if (refusal := _refusal(connector, credentials)) is not None:
+        return refusal
+    outcome = _outcome(connector, credentials)
+    try:
+        # The emulator's one set of linking rules: a re-connect or re-link re-opens the
+        # existing account (account.updated), anything else creates one (account.created).
+        account, created = link_account(
+            request.app[EMULATOR_STATE],
+            session,
+            connector.key,
+            status=outcome["status"],
+            reasons=outcome["status_reasons"],
+        )
+    except AccountNotFound as error:
+        return stackone_error(404, str(error))
+    except LinkError as error:
+        return stackone_error(400, str(error))
+    secret_keys = {f.key for f in connector.fields if f.secret}
+    request.app[HUB_STATE].setup_information[account["id"]] = {
+        key: value for key, value in credentials.items() if key not in secret_keys
+    }
+    answer = {"id": account["id"], "provider": account["provider"]}
+    return web.json_response(answer, status=201 if created else 200)
+
+
+@_with_session
+async def settings(request: web.Request, session: dict[str, Any]) -> web.Response:
+    """GET /hub/settings: feature flags, and the account a re-connect session re-opens."""
+    answer: dict[str, Any] = {"enabled_features": []}
+    if session.get("account_id"):
+        answer["existing_account_id"] = session["account_id"]
+    return web.json_response(answer)
+
+
+@_with_session
+async def connectors(request: web.Request, session: dict[str, Any]) -> web.Response:
+    """GET /hub/connectors: the integrations the session offers."""
+    offered = offered_connectors(session, request.query.get("provider"))
+    base_url = _base_url(request)
+    return web.json_response({"integrations": [c.integration(base_url) for c in offered]})
+
+
+@_with_session
+async def connector_config(request: web.Request, session: dict[str, Any]) -> web.Response:
+    """GET /hub/connectors/{integration_id}: the connector's form."""
+    connector = _connector(session, request.match_info["integration_id"])
+    if connector is None:
+        return stackone_error(404, "Integration not found")
+    hub_settings: dict[str, Any] = {"configured_webhook_events": {}, "project_settings": {}}
+    return web.json_response(
+        {"config": connector.config(_base_url(request)), "hub_settings": hub_settings}
+    )
+
+
+@_with_session
+async def create_account(request: web.Request, session: dict[str, Any]) -> web.Response:
+    """POST /hub/accounts: links the account with the submitted credentials."""
+    return await _link(request, session)
+
+
+def _own_account(request: web.Request, session: dict[str, Any]) -> dict[str, Any] | None:
+    """The path's account when it is the one the session re-opens (a session sees no other)."""
+    account_id = request.match_info["account_id"]
+    if account_id != session.get("account_id"):
+        return None
+    return request.app[EMULATOR_STATE].accounts.get(account_id)
+
+
+@_with_session
+async def account_data(request: web.Request, session: dict[str, Any]) -> web.Response:
+    """GET /hub/accounts/{id}: the account a re-connect session re-opens, without secrets."""
+    account = _own_account(request, session)
+    if account is None:
+        return stackone_error(404, f"Account {request.match_info['account_id']} not found")
+    connector = offered_connectors(session, account["provider"])
+    integration_id = connector[0].integration_id if connector else None
+    return web.json_response(
+        {
+            "secureId": account["id"],
+            "provider": account["provider"],
+            "setupInformation": request.app[HUB_STATE].setup_information.get(account["id"], {}),
+            "version": "1.0.0",
+            "environment": "production",
+            "integrationId": integration_id,
+        }
+    )
+
+
+@_with_session
+async def update_account(request: web.Request, session: dict[str, Any]) -> web.Response:
+    """PATCH /hub/accounts/{id}: re-links the session's account with new credentials."""
+    if _own_account(request, session) is None:
+        return stackone_error(404, f"Account {request.match_info['account_id']} not found")
+    return await _link(request, session)
+
+
+@_with_session
+async def create_attempt(request: web.Request, session: dict[str, Any]) -> web.Response:
+    """POST /hub/connection_attempts: an OAuth attempt the Hub then polls."""
+    attempt_id = "ca_" + secrets.token_urlsafe(12)
+    request.app[HUB_STATE].attempts[attempt_id] = {
+        "token": session["token"],
+        "status": "pending",
+        "account": None,
+        "error": None,
+    }
+    return web.json_response({"id": attempt_id}, status=201)
+
+
+def _attempt(request: web.Request, session: dict[str, Any]) -> dict[str, Any] | None:
+    attempt = request.app[HUB_STATE].attempts.get(request.match_info["attempt_id"])
+    return attempt if attempt is not None and attempt["token"] == session["token"] else None
+
+
+@_with_session
+async def poll_attempt(request: web.Request, session: dict[str, Any]) -> web.Response:
+    """GET /hub/connection_attempts/{id}: pending, authenticated, error, cancelled."""
+    attempt = _attempt(request, session)
+    if attempt is None:
+        return stackone_error(404, "Connection attempt not found")
+    return web.json_response({k: attempt[k] for k in ("status", "account", "error")})
+
+
+@_with_session
+async def cancel_attempt(request: web.Request, session: dict[str, Any]) -> web.Response:
+    """DELETE /hub/connection_attempts/{id}."""
+    attempt = _attempt(request, session)
+    if attempt is None:
+        return stackone_error(404, "Connection attempt not found")
+    if attempt["status"] == "pending":
+        attempt["status"] = "cancelled"
+    return web.Response(status=204)
+
+
+async def oauth_popup(request: web.Request) -> web.Response:
+    """GET /connect/oauth2/{integration_id}: where the Hub sends OAuth sign-ins. The
+    emulator cannot reach the provider, so it says so and fails the attempt."""
+    state = request.app[EMULATOR_STATE]
+    session = _live_session(state, request.query.get("token"))
+    connector = None if session is None else _connector(session, request.match_info["id"])
+    if session is None or connector is None:
+        return web.Response(status=404, text="This sign-in link has expired or does not exist.")
+    explanation = (
+        f"{connector.name} signs in with OAuth on its own site, which the StackOne emulator "
+        "cannot reach. Set STACKONE_CONNECT_API_KEY to link it through the real StackOne."
+    )
+    attempt = request.app[HUB_STATE].attempts.get(request.query.get("connection_attempt_id", ""))
+    if attempt is not None and attempt["token"] == session["token"]:
+        attempt["status"] = "error"
+        attempt["error"] = {"code": "OAuth needs the real StackOne", "description": explanation}
+    page = f"""<!doctype html><title>StackOne emulator</title>
+<h1>{html.escape(connector.name)}: OAuth is not emulated</h1><p>{html.escape(explanation)}</p>
+<button onclick="window.close()">Close</button>"""
+    return web.Response(text=page, content_type="text/html")
+
+
+async def logo(request: web.Request) -> web.Response:
+    """GET /emulator/logos/{provider}.svg: a coloured tile with the provider's initial."""
+    key = request.match_info["provider"]
+    connector = _BY_KEY.get(key) or _generic_connector(key, "hris")
+    svg = (
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24">'
+        f'<rect width="24" height="24" rx="5" fill="{connector.color}"/>'
+        '<text x="12" y="17" font-family="sans-serif" font-size="14" font-weight="bold" '
+        f'fill="#fff" text-anchor="middle">{html.escape(connector.name[:1])}</text></svg>'
+    )
+    return web.Response(
+        text=svg, content_type="image/svg+xml", headers={"cache-control": "max-age=3600"}
+    )
+
+
+@web.middleware
+async def hub_cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS on the Hub's endpoints: preflights answered here, every answer readable."""
+    if not request.path.startswith("/hub/"):
+        return await handler(request)
+    if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
+        headers = {
+            "access-control-allow-origin": "*",
+            "access-control-allow-methods": _CORS_METHODS,
+            "vary": "Access-Control-Request-Headers",
+        }
+        if requested := request.headers.get("access-control-request-headers"):
+            headers["access-control-allow-headers"] = requested
+        return web.Response(status=204, headers=headers)
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:
+        error.headers["access-control-allow-origin"] = "*"
+        raise
+    response.headers["access-control-allow-origin"] = "*"
+    return response
+
+
+def add_hub(app: web.Application) -> None:
+    """Adds the Hub's endpoints and their CORS to the emulator `app`."""
+    app[HUB_STATE] = HubState()
+    # Outermost, so the emulator's own answers (429s, faults) are readable cross-origin too.
+    app.middlewares.insert(0, hub_cors)
+    app.router.add_get("/hub/settings", settings)
+    app.router.add_get("/hub/connectors", connectors)
+    app.router.add_get("/hub/connectors/{integration_id}", connector_config)
+    app.router.add_post("/hub/accounts", create_account)
+    app.router.add_get("/hub/accounts/{account_id}", account_data)
+    app.router.add_patch("/hub/accounts/{account_id}", update_account)
+    app.router.add_post("/hub/connection_attempts", create_attempt)
+    app.router.add_get("/hub/connection_attempts/{attempt_id}", poll_attempt)
+    app.router.add_delete("/hub/connection_attempts/{attempt_id}", cancel_attempt)
+    app.router.add_get("/connect/oauth2/{id}", oauth_popup)
+    app.router.add_get("/emulator/logos/{provider}.svg", logo)

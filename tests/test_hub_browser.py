@@ -1,0 +1,205 @@
+"""The whole linking flow in a real browser: Debian's Chromium (driven by Playwright) opens
+the example app (examples/web), whose page renders StackOne's real `<stackone-hub>`
+against the bundled emulator, and the service behind it verifies and streams.
+
+Every step is screenshotted under the test's tmp_path (`screenshots/NN-step.png`). No
+request may leave loopback: each one elsewhere is refused and fails the test.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from playwright.async_api import Page, Route, async_playwright, expect
+
+from examples.web.app import HUB_SCRIPT, Config, build_app
+from service.emulator import EMULATOR_STATE
+from service.runtime import Runtime
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.browser]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+STEP_TIMEOUT_MS = 10_000
+
+
+@dataclass
+class Browser:
+    """A page in Chromium, what it tried to reach off loopback, and its screenshots."""
+
+    page: Page
+    screenshots: Path
+    outside: list[str] = field(default_factory=list)
+
+    async def shot(self, step: str, page: Page | None = None) -> None:
+        """Saves a screenshot of the step, numbered in order."""
+        number = len(list(self.screenshots.iterdir())) + 1
+        await (page or self.page).screenshot(path=self.screenshots / f"{number:02d}-{step}.png")
+
+    async def keep_on_loopback(self, route: Route) -> None:
+        """Lets loopback requests through; refuses and records any other."""
+        if urlsplit(route.request.url).hostname in {"127.0.0.1", "localhost"}:
+            await route.continue_()
+        else:
+            self.outside.append(route.request.url)
+            await route.abort()
+
+
+@pytest_asyncio.fixture
+async def example_url(service: Runtime) -> AsyncIterator[str]:
+    """The example app, on a free port, backed by the service and its emulator."""
+    assert service.emulator is not None
+    assert HUB_SCRIPT.exists(), "the Hub is not installed: run `make install`"
+    config = Config(grpc_target=service.grpc_target, hub_base_url=service.emulator.base_url)
+    runner = web.AppRunner(build_app(config), handler_cancellation=True, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}/"
+    await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
+    """A fresh Chromium page (Debian's, installed by `make install`)."""
+    assert shutil.which(CHROMIUM), "Chromium is not installed: run `make install`"
+    screenshots = tmp_path / "screenshots"
+    screenshots.mkdir()
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM)
+        context = await chromium.new_context(viewport={"width": 1200, "height": 720})
+        context.set_default_timeout(STEP_TIMEOUT_MS)
+        opened = Browser(await context.new_page(), screenshots)
+        await context.route("**/*", opened.keep_on_loopback)
+        yield opened
+        await chromium.close()
+
+
+def emulator_state(service: Runtime) -> Any:
+    """The emulator's accounts and deliveries, read in-process."""
+    assert service.emulator is not None
+    return service.emulator.runner.app[EMULATOR_STATE]
+
+
+async def open_page(browser: Browser, url: str) -> None:
+    """Opens the page and waits until its event stream is attached."""
+    await browser.page.goto(url)
+    await expect(browser.page.locator("#events-state")).to_have_attribute("data-state", "live")
+
+
+async def choose_bamboohr(browser: Browser, api_key: str) -> None:
+    """Picks BambooHR in the Hub's list and fills its form."""
+    hub = browser.page.locator("stackone-hub")
+    await expect(hub.get_by_text("BambooHR")).to_be_visible()
+    await browser.shot("providers")
+    await hub.get_by_text("BambooHR").click()
+    await hub.get_by_label("Subdomain").fill("acme")
+    await hub.get_by_label("API Key").fill(api_key)
+    await browser.shot("form")
+
+
+async def test_the_hub_links_bamboohr_and_the_page_shows_it_verified_and_its_event(
+    service: Runtime, example_url: str, browser: Browser
+) -> None:
+    """Pick, fill, connect: the Hub's success event carries the new account, the page
+    shows it verified active, and its account.created event arrives on the page."""
+    page = browser.page
+    await open_page(browser, example_url)
+    await choose_bamboohr(browser, "bamboo-key-1")
+    await page.evaluate(
+        """() => { window.hubSuccess = new Promise((resolve) => document
+             .querySelector('stackone-hub')
+             .addEventListener('success', (event) => resolve(event.detail), {once: true})); }"""
+    )
+    await page.locator("stackone-hub").get_by_role("button", name="Connect").click()
+    success = await page.evaluate("() => window.hubSuccess")
+    await expect(page.get_by_text("Connection Successful")).to_be_visible()
+    account = page.locator("#account")
+    await expect(account).to_have_attribute("data-status", "active")
+    await expect(account).to_have_attribute("data-learned-from", "success")
+    await expect(account).to_contain_text(success["id"])
+    await browser.shot("verified")
+    event = page.locator(f'#events li[data-account-id="{success["id"]}"]')
+    await expect(event).to_have_attribute("data-type", "account.created")
+    await expect(event).to_contain_text("verified")
+    await browser.shot("event")
+    linked = emulator_state(service).accounts[success["id"]]
+    assert (success["provider"], linked["origin_owner_id"]) == ("bamboohr", "acme")
+    assert browser.outside == []
+
+
+async def test_an_auth_link_opened_and_completed_shows_the_account_and_its_event(
+    service: Runtime, example_url: str, browser: Browser
+) -> None:
+    """Create an Auth Link, open it, link: the page learns of the account from its event
+    (an Auth Link has no success callback) and shows it verified."""
+    page = browser.page
+    await open_page(browser, example_url)
+    await page.get_by_role("button", name="Create an Auth Link").click()
+    link = page.locator("#auth-link")
+    await expect(link).to_be_visible()
+    await browser.shot("auth-link")
+    async with page.context.expect_page() as opening:
+        await link.click()
+    hosted = await opening.value
+    await expect(hosted.get_by_role("button", name="Link")).to_be_visible()
+    await browser.shot("hosted-page", hosted)
+    await hosted.get_by_role("button", name="Link").click()
+    await expect(hosted.get_by_text("Linked account")).to_be_visible()
+    await browser.shot("hosted-linked", hosted)
+    event = page.locator('#events li[data-type="account.created"]')
+    await expect(event).to_be_visible()
+    account_id = await event.get_attribute("data-account-id")
+    assert account_id in emulator_state(service).accounts
+    await expect(page.locator("#account")).to_have_attribute("data-status", "active")
+    await expect(page.locator("#account")).to_have_attribute("data-learned-from", "event")
+    await expect(page.locator("#account")).to_contain_text(str(account_id))
+    await page.bring_to_front()
+    await browser.shot("event-and-account")
+    assert browser.outside == []
+
+
+async def test_refused_credentials_show_the_hubs_error_and_link_nothing(
+    service: Runtime, example_url: str, browser: Browser
+) -> None:
+    """With the API key empty the Hub keeps Connect disabled; a blank one reaches the
+    emulated provider, which refuses it: the Hub shows its error state, nothing is linked."""
+    page = browser.page
+    await open_page(browser, example_url)
+    await choose_bamboohr(browser, "")
+    connect = page.locator("stackone-hub").get_by_role("button", name="Connect")
+    await expect(connect).to_be_disabled()
+    await page.locator("stackone-hub").get_by_label("API Key").fill("   ")
+    await connect.click()
+    hub = page.locator("stackone-hub")
+    await expect(hub.get_by_text("BambooHR refused the credentials")).to_be_visible()
+    await hub.get_by_role("button", name="Expand").click()  # the provider's answer
+    await expect(hub).to_contain_text("Invalid API key")
+    await browser.shot("refused")
+    assert emulator_state(service).accounts == {}
+    assert await page.locator("#account").get_attribute("data-state") == "none"
+    assert browser.outside == []
+
+
+async def test_an_account_linked_in_error_is_shown_with_its_reason_explained(
+    service: Runtime, example_url: str, browser: Browser
+) -> None:
+    """A key lacking a permission links an account StackOne reports in error: the page
+    shows the status, what it means and the reason."""
+    page = browser.page
+    await open_page(browser, example_url)
+    await choose_bamboohr(browser, "limited-key")
+    await page.locator("stackone-hub").get_by_role("button", name="Connect").click()
+    account = page.locator("#account")
+    await expect(account).to_have_attribute("data-status", "error")
+    await expect(account).to_contain_text("insufficient_permissions")
+    await expect(account).to_contain_text("lack a permission at the provider")
+    await browser.shot("error-explained")
+    assert browser.outside == []
