@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import httpx
 import orjson
+from google.protobuf.struct_pb2 import Struct
 from grpc_status import rpc_status
 
 from gateway.app import WEBHOOK_PATH
@@ -189,3 +190,22 @@ def trailer_bytes(details: str | None, trailers: Any) -> int:
     for key, value in trailers or ():
         size += len(key) + ((len(value) * 4 + 2) // 3 if key.endswith("-bin") else len(value))
     return size
+
+
+def every_field_session(categories: Iterable[str], **metadata: Any) -> pb.CreateSessionRequest:
+    """A CreateSession request with every field set (for the contract and SDK suites)."""
+    values = Struct()
+    values.update(metadata)
+    return pb.CreateSessionRequest(
+        origin_owner_id="tenant-5521",
+        origin_owner_name="Bluefin Logistics",
+        origin_username="it-admin@bluefin.example",
+        provider="hibob",
+        categories=sorted(categories),
+        expires_in=3600,
+        label="Bluefin HR",
+        metadata=values,
+        multiple=True,
+        type="test",
+        provider_version="2",
+    )

@@ -13,14 +13,13 @@ import grpc
 import httpx
 import pytest
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.struct_pb2 import Struct
 from google.rpc import error_details_pb2
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.rpc.validation import CATEGORIES
 from tests.streams import StreamCall, attached, next_event
-from tests.support import details_of
+from tests.support import details_of, every_field_session
 
 pytestmark = pytest.mark.asyncio
 SDK_CATEGORIES = {
@@ -69,22 +68,8 @@ async def test_a_session_with_every_field_goes_to_stackone_and_comes_back_whole(
     stub: pb_grpc.ConnectServiceAsyncStub, emulator_http: httpx.AsyncClient
 ) -> None:
     """Every CreateSession field reaches StackOne; every field StackOne returns reaches us."""
-    metadata = Struct()
-    metadata.update({"plan": "growth", "seats": 40, "regions": ["eu", "us"]})
     session = await stub.CreateSession(
-        pb.CreateSessionRequest(
-            origin_owner_id="tenant-5521",
-            origin_owner_name="Bluefin Logistics",
-            origin_username="it-admin@bluefin.example",
-            provider="hibob",
-            categories=sorted(SDK_CATEGORIES),
-            expires_in=3600,
-            label="Bluefin HR",
-            metadata=metadata,
-            multiple=True,
-            type="test",
-            provider_version="2",
-        )
+        every_field_session(SDK_CATEGORIES, plan="growth", seats=40, regions=["eu", "us"])
     )
     assert await session_body(emulator_http) == {
         "origin_owner_id": "tenant-5521",

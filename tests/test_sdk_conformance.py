@@ -18,7 +18,6 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
-from google.protobuf.struct_pb2 import Struct
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
@@ -27,6 +26,7 @@ from service.rpc.validation import CATEGORIES
 from service.runtime import Runtime
 from service.stackone.client import StackOneClient
 from service.web import ListeningApp, listening
+from tests.support import every_field_session
 
 pytestmark = pytest.mark.asyncio
 SDK_DIR = Path(__file__).parent / "sdk"
@@ -74,23 +74,7 @@ async def test_our_client_sends_what_the_sdk_would_send(
     service: Runtime, stub: pb_grpc.ConnectServiceAsyncStub, emulator_http: httpx.AsyncClient
 ) -> None:
     """Every RPC's StackOne request, with every field set, passes the SDK's schemas."""
-    metadata = Struct()
-    metadata.update({"plan": "growth", "seats": 40})
-    session = await stub.CreateSession(
-        pb.CreateSessionRequest(
-            origin_owner_id="tenant-5521",
-            origin_owner_name="Bluefin Logistics",
-            origin_username="it-admin@bluefin.example",
-            provider="hibob",
-            categories=sorted(CATEGORIES),
-            expires_in=3600,
-            label="Bluefin HR",
-            metadata=metadata,
-            multiple=True,
-            type="test",
-            provider_version="2",
-        )
-    )
+    session = await stub.CreateSession(every_field_session(CATEGORIES, plan="growth", seats=40))
     account_id = (await emulator_http.post("/emulator/link", json={"token": session.token})).json()[
         "id"
     ]
