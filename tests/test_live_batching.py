@@ -10,7 +10,7 @@ import pytest
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
-from service.events.model import EventRecord, StoredEvent
+from service.events.model import EventFilter, EventRecord, StoredEvent
 from service.events.tail import Watermark
 from service.rpc import wire
 from service.runtime import Runtime
@@ -85,21 +85,23 @@ async def test_a_reader_that_keeps_up_gets_each_event_alone_when_recorded(
 
 async def test_streams_sending_the_same_events_send_the_same_bytes() -> None:
     """The frame cache encodes an event once, and hands every stream that sends the same
-    events with the same batching the very same frames."""
+    events with the same batching and filter the very same frames."""
     events = [
         StoredEvent(cursor, f"evt-{cursor}", "account.updated", "a", "hibob", "o", 0.0, b"")
         for cursor in (7, 8, 9)
     ]
     cache = wire.FrameCache()
-    first = cache.frames(events, 100)
-    assert cache.frames(list(events), 100) is first
-    assert cache.frames(events, 2) is not first
+    everything, hibob = EventFilter(), EventFilter.of(providers=["hibob"])
+    first = cache.frames(events, 100, everything)
+    assert cache.frames(list(events), 100, EventFilter()) is first
+    assert cache.frames(events, 2, everything) is not first
+    assert cache.frames(events, 100, hibob) is not first
     assert cache.encoded(events[1]) is cache.encoded(events[1])
     batch = pb.StreamAccountEventsResponse.FromString(first[0])
     assert [event.cursor for event in batch.events.events] == ["7", "8", "9"]
-    assert [pb.StreamAccountEventsResponse.FromString(f).event.cursor for f in cache.frames(
-        events, 1
-    )] == ["7", "8", "9"]  # fmt: skip
+    singles = cache.frames(events, 1, everything)
+    cursors = [pb.StreamAccountEventsResponse.FromString(frame).event.cursor for frame in singles]
+    assert cursors == ["7", "8", "9"]
 
 
 async def test_waits_share_one_timer_and_each_keeps_its_own_timeout() -> None:

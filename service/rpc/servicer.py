@@ -118,7 +118,7 @@ class ConnectServicer:
                     continue
                 self._metrics.delivery_lag_seconds.observe(time.time() - item[0].recorded_at)
                 position = item[-1].cursor
-                for frame in self._frames.frames(item, per_message):
+                for frame in self._frames.frames(item, per_message, event_filter):
                     yield frame
         finally:
             self._metrics.subscribers.dec()

@@ -110,7 +110,9 @@ class FrameCache:
 
     def __init__(self, budget_bytes: int = FRAME_CACHE_BYTES) -> None:
         self._events: _Recent[int, EncodedEvent] = _Recent(budget_bytes // 2)
-        self._frames: _Recent[tuple[int, ...], list[bytes]] = _Recent(budget_bytes // 2)
+        self._frames: _Recent[tuple[int, Hashable, int, int], list[bytes]] = _Recent(
+            budget_bytes // 2
+        )
 
     def encoded(self, event: StoredEvent) -> EncodedEvent:
         """The encoded forms of `event` (a cursor always names the same event)."""
@@ -120,9 +122,17 @@ class FrameCache:
             self._events.put(event.cursor, found, len(found.item))
         return found
 
-    def frames(self, events: Sequence[StoredEvent], per_message: int) -> list[bytes]:
-        """`event_frames` of `events`, made once for every stream that sends them."""
-        key = (per_message, *(event.cursor for event in events))
+    def frames(
+        self, events: Sequence[StoredEvent], per_message: int, chosen_by: Hashable
+    ) -> list[bytes]:
+        """`event_frames` of `events`, made once for every stream that sends them.
+
+        `events` are every event from the first to the last of them that `chosen_by` (a
+        stream's filter) selects, so that the two cursors and it name them: streams that
+        read from the same position with equal filters share frames, and no stream pays
+        for a key as long as its batch.
+        """
+        key = (per_message, chosen_by, events[0].cursor, events[-1].cursor)
         found = self._frames.get(key)
         if found is None:
             found = event_frames(events, per_message, self)
