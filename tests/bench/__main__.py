@@ -323,9 +323,9 @@ async def _latency_run(
     return LatencyRun(service, bare, service.from_recorded(recorded), list(recorded.values()))
 
 
-def _spread(values: list[float], unit: str = "ms") -> str:
+def _spread(values: list[float], unit: str = "ms", digits: int = 1) -> str:
     """Every run's value, for the spread: "8.1 / 9.0 / 12.3 ms"."""
-    return " / ".join(f"{value:,.1f}" for value in values) + f" {unit}"
+    return " / ".join(f"{value:,.{digits}f}" for value in values) + f" {unit}"
 
 
 def _median(values: list[float]) -> float:
@@ -378,7 +378,7 @@ async def bench_latency(
             _median(bare_p99), _median(ratios),
             f"p99 <= {target_ms:g} ms" + (f", {ratio_target}" if ratio_target else ""), met,
             f"p99 per run {_spread(p99)}, p50 {_spread(p50)}; bare p99 {_spread(bare_p99)}; "
-            f"ratio per run {_spread(ratios, 'x')}; {_spread(per_s, 'messages/s')} sent, "
+            f"ratio per run {_spread(ratios, 'x', 2)}; {_spread(per_s, 'messages/s')} sent, "
             f"{_spread(per_message_seen, 'events/message')}; busiest subscriber process CPU "
             f"{max(cpu):.0%}"
             + (f"; {anomalies} incomplete streams or duplicates" if anomalies else ""),
@@ -433,7 +433,7 @@ async def bench_fan_out(workdir: Path, runs: int) -> list[Row]:
             _median(per_stream), "KiB", "bare grpc.aio idle stream, KiB",
             _median(bare_per_stream), _median(ratios), "<= 1.1x bare", _median(ratios) <= 1.1,
             f"per run {_spread(per_stream, 'KiB')}; bare {_spread(bare_per_stream, 'KiB')}; "
-            f"ratio per run {_spread(ratios, 'x')}",
+            f"ratio per run {_spread(ratios, 'x', 2)}",
         ),
     ]  # fmt: skip
 
