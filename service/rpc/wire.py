@@ -44,6 +44,14 @@ _RESPONSE_EVENT_KEY = _key(pb.StreamAccountEventsResponse.DESCRIPTOR, "event")
 _RESPONSE_BATCH_KEY = _key(pb.StreamAccountEventsResponse.DESCRIPTOR, "events")
 
 
+# Both fields are number 1 in today's proto, so one copy of an event serves both.
+_SAME_KEY = _RESPONSE_EVENT_KEY == _BATCH_EVENT_KEY
+CATCH_UP_READ = 64
+"""Events in one read past which a stream is catching up: its events are encoded for it
+alone (streams catching up from the same place share whole batches instead), so a
+replay does not pay for remembering each event, nor push the live ones out."""
+
+
 def _field(key: bytes, payload: bytes) -> bytes:
     return key + _varint(len(payload)) + payload
 
@@ -61,9 +69,7 @@ class EncodedEvent:
 
     def __init__(self, payload: bytes) -> None:
         self.item = _field(_BATCH_EVENT_KEY, payload)
-        # Both fields are number 1 in today's proto, so one copy serves both.
-        same_key = _RESPONSE_EVENT_KEY == _BATCH_EVENT_KEY
-        self.single = self.item if same_key else _field(_RESPONSE_EVENT_KEY, payload)
+        self.single = self.item if _SAME_KEY else _field(_RESPONSE_EVENT_KEY, payload)
 
 
 def batch_frame(items: Sequence[bytes]) -> bytes:
@@ -148,7 +154,10 @@ def event_frames(
 ) -> list[bytes]:
     """Serialized responses for `events`: one per event, or batches of up to `per_message`
     events and `max_bytes` of them (an event larger than that goes alone)."""
-    encoded = [cache.encoded(event) for event in events]
+    if len(events) > CATCH_UP_READ:
+        encoded = [EncodedEvent(event_payload(event)) for event in events]
+    else:
+        encoded = [cache.encoded(event) for event in events]
     if per_message <= 1:
         return [event.single for event in encoded]
     frames: list[bytes] = []
