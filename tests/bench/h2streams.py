@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import cast
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
+_DATA, _HEADERS, _SETTINGS, _PING, _WINDOW_UPDATE = 0, 1, 4, 6, 8
 _END_STREAM, _ACK, _END_HEADERS, _PADDED = 0x1, 0x1, 0x4, 0x8
 _STREAM_WINDOW = 1 << 20  # bytes each call may have in flight, as announced in SETTINGS
 _CONNECTION_WINDOW = 64 << 20
@@ -61,7 +61,7 @@ def _request_headers(authority: str, path: str) -> bytes:
 
 class StreamingCalls(asyncio.Protocol):
     """`count` calls of one server-streaming method with the same request, on one
-    connection. `ended` counts the calls the server ended (trailers or reset)."""
+    connection (a call the server ends simply stops getting messages)."""
 
     def __init__(
         self, authority: str, path: str, request: bytes, count: int, on_message: OnMessage
@@ -74,8 +74,6 @@ class StreamingCalls(asyncio.Protocol):
         self._messages = [bytearray() for _ in range(count)]
         self._consumed = [0] * count
         self._connection_consumed = 0
-        self.ended = 0
-        self.closed = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Sends the preface, our settings, a larger connection window, then every call."""
@@ -113,10 +111,6 @@ class StreamingCalls(asyncio.Protocol):
                 replies.append(_frame(_SETTINGS, _ACK, 0))
             elif kind == _PING and not flags & _ACK:
                 replies.append(_frame(_PING, _ACK, 0, payload))
-            elif (kind == _HEADERS and flags & _END_STREAM) or kind == _RST_STREAM:
-                self.ended += 1
-            elif kind == _GOAWAY:
-                self.ended = self.count
         self._pending = buffer[offset:]
         if replies and self._transport is not None:
             self._transport.write(b"".join(replies))
@@ -127,8 +121,6 @@ class StreamingCalls(asyncio.Protocol):
         index = (stream - 1) // 2
         if flags & _PADDED:
             payload = payload[1 : len(payload) - payload[0]]
-        if flags & _END_STREAM:
-            self.ended += 1
         message = self._messages[index]
         message += payload
         while len(message) >= 5:
@@ -147,11 +139,6 @@ class StreamingCalls(asyncio.Protocol):
             increment = self._connection_consumed.to_bytes(4, "big")
             replies.append(_frame(_WINDOW_UPDATE, 0, 0, increment))
             self._connection_consumed = 0
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Every call is over."""
-        self.ended = self.count
-        self.closed.set()
 
     def close(self) -> None:
         """Closes the connection (which ends every call)."""
