@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -46,6 +47,11 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with running(settings):
+        # Everything built so far lives as long as the process: moved out of the
+        # collector's reach, a full collection no longer walks it (it took ~45 ms, long
+        # enough to be the p99 of sending one event to 1,000 streams).
+        gc.collect()
+        gc.freeze()
         await stop.wait()
 
 

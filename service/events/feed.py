@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,7 +50,89 @@ async def resolve_start(log: EventLog, start: StartPosition) -> int:
     return start.cursor
 
 
-async def follow(
+class Feed:
+    """Matching events after a cursor, forever, in cursor order: an async iterator.
+
+    Each item is either the (non-empty) list of matching events of one read from the log,
+    or a `Bookmark`. The first item is a `Bookmark` of the start position; later, a
+    `Bookmark` with the position read so far comes whenever `bookmark_interval` seconds
+    pass without anything sent, so idle and filtered subscribers can resume exactly and
+    dead connections are noticed. Iteration ends when `stop` is set (followed by
+    `log.stop_waits()`, so that waiting feeds notice at once). Raises `CursorOutOfRange`
+    when retention removes events this feed has not read yet.
+
+    The log is read when the next item is asked for, so everything that matches and is
+    ready then comes in one list (up to `batch_size` read): a subscriber that keeps up
+    gets each event as soon as it is recorded, and one that fell behind gets what it
+    missed together, with no wait added in either case. A class rather than an async
+    generator: one per open stream, and an event loop keeps a weak reference to every
+    live async generator besides its frame.
+    """
+
+    __slots__ = ("_batch_size", "_filter", "_interval", "_last_sent", "_log", "_position",
+                 "_started", "_stop", "_up_to_date")  # fmt: skip
+
+    def __init__(
+        self,
+        log: EventLog,
+        after: int,
+        event_filter: EventFilter,
+        *,
+        bookmark_interval: float,
+        stop: asyncio.Event | None = None,
+        batch_size: int = 256,
+    ) -> None:
+        self._log = log
+        self._position = after
+        self._filter = None if event_filter.is_empty else event_filter
+        self._interval = bookmark_interval
+        self._stop = stop
+        self._batch_size = batch_size
+        self._last_sent = 0.0
+        self._started = False
+        self._up_to_date = False  # the last read found less than a batch: wait first
+
+    def __aiter__(self) -> Feed:
+        return self
+
+    async def __anext__(self) -> list[StoredEvent] | Bookmark:
+        """The next events or bookmark."""
+        if not self._started:
+            # The first message says the stream is attached and where it starts.
+            self._started = True
+            self._last_sent = time.monotonic()
+            return Bookmark(self._position)
+        log = self._log
+        while self._stop is None or not self._stop.is_set():
+            if self._up_to_date:
+                idle_for = time.monotonic() - self._last_sent
+                # No extra task races `stop`: the lifecycle calls `log.stop_waits()` after
+                # setting it, which ends this wait (a task per idle stream costs memory).
+                await log.wait_for_append(self._position, self._interval - idle_for)
+            batch = await log.read(self._position, self._batch_size)
+            bounds = await log.bounds()
+            if self._position < bounds.pruned_through:
+                raise CursorOutOfRange(self._position, bounds)
+            self._up_to_date = len(batch) < self._batch_size
+            event_filter = self._filter
+            matching = (
+                batch if event_filter is None else [e for e in batch if event_filter.matches(e)]
+            )
+            if batch:
+                self._position = batch[-1].cursor
+            if matching:
+                self._last_sent = time.monotonic()
+                return matching
+            if time.monotonic() - self._last_sent >= self._interval:
+                self._last_sent = time.monotonic()
+                return Bookmark(self._position)
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Nothing to release (kept so that a feed closes like an async generator)."""
+
+
+def follow(
     log: EventLog,
     after: int,
     event_filter: EventFilter,
@@ -59,39 +140,9 @@ async def follow(
     bookmark_interval: float,
     stop: asyncio.Event | None = None,
     batch_size: int = 256,
-) -> AsyncGenerator[list[StoredEvent] | Bookmark, None]:
-    """Yields matching events after cursor `after`, forever, in cursor order.
-
-    Events come in lists: the (non-empty) matching events of one read from the log, so a
-    subscriber catching up handles a batch per step. The first item is a `Bookmark` of the
-    start position. Later, a `Bookmark` with the position read so far is yielded whenever
-    `bookmark_interval` seconds pass without anything sent, so idle and filtered
-    subscribers can resume exactly and dead connections are noticed. Ends when `stop` is
-    set (followed by `log.stop_waits()`, so that waiting followers notice at once). Raises
-    `CursorOutOfRange` when retention removes events this follower has not read yet.
-    """
-    position = after
-    match_all = event_filter.is_empty
-    # The first message says the stream is attached and where it starts.
-    yield Bookmark(position)
-    last_sent = time.monotonic()
-    while stop is None or not stop.is_set():
-        batch = await log.read(position, batch_size)
-        bounds = await log.bounds()
-        if position < bounds.pruned_through:
-            raise CursorOutOfRange(position, bounds)
-        matching = batch if match_all else [e for e in batch if event_filter.matches(e)]
-        if batch:
-            position = batch[-1].cursor
-        if matching:
-            yield matching
-            last_sent = time.monotonic()
-        idle_for = time.monotonic() - last_sent
-        if idle_for >= bookmark_interval:
-            yield Bookmark(position)
-            last_sent = time.monotonic()
-            idle_for = 0.0
-        if len(batch) < batch_size:
-            # No extra task races `stop`: the lifecycle calls `log.stop_waits()` after
-            # setting it, which ends this wait (a task per idle stream costs memory).
-            await log.wait_for_append(position, bookmark_interval - idle_for)
+) -> Feed:
+    """A `Feed` of the events after cursor `after` that match `event_filter`."""
+    return Feed(
+        log, after, event_filter, bookmark_interval=bookmark_interval, stop=stop,
+        batch_size=batch_size,
+    )  # fmt: skip

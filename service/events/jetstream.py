@@ -286,9 +286,9 @@ class JetStreamEventLog:
             return LogBounds(self._pruned_through, max(self._tail.latest, info.state.last_seq))
         return LogBounds(self._pruned_through, self._tail.latest)
 
-    async def wait_for_append(self, after: int, timeout: float) -> None:
-        """Returns once this replica has seen an event past `after`, or after `timeout`."""
-        await self._tail.wait_for_append(after, timeout)
+    def wait_for_append(self, after: int, timeout: float) -> asyncio.Future[None]:
+        """Done once this replica has seen an event past `after`, or after `timeout`."""
+        return self._tail.wait_for_append(after, timeout)  # a future: no frame per waiter
 
     def stop_waits(self) -> None:
         """Ends every current and later `wait_for_append` at once (the server is draining)."""

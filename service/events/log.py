@@ -50,8 +50,10 @@ class EventLog(Protocol):
         """
         ...
 
-    async def wait_for_append(self, after: int, timeout: float) -> None:
-        """Returns once the latest cursor exceeds `after`, or after `timeout` seconds."""
+    def wait_for_append(self, after: int, timeout: float) -> Awaitable[None]:
+        """Done once the latest cursor exceeds `after`, or after `timeout` seconds (an
+        awaitable, so that a backend can hand out a bare future: thousands of streams
+        wait on it)."""
         ...
 
     def stop_waits(self) -> None:

@@ -373,9 +373,9 @@ class SqliteEventLog:
         """Returns the pruned-through and latest cursors (kept in memory, always exact)."""
         return LogBounds(pruned_through=self._pruned_through, latest=self._tail.latest)
 
-    async def wait_for_append(self, after: int, timeout: float) -> None:
-        """Returns once an event past `after` is recorded, or after `timeout` seconds."""
-        await self._tail.wait_for_append(after, timeout)
+    def wait_for_append(self, after: int, timeout: float) -> asyncio.Future[None]:
+        """Done once an event past `after` is recorded, or after `timeout` seconds."""
+        return self._tail.wait_for_append(after, timeout)  # a future: no frame per waiter
 
     def stop_waits(self) -> None:
         """Ends every current and later `wait_for_append` at once (the server is draining)."""

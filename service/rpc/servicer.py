@@ -17,12 +17,13 @@ from service.api import convert
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.feed import follow, resolve_start
 from service.events.log import EventLog
-from service.events.model import Bookmark, ServerDraining
+from service.events.model import Bookmark, EventFilter, ServerDraining
 from service.metrics import Metrics
 from service.rpc import validation, wire
 from service.stackone.client import StackOneClient
 
 Context = grpc.aio.ServicerContext[Any, Any]
+MATCH_ALL = EventFilter()
 
 
 class ConnectServicer:
@@ -44,6 +45,7 @@ class ConnectServicer:
         self._upstream_timeout = upstream_timeout
         self._bookmark_interval = bookmark_interval
         self._stop = stop
+        self._frames = wire.FrameCache()
 
     def _deadline(self, context: Context) -> float:
         """Seconds an upstream call may take: the caller's deadline, capped by the setting."""
@@ -91,13 +93,18 @@ class ConnectServicer:
 
         Yields serialized responses (see `service.rpc.wire`), which `service.rpc.server`
         registers with no response serializer, as it does every server-streaming method.
+        Events ready together go in one message where the request allows batches (see
+        `Feed`); every stream that sends the same events sends the same bytes (see
+        `wire.FrameCache`).
         """
         event_filter, start, per_message = validation.stream_request(request)
-        after = await resolve_start(self._log, start)
-        position = after
+        del request  # the parsed request would otherwise live as long as the stream
+        if event_filter.is_empty:
+            event_filter = MATCH_ALL  # one for every stream, not four empty sets each
+        position = await resolve_start(self._log, start)
         feed = follow(
             self._log,
-            after,
+            position,
             event_filter,
             bookmark_interval=self._bookmark_interval,
             stop=self._stop,
@@ -110,10 +117,9 @@ class ConnectServicer:
                     yield wire.bookmark_frame(item.cursor)
                     continue
                 self._metrics.delivery_lag_seconds.observe(time.time() - item[0].recorded_at)
-                for frame in wire.event_frames(item, per_message):
-                    yield frame
                 position = item[-1].cursor
+                for frame in self._frames.frames(item, per_message, event_filter):
+                    yield frame
         finally:
             self._metrics.subscribers.dec()
-            await feed.aclose()
         raise ServerDraining(position)

@@ -3,19 +3,25 @@
 An event is stored as its serialized `AccountEvent`. Appending the `cursor` field to
 those bytes, and wrapping the result as a length-delimited field of the response (or of
 an `EventBatch`), is valid protobuf encoding: every subscriber gets the event without it
-being parsed and serialized again, once per subscriber. A batch holds at most
-`MAX_BATCH_BYTES` of events, so it stays under any default client's receive limit.
+being parsed and serialized again. `FrameCache` goes further: each event is encoded once
+per server, and every stream that sends it sends the same bytes object. A batch holds at
+most `MAX_BATCH_BYTES` of events, so it stays under any default client's receive limit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Generic, TypeVar
 
 from google.protobuf.descriptor import Descriptor
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.model import StoredEvent
 from service.rpc.limits import MAX_BATCH_BYTES
+
+FRAME_CACHE_BYTES = 8 << 20
+"""Bytes of encoded events kept for reuse: the newest ones, which the streams that keep up
+all send (about what the log's shared tail holds, with the frames' second copy)."""
 
 
 def _varint(value: int) -> bytes:
@@ -38,35 +44,134 @@ _RESPONSE_EVENT_KEY = _key(pb.StreamAccountEventsResponse.DESCRIPTOR, "event")
 _RESPONSE_BATCH_KEY = _key(pb.StreamAccountEventsResponse.DESCRIPTOR, "events")
 
 
+# Both fields are number 1 in today's proto, so one copy of an event serves both.
+_SAME_KEY = _RESPONSE_EVENT_KEY == _BATCH_EVENT_KEY
+CATCH_UP_READ = 64
+"""Events in one read past which a stream is catching up: its events are encoded for it
+alone (streams catching up from the same place share whole batches instead), so a
+replay does not pay for remembering each event, nor push the live ones out."""
+
+
 def _field(key: bytes, payload: bytes) -> bytes:
     return key + _varint(len(payload)) + payload
 
 
-def _event_bytes(event: StoredEvent) -> bytes:
-    cursor = str(event.cursor).encode()
-    return event.body + _field(_CURSOR_KEY, cursor)
+def event_payload(event: StoredEvent) -> bytes:
+    """The serialized `AccountEvent` of a stored event, its cursor included."""
+    return event.body + _field(_CURSOR_KEY, str(event.cursor).encode())
+
+
+class EncodedEvent:
+    """One event's bytes in each form a stream sends it: `single` (a response carrying
+    just the event) and `item` (the event as one entry of an `EventBatch`)."""
+
+    __slots__ = ("item", "single")
+
+    def __init__(self, payload: bytes) -> None:
+        self.item = _field(_BATCH_EVENT_KEY, payload)
+        self.single = self.item if _SAME_KEY else _field(_RESPONSE_EVENT_KEY, payload)
+
+
+def batch_frame(items: Sequence[bytes]) -> bytes:
+    """A response carrying the batch of the given `EncodedEvent.item`s."""
+    return _field(_RESPONSE_BATCH_KEY, b"".join(items))
+
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+class _Recent(Generic[_K, _V]):
+    """A map that forgets its oldest entries past a byte budget, in two generations: when
+    the newer one is full it becomes the older and the older goes, so forgetting costs
+    dropping one dict, never a scan."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self._newer: dict[_K, _V] = {}
+        self._older: dict[_K, _V] = {}
+        self._newer_bytes = 0
+        self._generation_bytes = budget_bytes // 2
+
+    def get(self, key: _K) -> _V | None:
+        found = self._newer.get(key)
+        if found is None and (found := self._older.get(key)) is not None:
+            self.put(key, found, 0)  # counted when first put
+        return found
+
+    def put(self, key: _K, value: _V, size: int) -> None:
+        self._newer[key] = value
+        self._newer_bytes += size
+        if self._newer_bytes > self._generation_bytes:
+            self._older, self._newer, self._newer_bytes = self._newer, {}, 0
+
+
+class FrameCache:
+    """The responses sent for the newest events, shared by every stream of one server.
+
+    Streams that keep up wake together when events are recorded and read the same events:
+    the first to send them encodes them (each event once, whatever the batches), and the
+    others send the very same bytes. What a stream sends depends only on which events it
+    sends and how many it takes per message, which is the key. Bounded by bytes.
+    """
+
+    def __init__(self, budget_bytes: int = FRAME_CACHE_BYTES) -> None:
+        self._events: _Recent[int, EncodedEvent] = _Recent(budget_bytes // 2)
+        self._frames: _Recent[tuple[int, Hashable, int, int], list[bytes]] = _Recent(
+            budget_bytes // 2
+        )
+
+    def encoded(self, event: StoredEvent) -> EncodedEvent:
+        """The encoded forms of `event` (a cursor always names the same event)."""
+        found = self._events.get(event.cursor)
+        if found is None:
+            found = EncodedEvent(event_payload(event))
+            self._events.put(event.cursor, found, len(found.item))
+        return found
+
+    def frames(
+        self, events: Sequence[StoredEvent], per_message: int, chosen_by: Hashable
+    ) -> list[bytes]:
+        """`event_frames` of `events`, made once for every stream that sends them.
+
+        `events` are every event from the first to the last of them that `chosen_by` (a
+        stream's filter) selects, so that the two cursors and it name them: streams that
+        read from the same position with equal filters share frames, and no stream pays
+        for a key as long as its batch.
+        """
+        key = (per_message, chosen_by, events[0].cursor, events[-1].cursor)
+        found = self._frames.get(key)
+        if found is None:
+            found = event_frames(events, per_message, self)
+            self._frames.put(key, found, sum(map(len, found)))
+        return found
 
 
 def event_frames(
-    events: Sequence[StoredEvent], per_message: int, max_bytes: int = MAX_BATCH_BYTES
-) -> Iterator[bytes]:
+    events: Sequence[StoredEvent],
+    per_message: int,
+    cache: FrameCache,
+    max_bytes: int = MAX_BATCH_BYTES,
+) -> list[bytes]:
     """Serialized responses for `events`: one per event, or batches of up to `per_message`
     events and `max_bytes` of them (an event larger than that goes alone)."""
+    if len(events) > CATCH_UP_READ:
+        encoded = [EncodedEvent(event_payload(event)) for event in events]
+    else:
+        encoded = [cache.encoded(event) for event in events]
     if per_message <= 1:
-        for event in events:
-            yield _field(_RESPONSE_EVENT_KEY, _event_bytes(event))
-        return
-    batch: list[bytes] = []
+        return [event.single for event in encoded]
+    frames: list[bytes] = []
+    batch: list[EncodedEvent] = []
     size = 0
-    for event in events:
-        item = _field(_BATCH_EVENT_KEY, _event_bytes(event))
-        if batch and (len(batch) == per_message or size + len(item) > max_bytes):
-            yield _field(_RESPONSE_BATCH_KEY, b"".join(batch))
+    for event in encoded:
+        if batch and (len(batch) == per_message or size + len(event.item) > max_bytes):
+            frames.append(batch_frame([queued.item for queued in batch]))
             batch, size = [], 0
-        batch.append(item)
-        size += len(item)
+        batch.append(event)
+        size += len(event.item)
     if batch:
-        yield _field(_RESPONSE_BATCH_KEY, b"".join(batch))
+        frames.append(batch_frame([queued.item for queued in batch]))
+    return frames
 
 
 def bookmark_frame(cursor: int) -> bytes:

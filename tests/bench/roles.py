@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -24,6 +26,8 @@ from aiohttp import ClientSession, TCPConnector, web
 from gateway.signature import sign
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.rpc import wire
+from tests.bench import h2streams
 
 SESSION_BODY = orjson.dumps(
     {"id": 1, "token": "cst_bench", "auth_link_url": "https://hub.example/connect?token=cst_bench",
@@ -81,12 +85,13 @@ async def _serve_app(app: web.Application) -> None:
     await asyncio.Event().wait()
 
 
-async def _serve_grpc(*handlers: grpc.GenericRpcHandler[Any, Any]) -> None:
+async def _serve_grpc(*handlers: grpc.GenericRpcHandler[Any, Any], also: str = "") -> None:
+    """Serves `handlers`; prints `READY <port>` (then `also`, other ports to announce)."""
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(handlers)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    print(f"READY {port}", flush=True)
+    print(f"READY {port} {also}".rstrip(), flush=True)
     await server.wait_for_termination()
 
 
@@ -146,53 +151,99 @@ async def bare_stream(_: dict[str, Any]) -> None:
     await _serve_grpc(grpc.method_handlers_generic_handler("bench.Stream", {"Flood": handler}))
 
 
+class _Publications(asyncio.Protocol):
+    """Events published to a bare_broadcast over TCP, each a 4-byte big-endian length and a
+    serialized `AccountEvent`: all that arrived are taken at once, as the service's
+    gateway takes all waiting webhooks, so publishing is never what holds the streams."""
+
+    def __init__(self, on_events: Any) -> None:
+        self._buffer = bytearray()
+        self._on_events = on_events
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        events = []
+        while len(self._buffer) >= 4:
+            size = int.from_bytes(self._buffer[:4], "big")
+            if len(self._buffer) < 4 + size:
+                break
+            events.append(bytes(self._buffer[4 : 4 + size]))
+            del self._buffer[: 4 + size]
+        if events:
+            self._on_events(events)
+
+
 async def bare_broadcast(_: dict[str, Any]) -> None:
-    """Baseline fan-out: bare grpc.aio pushing each published message to every open stream.
+    """Baseline fan-out: bare grpc.aio pushing each published event to every open stream.
 
     It serves StreamAccountEvents' method name (bytes in, bytes out), so the same
-    `subscribers` role reads it: a bookmark first, then every message given to
-    `/bench.Broadcast/Publish`, with nothing else in between.
+    `subscribers` role reads it: a bookmark first, then every event published to its TCP
+    port (see `_Publications`; printed after the gRPC port), encoded once when published.
+    A stream that asked for `max_events_per_message` > 1 batches as the service does:
+    whatever was published since its last message goes, up to that many, in one message.
     """
     attached = pb.StreamAccountEventsResponse(bookmark=pb.Bookmark(cursor="0")).SerializeToString()
-    published: list[bytes] = []
+    published: list[wire.EncodedEvent] = []
     wake = asyncio.Event()
 
     async def follow(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        per_message = pb.StreamAccountEventsRequest.FromString(request).max_events_per_message
         yield attached
         sent = len(published)
         while True:
-            await wake.wait()
-            while sent < len(published):
-                yield published[sent]
-                sent += 1
+            if sent == len(published):
+                await wake.wait()
+            ready, sent = published[sent:], len(published)
+            if per_message <= 1:
+                for event in ready:
+                    yield event.single
+                continue
+            for start in range(0, len(ready), per_message):
+                yield wire.batch_frame([event.item for event in ready[start : start + per_message]])
 
-    async def publish(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    def publish(events: list[bytes]) -> None:
         nonlocal wake
-        published.append(request)
+        published.extend(wire.EncodedEvent(event) for event in events)
         woken, wake = wake, asyncio.Event()
         woken.set()
-        return b""
 
+    loop = asyncio.get_running_loop()
+    publications = await loop.create_server(lambda: _Publications(publish), "127.0.0.1", 0)
     await _serve_grpc(
         grpc.method_handlers_generic_handler(
             "stackone_connect.v1.ConnectService",
             {"StreamAccountEvents": grpc.unary_stream_rpc_method_handler(follow)}),
-        grpc.method_handlers_generic_handler(
-            "bench.Broadcast", {"Publish": grpc.unary_unary_rpc_method_handler(publish)}),
+        also=str(publications.sockets[0].getsockname()[1]),
     )  # fmt: skip
 
 
+def _broadcast_event(account_id: str, cursor: int) -> pb.AccountEvent:
+    """An event shaped like the service's recorded account.deleted (same fields, same size)."""
+    event_id = hashlib.sha256(account_id.encode()).hexdigest()
+    event = pb.AccountEvent(
+        event_id=event_id, cursor=str(cursor), type="account.deleted",
+        account=pb.Account(id=account_id, provider="hibob"),
+        source=pb.EVENT_SOURCE_WEBHOOK, verification=pb.VERIFICATION_NOT_APPLICABLE,
+        covered_event_ids=[event_id],
+    )  # fmt: skip
+    event.occurred_at.GetCurrentTime()
+    event.received_at.GetCurrentTime()
+    return event
+
+
 async def paced_publish(args: dict[str, Any]) -> None:
-    """Publishes `count` events to a bare_broadcast at `rate` per second (ids as paced_post)."""
-    async with grpc.aio.insecure_channel(args["target"]) as channel:
-        publish = channel.unary_unary("/bench.Broadcast/Publish", None, None)
-        started = time.perf_counter()
-        for n in range(args["count"]):
-            await asyncio.sleep(max(0.0, started + n / args["rate"] - time.perf_counter()))
-            account = pb.Account(id=f"{args['prefix']}-{time.time_ns()}-{n}", provider="hibob")
-            event = pb.AccountEvent(event_id=f"e-{n}", cursor=str(n + 1), type="account.deleted")
-            event.account.CopyFrom(account)
-            await publish(pb.StreamAccountEventsResponse(event=event).SerializeToString())
+    """Publishes `count` events to a bare_broadcast's TCP `port` at `rate` per second (ids
+    as paced_post)."""
+    _, writer = await asyncio.open_connection("127.0.0.1", args["port"])
+    started = time.perf_counter()
+    for n in range(args["count"]):
+        await asyncio.sleep(max(0.0, started + n / args["rate"] - time.perf_counter()))
+        event = _broadcast_event(f"{args['prefix']}-{time.time_ns()}-{n}", n + 1)
+        payload = event.SerializeToString()
+        writer.write(len(payload).to_bytes(4, "big") + payload)
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
     print(orjson.dumps({"seconds": time.perf_counter() - started}).decode())
 
 
@@ -322,41 +373,76 @@ async def httpx_latency(args: dict[str, Any]) -> None:
     print(orjson.dumps({"p50_ms": percentile(latencies, 0.5) * 1e3}).decode())
 
 
-async def _open_streams(target: str, count: int, channels: int) -> tuple[list[Any], list[Any]]:
-    opened = [grpc.aio.insecure_channel(target) for _ in range(channels)]
-    stubs = [pb_grpc.ConnectServiceStub(channel) for channel in opened]
-    streams = [
-        stubs[n % channels].StreamAccountEvents(pb.StreamAccountEventsRequest())
-        for n in range(count)
-    ]
-    for stream in streams:
-        await stream.read()  # the first bookmark: attached
-    return opened, streams
+STREAM_METHOD = "/stackone_connect.v1.ConnectService/StreamAccountEvents"
+# The account ids the latency posters give events: `lat-<send time in ns>-<n>`.
+_LATENCY_ID = re.compile(rb"lat-(\d+)-(\d+)")
 
 
 async def subscribers(args: dict[str, Any]) -> None:
-    """`count` streams; reports when each event (account id `<send ns>`) reached them all."""
-    opened, streams = await _open_streams(args["target"], args["count"], args["channels"])
+    """`count` streams asking for `per_message` events per message, over `channels`
+    connections; reports each event's latency from its send time (its account id
+    `lat-<send ns>-<n>`), the messages that carried events, and this process's CPU.
+
+    Read with `tests.bench.h2streams` (a few µs a message, where a grpc client spends
+    ~25) and the ids found by a regular expression, not by parsing messages: what is
+    measured is when each message reached this process.
+    """
+    request = pb.StreamAccountEventsRequest(max_events_per_message=args.get("per_message", 0))
+    count, events = args["count"], args["events"]
+    latencies_us: list[int] = []
+    numbers: list[int] = []
+    seen: list[set[int]] = [set() for _ in range(count)]
+    attached = [False] * count
+    state = {"attached": 0, "done": 0, "messages": 0, "duplicates": 0}
+    started: list[float] = []  # wall and CPU time at the first event
+    all_attached, all_done = asyncio.Event(), asyncio.Event()
+
+    def on_message(index: int, message: bytes, now: int) -> None:
+        if not attached[index]:  # the first message, a bookmark
+            attached[index] = True
+            state["attached"] += 1
+            if state["attached"] == count:
+                all_attached.set()
+            return
+        found = _LATENCY_ID.findall(message)
+        if not found:
+            return
+        if not started:
+            started.extend((time.perf_counter(), time.process_time()))
+        state["messages"] += 1
+        received = seen[index]
+        before = len(received)
+        for sent, number in found:
+            latencies_us.append((now - int(sent)) // 1000)
+            numbers.append(int(number))
+            received.add(int(number))
+        state["duplicates"] += before + len(found) - len(received)
+        if before < events <= len(received):
+            state["done"] += 1
+            if state["done"] == count:
+                all_done.set()
+
+    def shifted(offset: int) -> h2streams.OnMessage:
+        return lambda index, message, now: on_message(offset + index, message, now)
+
+    connections: list[h2streams.StreamingCalls] = []
+    for index in range(args["channels"]):
+        share = count // args["channels"] + (index < count % args["channels"])
+        offset = sum(call.count for call in connections)
+        connections.append(await h2streams.open_calls(
+            args["target"], STREAM_METHOD, request.SerializeToString(), share, shifted(offset)
+        ))  # fmt: skip
+    await asyncio.wait_for(all_attached.wait(), 60)
     print("READY 0", flush=True)
-    latencies: list[float] = []
-    cpu_started = time.process_time()
-    wall_started = time.perf_counter()
-
-    async def read(stream: Any) -> None:
-        for _ in range(args["events"]):
-            while True:
-                item = await stream.read()
-                if item.HasField("event"):
-                    break
-            latencies.append(time.time_ns() - int(item.event.account.id.split("-")[1]))
-
-    await asyncio.wait_for(asyncio.gather(*(read(s) for s in streams)), timeout=args["timeout"])
-    busy = (time.process_time() - cpu_started) / (time.perf_counter() - wall_started)
-    for channel in opened:
-        await channel.close()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_done.wait(), timeout=args["timeout"])
+    wall, cpu = started or (time.perf_counter(), time.process_time())
+    busy = (time.process_time() - cpu) / max(1e-9, time.perf_counter() - wall)
+    for connection in connections:
+        connection.close()
     print(orjson.dumps({
-        "p50_ms": percentile(latencies, 0.5) / 1e6, "p99_ms": percentile(latencies, 0.99) / 1e6,
-        "client_cpu": busy,
+        "latencies_us": latencies_us, "numbers": numbers, "messages": state["messages"],
+        "incomplete": count - state["done"], "duplicates": state["duplicates"], "cpu": busy,
     }).decode())  # fmt: skip
 
 
