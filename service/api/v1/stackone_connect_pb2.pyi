@@ -550,10 +550,11 @@ class StreamAccountEventsRequest(_message.Message):
     after_cursor: _builtins.str
     """Events recorded after this cursor (from an event or a bookmark)."""
     max_events_per_message: _builtins.int
-    """When several matching events are ready at once (catching up from a cursor), send up
-    to this many in one message, as `events`, and up to 1 MiB of them (a larger event
-    comes alone), so a client with grpc's default 4 MiB receive limit keeps up; the server
-    never waits to fill a batch. 0 or 1: one event per message, as `event`. At most 1000.
+    """When several matching events are ready at once (catching up from a cursor, or live
+    when the stream fell behind), send up to this many in one message, as `events`, and up
+    to 1 MiB of them (a larger event comes alone), so a client with grpc's default 4 MiB
+    receive limit keeps up; the server never waits to fill a batch. 0 or 1: one event per
+    message, as `event`. At most 1000.
     """
     @_builtins.property
     def providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
