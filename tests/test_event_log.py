@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.events.feed import StartPosition, follow, resolve_start
+from service.events.feed import Feed, StartPosition, resolve_start
 from service.events.log import EventLog
 from service.events.model import (
     Bookmark,
@@ -131,7 +131,7 @@ async def test_filters_combine_kinds_with_and_and_values_with_or(
         ]
     )
     event_filter = EventFilter.of(providers=["hibob", "bamboohr"], event_types=["account.created"])
-    feed = follow(event_log, 0, event_filter, bookmark_interval=10)
+    feed = Feed(event_log, 0, event_filter, bookmark_interval=10)
     events = await take(feed, 3)
     assert [event.event_id for event in events] == ["evt-1", "evt-4", "evt-5"]
     await feed.aclose()
@@ -143,7 +143,7 @@ async def test_a_live_feed_receives_events_appended_after_it_started(
     """A feed started from now gets later appends and nothing earlier."""
     await event_log.append([record(0)])
     after = await resolve_start(event_log, StartPosition.now())
-    feed = follow(event_log, after, EventFilter(), bookmark_interval=0.05)
+    feed = Feed(event_log, after, EventFilter(), bookmark_interval=0.05)
     assert await anext(feed) == Bookmark(after)
     async with asyncio.timeout(5):
         # A second bookmark: the feed read the log, found nothing and waited. It is live.
@@ -158,7 +158,7 @@ async def test_filtered_idle_feeds_get_bookmarks_that_advance(
     event_log: EventLog,
 ) -> None:
     """A feed whose filter matches nothing still gets bookmarks with the read position."""
-    feed = follow(event_log, 0, EventFilter.of(providers=["nobody"]), bookmark_interval=0.05)
+    feed = Feed(event_log, 0, EventFilter.of(providers=["nobody"]), bookmark_interval=0.05)
     assert await anext(feed) == Bookmark(0)
     await event_log.append([record(n) for n in range(3)])
     async with asyncio.timeout(5):
@@ -201,7 +201,7 @@ async def test_a_follower_overtaken_by_retention_gets_an_error_not_a_gap(
     log = await backend.open(max_count=3, tail_bytes=12)
     try:
         await log.append([record(n) for n in range(3)])  # within the count: nothing pruned
-        feed = follow(log, 0, EventFilter(), bookmark_interval=10, batch_size=1)
+        feed = Feed(log, 0, EventFilter(), bookmark_interval=10, batch_size=1)
         assert isinstance(await anext(feed), Bookmark)
         assert await anext(feed) == await log.read(0, 1)
         await log.append([record(n) for n in range(3, 10)])

@@ -130,19 +130,3 @@ class Feed:
 
     async def aclose(self) -> None:
         """Nothing to release (kept so that a feed closes like an async generator)."""
-
-
-def follow(
-    log: EventLog,
-    after: int,
-    event_filter: EventFilter,
-    *,
-    bookmark_interval: float,
-    stop: asyncio.Event | None = None,
-    batch_size: int = 256,
-) -> Feed:
-    """A `Feed` of the events after cursor `after` that match `event_filter`."""
-    return Feed(
-        log, after, event_filter, bookmark_interval=bookmark_interval, stop=stop,
-        batch_size=batch_size,
-    )  # fmt: skip

@@ -15,7 +15,7 @@ import grpc
 
 from service.api import convert
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.events.feed import follow, resolve_start
+from service.events.feed import Feed, resolve_start
 from service.events.log import EventLog
 from service.events.model import Bookmark, EventFilter, ServerDraining
 from service.metrics import Metrics
@@ -102,7 +102,7 @@ class ConnectServicer:
         if event_filter.is_empty:
             event_filter = MATCH_ALL  # one for every stream, not four empty sets each
         position = await resolve_start(self._log, start)
-        feed = follow(
+        feed = Feed(
             self._log,
             position,
             event_filter,
