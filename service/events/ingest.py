@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -22,12 +22,12 @@ import orjson
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.log import EventLog
 from service.events.model import EventRecord, InboxEntry
-from service.stackone.models import EARLIEST, LATEST
+from service.stackone.models import MAX_ID, plausible_moment, usable_id
 
 _log = logging.getLogger(__name__)
 _PER_ATTEMPT_FIELDS = frozenset({"sent_at"})
-# Bounds as on the gRPC side: ids reach URLs, NATS subjects and headers, so they are short.
-MAX_ID = 255
+# Bounds as on the gRPC side; ids follow the same rule as StackOne's (MAX_ID, usable_id):
+# they reach URLs, NATS subjects and headers, so they are short.
 MAX_TYPE = 100
 MAX_TEXT = 1024
 
@@ -81,9 +81,10 @@ def _text(
 
 def _id(fields: Mapping[str, Any], key: str, *, required: bool) -> str:
     value = _text(fields, key, required=required, limit=MAX_ID)
-    if value and (not value.strip(".") or not value.isprintable()):
-        raise InvalidWebhook(f"the webhook field '{key}' must be printable and not only dots")
-    return value
+    try:
+        return usable_id(value) if value else value
+    except ValueError as error:
+        raise InvalidWebhook(f"the webhook field '{key}': {error}") from error
 
 
 def _moment(fields: Mapping[str, Any], key: str) -> datetime | None:
@@ -96,12 +97,10 @@ def _moment(fields: Mapping[str, Any], key: str) -> datetime | None:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError as error:
         raise InvalidWebhook(f"the webhook field '{key}' is not an ISO-8601 time") from error
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    if not EARLIEST <= aware <= LATEST:
-        raise InvalidWebhook(
-            f"the webhook field '{key}' is not between {EARLIEST.year} and {LATEST.year}"
-        )
-    return aware
+    try:
+        return plausible_moment(moment)
+    except ValueError as error:
+        raise InvalidWebhook(f"the webhook field '{key}': {error}") from error
 
 
 def _event_id(payload: Mapping[str, Any]) -> str:

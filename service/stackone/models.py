@@ -19,13 +19,15 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
-def _usable_id(value: str) -> str:
+def usable_id(value: str) -> str:
+    """`value` when it can be an id in a URL, a subject or a log line; else ValueError."""
     if not value.strip(".") or not value.isprintable():
         raise ValueError("an id must be printable and not only dots")
     return value
 
 
-def _plausible_moment(moment: datetime) -> datetime:
+def plausible_moment(moment: datetime) -> datetime:
+    """`moment` in UTC when it is between EARLIEST and LATEST; else ValueError."""
     # Far-off dates would overflow when a lifetime is added or converted to a Timestamp.
     aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     if not EARLIEST <= aware <= LATEST:
@@ -52,9 +54,9 @@ def _modest_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-Id = Annotated[str, Field(min_length=1, max_length=MAX_ID), AfterValidator(_usable_id)]
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID), AfterValidator(usable_id)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
-Moment = Annotated[datetime, AfterValidator(_plausible_moment)]
+Moment = Annotated[datetime, AfterValidator(plausible_moment)]
 Metadata = Annotated[dict[str, Any], AfterValidator(_modest_metadata)]
 
 
