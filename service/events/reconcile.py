@@ -154,11 +154,8 @@ def _aware(moment: datetime) -> datetime:
 
 
 class Reconciler:
-    """Runs reconciliation sweeps every `interval` seconds.
-
-    `sweeps` counts finished sweeps and `failed_sweeps` failed ones, for whoever waits on
-    a sweep having happened.
-    """
+    """Runs reconciliation sweeps every `interval` seconds, counting each by its outcome in
+    `reconcile_sweeps_total` (what anyone waiting on a sweep having happened reads)."""
 
     def __init__(
         self,
@@ -174,8 +171,6 @@ class Reconciler:
         self._interval = interval
         self._grace = grace
         self._metrics = metrics
-        self.sweeps = 0
-        self.failed_sweeps = 0
 
     async def sweep(self) -> int:
         """Runs one sweep; returns how many events it recorded."""
@@ -217,16 +212,14 @@ class Reconciler:
             try:
                 await self.sweep()
             except StackOneError as error:
-                self._failed(error)
+                self._failed()
                 _log.warning("reconciliation sweep failed: %s", error)
-            except Exception as error:  # anything else too: the safety net stays up
-                self._failed(error)
+            except Exception:  # anything else too: the safety net stays up
+                self._failed()
                 _log.exception("reconciliation sweep failed; retrying in %ss", self._interval)
             else:
-                self.sweeps += 1
                 self._metrics.reconcile_sweeps.labels("ok").inc()
 
-    def _failed(self, error: Exception) -> None:
-        self.failed_sweeps += 1
+    def _failed(self) -> None:
         self._metrics.reconcile_sweeps.labels("failed").inc()
         self._metrics.background_failures.labels("reconcile").inc()
