@@ -12,11 +12,11 @@ import httpx
 import orjson
 import pytest
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.stackone.client import MAX_RESPONSE_BYTES, retry_after_seconds
+from tests.support import details_of
 
 pytestmark = pytest.mark.asyncio
 SESSION = pb.CreateSessionRequest(origin_owner_id="t-1", origin_owner_name="Acme")
@@ -115,12 +115,9 @@ async def test_a_huge_error_message_is_cut_to_a_bounded_one(
 
 def _retry_delay(error: grpc.aio.AioRpcError) -> float | None:
     """The RetryInfo delay a failed call carries, if any."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    for detail in status.details if status is not None else ():
-        info = error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            delay: float = info.retry_delay.ToTimedelta().total_seconds()
-            return delay
+    for info in details_of(error, error_details_pb2.RetryInfo):
+        delay: float = info.retry_delay.ToTimedelta().total_seconds()  # type: ignore[attr-defined]
+        return delay
     return None
 
 
