@@ -30,7 +30,7 @@ from service.events.ingest import Ingestor
 from service.events.log import EventLog, ReportsBackgroundFailures
 from service.events.model import EventLogError, EventLogUnavailable
 from service.events.reconcile import Reconciler
-from service.events.verify import Verifier
+from service.events.verify import Verifier, record_alone
 from service.metrics import Metrics
 from service.rpc.server import SERVICE_NAME, HealthReporter, build_grpc_server, new_health_servicer
 from service.rpc.servicer import ConnectServicer
@@ -213,7 +213,7 @@ async def _serving(
     stop: NOT_SERVING, no new webhooks, streams told to reconnect, both drained within
     one grace period."""
     gateway_state = GatewayState(
-        ingestor=Ingestor(event_log),
+        ingestor=Ingestor(event_log, record_alone=record_alone, metrics=metrics),
         secrets=stackone.webhook_secrets,
         url_token=(
             settings.webhook_url_token.get_secret_value() if settings.webhook_url_token else None

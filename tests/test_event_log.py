@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
+import orjson
 import pytest
 
 from service.events.feed import Feed, StartPosition, resolve_start
 from service.events.log import EventLog
 from service.events.model import (
+    Accepted,
     Bookmark,
     CursorOutOfRange,
     EventFilter,
     EventRecord,
+    InboxEntry,
     StoredEvent,
 )
 from service.events.sqlite import SqliteEventLog
+from service.events.verify import record_alone
 from tests.support import LogBackend
 
 pytestmark = pytest.mark.asyncio
@@ -247,3 +252,80 @@ async def test_a_change_already_recorded_by_another_source_is_not_recorded_again
     assert second.duplicate
     assert [outcome.duplicate for outcome in outcomes] == [False, True]
     assert [event.event_id for event in await event_log.read(0, 10)] == ["evt-1", "del-0"]
+
+
+def webhook_entry(event_id: str, type_: str, account_id: str) -> InboxEntry:
+    """An inbox entry for a webhook of `type_` (its body as the gateway would keep it)."""
+    body = orjson.dumps({"event": type_, "account_id": account_id, "provider": "hibob"})
+    return InboxEntry(0, event_id, type_, account_id, time.time(), body)
+
+
+def accept_alone(log: SqliteEventLog, entry: InboxEntry) -> Awaitable[Accepted]:
+    """`accept` offering the event the verifier would record for the entry by itself."""
+    return log.accept(entry, record_alone(entry))
+
+
+async def test_a_webhook_needing_no_look_up_is_recorded_in_its_own_transaction(
+    tmp_path: Path,
+) -> None:
+    """A deletion with nothing of its account pending is recorded by the one commit that
+    accepts it, not queued for the verifier; its redelivery is a duplicate."""
+    log = await SqliteEventLog.open(tmp_path / "events.db")
+    try:
+        commits = log.commits
+        deleted = webhook_entry("evt-del", "account.deleted", "acct-1")
+        assert await accept_alone(log, deleted) is Accepted.RECORDED
+        assert log.commits == commits + 1
+        assert await log.pending(0, 10) == []
+        (event,) = await log.read(0, 10)
+        assert (event.event_id, event.type, event.account_id) == (
+            "evt-del",
+            "account.deleted",
+            "acct-1",
+        )
+        assert await accept_alone(log, deleted) is Accepted.DUPLICATE
+        assert await log.read(0, 10) == [event]
+    finally:
+        await log.close()
+
+
+async def test_a_webhook_behind_pending_ones_of_its_account_waits_in_the_inbox(
+    tmp_path: Path,
+) -> None:
+    """With an update of the account pending (accepted in an earlier transaction, in the
+    same one, or before a restart), a deletion queues behind it, so the verifier records
+    the two in order; other accounts are not held back, and once the account's entries
+    are settled its next deletion is recorded at once again."""
+    path = tmp_path / "events.db"
+    log = await SqliteEventLog.open(path)
+    try:
+        updated = webhook_entry("evt-upd-1", "account.updated", "acct-1")
+        assert await log.accept(updated) is Accepted.QUEUED
+        assert await accept_alone(log, webhook_entry("evt-del-1", "account.deleted", "acct-1")) is (
+            Accepted.QUEUED
+        )
+        same_transaction = await asyncio.gather(
+            log.accept(webhook_entry("evt-upd-2", "account.updated", "acct-2")),
+            accept_alone(log, webhook_entry("evt-del-2", "account.deleted", "acct-2")),
+            accept_alone(log, webhook_entry("evt-del-3", "account.deleted", "acct-3")),
+        )
+        assert list(same_transaction) == [Accepted.QUEUED, Accepted.QUEUED, Accepted.RECORDED]
+    finally:
+        await log.close()
+    log = await SqliteEventLog.open(path)
+    try:
+        again = webhook_entry("evt-del-1b", "account.deleted", "acct-1")
+        assert await accept_alone(log, again) is Accepted.QUEUED, "pending after a restart"
+        pending = await log.pending(0, 10)
+        assert [entry.event_id for entry in pending] == [
+            "evt-upd-1", "evt-del-1", "evt-upd-2", "evt-del-2", "evt-del-1b",
+        ]  # fmt: skip
+        for account in ("acct-1", "acct-2"):
+            of_account = [entry for entry in pending if entry.account_id == account]
+            records = [record_alone(entry) or record(0) for entry in of_account]
+            await log.settle(of_account, records)
+        assert await log.pending(0, 10) == []
+        later = webhook_entry("evt-del-4", "account.deleted", "acct-1")
+        assert await accept_alone(log, later) is Accepted.RECORDED
+    finally:
+        await log.close()

@@ -24,7 +24,7 @@ from google.protobuf.empty_pb2 import Empty
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.jetstream import JetStreamEventLog, JetStreamOptions
-from service.events.model import EventLogUnavailable, EventRecord, InboxEntry
+from service.events.model import Accepted, EventLogUnavailable, EventRecord, InboxEntry
 from tests.nats import NatsProxy, NatsServer
 from tests.processes import serve_env, serve_process
 from tests.streams import StreamCall, events_covering, next_item, subscribed
@@ -71,7 +71,7 @@ async def test_a_very_long_account_id_is_recorded_and_the_connection_stays_up(
     """A 5,000-character (not only ASCII) account id goes through the inbox into the
     stream, reads back, is a known account, and later appends use the same connection."""
     async with jetstream_log(nats_server.url) as log:
-        assert await log.accept(entry("evt-long", LONG_ACCOUNT))
+        assert await log.accept(entry("evt-long", LONG_ACCOUNT)) is Accepted.QUEUED
         assert (await log.inbox_stats()).depth == 1
         pending = await log.pending(0, 10)
         assert [waiting.account_id for waiting in pending] == [LONG_ACCOUNT]
@@ -121,8 +121,10 @@ async def test_event_ids_a_header_would_alter_stay_distinct_and_deduplicated(
     ids = ["evt-1", " evt-1", "evt-1 ", "evt\n1", "evt 1", "=evt-1", "e" * 5_000]
     async with jetstream_log(nats_server.url) as log:
         for n, event_id in enumerate(ids):
-            assert await log.accept(entry(event_id, f"acct-{n}")), repr(event_id)
-            assert not await log.accept(entry(event_id, f"acct-{n}")), repr(event_id)
+            assert await log.accept(entry(event_id, f"acct-{n}")) is Accepted.QUEUED, repr(event_id)
+            assert await log.accept(entry(event_id, f"acct-{n}")) is Accepted.DUPLICATE, repr(
+                event_id
+            )
         assert len(await log.pending(0, 100)) == len(ids)
         records = [record(event_id, f"other-{n}") for n, event_id in enumerate(ids)]
         outcomes = await log.append(records)

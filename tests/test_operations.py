@@ -84,8 +84,8 @@ async def test_metrics_move_with_real_traffic(
             for headers in (not_json, badly_signed)
         ]
         await http.post(WEBHOOK_PATH, content=body, headers=signed_headers(body))
-        await next_event(stream)  # recorded by the verifier
-        # The verifier's append is counted just after the event reaches subscribers.
+        await next_event(stream)  # recorded by the door: a deletion needs no look-up
+        # The append is counted just after the event reaches subscribers.
         await eventually(lambda: _counted(admin, "stackone_connect_event_log_append_seconds_count"))
         metrics = (await admin.get("/metrics")).text
     stream.cancel()

@@ -436,12 +436,12 @@ async def test_the_verifier_survives_a_storage_failure(tmp_path: Path) -> None:
     recorded once the storage recovers."""
     failures = 'stackone_connect_background_failures_total{task="verifier"}'
     log_files = [tmp_path / "events.db", tmp_path / "events.db-wal"]
-    body = webhook()
+    body = webhook("account.updated")  # waits for the 2 s quiet period in the inbox
     async with (
         served(tmp_path, reconcile_interval=0, verify_quiet=2.0) as (service, _, admin),
         httpx.AsyncClient(base_url=service.gateway.base_url) as gateway,
     ):
-        assert (await deliver(gateway, body)).status_code == 200  # waits 2 s in the inbox
+        assert (await deliver(gateway, body)).status_code == 200
         with immutable(log_files):
 
             async def failed() -> bool:

@@ -23,6 +23,7 @@ from google.protobuf.empty_pb2 import Empty
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EMULATOR_STATE, EmulatorState
+from service.events.sqlite import SqliteEventLog
 from service.runtime import Runtime, running
 from tests.processes import serve_env, serve_process
 from tests.streams import StreamCall, events_covering, next_item, subscribed
@@ -179,6 +180,27 @@ async def test_an_accounts_events_keep_their_order_and_a_superseded_update_is_no
     ]
     assert "superseded by a later account.deleted" in events[1].verification_error
     assert harness.look_ups() == 1
+
+
+async def test_a_deletion_with_nothing_pending_reaches_subscribers_in_one_commit(
+    tmp_path: Path,
+) -> None:
+    """On SQLite, a deletion of an account with nothing pending is recorded by the same
+    transaction that accepts it (one commit, where the inbox and the verifier take two)
+    and streamed, marked as needing no verification."""
+    async with running_harness(tmp_path, LogBackend(f"sqlite:///{tmp_path / 'events.db'}")) as on:
+        log = on.service.event_log
+        assert isinstance(log, SqliteEventLog)
+        async with subscribed(on.service.grpc_target) as stream:
+            commits = log.commits
+            answer = (await on.deliver(webhook("account.deleted", "acct-gone"))).json()
+            assert answer["result"] == "accepted"
+            (event,) = await events_covering(stream, {answer["event_id"]})
+            assert log.commits == commits + 1
+        assert (event.type, event.account.id) == ("account.deleted", "acct-gone")
+        assert event.verification == pb.VERIFICATION_NOT_APPLICABLE
+        assert list(event.covered_event_ids) == [answer["event_id"]]
+        assert 'verifications_total{outcome="not_needed"} 1.0' in await on.metrics()
 
 
 async def test_a_full_inbox_answers_503_with_retry_after_and_keeps_nothing(

@@ -68,6 +68,7 @@ from nats.js.kv import KeyValue
 from service.aio import cancel_all
 from service.events.log import Backend
 from service.events.model import (
+    Accepted,
     AppendOutcome,
     EventLogUnavailable,
     EventRecord,
@@ -320,8 +321,13 @@ class JetStreamEventLog:
 
     # --- Inbox --------------------------------------------------------------------
 
-    async def accept(self, entry: InboxEntry) -> bool:
-        """Publishes a webhook to the inbox unless it is recorded or already pending."""
+    async def accept(self, entry: InboxEntry, alone: EventRecord | None = None) -> Accepted:
+        """Publishes a webhook to the inbox unless it is recorded or already pending.
+
+        Always to the inbox, even with `alone`: whether an account has entries pending
+        is known to the shared stream, not to this replica, so the verifier (on any
+        replica) keeps each account's order.
+        """
         if self._closed:
             raise EventLogUnavailable("the event log is closed")
         headers = {
@@ -337,7 +343,7 @@ class JetStreamEventLog:
         }
         try:
             if await self._recorded_cursor(entry.event_id) is not None:
-                return False
+                return Accepted.DUPLICATE
             ack = await self._publish(
                 self._inbox_subject(entry.account_id),
                 entry.body,
@@ -352,7 +358,7 @@ class JetStreamEventLog:
             raise EventLogUnavailable(f"JetStream did not take the webhook: {error!r}") from error
         except NATS_ERRORS as error:
             raise EventLogUnavailable(f"JetStream did not take the webhook: {error!r}") from error
-        return not ack.duplicate
+        return Accepted.DUPLICATE if ack.duplicate else Accepted.QUEUED
 
     async def pending(self, after: int, limit: int) -> list[InboxEntry]:
         """Inbox entries after `after`, through a short-lived consumer."""

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import ParseResult
 
 from service.events.model import (
+    Accepted,
     AppendOutcome,
     EventRecord,
     InboxEntry,
@@ -78,10 +79,15 @@ class EventLog(Protocol):
 
     # --- Inbox: webhooks accepted at the door, waiting for verification ------------
 
-    async def accept(self, entry: InboxEntry) -> bool:
-        """Durably adds a webhook to the inbox; False when its id is already pending or
-        recorded (a redelivery). `entry.seq` is ignored: the inbox assigns it. Raises
-        `InboxFull` at the inbox limit and `EventLogUnavailable` on storage failure."""
+    async def accept(self, entry: InboxEntry, alone: EventRecord | None = None) -> Accepted:
+        """Durably adds a webhook to the inbox (QUEUED), or reports a redelivery of one
+        pending or recorded (DUPLICATE). `entry.seq` is ignored: the inbox assigns it.
+
+        `alone` is the event that records this webhook by itself, for a type that needs
+        no look-up: when no entry of the account is pending, a backend may append it in
+        the same transaction instead (RECORDED), which is what the verifier would have
+        recorded, one durable write and one hop sooner. Raises `InboxFull` at the inbox
+        limit and `EventLogUnavailable` on storage failure."""
         ...
 
     async def pending(self, after: int, limit: int) -> list[InboxEntry]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from enum import Enum
 
 ACCOUNT_CREATED = "account.created"
 ACCOUNT_DELETED = "account.deleted"
@@ -130,6 +131,14 @@ class InboxEntry:
     account_id: str
     received_at: float
     body: bytes
+
+
+class Accepted(Enum):
+    """What `EventLog.accept` did with a webhook."""
+
+    QUEUED = "queued"  # in the inbox, for the verifier
+    RECORDED = "recorded"  # its event recorded in the same transaction (no look-up needed)
+    DUPLICATE = "duplicate"  # a redelivery of a webhook pending or recorded
 
 
 @dataclass(frozen=True, slots=True)

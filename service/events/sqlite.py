@@ -24,6 +24,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from urllib.parse import ParseResult, urlparse
 from service.aio import cancel_all
 from service.events.log import Backend
 from service.events.model import (
+    Accepted,
     AppendOutcome,
     EventLogUnavailable,
     EventRecord,
@@ -116,8 +118,8 @@ class _Staged(Generic[_T]):
 
     result: _T
     stored: list[StoredEvent] = field(default_factory=list)
-    pending_added: tuple[str, ...] = ()
-    pending_removed: tuple[str, ...] = ()
+    pending_added: tuple[InboxEntry, ...] = ()
+    pending_removed: tuple[InboxEntry, ...] = ()
     inbox_latest: int = 0
 
 
@@ -284,7 +286,9 @@ class SqliteEventLog:
         self._pending: asyncio.Queue[_PendingWrite[Any]] = asyncio.Queue()
         self._inbox_limit = inbox_limit
         self._pending_ids: set[str] = set()  # event ids in the inbox (committed)
+        self._pending_accounts: Counter[str] = Counter()  # their entries, by account
         self._staged_ids: set[str] = set()  # added by the transaction being staged
+        self._staged_accounts: set[str] = set()  # accounts of those
         self._inbox_latest = Watermark()  # the newest inbox sequence committed
         self._write_lock = asyncio.Lock()
         self._pruned_through = 0
@@ -340,7 +344,9 @@ class SqliteEventLog:
         )
         latest, log._pruned_through = await log._on_writer(log._load_positions)
         log._tail.start_at(latest)
-        log._pending_ids, log._inbox_latest.value = await log._on_writer(log._load_inbox_position)
+        pending, log._inbox_latest.value = await log._on_writer(log._load_inbox_position)
+        log._pending_ids = {event_id for event_id, _ in pending}
+        log._pending_accounts = Counter(account_id for _, account_id in pending)
         log._tasks = [
             asyncio.create_task(log._write_loop(), name="eventlog-writer"),
             asyncio.create_task(log._retention_loop(), name="eventlog-retention"),
@@ -402,11 +408,12 @@ class SqliteEventLog:
 
     # --- Inbox --------------------------------------------------------------------
 
-    async def accept(self, entry: InboxEntry) -> bool:
-        """Durably adds a webhook to the inbox unless its id is pending or recorded."""
+    async def accept(self, entry: InboxEntry, alone: EventRecord | None = None) -> Accepted:
+        """Durably adds a webhook to the inbox unless its id is pending or recorded; with
+        `alone`, records that event instead when no entry of the account is pending."""
         if self._closed:
             raise EventLogUnavailable("the event log is closed")
-        return await self._write(lambda now: self._stage_accept(entry), 1)
+        return await self._write(lambda now: self._stage_accept(entry, alone, now), 1)
 
     async def pending(self, after: int, limit: int) -> list[InboxEntry]:
         """Up to `limit` inbox entries after sequence `after`, oldest first."""
@@ -557,6 +564,7 @@ class SqliteEventLog:
                 self._committed(batch, staged)
             finally:
                 self._staged_ids.clear()
+                self._staged_accounts.clear()
             for _ in batch:
                 self._pending.task_done()
 
@@ -600,20 +608,38 @@ class SqliteEventLog:
                 if not pending.done.done():
                     pending.done.set_exception(outcome)
                 continue
-            self._pending_ids.update(outcome.pending_added)
-            self._pending_ids.difference_update(outcome.pending_removed)
+            for added in outcome.pending_added:
+                self._pending_ids.add(added.event_id)
+                self._pending_accounts[added.account_id] += 1
+            for removed in outcome.pending_removed:
+                if removed.event_id in self._pending_ids:
+                    self._pending_ids.remove(removed.event_id)
+                    self._pending_accounts[removed.account_id] -= 1
+                    if not self._pending_accounts[removed.account_id]:
+                        del self._pending_accounts[removed.account_id]
             inbox_latest = max(inbox_latest, outcome.inbox_latest)
             if not pending.done.done():
                 pending.done.set_result(outcome.result)
         self._inbox_latest.advance(inbox_latest)  # wakes the verifier
 
-    def _stage_accept(self, entry: InboxEntry) -> _Staged[bool]:
+    def _stage_accept(
+        self, entry: InboxEntry, alone: EventRecord | None, now: float
+    ) -> _Staged[Accepted]:
         event_id = entry.event_id
         if event_id in self._pending_ids or event_id in self._staged_ids:
-            return _Staged(False)  # a redelivery of a webhook still waiting
+            return _Staged(Accepted.DUPLICATE)  # a redelivery of a webhook still waiting
         conn = self._writer_conn
         if conn.execute("SELECT 1 FROM dedup WHERE event_id = ?", (event_id,)).fetchone():
-            return _Staged(False)  # a redelivery of a recorded webhook
+            return _Staged(Accepted.DUPLICATE)  # a redelivery of a recorded webhook
+        account_id = entry.account_id
+        if (
+            alone is not None
+            and account_id not in self._pending_accounts
+            and account_id not in self._staged_accounts
+        ):
+            # Nothing of the account waits for the verifier, so recording it now keeps
+            # the account's order; the same transaction the inbox row would have taken.
+            return _Staged(Accepted.RECORDED, self._stage_records([alone], now).stored)
         if len(self._pending_ids) + len(self._staged_ids) >= self._inbox_limit:
             raise InboxFull(
                 f"{len(self._pending_ids)} webhooks are waiting for verification (the limit)"
@@ -624,10 +650,11 @@ class SqliteEventLog:
             (event_id, entry.type, entry.account_id, entry.received_at, entry.body),
         )
         self._staged_ids.add(event_id)
+        self._staged_accounts.add(account_id)
         return _Staged(
-            True,
+            Accepted.QUEUED,
             inbox_latest=int(inserted.lastrowid or 0),
-            pending_added=(event_id,),
+            pending_added=(entry,),
         )
 
     def _stage_settle(
@@ -637,7 +664,7 @@ class SqliteEventLog:
         self._writer_conn.executemany(
             "DELETE FROM inbox WHERE seq = ?", [(entry.seq,) for entry in entries]
         )
-        staged.pending_removed = tuple(entry.event_id for entry in entries)
+        staged.pending_removed = tuple(entries)
         return staged
 
     def _stage_records(
@@ -712,9 +739,10 @@ class SqliteEventLog:
         pruned = conn.execute("SELECT value FROM meta WHERE key = 'pruned_through'").fetchone()
         return (int(row[0]) if row else 0, int(pruned[0]) if pruned else 0)
 
-    def _load_inbox_position(self) -> tuple[set[str], int]:
+    def _load_inbox_position(self) -> tuple[list[tuple[str, str]], int]:
+        """The (event id, account id) of every inbox entry, and the newest sequence."""
         conn = self._writer_conn
-        pending = {row[0] for row in conn.execute("SELECT event_id FROM inbox")}
+        pending = conn.execute("SELECT event_id, account_id FROM inbox").fetchall()
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'inbox'").fetchone()
         return pending, int(row[0]) if row else 0
 

@@ -271,7 +271,7 @@ class Verifier:
         records: list[EventRecord] = []
         for index, group in enumerate(groups):
             if group[0].type not in VERIFIED_TYPES:
-                verification = Verification(pb.VERIFICATION_NOT_APPLICABLE, outcome="not_needed")
+                verification = _NOT_NEEDED
             elif index + 1 < len(groups):
                 later = groups[index + 1][0].type
                 verification = Verification(
@@ -319,6 +319,18 @@ class Verifier:
             error=f"not verified within {self._deadline:g}s of receipt: {last_error}",
             outcome="deadline",
         )
+
+
+_NOT_NEEDED = Verification(pb.VERIFICATION_NOT_APPLICABLE, outcome="not_needed")
+
+
+def record_alone(entry: InboxEntry) -> EventRecord | None:
+    """The event the verifier records for `entry` by itself when its type needs no
+    look-up (None for `created` and `updated`): the door records it at once when nothing
+    of the account is pending (see `EventLog.accept`)."""
+    if entry.type in VERIFIED_TYPES:
+        return None
+    return event_record(_folded([entry], _parsed(entry), _NOT_NEEDED), inbox_through=entry.seq)
 
 
 def _timestamp(seconds: float) -> Timestamp:
