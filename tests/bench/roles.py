@@ -177,8 +177,11 @@ async def bare_broadcast(_: dict[str, Any]) -> None:
     """Baseline fan-out: bare grpc.aio pushing each published event to every open stream.
 
     It serves StreamAccountEvents' method name (bytes in, bytes out), so the same
-    `subscribers` role reads it: a bookmark first, then every event published to its TCP
-    port (see `_Publications`; printed after the gRPC port), encoded once when published.
+    `subscribers` role reads it: a bookmark first, then every event published, encoded
+    once. Events come over a TCP port (see `_Publications`), or as the service's webhooks
+    to `POST /webhooks/stackone` on an HTTP port, where a bare aiohttp handler makes the
+    event of each (no signature check, nothing stored); the two ports are printed after
+    the gRPC port, in that order.
     A stream that asked for `max_events_per_message` > 1 batches as the service does:
     whatever was published since its last message goes, up to that many, in one message.
     """
@@ -207,13 +210,24 @@ async def bare_broadcast(_: dict[str, Any]) -> None:
         woken, wake = wake, asyncio.Event()
         woken.set()
 
+    async def webhook(request: web.Request) -> web.Response:
+        # What any webhook-to-stream relay does: read the body, make an event of it.
+        account_id = orjson.loads(await request.read())["account_id"]
+        publish([_broadcast_event(account_id, len(published) + 1).SerializeToString()])
+        return web.Response(body=b'{"result":"accepted"}', content_type="application/json")
+
     loop = asyncio.get_running_loop()
     publications = await loop.create_server(lambda: _Publications(publish), "127.0.0.1", 0)
+    intake = web.Application()
+    intake.router.add_post("/webhooks/stackone", webhook)
+    runner = web.AppRunner(intake, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
     await _serve_grpc(
         grpc.method_handlers_generic_handler(
             "stackone_connect.v1.ConnectService",
             {"StreamAccountEvents": grpc.unary_stream_rpc_method_handler(follow)}),
-        also=str(publications.sockets[0].getsockname()[1]),
+        also=f"{publications.sockets[0].getsockname()[1]} {runner.addresses[0][1]}",
     )  # fmt: skip
 
 
