@@ -282,9 +282,7 @@ class Verifier:
             else:
                 verification = await self._verify(group)
             self._metrics.verifications.labels(verification.outcome).inc()
-            # Only the newest webhook of a group is read again: it carries the state.
-            message = _folded(group, _parsed(group[-1]), verification)
-            records.append(event_record(message, inbox_through=max(e.seq for e in group)))
+            records.append(_record_of(group, verification))
         return records
 
     async def _verify(self, group: Sequence[InboxEntry]) -> Verification:
@@ -330,7 +328,14 @@ def record_alone(entry: InboxEntry) -> EventRecord | None:
     of the account is pending (see `EventLog.accept`)."""
     if entry.type in VERIFIED_TYPES:
         return None
-    return event_record(_folded([entry], _parsed(entry), _NOT_NEEDED), inbox_through=entry.seq)
+    return _record_of([entry], _NOT_NEEDED)
+
+
+def _record_of(group: Sequence[InboxEntry], verification: Verification) -> EventRecord:
+    """The one event recording a group of an account's webhooks, as `verification` says."""
+    # Only the newest webhook of a group is read again: it carries the state.
+    message = _folded(group, _parsed(group[-1]), verification)
+    return event_record(message, inbox_through=max(entry.seq for entry in group))
 
 
 def _timestamp(seconds: float) -> Timestamp:
