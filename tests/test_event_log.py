@@ -139,7 +139,6 @@ async def test_filters_combine_kinds_with_and_and_values_with_or(
     feed = Feed(event_log, 0, event_filter, bookmark_interval=10)
     events = await take(feed, 3)
     assert [event.event_id for event in events] == ["evt-1", "evt-4", "evt-5"]
-    await feed.aclose()
 
 
 async def test_a_live_feed_receives_events_appended_after_it_started(
@@ -156,7 +155,6 @@ async def test_a_live_feed_receives_events_appended_after_it_started(
     await event_log.append([record(1)])
     await event_log.append([record(2)])
     assert [event.event_id for event in await take(feed, 2)] == ["evt-1", "evt-2"]
-    await feed.aclose()
 
 
 async def test_filtered_idle_feeds_get_bookmarks_that_advance(
@@ -171,7 +169,6 @@ async def test_filtered_idle_feeds_get_bookmarks_that_advance(
         while isinstance(bookmark, Bookmark) and bookmark.cursor < 3:
             bookmark = await anext(feed)
     assert bookmark == Bookmark(3)
-    await feed.aclose()
 
 
 async def test_a_cursor_older_than_retention_is_out_of_range_with_the_earliest(

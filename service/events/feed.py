@@ -127,6 +127,3 @@ class Feed:
                 self._last_sent = time.monotonic()
                 return Bookmark(self._position)
         raise StopAsyncIteration
-
-    async def aclose(self) -> None:
-        """Nothing to release (kept so that a feed closes like an async generator)."""
