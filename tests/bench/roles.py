@@ -76,12 +76,17 @@ def prometheus_samples(text: str, names: list[str]) -> dict[str, float]:
     return samples
 
 
-async def _serve_app(app: web.Application) -> None:
+async def _start_app(app: web.Application) -> int:
+    """Serves `app` on a free loopback port (until the process ends); returns the port."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print(f"READY {runner.addresses[0][1]}", flush=True)
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port: int = runner.addresses[0][1]
+    return port
+
+
+async def _serve_app(app: web.Application) -> None:
+    print(f"READY {await _start_app(app)}", flush=True)
     await asyncio.Event().wait()
 
 
@@ -220,14 +225,12 @@ async def bare_broadcast(_: dict[str, Any]) -> None:
     publications = await loop.create_server(lambda: _Publications(publish), "127.0.0.1", 0)
     intake = web.Application()
     intake.router.add_post("/webhooks/stackone", webhook)
-    runner = web.AppRunner(intake, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    intake_port = await _start_app(intake)
     await _serve_grpc(
         grpc.method_handlers_generic_handler(
             "stackone_connect.v1.ConnectService",
             {"StreamAccountEvents": grpc.unary_stream_rpc_method_handler(follow)}),
-        also=f"{publications.sockets[0].getsockname()[1]} {runner.addresses[0][1]}",
+        also=f"{publications.sockets[0].getsockname()[1]} {intake_port}",
     )  # fmt: skip
 
 
