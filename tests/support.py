@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable, Iterable
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import httpx
@@ -25,6 +27,34 @@ from service.events.tail import DEFAULT_TAIL_BYTES
 
 WEBHOOK_SECRET = "whsec-test-secret"
 _numbers = itertools.count()
+_T = TypeVar("_T")
+
+
+@contextmanager
+def in_a_thread(
+    opened: Callable[[], AbstractAsyncContextManager[_T]], *, what: str, start_within: float
+) -> Iterator[tuple[_T, asyncio.AbstractEventLoop]]:
+    """Enters `opened()` on an event loop of its own in a thread, so that sync code (the
+    hypothesis tests) can use what it gives, with that loop; leaves it after the block."""
+    started: list[tuple[_T, asyncio.AbstractEventLoop, asyncio.Event]] = []
+    ready = threading.Event()
+
+    async def run() -> None:
+        async with opened() as value:
+            stop = asyncio.Event()
+            started.append((value, asyncio.get_running_loop(), stop))
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
+    thread.start()
+    assert ready.wait(start_within), f"{what} did not start"
+    value, loop, stop = started[0]
+    try:
+        yield value, loop
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
 
 
 @dataclass(frozen=True)

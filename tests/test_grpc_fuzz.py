@@ -9,10 +9,9 @@ run throws a few hundred generated calls; `make fuzz` (`--fuzz`) throws 10,000.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -27,7 +26,7 @@ from service.api.v1 import stackone_connect_pb2 as pb
 from service.rpc.methods import CONNECT_METHODS
 from service.rpc.server import SERVICE_NAME
 from tests.processes import ServeProcess, serve_env, serve_process
-from tests.support import loop_lag_counts, trailer_bytes
+from tests.support import in_a_thread, loop_lag_counts, trailer_bytes
 
 MAX_LAG = 0.1
 LAG_ATTEMPTS = 3
@@ -74,8 +73,6 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The real `serve`, running until the module's tests are done."""
-    started: list[tuple[ServeProcess, asyncio.AbstractEventLoop, asyncio.Event]] = []
-    ready = threading.Event()
     env = serve_env(
         tmp_path_factory.mktemp("grpc-fuzz"),
         "whsec-fuzz",
@@ -83,25 +80,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         STACKONE_CONNECT_RATE_LIMIT="100000000",
     )
 
-    async def run() -> None:
+    @asynccontextmanager
+    async def stopped_gracefully() -> AsyncIterator[ServeProcess]:
         async with serve_process(env) as process:
-            stop = asyncio.Event()
-            started.append((process, asyncio.get_running_loop(), stop))
-            ready.set()
-            await stop.wait()
+            yield process
             await process.stop()
 
-    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
-    thread.start()
-    assert ready.wait(60), "serve did not start"
-    process, loop, stop = started[0]
     with (
+        in_a_thread(stopped_gracefully, what="serve", start_within=60) as (process, _),
         grpc.insecure_channel(process.grpc_target) as channel,
         httpx.Client(base_url=process.admin_url, timeout=10) as http,
     ):
         yield Server(process, channel, http)
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(30)
 
 
 odd_texts = st.one_of(

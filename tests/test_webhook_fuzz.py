@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import threading
 import zlib
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ from service.events.sqlite import SqliteEventLog
 from service.events.verify import record_alone
 from service.metrics import Metrics
 from service.web import listening
-from tests.support import WEBHOOK_SECRET, signed_headers, webhook
+from tests.support import WEBHOOK_SECRET, in_a_thread, signed_headers, webhook
 
 _T = TypeVar("_T")
 MAX_BODY = 4096
@@ -71,11 +71,10 @@ class Gateway:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """The real gateway and event log, running until the module's tests are done."""
-    ready: list[tuple[str, SqliteEventLog, asyncio.AbstractEventLoop, asyncio.Event]] = []
-    started = threading.Event()
     path = tmp_path_factory.mktemp("fuzz") / "events.db"
 
-    async def serve() -> None:
+    @asynccontextmanager
+    async def serving() -> AsyncIterator[tuple[str, SqliteEventLog]]:
         log = await SqliteEventLog.open(path)
         state = GatewayState(
             ingestor=Ingestor(log, record_alone=record_alone),
@@ -85,27 +84,21 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             metrics=Metrics(),
             max_body_bytes=MAX_BODY,
         )
-        async with listening(init_app(state), "127.0.0.1", 0) as app:
-            stop = asyncio.Event()
-            ready.append((app.base_url, log, asyncio.get_running_loop(), stop))
-            started.set()
-            await stop.wait()
-        await log.close()
+        try:
+            async with listening(init_app(state), "127.0.0.1", 0) as app:
+                yield app.base_url, log
+        finally:
+            await log.close()
 
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-    thread.start()
-    assert started.wait(10), "the gateway did not start"
-    base_url, log, loop, stop = ready[0]
-    try:
-        with httpx.Client(base_url=base_url, timeout=10) as http:
-            gateway = Gateway(base_url, log, loop, http)
-            yield gateway
-            # Checked once the module's fuzzing ran: an empty inbox would prove nothing.
-            assert gateway.recorded, "no fuzzed webhook was accepted"
-            gateway.check_log()
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
+    with (
+        in_a_thread(serving, what="the gateway", start_within=10) as ((base_url, log), loop),
+        httpx.Client(base_url=base_url, timeout=10) as http,
+    ):
+        gateway = Gateway(base_url, log, loop, http)
+        yield gateway
+        # Checked once the module's fuzzing ran: an empty inbox would prove nothing.
+        assert gateway.recorded, "no fuzzed webhook was accepted"
+        gateway.check_log()
 
 
 json_values = st.recursive(
