@@ -77,7 +77,7 @@ async def test_a_very_long_account_id_is_recorded_and_the_connection_stays_up(
         assert [waiting.account_id for waiting in pending] == [LONG_ACCOUNT]
         assert await log.unsettled(pending) == pending
         settling = replace(record("evt-long", LONG_ACCOUNT), inbox_through=pending[0].seq)
-        assert not (await log.settle(pending, [settling]))[0].duplicate
+        assert not (await log.settle(pending, [settling])).outcomes[0].duplicate
         assert await log.pending(0, 10) == []
         events = await log.read(0, 10)
         assert [(event.event_id, event.account_id) for event in events] == [

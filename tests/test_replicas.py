@@ -34,10 +34,10 @@ def replica_env(tmp_path: Path, url: str, stream: str, **extra: str) -> dict[str
 
 @asynccontextmanager
 async def replicas(
-    count: int, tmp_path: Path, url: str, **extra: str
+    count: int, tmp_path: Path, url: str, *, stream: str = "", **extra: str
 ) -> AsyncIterator[list[ServeProcess]]:
-    """`count` separate serve processes on one fresh stream."""
-    stream = f"R{uuid.uuid4().hex}"
+    """`count` separate serve processes on one stream (a fresh one unless named)."""
+    stream = stream or f"R{uuid.uuid4().hex}"
     async with AsyncExitStack() as stack:
         yield [
             await stack.enter_async_context(

@@ -78,6 +78,7 @@ from service.events.model import (
     KnownAccount,
     LogBounds,
     Retention,
+    Settlement,
     StoredEvent,
     already_known,
     deletes_account,
@@ -257,7 +258,7 @@ class JetStreamEventLog:
         if self._closed:
             raise EventLogUnavailable("the event log is closed")
         try:
-            return [await self._append_one(record) for record in records]
+            return [(await self._append_one(record)).outcome for record in records]
         except NATS_ERRORS as error:
             raise EventLogUnavailable(f"JetStream did not take the event: {error!r}") from error
 
@@ -298,7 +299,7 @@ class JetStreamEventLog:
     async def contains(self, event_id: str) -> bool:
         """True when `event_id` was recorded (by any replica) within the dedup window."""
         try:
-            return await self._recorded_cursor(event_id) is not None
+            return await self._recorded(event_id) is not None
         except NATS_ERRORS as error:
             raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
 
@@ -342,14 +343,15 @@ class JetStreamEventLog:
             ).decode(),
         }
         try:
-            if await self._recorded_cursor(entry.event_id) is not None:
+            if await self._recorded(entry.event_id) is not None:
                 return Accepted.DUPLICATE
-            ack = await self._publish(
-                self._inbox_subject(entry.account_id),
-                entry.body,
-                headers,
-                self._options.inbox_stream,
-            )
+            subject = self._inbox_subject(entry.account_id)
+            ack = await self._publish(subject, entry.body, headers, self._options.inbox_stream)
+            if ack.duplicate and not await self._still_held(entry.account_id, ack.seq):
+                # Within the window JetStream remembers the id of an entry that is gone
+                # from the inbox yet was never recorded: taken again, under an id of its own.
+                headers["Nats-Msg-Id"] = _msg_id(f"{entry.event_id}\n{ack.seq}")
+                ack = await self._publish(subject, entry.body, headers, self._options.inbox_stream)
         except nats.js.errors.APIError as error:
             if "maximum messages" in str(error.description or ""):
                 raise InboxFull(
@@ -414,18 +416,28 @@ class JetStreamEventLog:
 
     async def settle(
         self, entries: Sequence[InboxEntry], records: Sequence[EventRecord]
-    ) -> list[AppendOutcome]:
-        """Publishes `records` (each checked against `inbox_through`), then purges the
-        account's inbox subject up to the last of `entries`."""
+    ) -> Settlement:
+        """Publishes `records` in order, then purges the account's inbox subject through
+        the last entry they were found to cover. A record whose first webhook another
+        replica recorded already (in a group that may have ended sooner) covers only what
+        that replica's event covered: the entries past it stay in the inbox, unrecorded,
+        and later records are not published ahead of them."""
         if self._closed:
             raise EventLogUnavailable("the event log is closed")
+        outcomes: list[AppendOutcome] = []
+        covered = 0
         try:
-            outcomes = [await self._append_one(record) for record in records]
-            if entries:
-                await self._clear_inbox(entries[0].account_id, max(e.seq for e in entries))
+            for record in records:
+                appended = await self._append_one(record)
+                outcomes.append(appended.outcome)
+                covered = max(covered, appended.covered_through)
+                if appended.covered_through < record.inbox_through:
+                    break  # the rest is read again, so that it is recorded in order
+            if entries and covered:
+                await self._clear_inbox(entries[0].account_id, covered)
         except NATS_ERRORS as error:
             raise EventLogUnavailable(f"JetStream did not take the event: {error!r}") from error
-        return outcomes
+        return Settlement(outcomes, [entry for entry in entries if entry.seq > covered])
 
     async def wait_for_inbox(self, after: int, timeout: float) -> None:
         """Returns when a webhook reaches the inbox (of any replica), or after `timeout`."""
@@ -446,6 +458,14 @@ class JetStreamEventLog:
             raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
         fields = _fields(first.headers, _INBOX_HEADER)
         return InboxStats(info.state.messages, float(fields["received_at"]))
+
+    async def _still_held(self, account_id: str, seq: int) -> bool:
+        """Whether inbox entry `seq` of the account is waiting or covered by an event."""
+        try:
+            await self._js.get_msg(self._options.inbox_stream, seq=seq)
+        except nats.js.errors.NotFoundError:
+            return (await self._last_on(self._subject(account_id))).inbox_through >= seq
+        return True
 
     async def _clear_inbox(self, account_id: str, through: int) -> None:
         # Purges the account's subject below `through + 1`: entries up to it are recorded.
@@ -583,21 +603,24 @@ class JetStreamEventLog:
 
     # --- Appending ----------------------------------------------------------------
 
-    async def _append_one(self, record: EventRecord) -> AppendOutcome:
+    async def _append_one(self, record: EventRecord) -> _Appended:
         subject = self._subject(record.account_id)
         for _ in range(_MAX_CONFLICT_RETRIES):
-            recorded = await self._recorded_cursor(record.event_id)
+            recorded = await self._recorded(record.event_id)
             if recorded is not None:
-                return AppendOutcome(record.event_id, recorded, duplicate=True)
+                # Whoever recorded this id covered the inbox as far as it had read.
+                through = min(record.inbox_through, recorded.inbox_through)
+                return _Appended.duplicate(record, recorded.cursor, through)
             last = await self._last_on(subject)
             if last.event_id == record.event_id:  # another replica published it just now
-                return AppendOutcome(record.event_id, last.sequence, duplicate=True)
+                through = min(record.inbox_through, last.inbox_through)
+                return _Appended.duplicate(record, last.sequence, through)
             if record.inbox_through and record.inbox_through <= last.inbox_through:
-                return AppendOutcome(record.event_id, 0, duplicate=True)  # settled already
+                return _Appended.duplicate(record, 0, record.inbox_through)  # settled already
             if already_known(record, last.known):
                 # Remembered, as on SQLite, so a redelivery is dropped without another check.
                 await self._remember_ids(record, 0)
-                return AppendOutcome(record.event_id, 0, duplicate=True)
+                return _Appended.duplicate(record, 0, record.inbox_through)
             recorded_at = time.time()
             headers = {
                 "Nats-Msg-Id": _msg_id(record.event_id),
@@ -623,10 +646,11 @@ class JetStreamEventLog:
                 if error.err_code == _WRONG_LAST_SEQUENCE:
                     continue  # another replica recorded this account meanwhile: check again
                 raise
-            if not ack.duplicate:
-                await self._remember(record, ack.seq)
-                self._appended_here(record, ack.seq, recorded_at)
-            return AppendOutcome(record.event_id, ack.seq, duplicate=bool(ack.duplicate))
+            if ack.duplicate:  # recorded by another replica, how far unknown: read again
+                return _Appended.duplicate(record, ack.seq, 0)
+            await self._remember(record, ack.seq)
+            self._appended_here(record, ack.seq, recorded_at)
+            return _Appended(AppendOutcome(record.event_id, ack.seq, False), record.inbox_through)
         raise EventLogUnavailable(f"account {record.account_id} kept changing; retry")
 
     async def _publish(
@@ -662,16 +686,18 @@ class JetStreamEventLog:
             int(fields.get("inbox_through", 0)),
         )
 
-    async def _recorded_cursor(self, event_id: str) -> int | None:
+    async def _recorded(self, event_id: str) -> _Recorded | None:
+        """Where `event_id` was recorded (within the dedup window), if it was."""
         try:
             entry = await self._ids.get(_id_key(event_id))
         except nats.js.errors.KeyNotFoundError:
             return None
-        return int(entry.value or b"0")
+        return _Recorded.parse(entry.value or b"0")
 
     async def _remember_ids(self, record: EventRecord, cursor: int) -> None:
+        value = f"{cursor} {record.inbox_through}".encode()
         for event_id in record.ids:
-            await self._ids.put(_id_key(event_id), str(cursor).encode())
+            await self._ids.put(_id_key(event_id), value)
 
     async def _remember(self, record: EventRecord, cursor: int) -> None:
         # orjson writes the dataclass's fields, which `known_accounts` reads back.
@@ -740,6 +766,33 @@ class JetStreamEventLog:
             self._poke.set()  # another replica's events are between: the follower reads them
             return
         self._tail.publish([record.stored(cursor, recorded_at)])
+
+
+@dataclass(frozen=True, slots=True)
+class _Appended:
+    """One record's outcome, and the highest inbox sequence known to be covered by an
+    event once it was handled (the record's own `inbox_through` when it was recorded)."""
+
+    outcome: AppendOutcome
+    covered_through: int
+
+    @classmethod
+    def duplicate(cls, record: EventRecord, cursor: int, covered_through: int) -> _Appended:
+        return cls(AppendOutcome(record.event_id, cursor, duplicate=True), covered_through)
+
+
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    """An ids-bucket value: the event's cursor (0: its change was known already) and the
+    inbox sequence the recording covered (0 when not from the inbox)."""
+
+    cursor: int
+    inbox_through: int
+
+    @classmethod
+    def parse(cls, value: bytes) -> _Recorded:
+        cursor, _, through = value.decode().partition(" ")
+        return cls(int(cursor or 0), int(through or 0))
 
 
 @dataclass(frozen=True, slots=True)

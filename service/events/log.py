@@ -15,6 +15,7 @@ from service.events.model import (
     InboxStats,
     KnownAccount,
     LogBounds,
+    Settlement,
     StoredEvent,
 )
 
@@ -100,9 +101,12 @@ class EventLog(Protocol):
 
     async def settle(
         self, entries: Sequence[InboxEntry], records: Sequence[EventRecord]
-    ) -> list[AppendOutcome]:
+    ) -> Settlement:
         """Appends the events that record `entries` (all of one account), then clears the
-        entries; after a crash in between, settling them again records nothing twice."""
+        entries those events cover; after a crash in between, settling them again records
+        nothing twice. An entry is cleared only once an event covering it is recorded:
+        when another replica recorded part of a group first, the rest stays in the inbox
+        and is returned as `unrecorded`, to be read again and recorded."""
         ...
 
     async def wait_for_inbox(self, after: int, timeout: float) -> None:

@@ -177,6 +177,16 @@ class AppendOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Settlement:
+    """What `EventLog.settle` did: each record's outcome, and the entries it left in the
+    inbox because another replica had recorded only part of what they fold with (they
+    are to be read again with `EventLog.unsettled` and recorded in a later event)."""
+
+    outcomes: list[AppendOutcome]
+    unrecorded: list[InboxEntry] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
 class LogBounds:
     """Which cursors a reader may resume after.
 

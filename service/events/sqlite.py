@@ -45,6 +45,7 @@ from service.events.model import (
     KnownAccount,
     LogBounds,
     Retention,
+    Settlement,
     StoredEvent,
     already_known,
 )
@@ -432,13 +433,15 @@ class SqliteEventLog:
 
     async def settle(
         self, entries: Sequence[InboxEntry], records: Sequence[EventRecord]
-    ) -> list[AppendOutcome]:
-        """Appends `records` and clears `entries` in one transaction."""
+    ) -> Settlement:
+        """Appends `records` and clears `entries` in one transaction (one writer: nothing
+        else records them meanwhile)."""
         if self._closed:
             raise EventLogUnavailable("the event log is closed")
-        return await self._write(
+        outcomes = await self._write(
             lambda now: self._stage_settle(records, entries, now), max(1, len(records))
         )
+        return Settlement(outcomes)
 
     async def wait_for_inbox(self, after: int, timeout: float) -> None:
         """Returns once an entry past `after` was accepted, or after `timeout` seconds."""

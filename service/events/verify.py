@@ -36,7 +36,7 @@ from service.api.convert import account_message, timestamp
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.ingest import InvalidWebhook, event_record, parse_webhook
 from service.events.log import EventLog
-from service.events.model import EventRecord, InboxEntry
+from service.events.model import EventLogUnavailable, EventRecord, InboxEntry
 from service.metrics import Metrics
 from service.stackone.budget import Priority
 from service.stackone.errors import (
@@ -52,6 +52,8 @@ VERIFIED_TYPES = frozenset({"account.created", "account.updated"})
 # Answers that retrying within the deadline cannot change.
 _FINAL_ERRORS = (StackOneNotFound, StackOneAuthError, StackOneBadRequest)
 _PAGE = 500
+# Rounds of recording what other replicas left of an account's entries before retrying.
+_SETTLE_ROUNDS = 5
 
 
 class AccountSource(Protocol):
@@ -245,11 +247,7 @@ class Verifier:
 
     async def _verify_account(self, account_id: str, entries: list[InboxEntry]) -> None:
         try:
-            unsettled = await self._log.unsettled(entries)
-            if unsettled:
-                records = await self.records(unsettled)
-                with self._metrics.append_seconds.time():
-                    await self._log.settle(unsettled, records)
+            await self._settle_all(account_id, entries)
             self._held -= len(entries)
         except Exception as error:  # put them back in order; the next step retries
             self._metrics.background_failures.labels("verifier").inc()
@@ -258,6 +256,21 @@ class Verifier:
             await asyncio.sleep(self._retry_interval)
         finally:
             del self._busy[account_id]
+
+    async def _settle_all(self, account_id: str, entries: list[InboxEntry]) -> None:
+        """Records every entry of the account not yet recorded. Another replica may record
+        part of a group first: what it left is read again and recorded in a later round."""
+        unsettled = await self._log.unsettled(entries)
+        for _ in range(_SETTLE_ROUNDS):
+            if not unsettled:
+                return
+            records = await self.records(unsettled)
+            with self._metrics.append_seconds.time():
+                left = (await self._log.settle(unsettled, records)).unrecorded
+            unsettled = await self._log.unsettled(left) if left else []
+        raise EventLogUnavailable(
+            f"account {account_id} was still being recorded by another replica; retrying"
+        )
 
     async def records(self, entries: Sequence[InboxEntry]) -> list[EventRecord]:
         """The events recording `entries` (one account's, in arrival order)."""
