@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,9 +23,10 @@ from google.protobuf.empty_pb2 import Empty
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
-from service.emulator import EMULATOR_STATE, EmulatorState
+from service.emulator import EMULATOR_STATE, EmulatorConfig, EmulatorState, build_emulator_app
 from service.events.sqlite import SqliteEventLog
 from service.runtime import Runtime, running
+from service.web import listening
 from tests.processes import serve_env, serve_process
 from tests.streams import StreamCall, events_covering, next_item, subscribed
 from tests.support import WEBHOOK_SECRET, LogBackend, eventually, make_settings, signed_headers
@@ -334,3 +336,49 @@ async def test_verification_never_spends_the_callers_reserve_and_the_deadline_bo
                 assert "budget" in event.verification_error
         assert harness.state.rate_limited == 0
         assert harness.look_ups() == 4
+
+
+async def test_a_webhook_pending_at_a_stop_is_verified_after_a_restart_past_its_deadline(
+    tmp_path: Path, backend: LogBackend
+) -> None:
+    """An `account.updated` accepted, the service stopped within the quiet period, and
+    started again after the verification deadline has passed: the webhook still gets its
+    look-up and is recorded verified (it was recorded unverified with no look-up and a
+    false reason, the budget)."""
+    config = EmulatorConfig(api_key="restart-key", deliver_webhooks=False)
+    stackone_app = build_emulator_app(config)
+    async with (
+        listening(stackone_app, "127.0.0.1", 0) as stackone,
+        httpx.AsyncClient(base_url=stackone.base_url) as emulator,
+    ):
+        spec = {"provider": "hibob", "origin_owner_id": "tenant-1", "origin_owner_name": "One"}
+        account_id = (await emulator.post("/emulator/accounts", json=spec)).json()["id"]
+        settings = make_settings(
+            tmp_path,
+            reconcile_interval=0,
+            api_key="restart-key",
+            base_url=stackone.base_url,
+            verify_deadline=2.0,
+            verify_quiet=5.0,  # the look-up would start 1 s (half the deadline) after receipt
+            **backend.settings(),
+        )
+        async with (
+            running(settings) as service,
+            httpx.AsyncClient(base_url=service.gateway.base_url) as http,
+        ):
+            body = webhook("account.updated", account_id)
+            answer = await http.post(
+                "/webhooks/stackone", content=body, headers=signed_headers(body)
+            )
+            accepted_at = time.time()
+        state = stackone_app[EMULATOR_STATE]
+        assert state.calls[LOOK_UP] == 0, "stopped before the look-up"
+        # The deadline itself must pass while the service is down.
+        await eventually(lambda: time.time() > accepted_at + 2.5, timeout=10)
+        async with (
+            running(settings) as service,
+            subscribed(service.grpc_target, from_earliest=Empty()) as stream,
+        ):
+            (event,) = await events_covering(stream, {answer.json()["event_id"]})
+    assert event.verification == pb.VERIFICATION_VERIFIED, event.verification_error
+    assert state.calls[LOOK_UP] == 1

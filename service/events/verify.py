@@ -99,7 +99,8 @@ class Verifier:
     Args:
         log: the event log whose inbox it drains.
         accounts: the StackOne client (None: everything is recorded unverified).
-        deadline: seconds from receipt within which every webhook is recorded.
+        deadline: seconds from receipt within which every webhook is recorded (from this
+            verifier's start for webhooks accepted before it).
         lookup_timeout: seconds one look-up attempt may take.
         quiet: seconds an account's look-up waits for more of its webhooks (so that they
             share it), from the newest; never more than 5 times `quiet` from the oldest, nor
@@ -140,6 +141,7 @@ class Verifier:
         self._read_through = 0
         self._stats_at = 0.0
         self._capped = False  # the last read stopped at `read_ahead`, not at the end
+        self._started_at = time.time()
 
     async def run(self) -> None:
         """Verifies inbox entries until cancelled; a failure is logged, counted and
@@ -239,10 +241,11 @@ class Verifier:
         arriving in a burst share it, bounded from its oldest webhook."""
         if waiting.entries[-1].type not in VERIFIED_TYPES:
             return 0.0  # nothing to look up: the last group needs none, earlier are superseded
+        oldest = max(waiting.oldest, self._started_at)
         return min(
             waiting.newest + self._quiet,
-            waiting.oldest + 5 * self._quiet,
-            waiting.oldest + self._deadline / 2,
+            oldest + 5 * self._quiet,
+            oldest + self._deadline / 2,
         )
 
     async def _verify_account(self, account_id: str, entries: list[InboxEntry]) -> None:
@@ -306,8 +309,8 @@ class Verifier:
                 error="no StackOne client is configured",
                 outcome="no_client",
             )
-        ends_at = min(entry.received_at for entry in group) + self._deadline
-        last_error = "the StackOne rate budget had no room for the look-up"
+        ends_at = self._deadline_of(group)
+        last_error = "its turn for a look-up came after the deadline (a backlog of look-ups)"
         backoff = 0.1
         while (remaining := ends_at - time.time()) > 0:
             try:
@@ -330,6 +333,13 @@ class Verifier:
             error=f"not verified within {self._deadline:g}s of receipt: {last_error}",
             outcome="deadline",
         )
+
+    def _deadline_of(self, group: Sequence[InboxEntry]) -> float:
+        """When a group's look-ups must end: `deadline` after its first webhook's receipt,
+        counted while a verifier runs here. Webhooks accepted before this process started
+        (a stop, a deploy, an outage) get their whole deadline from the start, so each
+        gets its look-up after a restart however long the service was down."""
+        return max(min(entry.received_at for entry in group), self._started_at) + self._deadline
 
 
 _NOT_NEEDED = Verification(pb.VERIFICATION_NOT_APPLICABLE, outcome="not_needed")
