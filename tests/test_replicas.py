@@ -217,3 +217,39 @@ async def test_two_replicas_sweeping_at_once_record_each_change_once(
         ids[2]: ["account.created", "account.deleted"],
     }
     assert {e.source for e in events} == {pb.EVENT_SOURCE_RECONCILIATION}
+
+
+async def test_nats_back_without_the_streams_is_recovered_from_by_itself(tmp_path: Path) -> None:
+    """A nats-server on memory storage restarted, every stream and bucket gone with it:
+    health is SERVING again and webhooks are accepted with no restart of the service,
+    and the attached subscriber gets the next event at a cursor past every earlier one."""
+    server = NatsServer(tmp_path / "nats")
+    (tmp_path / "nats").mkdir()
+    server.start()
+    try:
+        async with (
+            replicas(
+                1,
+                tmp_path,
+                server.url,
+                STACKONE_CONNECT_READINESS_INTERVAL="0.2",
+                STACKONE_CONNECT_JETSTREAM_STORAGE="memory",
+            ) as (one,),
+            subscribed(one.grpc_target) as stream,
+            httpx.AsyncClient(base_url=one.gateway_url, timeout=10) as http,
+        ):
+            before = webhook()
+            assert (await deliver(http, before)).status_code == 200
+            first = await next_event(stream)
+            server.stop()
+            await _until_health(one, health_pb2.HealthCheckResponse.NOT_SERVING)
+            server.start()
+            await _until_health(one, health_pb2.HealthCheckResponse.SERVING)
+            after = webhook()
+            accepted = await deliver(http, after)
+            assert accepted.status_code == 200, accepted.text
+            event = await next_event(stream, timeout=15)
+    finally:
+        server.stop()
+    assert event.account.id == webhook_account(after)
+    assert int(event.cursor) > int(first.cursor)

@@ -42,7 +42,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.header import Header, decode_header
 from typing import TYPE_CHECKING, Any
 
@@ -209,8 +209,13 @@ class JetStreamEventLog:
         # Counts the inbox publications seen (of any replica): hints to read the inbox.
         self._inbox_hints = Watermark()
         self._inbox_hints_seen = 0
+        # The highest inbox sequence seen: a recreated inbox starts above it, since
+        # recorded events name inbox positions (`inbox_through`).
+        self._inbox_latest = 0
+        self._restoring = asyncio.Lock()
         self.reconnects = 0  # nats-py's own, after a drop
         self.reopens = 0  # fresh connections after nats-py closed one for good
+        self.restores = 0  # streams or buckets found missing and created again
         self.background_failures: Counter[str] = Counter()  # by task; each was retried
         self._report_failure: Callable[[str], None] = lambda task: None
 
@@ -344,10 +349,14 @@ class JetStreamEventLog:
         }
         try:
             if await self._recorded(entry.event_id) is not None:
-                return Accepted.DUPLICATE
+                return Accepted.REPEATED
             subject = self._inbox_subject(entry.account_id)
             ack = await self._publish(subject, entry.body, headers, self._options.inbox_stream)
-            if ack.duplicate and not await self._still_held(entry.account_id, ack.seq):
+            self._inbox_latest = max(self._inbox_latest, ack.seq)
+            held = await self._held_as(entry.account_id, ack.seq) if ack.duplicate else None
+            if held is not None:
+                return held
+            if ack.duplicate:
                 # Within the window JetStream remembers the id of an entry that is gone
                 # from the inbox yet was never recorded: taken again, under an id of its own.
                 headers["Nats-Msg-Id"] = _msg_id(f"{entry.event_id}\n{ack.seq}")
@@ -360,13 +369,14 @@ class JetStreamEventLog:
             raise EventLogUnavailable(f"JetStream did not take the webhook: {error!r}") from error
         except NATS_ERRORS as error:
             raise EventLogUnavailable(f"JetStream did not take the webhook: {error!r}") from error
-        return Accepted.DUPLICATE if ack.duplicate else Accepted.QUEUED
+        return Accepted.QUEUED
 
     async def pending(self, after: int, limit: int) -> list[InboxEntry]:
         """Inbox entries after `after`, through a short-lived consumer."""
         stream = self._options.inbox_stream
         try:
             info = await self._js.stream_info(stream)
+            self._inbox_latest = max(self._inbox_latest, info.state.last_seq)
             if info.state.messages == 0 or info.state.last_seq <= after:
                 return []
             start = max(after + 1, info.state.first_seq)
@@ -451,21 +461,30 @@ class JetStreamEventLog:
             info = await self._js.stream_info(stream)
             if info.state.messages == 0:
                 return InboxStats(0, None)
-            first = await self._js.get_msg(stream, seq=info.state.first_seq)
+            # The first entry may be settled meanwhile: the first still there, if any.
+            first = await self._js.get_msg(
+                stream,
+                seq=info.state.first_seq,
+                subject=f"{self._options.inbox_prefix}.>",
+                next=True,
+            )
         except nats.js.errors.NotFoundError:
-            return InboxStats(0, None)
+            return InboxStats(0, None)  # every entry was settled since `stream_info`
         except NATS_ERRORS as error:
             raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
         fields = _fields(first.headers, _INBOX_HEADER)
         return InboxStats(info.state.messages, float(fields["received_at"]))
 
-    async def _still_held(self, account_id: str, seq: int) -> bool:
-        """Whether inbox entry `seq` of the account is waiting or covered by an event."""
+    async def _held_as(self, account_id: str, seq: int) -> Accepted | None:
+        """What became of inbox entry `seq` of the account: still waiting (DUPLICATE),
+        covered by a recorded event (REPEATED), or neither (None)."""
         try:
             await self._js.get_msg(self._options.inbox_stream, seq=seq)
         except nats.js.errors.NotFoundError:
-            return (await self._last_on(self._subject(account_id))).inbox_through >= seq
-        return True
+            if (await self._last_on(self._subject(account_id))).inbox_through >= seq:
+                return Accepted.REPEATED
+            return None
+        return Accepted.DUPLICATE
 
     async def _clear_inbox(self, account_id: str, through: int) -> None:
         # Purges the account's subject below `through + 1`: entries up to it are recorded.
@@ -483,13 +502,46 @@ class JetStreamEventLog:
         self._inbox_hints.advance(self._inbox_hints.value + 1)
 
     async def check_writable(self) -> None:
-        """Raises `EventLogUnavailable` unless NATS is connected and the stream answers."""
+        """Raises `EventLogUnavailable` unless NATS is connected and the streams answer;
+        streams or buckets found missing (a NATS server back with memory storage, or a
+        replaced store) are created again first, as at start-up."""
         if self._closed or not self._nc.is_connected:
             raise EventLogUnavailable(f"not connected to NATS at {self._options.url}")
         try:
             await self._js.stream_info(self._options.stream)
+            await self._js.stream_info(self._options.inbox_stream)
+        except nats.js.errors.NotFoundError:
+            await self._restore()
         except NATS_ERRORS as error:
             raise EventLogUnavailable(f"JetStream stream unavailable: {error!r}") from error
+
+    async def _restore(self) -> None:
+        """Creates whatever of the streams and buckets is missing. A stream created again
+        starts past the last sequence this replica saw, so no cursor (nor inbox position
+        named by a recorded event) is ever reused: subscribers behind it get OUT_OF_RANGE
+        for the events that were lost with the old stream."""
+        async with self._restoring:
+            try:
+                created, _, _ = await _ensure_all(
+                    self._js,
+                    self._options,
+                    events_after=self._tail.latest,
+                    inbox_after=self._inbox_latest,
+                )
+            except NATS_ERRORS as error:
+                raise EventLogUnavailable(
+                    f"JetStream streams cannot be created: {error!r}"
+                ) from error
+        if created:
+            _log.warning(
+                "NATS at %s had lost %s: created again as at start-up (events before "
+                "cursor %d are gone)",
+                self._options.url,
+                ", ".join(created),
+                self._tail.latest + 1,
+            )
+            self.restores += 1
+            self._connected_again()
 
     async def enforce_retention(self, now: float | None = None) -> int:
         """JetStream enforces max age and count itself; this refreshes the pruned cursor."""
@@ -529,9 +581,9 @@ class JetStreamEventLog:
                 closed_cb=self._on_closed,
             )
             js = connection.jetstream(timeout=options.request_timeout)
-            await _ensure_stream(js, options)
-            await _ensure_inbox(js, options)
-            accounts, ids = await _ensure_buckets(js, options)
+            _, accounts, ids = await _ensure_all(
+                js, options, events_after=self._tail.latest, inbox_after=self._inbox_latest
+            )
             info = await js.stream_info(options.stream)
             await connection.subscribe(self._wildcard, cb=self._on_notification)
             await connection.subscribe(f"{options.inbox_prefix}.>", cb=self._on_inbox_notification)
@@ -584,6 +636,9 @@ class JetStreamEventLog:
         _log.warning("reconnected to NATS at %s", self._options.url)
         self._connected_again()
         self.reconnects += 1
+        # The server may be back without the streams (memory storage, a new store).
+        with contextlib.suppress(EventLogUnavailable):
+            await self._restore()
 
     async def _on_closed(self) -> None:
         self._connection_lost.set()
@@ -853,8 +908,26 @@ def _stored(message: Msg) -> StoredEvent:
     )
 
 
-async def _ensure_inbox(js: JetStreamContext, options: JetStreamOptions) -> None:
-    """Creates the inbox stream, or updates it to the configured limit."""
+async def _ensure_all(
+    js: JetStreamContext, options: JetStreamOptions, *, events_after: int, inbox_after: int
+) -> tuple[list[str], KeyValue, KeyValue]:
+    """Creates or updates the streams and buckets; the names of the streams that had to
+    be created, and the accounts and ids buckets. A stream created anew starts after the
+    sequence given for it (0 at first)."""
+    created = [
+        name
+        for name, missing in [
+            (options.stream, await _ensure_stream(js, options, after=events_after)),
+            (options.inbox_stream, await _ensure_inbox(js, options, after=inbox_after)),
+        ]
+        if missing
+    ]
+    accounts, ids = await _ensure_buckets(js, options)
+    return created, accounts, ids
+
+
+async def _ensure_inbox(js: JetStreamContext, options: JetStreamOptions, *, after: int) -> bool:
+    """Creates the inbox stream, or updates it to the configured limit; True if created."""
     config = StreamConfig(
         name=options.inbox_stream,
         subjects=[f"{options.inbox_prefix}.>"],
@@ -864,17 +937,24 @@ async def _ensure_inbox(js: JetStreamContext, options: JetStreamOptions) -> None
         discard=DiscardPolicy.NEW,
         duplicate_window=options.inbox_duplicate_window,
     )
-    await _create_or_update(js, options.inbox_stream, config)
+    return await _create_or_update(js, options.inbox_stream, config, after=after)
 
 
-async def _create_or_update(js: JetStreamContext, name: str, config: StreamConfig) -> None:
-    """Creates the stream `name` with `config`, or brings an existing one to it."""
+async def _create_or_update(
+    js: JetStreamContext, name: str, config: StreamConfig, *, after: int
+) -> bool:
+    """Creates the stream `name` with `config` (its first sequence after `after`), or
+    brings an existing one to it; True if it was created."""
     try:
         await js.stream_info(name)
     except nats.js.errors.NotFoundError:
-        await js.add_stream(config)
-        return
+        try:
+            await js.add_stream(replace(config, first_seq=after + 1 if after else None))
+        except nats.js.errors.BadRequestError:
+            return False  # another replica created it just now
+        return True
     await js.update_stream(config)
+    return False
 
 
 async def _ensure_buckets(
@@ -903,8 +983,8 @@ def _storage(name: str) -> StorageType:
     return StorageType.MEMORY if name == "memory" else StorageType.FILE
 
 
-async def _ensure_stream(js: JetStreamContext, options: JetStreamOptions) -> None:
-    """Creates the stream, or updates it to the configured limits."""
+async def _ensure_stream(js: JetStreamContext, options: JetStreamOptions, *, after: int) -> bool:
+    """Creates the stream, or updates it to the configured limits; True if created."""
     retention = options.retention
     if retention.dedup_window > retention.max_age:
         _log.warning(
@@ -922,7 +1002,7 @@ async def _ensure_stream(js: JetStreamContext, options: JetStreamOptions) -> Non
         max_msgs=retention.max_count or -1,
         duplicate_window=min(retention.dedup_window, retention.max_age),
     )
-    await _create_or_update(js, options.stream, config)
+    return await _create_or_update(js, options.stream, config, after=after)
 
 
 async def open_configured(settings: Settings, tail_bytes: int) -> JetStreamEventLog:
