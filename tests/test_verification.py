@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,15 @@ from service.events.sqlite import SqliteEventLog
 from service.runtime import Runtime, running
 from service.web import listening
 from tests.processes import serve_env, serve_process
-from tests.streams import StreamCall, events_covering, next_item, subscribed
-from tests.support import WEBHOOK_SECRET, LogBackend, eventually, make_settings, signed_headers
+from tests.streams import StreamCall, events_covering, next_event, next_item, subscribed
+from tests.support import (
+    WEBHOOK_SECRET,
+    LogBackend,
+    eventually,
+    inbox_is_empty,
+    make_settings,
+    signed_headers,
+)
 
 pytestmark = pytest.mark.asyncio
 BACKENDS = ["sqlite", "jetstream"]
@@ -155,7 +163,8 @@ async def test_pending_webhooks_of_an_account_fold_into_one_event_with_one_look_
     assert {event.verification for event in events} == {pb.VERIFICATION_VERIFIED}
     assert {event.type for event in events} == {"account.updated"}
     assert harness.look_ups() == 2, "one look-up for the four that waited together"
-    assert (await harness.deliver(bodies[3])).json()["result"] == "duplicate", "recorded"
+    # Its content was recorded: confirmed with StackOne, not taken for a new change.
+    assert (await harness.deliver(bodies[3])).json()["result"] == "confirming", "recorded"
 
 
 async def test_an_accounts_events_keep_their_order_and_a_superseded_update_is_not_looked_up(
@@ -382,3 +391,39 @@ async def test_a_webhook_pending_at_a_stop_is_verified_after_a_restart_past_its_
             (event,) = await events_covering(stream, {answer.json()["event_id"]})
     assert event.verification == pb.VERIFICATION_VERIFIED, event.verification_error
     assert state.calls[LOOK_UP] == 1
+
+
+async def test_the_same_content_again_is_a_new_change_when_stackone_says_so(
+    harness: Harness, stream: StreamCall
+) -> None:
+    """An account breaks, recovers and breaks again, StackOne sending the same bytes for
+    both breaks (no id, no change time): the second break is an event, confirmed with one
+    look-up; the same bytes once more, with nothing changed at StackOne, record nothing."""
+    account_id = await harness.account()
+
+    def status_webhook(status: str) -> bytes:
+        payload = {"event": "account.updated", "account_id": account_id, "status": status}
+        return orjson.dumps({**payload, "provider": "hibob", "origin_owner_id": "tenant-1"})
+
+    async def changes_to(status: str) -> httpx.Response:
+        await harness.emulator.patch(f"/emulator/accounts/{account_id}", json={"status": status})
+        return await harness.deliver(status_webhook(status))
+
+    seen = []
+    for status in ("error", "active", "error"):
+        answer = (await changes_to(status)).json()
+        event = await next_event(stream, timeout=10)
+        seen.append((answer["result"], event.account.raw_status, event.verification))
+    assert seen == [
+        ("accepted", "error", pb.VERIFICATION_VERIFIED),
+        ("accepted", "active", pb.VERIFICATION_VERIFIED),
+        ("confirming", "error", pb.VERIFICATION_VERIFIED),
+    ]
+    assert event.event_id.startswith(answer["event_id"] + "~"), "an id of its own"
+    look_ups = harness.look_ups()
+    redelivered = (await harness.deliver(status_webhook("error"))).json()
+    assert redelivered["result"] == "confirming"
+    await eventually(lambda: harness.look_ups() == look_ups + 1)
+    log = harness.service.event_log
+    await eventually(partial(inbox_is_empty, log))
+    assert (await log.bounds(exact=True)).latest == int(event.cursor), "nothing new recorded"

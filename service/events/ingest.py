@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -61,6 +61,7 @@ class IngestResult(Enum):
 
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
+    CONFIRMING = "confirming"  # the content of a recorded webhook: a look-up tells if it is new
     IGNORED = "ignored"
 
 
@@ -110,7 +111,23 @@ def _event_id(payload: Mapping[str, Any]) -> str:
         if isinstance(value, str) and value:
             return _id(payload, key, required=True)
     stable = {key: value for key, value in payload.items() if key not in _PER_ATTEMPT_FIELDS}
-    return "sha256:" + hashlib.sha256(orjson.dumps(stable, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    digest = hashlib.sha256(orjson.dumps(stable, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return _DIGEST_PREFIX + digest
+
+
+_DIGEST_PREFIX = "sha256:"
+_REPEAT_MARK = "~"
+# The types whose repeat a look-up can tell from a redelivery (the state they report).
+_CONFIRMABLE_TYPES = frozenset({"account.created", "account.updated"})
+
+
+def is_repeat(event_id: str) -> bool:
+    """True for the id `Ingestor` gives a webhook that repeats a recorded one's content."""
+    return event_id.startswith(_DIGEST_PREFIX) and _REPEAT_MARK in event_id
+
+
+def _repeat_id(event_id: str, received_at: float) -> str:
+    return f"{event_id}{_REPEAT_MARK}{int(received_at * 1e9)}"
 
 
 def parse_webhook(body: bytes, *, event_id: str | None = None) -> WebhookEvent:
@@ -143,9 +160,12 @@ def parse_webhook(body: bytes, *, event_id: str | None = None) -> WebhookEvent:
     )
 
 
-def event_record(message: pb.AccountEvent, *, inbox_through: int = 0) -> EventRecord:
+def event_record(
+    message: pb.AccountEvent, *, inbox_through: int = 0, repeat: bool = False
+) -> EventRecord:
     """The log record of an event message (indexed by the fields filters use);
-    `inbox_through` is the highest inbox sequence the event settles."""
+    `inbox_through` is the highest inbox sequence the event settles; `repeat`: it records
+    only webhooks that repeated recorded ones (see `EventRecord.repeat`)."""
     account = message.account
     return EventRecord(
         event_id=message.event_id,
@@ -161,6 +181,7 @@ def event_record(message: pb.AccountEvent, *, inbox_through: int = 0) -> EventRe
         source="reconciliation" if message.source == pb.EVENT_SOURCE_RECONCILIATION else "webhook",
         covered_ids=tuple(message.covered_event_ids),
         inbox_through=inbox_through,
+        repeat=repeat,
     )
 
 
@@ -194,6 +215,8 @@ class Ingestor:
         alone = self._record_alone(entry) if self._record_alone is not None else None
         started = time.perf_counter()
         accepted = await self._log.accept(entry, alone)
+        if accepted is Accepted.REPEATED:
+            return await self._confirm_repeat(event, entry)
         if accepted is Accepted.DUPLICATE:
             return IngestResult.DUPLICATE
         if accepted is Accepted.RECORDED and self._metrics is not None:
@@ -201,3 +224,16 @@ class Ingestor:
             self._metrics.append_seconds.observe(time.perf_counter() - started)
             self._metrics.verifications.labels("not_needed").inc()
         return IngestResult.ACCEPTED
+
+    async def _confirm_repeat(self, event: WebhookEvent, entry: InboxEntry) -> IngestResult:
+        """A webhook whose id was recorded before. An id StackOne sent names a delivery:
+        this is a redelivery. An id that is only a digest of the content names the content,
+        and an account that breaks, recovers and breaks again sends the same content
+        twice: such a webhook goes to the inbox under an id of its own, and the verifier
+        records it only if the account's state at StackOne differs from the last recorded."""
+        if not event.event_id.startswith(_DIGEST_PREFIX) or event.type not in _CONFIRMABLE_TYPES:
+            return IngestResult.DUPLICATE
+        repeat = replace(entry, event_id=_repeat_id(entry.event_id, entry.received_at))
+        if await self._log.accept(repeat) is not Accepted.QUEUED:
+            return IngestResult.DUPLICATE
+        return IngestResult.CONFIRMING

@@ -50,6 +50,9 @@ class EventRecord:
     # The highest inbox sequence this event settles (0: none), so that a verifier that
     # crashed after recording, before clearing its inbox entries, never records them again.
     inbox_through: int = 0
+    # It records only webhooks whose content repeated a recorded one's: it is a change
+    # only if the account's state differs from the last recorded (see `already_known`).
+    repeat: bool = False
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -113,7 +116,7 @@ def already_known(record: EventRecord, known: KnownAccount | None) -> bool:
         record.account_status,
         record.account_updated_at,
     )
-    if record.source == "reconciliation":
+    if record.source == "reconciliation" or record.repeat:
         return same_state
     return same_state and known.source == "reconciliation"
 
@@ -138,7 +141,8 @@ class Accepted(Enum):
 
     QUEUED = "queued"  # in the inbox, for the verifier
     RECORDED = "recorded"  # its event recorded in the same transaction (no look-up needed)
-    DUPLICATE = "duplicate"  # a redelivery of a webhook pending or recorded
+    DUPLICATE = "duplicate"  # a redelivery of a webhook still pending
+    REPEATED = "repeated"  # its id was recorded before (a redelivery, or the same content again)
 
 
 @dataclass(frozen=True, slots=True)

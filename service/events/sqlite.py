@@ -633,7 +633,7 @@ class SqliteEventLog:
             return _Staged(Accepted.DUPLICATE)  # a redelivery of a webhook still waiting
         conn = self._writer_conn
         if conn.execute("SELECT 1 FROM dedup WHERE event_id = ?", (event_id,)).fetchone():
-            return _Staged(Accepted.DUPLICATE)  # a redelivery of a recorded webhook
+            return _Staged(Accepted.REPEATED)  # recorded before
         account_id = entry.account_id
         if (
             alone is not None

@@ -34,7 +34,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from service.aio import cancel_all
 from service.api.convert import account_message, timestamp
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.events.ingest import InvalidWebhook, event_record, parse_webhook
+from service.events.ingest import InvalidWebhook, event_record, is_repeat, parse_webhook
 from service.events.log import EventLog
 from service.events.model import EventLogUnavailable, EventRecord, InboxEntry
 from service.metrics import Metrics
@@ -358,7 +358,11 @@ def _record_of(group: Sequence[InboxEntry], verification: Verification) -> Event
     """The one event recording a group of an account's webhooks, as `verification` says."""
     # Only the newest webhook of a group is read again: it carries the state.
     message = _folded(group, _parsed(group[-1]), verification)
-    return event_record(message, inbox_through=max(entry.seq for entry in group))
+    return event_record(
+        message,
+        inbox_through=max(entry.seq for entry in group),
+        repeat=all(is_repeat(entry.event_id) for entry in group),
+    )
 
 
 def _timestamp(seconds: float) -> Timestamp:
