@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from service.cli.check import secret_problems
-from service.runtime import Runtime
-from tests.support import WEBHOOK_SECRET
+from service.cli.check import CHECK_OWNER_ID, secret_problems
+from service.runtime import Runtime, running
+from tests.support import WEBHOOK_SECRET, deliver, make_settings, wait_recorded, webhook
 
 CLI = [sys.executable, "-m", "service.cli", "check"]
 
@@ -39,9 +42,12 @@ async def start_check(service: Runtime, *args: str, **env: str) -> asyncio.subpr
 
 
 async def link_printed_auth_link(
-    process: asyncio.subprocess.Process, emulator: httpx.AsyncClient
-) -> list[str]:
-    """Reads `check`'s output up to its Auth Link, then links it as a person would."""
+    process: asyncio.subprocess.Process,
+    emulator: httpx.AsyncClient,
+    before_linking: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[list[str], str]:
+    """Reads `check`'s output up to its Auth Link, then (after `before_linking`) links it
+    as a person would; returns the output before the link and the linked account's id."""
     assert process.stdout is not None
     lines: list[str] = []
     async with asyncio.timeout(20):
@@ -49,8 +55,11 @@ async def link_printed_auth_link(
             assert line, f"check ended before printing an Auth Link: {lines}"
             lines.append(line)
     token = parse_qs(urlsplit(line.strip()).query)["token"][0]
-    assert (await emulator.post("/emulator/link", json={"token": token})).status_code == 201
-    return lines
+    if before_linking is not None:
+        await before_linking()
+    linked = await emulator.post("/emulator/link", json={"token": token})
+    assert linked.status_code in (200, 201), linked.text  # a new or a re-connected account
+    return lines, str(linked.json()["id"])
 
 
 async def finished(process: asyncio.subprocess.Process) -> tuple[int, str]:
@@ -67,7 +76,7 @@ async def test_check_proves_the_key_and_that_stackones_webhooks_pass_the_gateway
 ) -> None:
     """The key lists and creates sessions; a linked test account's webhook is recorded."""
     process = await start_check(service, "--webhook", "--timeout", "20")
-    before = await link_printed_auth_link(process, emulator_http)
+    before, _ = await link_printed_auth_link(process, emulator_http)
     code, after = await finished(process)
     assert code == 0, [*before, after]
     assert before[0].startswith("ok: StackOne at http://127.0.0.1:")
@@ -108,6 +117,81 @@ async def test_check_says_when_no_webhook_passes_the_gateway(
     assert code == 1
     assert "problem: no webhook arrived in 2 s" in out
     assert "STACKONE_CONNECT_WEBHOOK_SECRETS" in out
+
+
+def reconciling(tmp_path: Path, grace: float) -> AbstractAsyncContextManager[Runtime]:
+    """The service sweeping StackOne's accounts every 0.1 s, leaving a just-changed
+    account `grace` seconds for its webhook."""
+    return running(make_settings(tmp_path, reconcile_interval=0.1, reconcile_grace=grace))
+
+
+async def another_account_of_the_owner(service: Runtime, emulator: httpx.AsyncClient) -> None:
+    """An account of the check's owner that the check did not link, with a signed webhook
+    of it recorded (`account.deleted`, which needs no look-up and nothing can cover)."""
+    created = await emulator.post("/emulator/accounts", json={"origin_owner_id": CHECK_OWNER_ID})
+    other = created.json()["id"]
+    body = webhook(account_id=other, origin_owner_id=CHECK_OWNER_ID, id=f"evt-{other}")
+    async with httpx.AsyncClient(base_url=service.gateway.base_url) as gateway:
+        assert (await deliver(gateway, body)).status_code == 200
+    await wait_recorded(service.event_log, [f"evt-{other}"])
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("other_account", [False, True])
+async def test_check_fails_when_only_reconciliation_or_other_accounts_show_events(
+    tmp_path: Path, other_account: bool
+) -> None:
+    """StackOne signing with a secret the gateway does not hold (every delivery 401):
+    reconciliation records the linked account, and a signed webhook of another account of
+    the owner may be recorded before; neither counts: check names the fix and exits 1."""
+    async with reconciling(tmp_path, grace=0) as service:
+        assert service.emulator is not None
+        async with httpx.AsyncClient(base_url=service.emulator.base_url) as emulator:
+            await emulator.put("/emulator/webhooks", json={"secret": "whsec-nobody-holds-this"})
+            process = await start_check(service, "--webhook", "--timeout", "25")
+
+            async def before_linking() -> None:
+                if other_account:
+                    await another_account_of_the_owner(service, emulator)
+
+            _, account_id = await link_printed_auth_link(process, emulator, before_linking)
+            code, out = await finished(process)
+            deliveries = (await emulator.get("/emulator/deliveries")).json()
+    assert code == 1, out
+    assert (
+        f"problem: StackOne linked account {account_id}, but reconciliation recorded it "
+        "before any webhook of it passed the gateway"
+    ) in out
+    assert "STACKONE_CONNECT_WEBHOOK_SECRETS holds its signing secret" in out
+    assert "this gateway's public URL ending in /webhooks/stackone" in out
+    assert 'stackone_connect_webhooks_total{outcome="unauthorized"}' in out
+    assert out.rstrip().endswith(f"; deleted the test account {account_id}")
+    assert "passed the signature check" not in out
+    refused = {d["status"] for d in deliveries}  # (one at a time: maybe not the linked one's yet)
+    assert 401 in refused
+    assert refused <= {401, None}  # (None: an attempt still on its way)
+
+
+@pytest.mark.asyncio
+async def test_check_passes_on_the_linked_accounts_own_webhook_while_reconciling(
+    tmp_path: Path,
+) -> None:
+    """With the right secret, the linked account's own webhook passes the check, not the
+    owner's other account's, while reconciliation sweeps (leaving the webhook its grace)."""
+    async with reconciling(tmp_path, grace=30) as service:
+        assert service.emulator is not None
+        async with httpx.AsyncClient(base_url=service.emulator.base_url) as emulator:
+            process = await start_check(service, "--webhook", "--timeout", "20")
+            _, account_id = await link_printed_auth_link(
+                process, emulator, lambda: another_account_of_the_owner(service, emulator)
+            )
+            code, out = await finished(process)
+    assert code == 0, out
+    assert (
+        f"ok: StackOne's account.created webhook for account {account_id} passed the "
+        "signature check and was recorded (verified)"
+    ) in out
+    assert f"ok: deleted the test account {account_id}" in out
 
 
 def test_signing_secrets_that_cannot_work_are_named() -> None:

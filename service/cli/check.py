@@ -7,14 +7,16 @@ creates a short-lived `test` connect session.
 
 With `--webhook` it then asks the running service (`--target`) for a `test` session,
 prints its Auth Link, and waits on the event stream for the account someone links with
-it: an event from a webhook exists only if StackOne delivered it to the gateway and its
-signature matched a configured secret. The test account is deleted afterwards.
+it: only an event from that account's webhook counts, which exists only if StackOne
+delivered it to the gateway and its signature matched a configured secret (an event from
+reconciliation proves the link, not the webhook). The test account is deleted afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -31,6 +33,13 @@ from service.stackone.models import AccountListQuery, ConnectSessionCreate
 if TYPE_CHECKING:
     Stub = pb_grpc.ConnectServiceAsyncStub
 CHECK_OWNER_ID = "stackone-connect-check"
+CHECK_LABEL = "stackone-connect check"
+WHAT_TO_CHECK = (
+    "check that StackOne's webhook URL is this gateway's public URL ending in "
+    f"/webhooks/stackone and that {ENV_PREFIX}WEBHOOK_SECRETS holds its signing secret "
+    '(refusals are counted in stackone_connect_webhooks_total{outcome="unauthorized"} '
+    "on the admin listener)"
+)
 MIN_SECRET_CHARS = 16
 CALL_SECONDS = 15.0
 
@@ -82,17 +91,25 @@ async def api_key_findings(settings: Settings) -> list[str]:
 
 
 async def webhook_findings(stub: Stub, args: argparse.Namespace, out: TextIO) -> list[str]:
-    """Links a test account through the running service and waits for its webhook."""
+    """Links a test account through the running service and waits for its webhook.
+
+    Only an event from a webhook of that very account counts. The account is known by a
+    label of this run's own (StackOne puts a session's label on the account it links), so
+    events of the owner's other accounts are skipped.
+    """
     metadata = _auth(args)
     owner = pb.StreamAccountEventsRequest(origin_owner_ids=[args.owner_id])
     stream = stub.StreamAccountEvents(owner, metadata=metadata)
     await stream.read()  # the first bookmark: attached before the session exists
+    label = f"{CHECK_LABEL} {secrets.token_hex(4)}"
     session = await stub.CreateSession(
         pb.CreateSessionRequest(
             origin_owner_id=args.owner_id,
             origin_owner_name="stackone-connect check",
             type="test",
             expires_in=max(60, int(args.timeout)),
+            label=label,
+            multiple=True,  # a new account, never a re-connected one of an earlier run
         ),
         metadata=metadata,
     )
@@ -102,37 +119,73 @@ async def webhook_findings(stub: Stub, args: argparse.Namespace, out: TextIO) ->
         file=out,
         flush=True,
     )
+    untied: list[pb.AccountEvent] = []
     try:
         async with asyncio.timeout(args.timeout):
-            event = await _first_event(stream)
+            event = await _first_event_of(stream, label, untied)
     except TimeoutError:
-        raise CheckFailed(
-            f"no webhook arrived in {args.timeout:g} s: check that StackOne's webhook URL "
-            f"ends in /webhooks/stackone on this gateway and that {ENV_PREFIX}WEBHOOK_SECRETS "
-            "holds its signing secret (refusals are counted in stackone_connect_webhooks_total"
-            '{outcome="unauthorized"} on the admin listener)'
-        ) from None
+        raise CheckFailed(_nothing_arrived(args.timeout, untied)) from None
     finally:
         stream.cancel()
+    account_id = event.account.id
+    if event.source != pb.EVENT_SOURCE_WEBHOOK:
+        problem = (
+            f"StackOne linked account {account_id}, but reconciliation recorded it before "
+            f"any webhook of it passed the gateway (a webhook gets {ENV_PREFIX}RECONCILE_GRACE "
+            f"to be first, and one recorded later is not announced again): {WHAT_TO_CHECK}"
+        )
+        if not args.keep:
+            problem += "; " + await _deleted(stub, account_id, metadata)
+        raise CheckFailed(problem)
     verification = pb.Verification.Name(event.verification).removeprefix("VERIFICATION_")
     findings = [
-        f"StackOne's {event.type} webhook for account {event.account.id} passed the "
+        f"StackOne's {event.type} webhook for account {account_id} passed the "
         f"signature check and was recorded ({verification.lower()})"
     ]
     if not args.keep:
-        await stub.DeleteAccount(
-            pb.DeleteAccountRequest(account_id=event.account.id), metadata=metadata
-        )
-        findings.append(f"deleted the test account {event.account.id}")
+        await stub.DeleteAccount(pb.DeleteAccountRequest(account_id=account_id), metadata=metadata)
+        findings.append(f"deleted the test account {account_id}")
     return findings
 
 
-async def _first_event(stream: Any) -> pb.AccountEvent:
+async def _first_event_of(
+    stream: Any, label: str, untied: list[pb.AccountEvent]
+) -> pb.AccountEvent:
+    """The first event of the account labelled `label`, from a webhook or reconciliation.
+
+    Its type does not matter (`account.created` is the one expected): a webhook of the
+    account recorded at all passed the gateway's signature check. Unverified webhook
+    events carry no label (only what the webhook said): they go to `untied`.
+    """
     # read() rather than iteration: the first bookmark was read() already.
     while isinstance(item := await stream.read(), pb.StreamAccountEventsResponse):
-        if item.HasField("event"):
+        if not item.HasField("event"):
+            continue
+        if item.event.account.label == label:
             return item.event
+        if item.event.verification == pb.VERIFICATION_UNVERIFIED:
+            untied.append(item.event)
     raise CheckFailed("the service ended the event stream")
+
+
+def _nothing_arrived(timeout: float, untied: list[pb.AccountEvent]) -> str:
+    problem = f"no webhook arrived in {timeout:g} s: {WHAT_TO_CHECK}"
+    if untied:  # the webhooks passed, but StackOne did not say whose session they were
+        first = untied[0]
+        problem += (
+            f"; {len(untied)} unverified webhook(s) of the owner's accounts could not be "
+            f"tied to the test account (the first, {first.type} of {first.account.id}: "
+            f"{first.verification_error}): check {ENV_PREFIX}API_KEY and StackOne's status"
+        )
+    return problem
+
+
+async def _deleted(stub: Stub, account_id: str, metadata: Any) -> str:
+    try:
+        await stub.DeleteAccount(pb.DeleteAccountRequest(account_id=account_id), metadata=metadata)
+    except grpc.aio.AioRpcError as error:
+        return f"could not delete the test account {account_id}: {error.code().name}"
+    return f"deleted the test account {account_id}"
 
 
 async def run_check(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
