@@ -9,6 +9,7 @@ import logging
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus, urlencode
 
 import grpc
 import httpx
@@ -24,6 +25,8 @@ from service.rpc import limits
 from service.rpc.methods import CONNECT_METHODS
 from service.rpc.server import SERVICE_NAME
 from service.runtime import Runtime
+from service.stackone.client import MAX_REQUEST_TARGET_BYTES, list_target_bytes
+from service.stackone.models import AccountListQuery
 from tests.processes import serve_env, serve_process
 from tests.streams import next_item
 from tests.support import WEBHOOK_SECRET, loop_lag_counts, trailer_bytes
@@ -358,3 +361,100 @@ async def test_event_batches_are_bounded_by_bytes(service: Runtime) -> None:
     ]
     assert ["evt-8"] in batches
     assert len(batches) == 7  # 3 + 3 + 2, the big one, 3 + 3 + 2
+
+
+def list_target(**filters: list[str]) -> int:
+    """Bytes of the `GET /accounts` request target a first page of `filters` takes,
+    encoded as a form (UTF-8, then %XX), independently of the client's own encoder."""
+    query = [("page", "0"), ("page_size", str(limits.DEFAULT_PAGE_SIZE))]
+    query += [(name, value) for name, values in filters.items() for value in values]
+    return len("/accounts?" + urlencode(query))
+
+
+def ids_filling(room: int) -> list[str]:
+    """Account ids that, as `&account_ids=…`, take exactly `room` bytes (300 or more):
+    two of 255 'é' (6 bytes each once encoded) if there is room, then ASCII ones."""
+    ids: list[str] = []
+    while room > 300:
+        value = "é" * 255 if room > 2000 and len(ids) < 2 else "x" * 200
+        ids.append(value)
+        room -= 13 + len(quote_plus(value))
+    if room > 268:  # too much for one value of 255 characters
+        ids.append("x" * (room - 27))
+        room = 14
+    assert room >= 14, "too little room for a value"
+    return [*ids, "x" * (room - 13)]
+
+
+# Worst cases within the documented bounds (100 values of 255 characters): each value
+# of 255 two-, three- or four-byte characters takes 1,530 to 3,060 bytes once encoded.
+FILTERS_AT_THEIR_BOUNDS = [
+    ({"account_ids": ["é" * 255] * 100}, "account_ids"),
+    ({"account_ids": ["😀" * 255] * 100}, "account_ids"),
+    ({"origin_owner_ids": ["中" * 255] * 100, "account_ids": ["é" * 255] * 5}, "origin_owner_ids"),
+    ({"providers": ["p" * 64] * 100, "statuses": ["inactive"] * 100}, "providers"),
+]
+
+
+@pytest.mark.parametrize(("filters", "named"), FILTERS_AT_THEIR_BOUNDS)
+async def test_list_filters_at_their_bounds_are_refused_naming_the_field_not_internal(
+    stub: pb_grpc.ConnectServiceAsyncStub,
+    emulator_http: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+    filters: dict[str, list[str]],
+    named: str,
+) -> None:
+    """Filters too long for StackOne's URL once encoded: INVALID_ARGUMENT naming the field
+    taking most room (it was INTERNAL past httpx's 64 KiB), before any StackOne call."""
+    error = await refusal(call_with(stub, "ListAccounts", **filters))
+    [(field, description)] = violations_of(error)
+    assert field == named
+    assert f"at most {MAX_REQUEST_TARGET_BYTES}" in description
+    requests = (await emulator_http.get("/emulator/requests")).json()
+    assert [r for r in requests if r["path"] == "/accounts"] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_list_query_reaches_stackone_up_to_its_url_limit_and_not_a_byte_past(
+    stub: pb_grpc.ConnectServiceAsyncStub, emulator_http: httpx.AsyncClient
+) -> None:
+    """A query of exactly MAX_REQUEST_TARGET_BYTES (8,000, what RFC 9110 asks every party
+    to take) is sent and answered by StackOne's emulator; one byte more is refused."""
+    created = await emulator_http.post("/emulator/accounts", json={"origin_owner_id": "o"})
+    account_id = created.json()["id"]
+    room = MAX_REQUEST_TARGET_BYTES - list_target(account_ids=[account_id])
+    ids = [account_id, *ids_filling(room)]
+    assert list_target(account_ids=ids) == MAX_REQUEST_TARGET_BYTES
+    listed = await call_with(stub, "ListAccounts", account_ids=ids)
+    assert [account.id for account in listed.accounts] == [account_id]
+    sent = [r for r in (await emulator_http.get("/emulator/requests")).json()
+            if r["path"] == "/accounts"]  # fmt: skip
+    assert [value for key, value in sent[-1]["query"] if key == "account_ids"] == ids
+    ids[-1] += "x"
+    error = await refusal(call_with(stub, "ListAccounts", account_ids=ids))
+    assert [field for field, _ in violations_of(error)] == ["account_ids"]
+
+
+@pytest.mark.parametrize("method", ["GetAccount", "DeleteAccount"])
+async def test_an_account_id_at_its_bound_in_four_byte_characters_reaches_stackone(
+    stub: pb_grpc.ConnectServiceAsyncStub, method: str
+) -> None:
+    """255 four-byte characters are 3,070 bytes of path: StackOne answers (404), well
+    within the URL limit, so account ids need no bound beyond their 255 characters."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call_with(stub, method, account_id="😀" * 255)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
+
+
+ODD_VALUES = ["a b+c~d*e!f'(g)h", "%20/?#&=;,", "é😀中\t\n\x00", "_.-~" * 3, "1" * 255]
+
+
+@pytest.mark.parametrize("value", ODD_VALUES)
+async def test_the_url_length_counted_is_the_one_httpx_sends(value: str) -> None:
+    """The list query's size is counted without encoding it, as httpx would encode it."""
+    query = AccountListQuery(
+        page=12, page_size=100, origin_owner_ids=[value, value], providers=["a.b-c_d"],
+        account_ids=[value], statuses=["active", "error"],
+    )  # fmt: skip
+    sent = httpx.Request("GET", "https://api.stackone.com/accounts", params=tuple(query.params()))
+    assert list_target_bytes(query) == len(sent.url.raw_path)

@@ -43,6 +43,7 @@ from service.rpc.limits import (
     MAX_VIOLATION_FIELD_BYTES,
     clip,
 )
+from service.stackone.client import MAX_REQUEST_TARGET_BYTES, list_target_bytes
 from service.stackone.models import AccountListQuery, ConnectSessionCreate
 
 # StackOne's own lists, as its SDK (@stackone/stackone-client-ts 4.28.0) defines them.
@@ -294,13 +295,40 @@ def list_query(request: pb.ListAccountsRequest) -> AccountListQuery:
     check.one_of("statuses", request.statuses, ACCOUNT_STATUSES, MAX_FILTER_VALUES)
     page = _page_of(request.page_token, check)
     check.done()
-    return AccountListQuery(
+    query = AccountListQuery(
         page=page,
         page_size=request.page_size or DEFAULT_PAGE_SIZE,
         origin_owner_ids=list(request.origin_owner_ids),
         providers=list(request.providers),
         account_ids=list(request.account_ids),
         statuses=list(request.statuses),
+    )
+    _fits_a_url(query, check)
+    check.done()
+    return query
+
+
+_LIST_FILTERS = ("origin_owner_ids", "providers", "account_ids", "statuses")
+
+
+def _fits_a_url(query: AccountListQuery, check: _Checker) -> None:
+    """Filters within their bounds can still make a URL no server takes (100 values of
+    255 four-byte characters are 300 KB encoded): past MAX_REQUEST_TARGET_BYTES, the
+    filter taking the most room is named."""
+    size = list_target_bytes(query)
+    if size <= MAX_REQUEST_TARGET_BYTES:
+        return
+    bare = list_target_bytes(AccountListQuery())
+    taken = {
+        name: list_target_bytes(AccountListQuery.model_validate({name: getattr(query, name)}))
+        - bare
+        for name in _LIST_FILTERS
+    }
+    name = max(_LIST_FILTERS, key=taken.__getitem__)
+    check.fail(
+        name,
+        f"takes {taken[name]} bytes of StackOne's URL once encoded, which is {size} bytes "
+        f"in all and may be at most {MAX_REQUEST_TARGET_BYTES}: ask in several calls",
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import string
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -53,6 +54,12 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # a page of 100 accounts is about 100 KB
 MAX_ERROR_BODY = 16 * 1024
 MAX_MESSAGE = 300
 MAX_RETRY_AFTER = 300.0
+MAX_REQUEST_TARGET_BYTES = 8000
+"""Bytes of a request's path and query once encoded: RFC 9110 (section 4.1) asks every
+HTTP party to take request targets of 8,000 bytes; past that a server may refuse them
+(aiohttp, the emulator's, past 8,190 bytes of request line) and httpx itself past 64 KiB."""
+LIST_PATH = "/accounts"
+_FORM_UNENCODED = (string.ascii_letters + string.digits + "_.-~ ").encode()
 _RETRYABLE = (StackOneUnavailable, StackOneServerError, StackOneRateLimited)
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 Observer = Callable[[str, str, float], None]
@@ -94,6 +101,22 @@ def _error_message(status: int, reason: str, content: bytes) -> tuple[str, dict[
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return _bounded(body["message"]), body
     return fallback, None
+
+
+def list_target_bytes(query: AccountListQuery) -> int:
+    """Bytes of the request target (`/accounts?…`, after any path of the base URL) that
+    `list_accounts(query)` sends, counted without building it (a third of a megabyte at
+    the filters' bounds)."""
+    params = query.params()
+    pairs = sum(_form_bytes(key) + 1 + _form_bytes(str(value)) for key, value in params)
+    return len(LIST_PATH) + 1 + pairs + len(params) - 1
+
+
+def _form_bytes(text: str) -> int:
+    # httpx encodes a query as urllib's urlencode does: UTF-8, then each byte but the
+    # unreserved ones as %XX, a space as '+'.
+    raw = text.encode()
+    return len(raw) + 2 * len(raw.translate(None, _FORM_UNENCODED))
 
 
 class StackOneClient:
@@ -217,10 +240,16 @@ class StackOneClient:
         deadline: float | None = None,
         priority: Priority = Priority.CALLER,
     ) -> list[LinkedAccount]:
-        """Fetches one page of linked accounts (a bare array or `{"data": [...]}`)."""
+        """Fetches one page of linked accounts (a bare array or `{"data": [...]}`).
+
+        Raises ValueError, before any call, for a query whose `list_target_bytes` is over
+        MAX_REQUEST_TARGET_BYTES: callers check their filters against it first.
+        """
+        if (size := list_target_bytes(query)) > MAX_REQUEST_TARGET_BYTES:
+            raise ValueError(f"GET /accounts would take {size} bytes of URL")
         data = await self._call(
             "GET /accounts",
-            "/accounts",
+            LIST_PATH,
             params=query.params(),
             deadline=deadline,
             priority=priority,
