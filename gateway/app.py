@@ -18,27 +18,21 @@ from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
-from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 from prometheus_client import CONTENT_TYPE_LATEST, Counter
 
+from gateway.encoding import BodyTooLarge, UndecodableBody, decode, unsupported
 from gateway.signature import SIGNATURE_HEADER, is_valid_signature
 from service.events.ingest import Ingestor, InvalidWebhook, parse_webhook
 from service.events.model import EventLogError, InboxFull
 from service.logs import REQUEST_ID, request_id_from
 from service.metrics import Metrics
+from service.web import RAW_BODIES
 
 _log = logging.getLogger(__name__)
 WEBHOOK_PATH = "/webhooks/stackone"
 MAX_BODY_BYTES = 256 * 1024
 INBOX_FULL_RETRY_AFTER = 30  # seconds; StackOne keeps its own schedule, this is a hint
 KNOWN_TYPES = frozenset({"account.created", "account.updated", "account.deleted"})
-# What aiohttp decodes (it passes any other coding through undecoded, which would then be
-# read as JSON): brotli and zstd only when their modules are installed.
-DECODABLE = frozenset(
-    {"identity", "gzip", "x-gzip", "deflate"}
-    | ({"br"} if HAS_BROTLI else set())
-    | ({"zstd"} if HAS_ZSTD else set())
-)
 
 
 @dataclass(slots=True)
@@ -83,23 +77,25 @@ async def receive_webhook(request: web.Request) -> web.Response:
         return _problem(state, 503, "draining", "shutting down; retry")
     if request.content_type != "application/json":
         return _problem(state, 415, "unsupported_media_type", "the body must be application/json")
-    if problem := _undecodable(request.headers.get("content-encoding", "")):
+    content_encoding = request.headers.get("content-encoding", "")
+    if problem := unsupported(content_encoding):
         return _problem(state, 400, "malformed", problem)
+    if (request.content_length or 0) > state.max_body_bytes:
+        return _too_large(state)  # before reading: the wire size alone is over the limit
     try:
         async with asyncio.timeout(state.body_timeout):
-            body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        reason = f"the body is over the {state.max_body_bytes}-byte limit"
-        return _problem(state, 413, "too_large", reason)
+            raw = await request.read()  # as sent: client_max_size caps it
+        body = decode(raw, content_encoding, state.max_body_bytes)
+    except (web.HTTPRequestEntityTooLarge, BodyTooLarge):
+        return _too_large(state)
     except TimeoutError:
         reason = f"the body did not arrive within {state.body_timeout:g}s"
-        return _problem(state, 408, "timeout", reason, Connection="close")
-    except web.RequestPayloadError:  # e.g. a gzip body that is not gzip
-        # The rest cannot be decoded either: end the body here rather than have aiohttp
-        # drain it after the answer (which re-raises the error as an ERROR traceback).
-        request.content.feed_eof()
+        return _problem(state, 408, "timeout", reason)
+    except UndecodableBody:
         reason = "the body cannot be decoded as its Content-Encoding says"
-        return _problem(state, 400, "malformed", reason, Connection="close")
+        return _problem(state, 400, "malformed", reason)
+    except web.RequestPayloadError:
+        return _problem(state, 400, "malformed", "the body's chunked framing is malformed")
     except ConnectionResetError:
         # The sender went away mid-body: nobody reads an answer, and nothing was recorded.
         return _problem(state, 400, "disconnected", "the client disconnected mid-body")
@@ -135,16 +131,12 @@ async def receive_webhook(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-def _undecodable(content_encoding: str) -> str | None:
-    """Why a body in this Content-Encoding cannot be read, or None when it can."""
-    codings = [part.strip().lower() for part in content_encoding.split(",") if part.strip()]
-    unknown = [coding for coding in codings if coding not in DECODABLE]
-    if not unknown:
-        return None
-    return (
-        f"Content-Encoding {unknown[0][:40]!r} cannot be decoded here; "
-        f"send one of {', '.join(sorted(DECODABLE))}"
-    )
+def _too_large(state: GatewayState) -> web.Response:
+    """413, closing the connection: a sender past the limit gets no further requests in."""
+    reason = f"the body is over the {state.max_body_bytes}-byte limit"
+    response = _problem(state, 413, "too_large", reason)
+    response.force_close()
+    return response
 
 
 def _type_label(event_type: str) -> str:
@@ -189,9 +181,38 @@ async def request_id(
     return response
 
 
+@web.middleware
+async def unread_body_ends_connection(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Ends the connection of a request whose body was not read to its end (too large,
+    late, or refused before reading): the answer says `Connection: close` and what follows
+    is dropped unread. aiohttp would otherwise read the rest for up to 10 s after
+    answering (decoding it where it decodes: seconds of CPU for one gzip body)."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:  # an HTTPException is also the response sent
+        _end_if_unread(request, error)
+        raise
+    _end_if_unread(request, response)
+    return response
+
+
+def _end_if_unread(request: web.Request, response: web.StreamResponse) -> None:
+    if request.content.is_eof():
+        return
+    request.protocol.close()  # from now on, what arrives is dropped undecoded
+    request.content.feed_eof()  # so aiohttp does not wait to read the rest
+    response.force_close()
+
+
 def init_app(state: GatewayState) -> web.Application:
     """The public webhook listener: the webhook path and liveness, nothing else."""
-    app = web.Application(client_max_size=state.max_body_bytes, middlewares=[request_id])
+    app = web.Application(
+        client_max_size=state.max_body_bytes,
+        middlewares=[unread_body_ends_connection, request_id],
+    )
+    app[RAW_BODIES] = True  # decoded by the handler, within the body limit
     app[GATEWAY_STATE] = state
     app.router.add_post(WEBHOOK_PATH, receive_webhook)
     app.router.add_get("/healthz", healthz)
@@ -200,7 +221,7 @@ def init_app(state: GatewayState) -> web.Application:
 
 def init_admin_app(state: GatewayState) -> web.Application:
     """The admin listener (loopback by default): metrics, readiness and liveness."""
-    app = web.Application(middlewares=[request_id])
+    app = web.Application(middlewares=[unread_body_ends_connection, request_id])
     app[GATEWAY_STATE] = state
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -1,9 +1,11 @@
 """Runs an aiohttp application on a TCP address and tells where it listens.
 
-Listeners that face the internet get two bounds aiohttp does not apply by default: an
+Listeners that face the internet get bounds aiohttp does not apply by default: an
 idle/keep-alive timeout (aiohttp closes a connection that has not completed a request's
-headers within it, which also bounds slow headers) and a cap on open connections, past
-which a new connection is answered 503 and closed without reaching the application.
+headers within it, which also bounds slow headers), a cap on open connections, past
+which a new connection is answered 503 and closed without reaching the application, and
+no lingering: a connection whose body the application left unread is closed after the
+answer, where aiohttp would read and decompress the rest for up to 10 s.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ _TURNED_AWAY = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
     b"Content-Length: 0\r\n\r\n"
 )
+
+
+# True on an application that decodes Content-Encoding itself (the gateway, which bounds
+# its decoding): its server hands it bodies as they came over the wire.
+RAW_BODIES = web.AppKey("raw_bodies", bool)
 
 
 class CannotListen(OSError):
@@ -111,6 +118,8 @@ async def listening(
         access_log=None,
         shutdown_timeout=shutdown_timeout,
         keepalive_timeout=keepalive_timeout,
+        lingering_time=0,
+        auto_decompress=not app.get(RAW_BODIES, False),
     )
     await runner.setup()
     listening_app = ListeningApp(runner=runner, host=host, port=0)

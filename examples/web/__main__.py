@@ -10,4 +10,8 @@ from examples.web.app import Config, build_app
 if __name__ == "__main__":
     host, _, port = os.environ.get("EXAMPLE_ADDRESS", "127.0.0.1:8000").rpartition(":")
     app = build_app(Config.from_environment())
-    web.run_app(app, host=host, port=int(port), handler_cancellation=True, shutdown_timeout=1)
+    # No lingering: a body the app leaves unread is not read (and decoded) after the answer.
+    web.run_app(
+        app, host=host, port=int(port), handler_cancellation=True, shutdown_timeout=1,
+        lingering_time=0,
+    )  # fmt: skip
