@@ -125,6 +125,12 @@ class Metrics:
             "Reconciliation sweeps by outcome (ok, failed).",
             ["outcome"], registry=registry,
         )  # fmt: skip
+        self.registry_complete = Gauge(
+            "stackone_connect_registry_complete",
+            "1 once a full listing of StackOne has been folded into the account registry "
+            "(reads from it are answered from it), else 0.",
+            registry=registry,
+        )
 
     def observe_upstream(self, endpoint: str, status: str, seconds: float) -> None:
         """Records one StackOne HTTP attempt (`status` is the HTTP status or an error name)."""

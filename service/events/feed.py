@@ -17,9 +17,10 @@ from service.events.model import Bookmark, CursorOutOfRange, EventFilter, Stored
 
 @dataclass(frozen=True, slots=True)
 class StartPosition:
-    """Where a follower starts: `now`, `earliest`, or `after` a given cursor."""
+    """Where a follower starts: `now`, `earliest`, `after` a given cursor, or from a
+    `snapshot` of the registry (its accounts first, then events after its cursor)."""
 
-    kind: Literal["now", "earliest", "after"]
+    kind: Literal["now", "earliest", "after", "snapshot"]
     cursor: int = 0
 
     @classmethod
@@ -33,6 +34,11 @@ class StartPosition:
         return cls("earliest")
 
     @classmethod
+    def snapshot(cls) -> StartPosition:
+        """The registry's accounts, then events after the cursor they reflect."""
+        return cls("snapshot")
+
+    @classmethod
     def after(cls, cursor: int) -> StartPosition:
         """Events after `cursor`."""
         return cls("after", cursor)
@@ -41,7 +47,7 @@ class StartPosition:
 async def resolve_start(log: EventLog, start: StartPosition) -> int:
     """Turns a start position into the cursor to read after, or raises `CursorOutOfRange`."""
     bounds = await log.bounds(exact=True)
-    if start.kind == "now":
+    if start.kind in ("now", "snapshot"):
         return bounds.latest
     if start.kind == "earliest":
         return bounds.pruned_through

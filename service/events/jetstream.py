@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import nats.errors
 import nats.js.errors
 import orjson
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import (
@@ -66,6 +67,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from service.aio import cancel_all
+from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.log import Backend
 from service.events.model import (
     Accepted,
@@ -83,6 +85,13 @@ from service.events.model import (
     already_known,
     deletes_account,
 )
+from service.events.registry import (
+    RegisteredAccount,
+    RegistryPage,
+    RegistryQuery,
+    enriched,
+    registered,
+)
 from service.events.tail import DEFAULT_TAIL_BYTES, Tail, Watermark
 
 if TYPE_CHECKING:
@@ -95,6 +104,10 @@ _MAX_CONFLICT_RETRIES = 20
 _MAX_ENTRIES_PER_SETTLE = 1000
 _HEADER = "Sc-Event"  # our index columns, as JSON, so reads need not parse the body
 _INBOX_HEADER = "Sc-Inbox"
+# A key no account token can be: tokens are base64url or "=" and hex, never with a dot.
+_REGISTRY_COMPLETE_KEY = "meta.registry-complete"
+_REGISTRY_THROUGH_KEY = "meta.registry-through"  # every event up to it is in the registry
+_META_KEYS = frozenset({_REGISTRY_COMPLETE_KEY, _REGISTRY_THROUGH_KEY})
 # base64url of 1,020 bytes (1,360 characters): every id of up to 255 characters, the
 # gateway's bound, keeps its token; subjects stay far below the server's control line.
 _MAX_TOKEN_BYTES = 1020
@@ -216,6 +229,8 @@ class JetStreamEventLog:
         self.reconnects = 0  # nats-py's own, after a drop
         self.reopens = 0  # fresh connections after nats-py closed one for good
         self.restores = 0  # streams or buckets found missing and created again
+        self._watermark_written = 0
+        self._watermark_at = 0.0
         self.background_failures: Counter[str] = Counter()  # by task; each was retried
         self._report_failure: Callable[[str], None] = lambda task: None
 
@@ -226,8 +241,9 @@ class JetStreamEventLog:
         """Connects, creates or updates the stream and buckets, and starts following."""
         log = cls(options, tail_bytes=tail_bytes)
         log._binding, info = await log._bind()
-        log._tail.start_at(info.state.last_seq)
         log._pruned_through = max(0, info.state.first_seq - 1)
+        await log._fold_since_watermark(info.state.last_seq)
+        log._tail.start_at(info.state.last_seq)
         log._tasks = [
             asyncio.create_task(log._follow(), name="jetstream-follow"),
             asyncio.create_task(log._keep_connected(), name="jetstream-connection"),
@@ -318,12 +334,55 @@ class JetStreamEventLog:
             raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
         known: dict[str, KnownAccount] = {}
         for key in keys:
+            if key in _META_KEYS:
+                continue
             with contextlib.suppress(nats.js.errors.KeyNotFoundError):
                 entry = await self._accounts.get(key)
                 if entry.value:
-                    state = orjson.loads(entry.value)
-                    known[state["account_id"]] = KnownAccount(**state)
+                    account, _ = _from_registry_value(entry.value)
+                    known[account.account_id] = account
         return known
+
+    async def registry(self, query: RegistryQuery) -> RegistryPage:
+        """Registry entries the query admits, from the accounts bucket, as of the cursor
+        this replica has seen (entries set by later events are left out)."""
+        as_of = self._tail.latest if query.as_of is None else query.as_of
+        try:
+            if query.limit == 0:
+                keys = []  # only whether the registry is complete
+            elif query.account_ids:
+                keys = [_token(account_id) for account_id in query.account_ids]
+            else:
+                keys = await self._accounts.keys()
+            complete = await self._registry_complete()
+        except nats.js.errors.NoKeysError:
+            keys, complete = [], await self._registry_complete()
+        except NATS_ERRORS as error:
+            raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
+        entries: list[RegisteredAccount] = []
+        for key in keys:
+            if key in _META_KEYS:
+                continue
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                value = (await self._accounts.get(key)).value
+                if value and query.admits(entry := _from_registry_value(value)[1], as_of):
+                    entries.append(entry)
+        entries.sort(key=lambda entry: entry.account_id)
+        more = len(entries) > query.limit
+        return RegistryPage(entries[: query.limit], as_of, complete, more)
+
+    async def mark_registry_complete(self) -> None:
+        """Records that a full listing of StackOne has been folded into the registry."""
+        try:
+            await self._accounts.put(_REGISTRY_COMPLETE_KEY, b"1")
+        except NATS_ERRORS as error:
+            raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
+
+    async def _registry_complete(self) -> bool:
+        try:
+            return (await self._accounts.get(_REGISTRY_COMPLETE_KEY)).value == b"1"
+        except nats.js.errors.KeyNotFoundError:
+            return False
 
     # --- Inbox --------------------------------------------------------------------
 
@@ -658,8 +717,9 @@ class JetStreamEventLog:
 
     # --- Appending ----------------------------------------------------------------
 
-    async def _append_one(self, record: EventRecord) -> _Appended:
-        subject = self._subject(record.account_id)
+    async def _append_one(self, original: EventRecord) -> _Appended:
+        subject = self._subject(original.account_id)
+        record = original
         for _ in range(_MAX_CONFLICT_RETRIES):
             recorded = await self._recorded(record.event_id)
             if recorded is not None:
@@ -676,6 +736,7 @@ class JetStreamEventLog:
                 # Remembered, as on SQLite, so a redelivery is dropped without another check.
                 await self._remember_ids(record, 0)
                 return _Appended.duplicate(record, 0, record.inbox_through)
+            record = enriched(original, last.entry or await self._registered(record.account_id))
             recorded_at = time.time()
             headers = {
                 "Nats-Msg-Id": _msg_id(record.event_id),
@@ -703,7 +764,7 @@ class JetStreamEventLog:
                 raise
             if ack.duplicate:  # recorded by another replica, how far unknown: read again
                 return _Appended.duplicate(record, ack.seq, 0)
-            await self._remember(record, ack.seq)
+            await self._remember(record, ack.seq, recorded_at)
             self._appended_here(record, ack.seq, recorded_at)
             return _Appended(AppendOutcome(record.event_id, ack.seq, False), record.inbox_through)
         raise EventLogUnavailable(f"account {record.account_id} kept changing; retry")
@@ -725,7 +786,7 @@ class JetStreamEventLog:
         try:
             message = await self._js.get_last_msg(self._options.stream, subject)
         except nats.js.errors.NotFoundError:
-            return _LastEvent(0, None, "", 0)
+            return _LastEvent(0, None, "", 0, None)
         fields = _fields(message.headers, _HEADER)
         known = KnownAccount(
             fields["account_id"],
@@ -734,11 +795,13 @@ class JetStreamEventLog:
             deletes_account(fields["type"]),
             fields["source"],
         )
+        sequence = int(message.seq or 0)
         return _LastEvent(
-            int(message.seq or 0),
+            sequence,
             known,
             str(fields["event_id"]),
             int(fields.get("inbox_through", 0)),
+            _entry_of(fields, sequence, message.data or b""),
         )
 
     async def _recorded(self, event_id: str) -> _Recorded | None:
@@ -754,11 +817,20 @@ class JetStreamEventLog:
         for event_id in record.ids:
             await self._ids.put(_id_key(event_id), value)
 
-    async def _remember(self, record: EventRecord, cursor: int) -> None:
-        # orjson writes the dataclass's fields, which `known_accounts` reads back.
-        state = orjson.dumps(KnownAccount.recorded(record))
-        await self._accounts.put(_token(record.account_id), state)
+    async def _remember(self, record: EventRecord, cursor: int, recorded_at: float) -> None:
+        entry = registered(record, cursor, recorded_at)
+        value = _registry_value(KnownAccount.recorded(record), entry)
+        await self._accounts.put(_token(record.account_id), value)
         await self._remember_ids(record, cursor)
+
+    async def _registered(self, account_id: str) -> RegisteredAccount | None:
+        """The bucket's registry entry of an account whose events are all pruned."""
+        try:
+            value = (await self._accounts.get(_token(account_id))).value
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        entry = _from_registry_value(value)[1] if value else None
+        return entry if entry is not None and entry.account else None
 
     # --- Following ----------------------------------------------------------------
 
@@ -787,9 +859,82 @@ class JetStreamEventLog:
         info = await self._js.stream_info(self._options.stream)
         self._pruned_through = max(self._pruned_through, info.state.first_seq - 1)
         if info.state.last_seq <= self._tail.latest:
+            await self._advance_registry_watermark()
             return False
-        self._tail.publish(await self._fetch(self._tail.latest, 1024))
+        events = await self._fetch(self._tail.latest, 1024)
+        await self._fold_into_registry(events)  # before readers see their cursors
+        self._tail.publish(events)
         return True
+
+    # --- Registry repair ----------------------------------------------------------
+
+    async def _fold_into_registry(self, events: Sequence[StoredEvent]) -> None:
+        """Writes each event's registry entry unless the bucket holds a later one. The
+        replica that appends an event writes its entry right after; one that died in
+        between leaves it to whichever replica follows the event (every one does)."""
+        for event in events:
+            key = _token(event.account_id)
+            for _ in range(_MAX_CONFLICT_RETRIES):
+                try:
+                    current = await self._accounts.get(key)
+                except nats.js.errors.KeyNotFoundError:
+                    current = None
+                held = _from_registry_value(current.value)[1] if current and current.value else None
+                if held is not None and held.cursor >= event.cursor:
+                    break
+                value = _registry_value(*_state_of(event))
+                try:
+                    if current is None:
+                        await self._accounts.create(key, value)
+                    else:
+                        await self._accounts.update(key, value, last=current.revision)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue  # written meanwhile: compare again
+                break
+
+    async def _advance_registry_watermark(self) -> None:
+        """Records that every event up to this replica's tail is in the registry (each
+        was written by its appender before it reached the tail, or folded by
+        `_catch_up`), at most once a second; a restart folds only what follows it."""
+        now = time.monotonic()
+        latest = self._tail.latest
+        if latest <= self._watermark_written or now - self._watermark_at < 1.0:
+            return
+        self._watermark_at = now
+        for _ in range(_MAX_CONFLICT_RETRIES):
+            try:
+                current = await self._accounts.get(_REGISTRY_THROUGH_KEY)
+            except nats.js.errors.KeyNotFoundError:
+                current = None
+            if current is not None and int(current.value or b"0") >= latest:
+                break
+            try:
+                if current is None:
+                    await self._accounts.create(_REGISTRY_THROUGH_KEY, str(latest).encode())
+                else:
+                    await self._accounts.update(
+                        _REGISTRY_THROUGH_KEY, str(latest).encode(), last=current.revision
+                    )
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            break
+        self._watermark_written = latest
+
+    async def _fold_since_watermark(self, last_seq: int) -> None:
+        """At open: folds into the registry the events after the watermark (those whose
+        appender may have died before writing their entries, with every replica down)."""
+        try:
+            value = (await self._accounts.get(_REGISTRY_THROUGH_KEY)).value
+            after = int(value or b"0")
+        except nats.js.errors.KeyNotFoundError:
+            after = 0
+        after = max(after, self._pruned_through)
+        while after < last_seq:
+            events = await self._fetch(after, 1024)
+            if not events:
+                break
+            await self._fold_into_registry(events)
+            after = events[-1].cursor
 
     async def _fetch(self, after: int, limit: int) -> list[StoredEvent]:
         """Up to `limit` events after `after` (which must exist)."""
@@ -858,6 +1003,7 @@ class _LastEvent:
     known: KnownAccount | None
     event_id: str
     inbox_through: int
+    entry: RegisteredAccount | None  # the registry entry it left
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
@@ -892,6 +1038,83 @@ def _inbox_entry(seq: int, headers: Mapping[str, object] | None, body: bytes) ->
         float(fields["received_at"]),
         body,
     )
+
+
+def _entry_of(fields: Mapping[str, Any], cursor: int, body: bytes) -> RegisteredAccount:
+    """The registry entry an event (its header fields and body) leaves."""
+    try:
+        account = pb.AccountEvent.FromString(body).account
+    except DecodeError:  # a body that is not an event (the log keeps bodies opaque)
+        account = pb.Account()
+    return RegisteredAccount(
+        str(fields["account_id"]),
+        cursor,
+        deletes_account(fields["type"]),
+        account.SerializeToString(),
+        account.provider,
+        account.origin_owner_id,
+        account.raw_status,
+        float(fields["recorded_at"]),
+    )
+
+
+def _state_of(event: StoredEvent) -> tuple[KnownAccount, RegisteredAccount]:
+    """What an accounts-bucket value holds once `event` is the account's last."""
+    try:
+        message = pb.AccountEvent.FromString(event.body)
+    except DecodeError:
+        message = pb.AccountEvent()
+    account = message.account
+    known = KnownAccount(
+        event.account_id,
+        account.raw_status,
+        account.updated_at.ToJsonString() if account.HasField("updated_at") else "",
+        deletes_account(event.type),
+        "reconciliation" if message.source == pb.EVENT_SOURCE_RECONCILIATION else "webhook",
+    )
+    entry = RegisteredAccount(
+        event.account_id,
+        event.cursor,
+        known.deleted,
+        account.SerializeToString(),
+        account.provider,
+        account.origin_owner_id,
+        account.raw_status,
+        event.recorded_at,
+    )
+    return known, entry
+
+
+def _registry_value(known: KnownAccount, entry: RegisteredAccount) -> bytes:
+    """An accounts-bucket value: what reconciliation compares, and the registry entry."""
+    return orjson.dumps(
+        {
+            "known": known,
+            "cursor": entry.cursor,
+            "account": base64.b64encode(entry.account).decode(),
+            "provider": entry.provider,
+            "origin_owner_id": entry.origin_owner_id,
+            "recorded_at": entry.recorded_at,
+        }
+    )
+
+
+def _from_registry_value(value: bytes) -> tuple[KnownAccount, RegisteredAccount]:
+    """The two halves of an accounts-bucket value (one written before the registry holds
+    only the first: its entry then has no account and cursor 0)."""
+    state = orjson.loads(value)
+    known = KnownAccount(**state.get("known", state))
+    entry = RegisteredAccount(
+        known.account_id,
+        int(state.get("cursor", 0)),
+        known.deleted,
+        base64.b64decode(state.get("account", "")),
+        state.get("provider", ""),
+        state.get("origin_owner_id", ""),
+        known.status,
+        float(state.get("recorded_at", 0.0)),
+    )
+    return known, entry
 
 
 def _stored(message: Msg) -> StoredEvent:

@@ -18,6 +18,7 @@ from service.events.model import (
     Settlement,
     StoredEvent,
 )
+from service.events.registry import RegistryPage, RegistryQuery
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -68,6 +69,15 @@ class EventLog(Protocol):
 
     async def known_accounts(self) -> dict[str, KnownAccount]:
         """The last recorded state of every account the log has seen an event for."""
+        ...
+
+    async def registry(self, query: RegistryQuery) -> RegistryPage:
+        """Registry entries (each account as its last recorded event left it) that the
+        query admits, in account id order, with the cursor they reflect."""
+        ...
+
+    async def mark_registry_complete(self) -> None:
+        """Records that a full listing of StackOne has been folded into the registry."""
         ...
 
     async def check_writable(self) -> None:

@@ -282,6 +282,28 @@ class CursorOutOfRange(EventLogError):
         super().__init__(reason)
 
 
+class NotInRegistry(EventLogError):
+    """The complete registry holds no live account with this id."""
+
+    def __init__(self, account_id: str, cursor: int) -> None:
+        super().__init__(
+            f"account {account_id!r} is not in the registry as of cursor {cursor}: no event "
+            "recorded it, or the last one deleted it (read_from READ_FROM_STACKONE asks "
+            "StackOne itself)"
+        )
+
+
+class RegistryIncomplete(EventLogError):
+    """No full listing of StackOne has been folded into the registry yet."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the account registry is not complete yet: reconciliation has not folded in a "
+            "full listing of StackOne's accounts since it was created; retry in a few minutes "
+            "(stackone_connect_registry_complete says when), or read from StackOne"
+        )
+
+
 class ServerDraining(EventLogError):
     """The server is shutting down; the stream should reconnect (to another replica)."""
 

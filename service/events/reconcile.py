@@ -27,6 +27,7 @@ from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.ingest import event_record
 from service.events.log import EventLog
 from service.events.model import ACCOUNT_DELETED, EventRecord, KnownAccount, deletes_account
+from service.events.registry import RegistryQuery
 from service.metrics import Metrics
 from service.stackone.budget import Priority
 from service.stackone.errors import StackOneError, StackOneNotFound, StackOneUnavailable
@@ -181,11 +182,15 @@ class Reconciler:
         records = found.records + await self._confirm_missing(
             found.missing[:MAX_CONFIRMATIONS], known, settled_before
         )
-        if not records:
-            return 0
-        outcomes = await self._log.append(records)
-        recorded = sum(not outcome.duplicate for outcome in outcomes)
-        _log.info("reconciliation recorded %d event(s)", recorded, extra={"recorded": recorded})
+        recorded = 0
+        if records:
+            outcomes = await self._log.append(records)
+            recorded = sum(not outcome.duplicate for outcome in outcomes)
+            _log.info("reconciliation recorded %d event(s)", recorded, extra={"recorded": recorded})
+        # Every listed account is now in the registry (known, or recorded just now), but
+        # those changed within the grace, whose webhooks record them.
+        await self._log.mark_registry_complete()
+        self._metrics.registry_complete.set(1)
         return recorded
 
     async def _confirm_missing(
@@ -206,9 +211,19 @@ class Reconciler:
         return records
 
     async def run(self) -> None:
-        """Sweeps forever; a failed sweep is logged, counted and retried at the next interval."""
+        """Sweeps forever; a failed sweep is logged, counted and retried at the next interval.
+        While the registry is not complete, the first sweep starts at once: it is what
+        brings in the accounts linked before the service first ran."""
+        try:
+            complete = (await self._log.registry(RegistryQuery(limit=0))).complete
+        except Exception:  # unknown: a sweep at once does no harm
+            complete = False
+        self._metrics.registry_complete.set(int(complete))
+        first = not complete
         while True:
-            await asyncio.sleep(self._interval)
+            if not first:
+                await asyncio.sleep(self._interval)
+            first = False
             try:
                 await self.sweep()
             except StackOneError as error:

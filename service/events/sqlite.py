@@ -49,6 +49,13 @@ from service.events.model import (
     StoredEvent,
     already_known,
 )
+from service.events.registry import (
+    RegisteredAccount,
+    RegistryPage,
+    RegistryQuery,
+    enriched,
+    registered,
+)
 from service.events.tail import DEFAULT_TAIL_BYTES, Tail, Watermark
 
 if TYPE_CHECKING:
@@ -56,6 +63,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_REGISTRY_COMPLETE = "registry_complete"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -77,7 +85,9 @@ CREATE TABLE IF NOT EXISTS dedup (
     recorded_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedup_recorded_at ON dedup (recorded_at);
--- The last recorded state of each account, for reconciliation with StackOne.
+-- The registry: each account as its last recorded event left it, written by the same
+-- transaction as that event (the columns after `source` came with the registry, see
+-- _REGISTRY_COLUMNS; a log written before it gains them at open).
 CREATE TABLE IF NOT EXISTS accounts (
     account_id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -103,10 +113,27 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, checked_at REAL, room 
 """
 _COLUMNS = "cursor, event_id, type, account_id, provider, origin_owner_id, recorded_at, body"
 _ACCOUNT_COLUMNS = "account_id, status, updated_at, deleted, source"
+_REGISTRY_COLUMNS = {
+    "cursor": "INTEGER NOT NULL DEFAULT 0",
+    "provider": "TEXT NOT NULL DEFAULT ''",
+    "origin_owner_id": "TEXT NOT NULL DEFAULT ''",
+    "account": "BLOB NOT NULL DEFAULT x''",
+    "recorded_at": "REAL NOT NULL DEFAULT 0",
+}
+_REGISTERED = "account_id, cursor, deleted, account, provider, origin_owner_id, status, recorded_at"
 _INBOX_COLUMNS = "seq, event_id, type, account_id, received_at, body"
 DEFAULT_INBOX_LIMIT = 100_000
 # Start-up checks the file's structure for at most this long (about 250 MB read cold).
 INTEGRITY_CHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Previous:
+    """An account's row before an append: its registry entry (None for a row written
+    before the registry) and what reconciliation compares."""
+
+    entry: RegisteredAccount | None
+    known: KnownAccount
 
 
 def _known(row: tuple[str, str, str, int, str]) -> KnownAccount:
@@ -174,6 +201,26 @@ def _check_integrity(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
+def _add_registry_columns(conn: sqlite3.Connection) -> None:
+    """Brings a log written before the registry to its columns (each account's entry
+    then fills in with its next event, and reconciliation's listing)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(accounts)")}
+    for name, declaration in _REGISTRY_COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE accounts ADD COLUMN {name} {declaration}")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS accounts_owner ON accounts (origin_owner_id, account_id)"
+    )
+
+
+def _registered(row: tuple[str, int, int, bytes, str, str, str, float]) -> RegisteredAccount:
+    account_id, cursor, deleted, account, provider, owner, status, recorded_at = row
+    return RegisteredAccount(
+        account_id, int(cursor), bool(deleted), bytes(account), provider, owner, status,
+        float(recorded_at),
+    )  # fmt: skip
+
+
 def _open_writer(path: Path) -> sqlite3.Connection:
     """The writing connection, once the file proves to be an intact SQLite database."""
     if path.exists() and path.stat().st_size == 0:
@@ -189,6 +236,7 @@ def _open_writer(path: Path) -> sqlite3.Connection:
     try:
         _check_integrity(conn, path)
         conn.executescript(_SCHEMA)
+        _add_registry_columns(conn)
     except BaseException:
         conn.close()
         raise
@@ -407,6 +455,54 @@ class SqliteEventLog:
         )
         return {row[0]: _known(row) for row in rows}
 
+    async def registry(self, query: RegistryQuery) -> RegistryPage:
+        """Registry entries the query admits, read in one transaction at the cursor this
+        replica has published (entries set by events committed later are left out)."""
+        as_of = self._tail.latest if query.as_of is None else query.as_of
+        return await self._on_reader(self._select_registry, query, as_of)
+
+    async def mark_registry_complete(self) -> None:
+        """Records that a full listing of StackOne has been folded into the registry."""
+        await self._on_writer(self._set_meta, _REGISTRY_COMPLETE, 1)
+
+    def _select_registry(self, query: RegistryQuery, as_of: int) -> RegistryPage:
+        where = ["deleted = 0", "cursor <= ?", "account_id > ?"]
+        values: list[object] = [as_of, query.after_account]
+        for column, allowed in (
+            ("origin_owner_id", query.origin_owner_ids),
+            ("provider", query.providers),
+            ("account_id", query.account_ids),
+            ("status", query.statuses),
+        ):
+            if allowed:
+                where.append(f"{column} IN ({', '.join('?' * len(allowed))})")
+                values.extend(sorted(allowed))
+        conn = self._reader_conn
+        conn.execute("BEGIN")
+        try:
+            rows = conn.execute(
+                f"SELECT {_REGISTERED} FROM accounts WHERE {' AND '.join(where)}"  # noqa: S608 - columns and placeholders only
+                " ORDER BY account_id LIMIT ?",
+                (*values, query.limit + 1),
+            ).fetchall()
+            complete = conn.execute(
+                "SELECT value FROM meta WHERE key = ?", (_REGISTRY_COMPLETE,)
+            ).fetchone()
+        finally:
+            conn.execute("COMMIT")
+        entries = [_registered(row) for row in rows[: query.limit]]
+        return RegistryPage(entries, as_of, bool(complete and complete[0]), len(rows) > query.limit)
+
+    def _set_meta(self, key: str, value: int) -> None:
+        conn = self._writer_conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     # --- Inbox --------------------------------------------------------------------
 
     async def accept(self, entry: InboxEntry, alone: EventRecord | None = None) -> Accepted:
@@ -524,6 +620,11 @@ class SqliteEventLog:
             conn.execute("DELETE FROM events WHERE cursor <= ?", (pruned_through,))
             conn.execute(
                 "DELETE FROM dedup WHERE recorded_at < ?", (now - self._retention.dedup_window,)
+            )
+            # A deleted account's tombstone is kept as long as its webhooks' ids.
+            conn.execute(
+                "DELETE FROM accounts WHERE deleted = 1 AND recorded_at > 0 AND recorded_at < ?",
+                (now - self._retention.dedup_window,),
             )
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned_through', ?)",
@@ -684,11 +785,13 @@ class SqliteEventLog:
             if seen is not None:
                 outcomes.append(AppendOutcome(record.event_id, int(seen[0]), duplicate=True))
                 continue
-            if already_known(record, self._known_in_transaction(record.account_id)):
+            previous = self._registered_in_transaction(record.account_id)
+            if already_known(record, None if previous is None else previous.known):
                 # Remembered too, so a redelivery is dropped without another check.
                 self._remember_ids(record, 0, now)
                 outcomes.append(AppendOutcome(record.event_id, 0, duplicate=True))
                 continue
+            record = enriched(record, previous.entry if previous else None)
             cursor = conn.execute(
                 "INSERT INTO events (event_id, type, account_id, provider, origin_owner_id,"
                 " recorded_at, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -706,11 +809,16 @@ class SqliteEventLog:
                 raise sqlite3.OperationalError("the event INSERT returned no rowid")
             self._remember_ids(record, cursor, now)
             known = KnownAccount.recorded(record)
+            entry = registered(record, cursor, now)
             conn.execute(
-                "INSERT OR REPLACE INTO accounts (account_id, status, updated_at, deleted,"
-                " source) VALUES (?, ?, ?, ?, ?)",
-                (known.account_id, known.status, known.updated_at, known.deleted, known.source),
-            )
+                f"INSERT OR REPLACE INTO accounts (source, updated_at, {_REGISTERED})"  # noqa: S608 - constant column list
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    known.source, known.updated_at, entry.account_id, entry.cursor,
+                    entry.deleted, entry.account, entry.provider, entry.origin_owner_id,
+                    known.status, entry.recorded_at,
+                ),
+            )  # fmt: skip
             outcomes.append(AppendOutcome(record.event_id, cursor, duplicate=False))
             stored.append(record.stored(cursor, now))
         return _Staged(outcomes, stored)
@@ -729,12 +837,17 @@ class SqliteEventLog:
                 self._writer_conn.execute("ROLLBACK")
             raise
 
-    def _known_in_transaction(self, account_id: str) -> KnownAccount | None:
+    def _registered_in_transaction(self, account_id: str) -> _Previous | None:
         row = self._writer_conn.execute(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ?",  # noqa: S608 - constant column list
+            f"SELECT {_REGISTERED}, updated_at, source FROM accounts WHERE account_id = ?",  # noqa: S608 - constant column list
             (account_id,),
         ).fetchone()
-        return None if row is None else _known(row)
+        if row is None:
+            return None
+        entry = _registered(row[:8])
+        return _Previous(entry if entry.account else None, KnownAccount(
+            entry.account_id, entry.status, row[8], entry.deleted, row[9]
+        ))  # fmt: skip
 
     def _load_positions(self) -> tuple[int, int]:
         conn = self._writer_conn

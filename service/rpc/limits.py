@@ -32,6 +32,9 @@ MAX_METADATA_DEPTH = 8
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 25
 MAX_PAGE_TOKEN_CHARS = 64
+# A registry listing's token names its cursor and the last account id (255 characters,
+# up to 1,020 bytes): base64 of both.
+MAX_REGISTRY_TOKEN_CHARS = 1400
 """Characters of a `page_token` (the ones this service returns are under 20)."""
 MAX_PAGE_NUMBER = 10**9
 MAX_CURSOR = 2**63 - 1

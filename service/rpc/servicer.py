@@ -17,7 +17,14 @@ from service.api import convert
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.feed import Feed, resolve_start
 from service.events.log import EventLog
-from service.events.model import Bookmark, EventFilter, ServerDraining
+from service.events.model import (
+    Bookmark,
+    EventFilter,
+    NotInRegistry,
+    RegistryIncomplete,
+    ServerDraining,
+)
+from service.events.registry import REGISTRY_PAGE_LIMIT, RegistryPage, RegistryQuery
 from service.metrics import Metrics
 from service.rpc import validation, wire
 from service.stackone.client import StackOneClient
@@ -63,21 +70,36 @@ class ConnectServicer:
         return convert.session_message(session, body.expires_in)
 
     async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
-        """Fetches one account from StackOne."""
+        """One account from StackOne, or from the registry when asked and complete."""
         account_id = validation.account_id(request.account_id)
+        if request.read_from == pb.READ_FROM_REGISTRY:
+            query = RegistryQuery(account_ids=frozenset({account_id}), limit=1)
+            page = await self._log.registry(query)
+            if page.complete:
+                if not page.accounts:
+                    raise NotInRegistry(account_id, page.cursor)
+                return page.accounts[0].message()
         account = await self._stackone.get_account(account_id, deadline=self._deadline(context))
         return convert.account_message(account)
 
     async def ListAccounts(
         self, request: pb.ListAccountsRequest, context: Context
     ) -> pb.ListAccountsResponse:
-        """Fetches one page of accounts; a full page means there may be another."""
+        """One page of accounts, from StackOne or (asked, and complete) the registry."""
+        if request.read_from == pb.READ_FROM_REGISTRY:
+            registry_query = validation.registry_list(request)
+            if registry_query is not None:
+                page = await self._log.registry(registry_query)
+                if page.complete:
+                    return _registry_response(page)
+            request.page_token = ""  # a listing that falls back starts at StackOne's first page
         query = validation.list_query(request)
         accounts = await self._stackone.list_accounts(query, deadline=self._deadline(context))
         full_page = len(accounts) >= query.page_size
         return pb.ListAccountsResponse(
             accounts=[convert.account_message(account) for account in accounts],
             next_page_token=validation.page_token(query.page + 1) if full_page else "",
+            answered_from=pb.READ_FROM_STACKONE,
         )
 
     async def DeleteAccount(self, request: pb.DeleteAccountRequest, context: Context) -> pb.Account:
@@ -102,6 +124,13 @@ class ConnectServicer:
         if event_filter.is_empty:
             event_filter = MATCH_ALL  # one for every stream, not four empty sets each
         position = await resolve_start(self._log, start)
+        if start.kind == "snapshot":
+            first = await self._log.registry(_snapshot_query(event_filter, ""))
+            if not first.complete:
+                raise RegistryIncomplete()
+            async for frame in self._snapshot_frames(first, event_filter, per_message):
+                yield frame
+            position = first.cursor
         feed = Feed(
             self._log,
             position,
@@ -123,3 +152,46 @@ class ConnectServicer:
         finally:
             self._metrics.subscribers.dec()
         raise ServerDraining(position)
+
+    async def _snapshot_frames(
+        self, page: RegistryPage, event_filter: EventFilter, per_message: int
+    ) -> AsyncIterator[bytes]:
+        """The registry's matching accounts as of `page.cursor`, page after page, then
+        the bookmark that ends the initial state."""
+        while True:
+            for frame in wire.account_frames(page.accounts, per_message):
+                yield frame
+            if not page.more:
+                break
+            after = page.accounts[-1].account_id
+            page = await self._log.registry(_snapshot_query(event_filter, after, page.cursor))
+        yield wire.bookmark_frame(page.cursor, initial_state_end=True)
+
+
+def _snapshot_query(
+    event_filter: EventFilter, after: str, as_of: int | None = None
+) -> RegistryQuery:
+    """A page of a snapshot: the stream's filters but for event types, which accounts lack."""
+    return RegistryQuery(
+        origin_owner_ids=event_filter.origin_owner_ids,
+        providers=event_filter.providers,
+        account_ids=event_filter.account_ids,
+        as_of=as_of,
+        after_account=after,
+        limit=REGISTRY_PAGE_LIMIT,
+    )
+
+
+def _registry_response(page: RegistryPage) -> pb.ListAccountsResponse:
+    """A page of a registry listing, with the cursor all its pages reflect."""
+    more = page.more and page.accounts
+    return pb.ListAccountsResponse(
+        accounts=[entry.message() for entry in page.accounts],
+        next_page_token=(
+            validation.registry_page_token(page.cursor, page.accounts[-1].account_id)
+            if more
+            else ""
+        ),
+        cursor=str(page.cursor),
+        answered_from=pb.READ_FROM_REGISTRY,
+    )

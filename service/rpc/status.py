@@ -13,6 +13,8 @@ a canonical code, a message a person can act on, and `google.rpc` details where 
 | StackOneRateLimited (429)     | RESOURCE_EXHAUSTED  | RetryInfo         |
 | StackOneUnavailable, 5xx, 408 | UNAVAILABLE         | RetryInfo if sent |
 | CursorOutOfRange              | OUT_OF_RANGE        | ErrorInfo         |
+| NotInRegistry                 | NOT_FOUND           |                   |
+| RegistryIncomplete            | UNAVAILABLE         |                   |
 | ServerDraining (shutdown)     | UNAVAILABLE         | ErrorInfo         |
 | EventLogUnavailable           | UNAVAILABLE         |                   |
 | anything else                 | INTERNAL            |                   |
@@ -31,7 +33,13 @@ from typing import Any
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from service.events.model import CursorOutOfRange, EventLogUnavailable, ServerDraining
+from service.events.model import (
+    CursorOutOfRange,
+    EventLogUnavailable,
+    NotInRegistry,
+    RegistryIncomplete,
+    ServerDraining,
+)
 from service.rpc.limits import MAX_ERROR_MESSAGE_BYTES, clip
 from service.rpc.validation import InvalidRequest
 from service.stackone import errors as upstream
@@ -114,6 +122,10 @@ def status_for(error: Exception) -> status_pb2.Status:
                 metadata={"resume_after_cursor": str(cursor)},
             )
             return _status(code_pb2.UNAVAILABLE, str(error), info)
+        case NotInRegistry():
+            return _status(code_pb2.NOT_FOUND, str(error))
+        case RegistryIncomplete():
+            return _status(code_pb2.UNAVAILABLE, str(error))
         case EventLogUnavailable():
             return _status(code_pb2.UNAVAILABLE, f"the event log is unavailable: {error}")
     _log.error("unexpected error in an RPC", exc_info=error)

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.feed import StartPosition
 from service.events.model import EventFilter
+from service.events.registry import RegistryQuery
 from service.rpc.limits import (
     DEFAULT_PAGE_SIZE,
     MAX_CATEGORIES,
@@ -37,6 +38,7 @@ from service.rpc.limits import (
     MAX_PAGE_SIZE,
     MAX_PAGE_TOKEN_CHARS,
     MAX_QUOTED_VALUE_CHARS,
+    MAX_REGISTRY_TOKEN_CHARS,
     MAX_REPORTED_VIOLATIONS,
     MAX_TEXT_CHARS,
     MAX_VIOLATION_DESCRIPTION_BYTES,
@@ -266,6 +268,62 @@ def page_token(page: int) -> str:
     return base64.urlsafe_b64encode(f"page:{page}".encode()).decode().rstrip("=")
 
 
+_REGISTRY_PAGE_KIND = "registry"
+
+
+def registry_page_token(cursor: int, last_account_id: str) -> str:
+    """The opaque token of a registry listing's next page: the listing's cursor (every
+    page reflects the first page's) and the account id it continues after."""
+    raw = f"{_REGISTRY_PAGE_KIND}:{cursor}:{last_account_id}".encode(errors="surrogatepass")
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _registry_position(token: str) -> tuple[int, str] | None:
+    """The cursor and account id of a registry page token; None when it is not one."""
+    if not token or len(token) > MAX_REGISTRY_TOKEN_CHARS:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        kind, _, rest = raw.decode(errors="surrogatepass").partition(":")
+    except (binascii.Error, ValueError):
+        return None
+    number, _, last_account_id = rest.partition(":")
+    cursor = _number(number, MAX_CURSOR)
+    if kind != _REGISTRY_PAGE_KIND or cursor is None:
+        return None
+    return cursor, last_account_id
+
+
+def registry_list(request: pb.ListAccountsRequest) -> RegistryQuery | None:
+    """Validates `ListAccounts` from the registry into its query; None when the page token
+    is one of StackOne's (a listing that fell back to StackOne goes on there)."""
+    check = _Checker()
+    if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+        check.fail(
+            "page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
+        )
+    check.values("origin_owner_ids", request.origin_owner_ids)
+    check.values("providers", request.providers, _PROVIDER)
+    check.values("account_ids", request.account_ids)
+    check.one_of("statuses", request.statuses, ACCOUNT_STATUSES, MAX_FILTER_VALUES)
+    position = _registry_position(request.page_token) if request.page_token else (None, "")
+    if position is None:
+        _page_of(request.page_token, check)  # StackOne's token, or refused as neither
+        check.done()
+        return None
+    check.done()
+    as_of, after_account = position
+    return RegistryQuery(
+        origin_owner_ids=frozenset(request.origin_owner_ids),
+        providers=frozenset(request.providers),
+        account_ids=frozenset(request.account_ids),
+        statuses=frozenset(request.statuses),
+        as_of=as_of,
+        after_account=after_account,
+        limit=request.page_size or DEFAULT_PAGE_SIZE,
+    )
+
+
 def _page_of(token: str, check: _Checker) -> int:
     if not token:
         return 0
@@ -345,6 +403,8 @@ def stream_request(
     which = request.WhichOneof("start")
     if which == "from_earliest":
         start = StartPosition.earliest()
+    elif which == "from_snapshot":
+        start = StartPosition.snapshot()
     elif which == "after_cursor":
         cursor = _number(request.after_cursor, MAX_CURSOR)
         if cursor is None:

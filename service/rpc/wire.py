@@ -17,6 +17,7 @@ from google.protobuf.descriptor import Descriptor
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.model import StoredEvent
+from service.events.registry import RegisteredAccount
 from service.rpc.limits import MAX_BATCH_BYTES
 
 FRAME_CACHE_BYTES = 8 << 20
@@ -75,6 +76,37 @@ class EncodedEvent:
 def batch_frame(items: Sequence[bytes]) -> bytes:
     """A response carrying the batch of the given `EncodedEvent.item`s."""
     return _field(_RESPONSE_BATCH_KEY, b"".join(items))
+
+
+_REGISTRY_CURSOR_KEY = _key(pb.Account.DESCRIPTOR, "registry_cursor")
+_RESPONSE_ACCOUNT_KEY = _key(pb.StreamAccountEventsResponse.DESCRIPTOR, "account")
+_RESPONSE_ACCOUNTS_KEY = _key(pb.StreamAccountEventsResponse.DESCRIPTOR, "accounts")
+_BATCH_ACCOUNT_KEY = _key(pb.AccountBatch.DESCRIPTOR, "accounts")
+
+
+def account_frames(accounts: Sequence[RegisteredAccount], per_message: int) -> list[bytes]:
+    """Responses carrying a snapshot's accounts (each with its `registry_cursor`, appended
+    to its stored bytes as events get their cursor): one a message, or batches of up to
+    `per_message` and `MAX_BATCH_BYTES`."""
+    payloads = [
+        entry.account + _field(_REGISTRY_CURSOR_KEY, str(entry.cursor).encode())
+        for entry in accounts
+    ]
+    if per_message <= 1:
+        return [_field(_RESPONSE_ACCOUNT_KEY, payload) for payload in payloads]
+    frames: list[bytes] = []
+    items: list[bytes] = []
+    size = 0
+    for payload in payloads:
+        item = _field(_BATCH_ACCOUNT_KEY, payload)
+        if items and (len(items) >= per_message or size + len(item) > MAX_BATCH_BYTES):
+            frames.append(_field(_RESPONSE_ACCOUNTS_KEY, b"".join(items)))
+            items, size = [], 0
+        items.append(item)
+        size += len(item)
+    if items:
+        frames.append(_field(_RESPONSE_ACCOUNTS_KEY, b"".join(items)))
+    return frames
 
 
 _K = TypeVar("_K", bound=Hashable)
@@ -174,8 +206,9 @@ def event_frames(
     return frames
 
 
-def bookmark_frame(cursor: int) -> bytes:
-    """The serialized response carrying a bookmark at `cursor`, stamped now."""
-    bookmark = pb.Bookmark(cursor=str(cursor))
+def bookmark_frame(cursor: int, *, initial_state_end: bool = False) -> bytes:
+    """The serialized response carrying a bookmark at `cursor`, stamped now (`initial_state_end`:
+    the one ending a snapshot)."""
+    bookmark = pb.Bookmark(cursor=str(cursor), initial_state_end=initial_state_end)
     bookmark.sent_at.GetCurrentTime()
     return pb.StreamAccountEventsResponse(bookmark=bookmark).SerializeToString()

@@ -65,6 +65,36 @@ ACCOUNT_STATUS_OTHER: AccountStatus.ValueType  # 4
 """StackOne reported a status this version does not know; see `raw_status`."""
 Global___AccountStatus: _TypeAlias = AccountStatus  # noqa: Y015
 
+class _ReadFrom:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReadFromEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReadFrom.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    READ_FROM_UNSPECIFIED: _ReadFrom.ValueType  # 0
+    """Not set: StackOne."""
+    READ_FROM_STACKONE: _ReadFrom.ValueType  # 1
+    """StackOne, now (one API call, 100-300 ms; right for checking a link just made)."""
+    READ_FROM_REGISTRY: _ReadFrom.ValueType  # 2
+    """The service's registry: each account as its last recorded event left it, no StackOne
+    call. While the registry is not complete (no full listing of StackOne folded in
+    yet), the answer comes from StackOne and says so.
+    """
+
+class ReadFrom(_ReadFrom, metaclass=_ReadFromEnumTypeWrapper):
+    """Where an account read is answered from."""
+
+READ_FROM_UNSPECIFIED: ReadFrom.ValueType  # 0
+"""Not set: StackOne."""
+READ_FROM_STACKONE: ReadFrom.ValueType  # 1
+"""StackOne, now (one API call, 100-300 ms; right for checking a link just made)."""
+READ_FROM_REGISTRY: ReadFrom.ValueType  # 2
+"""The service's registry: each account as its last recorded event left it, no StackOne
+call. While the registry is not complete (no full listing of StackOne folded in
+yet), the answer comes from StackOne and says so.
+"""
+Global___ReadFrom: _TypeAlias = ReadFrom  # noqa: Y015
+
 class _EventSource:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -350,6 +380,7 @@ class Account(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
+    REGISTRY_CURSOR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """StackOne's account id."""
     provider: _builtins.str
@@ -370,6 +401,10 @@ class Account(_message.Message):
     """The account's label."""
     type: _builtins.str
     """`production` or `test` (the type of the session that linked it), as StackOne sent it."""
+    registry_cursor: _builtins.str
+    """Read from the registry (and in a snapshot): the cursor of the last event that set
+    this state. An event of the account at or before it is already reflected here.
+    """
     @_builtins.property
     def status_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusReason]:
         """Reasons for the status, when StackOne gives them."""
@@ -398,10 +433,11 @@ class Account(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         type: _builtins.str = ...,
+        registry_cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "label", b"label", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider", "provider_name", b"provider_name", "raw_status", b"raw_status", "status", b"status", "status_reasons", b"status_reasons", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "label", b"label", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider", "provider_name", b"provider_name", "raw_status", b"raw_status", "registry_cursor", b"registry_cursor", "status", b"status", "status_reasons", b"status_reasons", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -414,16 +450,23 @@ class GetAccountRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    READ_FROM_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The StackOne account id (required)."""
+    read_from: Global___ReadFrom.ValueType
+    """Where to read it; StackOne when unset. From the registry, the account carries its
+    `registry_cursor`; an id the complete registry does not hold (or holds as deleted)
+    is NOT_FOUND.
+    """
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
+        read_from: Global___ReadFrom.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "read_from", b"read_from"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -443,10 +486,13 @@ class ListAccountsRequest(_message.Message):
     STATUSES_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    READ_FROM_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Accounts per page, 1 to 100 (default 25)."""
     page_token: _builtins.str
     """`next_page_token` of the previous page; empty for the first page."""
+    read_from: Global___ReadFrom.ValueType
+    """Where to read them; StackOne when unset."""
     @_builtins.property
     def origin_owner_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only accounts of these customers."""
@@ -472,10 +518,11 @@ class ListAccountsRequest(_message.Message):
         statuses: _abc.Iterable[_builtins.str] | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        read_from: Global___ReadFrom.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids", "origin_owner_ids", b"origin_owner_ids", "page_size", b"page_size", "page_token", b"page_token", "providers", b"providers", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids", "origin_owner_ids", b"origin_owner_ids", "page_size", b"page_size", "page_token", b"page_token", "providers", b"providers", "read_from", b"read_from", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -489,8 +536,20 @@ class ListAccountsResponse(_message.Message):
 
     ACCOUNTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    ANSWERED_FROM_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Pass as `page_token` to get the next page; empty on the last page."""
+    cursor: _builtins.str
+    """From the registry: the cursor every page of this listing reflects (the first page's;
+    later pages keep it). `StreamAccountEvents{after_cursor: cursor}` then continues with
+    no gap and no duplicate: an account changed after it is left out of the pages and
+    arrives on the stream instead.
+    """
+    answered_from: Global___ReadFrom.ValueType
+    """Where the answer came from: READ_FROM_STACKONE when the registry was asked but is
+    not complete yet (then `cursor` is empty).
+    """
     @_builtins.property
     def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Account]:
         """The accounts of this page."""
@@ -500,10 +559,12 @@ class ListAccountsResponse(_message.Message):
         *,
         accounts: _abc.Iterable[Global___Account] | None = ...,
         next_page_token: _builtins.str = ...,
+        cursor: _builtins.str = ...,
+        answered_from: Global___ReadFrom.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "answered_from", b"answered_from", "cursor", b"cursor", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -546,6 +607,7 @@ class StreamAccountEventsRequest(_message.Message):
     FROM_NOW_FIELD_NUMBER: _builtins.int
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     FROM_EARLIEST_FIELD_NUMBER: _builtins.int
+    FROM_SNAPSHOT_FIELD_NUMBER: _builtins.int
     MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     after_cursor: _builtins.str
     """Events recorded after this cursor (from an event or a bookmark)."""
@@ -580,6 +642,14 @@ class StreamAccountEventsRequest(_message.Message):
     def from_earliest(self) -> _empty_pb2.Empty:
         """Every event still retained, oldest first."""
 
+    @_builtins.property
+    def from_snapshot(self) -> _empty_pb2.Empty:
+        """The current state of every matching account (deleted ones left out) as `account`
+        or `accounts` items, then a bookmark with `initial_state_end` at the cursor that
+        state reflects, then the events after it. Filters apply to the snapshot too, but
+        for `event_types`, which only events have.
+        """
+
     def __init__(
         self,
         *,
@@ -590,13 +660,14 @@ class StreamAccountEventsRequest(_message.Message):
         from_now: _empty_pb2.Empty | None = ...,
         after_cursor: _builtins.str = ...,
         from_earliest: _empty_pb2.Empty | None = ...,
+        from_snapshot: _empty_pb2.Empty | None = ...,
         max_events_per_message: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "from_earliest", b"from_earliest", "from_now", b"from_now", "start", b"start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "from_earliest", b"from_earliest", "from_now", b"from_now", "from_snapshot", b"from_snapshot", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids", "after_cursor", b"after_cursor", "event_types", b"event_types", "from_earliest", b"from_earliest", "from_now", b"from_now", "max_events_per_message", b"max_events_per_message", "origin_owner_ids", b"origin_owner_ids", "providers", b"providers", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids", "after_cursor", b"after_cursor", "event_types", b"event_types", "from_earliest", b"from_earliest", "from_now", b"from_now", "from_snapshot", b"from_snapshot", "max_events_per_message", b"max_events_per_message", "origin_owner_ids", b"origin_owner_ids", "providers", b"providers", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["from_now", "after_cursor", "from_earliest"]  # noqa: Y015
+    _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["from_now", "after_cursor", "from_earliest", "from_snapshot"]  # noqa: Y015
     _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_start) -> _WhichOneofReturnType_start | None: ...
 
@@ -618,6 +689,8 @@ class AccountEvent(_message.Message):
     VERIFICATION_FIELD_NUMBER: _builtins.int
     VERIFICATION_ERROR_FIELD_NUMBER: _builtins.int
     COVERED_EVENT_IDS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STATUS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_RAW_STATUS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of the event; redeliveries of the same event share it."""
     cursor: _builtins.str
@@ -632,6 +705,12 @@ class AccountEvent(_message.Message):
     """Whether `account.status` was verified with StackOne."""
     verification_error: _builtins.str
     """Why verification failed, when it did."""
+    previous_status: Global___AccountStatus.ValueType
+    """The account's status before this event, unset for its first event: a break is
+    ACTIVE -> ERROR (or another status), a recovery anything -> ACTIVE.
+    """
+    previous_raw_status: _builtins.str
+    """`previous_status` exactly as StackOne sent it."""
     @_builtins.property
     def account(self) -> Global___Account:
         """The account the event is about."""
@@ -665,10 +744,12 @@ class AccountEvent(_message.Message):
         verification: Global___Verification.ValueType = ...,
         verification_error: _builtins.str = ...,
         covered_event_ids: _abc.Iterable[_builtins.str] | None = ...,
+        previous_status: Global___AccountStatus.ValueType = ...,
+        previous_raw_status: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "occurred_at", b"occurred_at", "received_at", b"received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "covered_event_ids", b"covered_event_ids", "cursor", b"cursor", "event_id", b"event_id", "occurred_at", b"occurred_at", "received_at", b"received_at", "source", b"source", "type", b"type", "verification", b"verification", "verification_error", b"verification_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "covered_event_ids", b"covered_event_ids", "cursor", b"cursor", "event_id", b"event_id", "occurred_at", b"occurred_at", "previous_raw_status", b"previous_raw_status", "previous_status", b"previous_status", "received_at", b"received_at", "source", b"source", "type", b"type", "verification", b"verification", "verification_error", b"verification_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -684,8 +765,13 @@ class Bookmark(_message.Message):
 
     CURSOR_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
+    INITIAL_STATE_END_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     """Resume with `after_cursor` set to this; no matching event lies before it unsent."""
+    initial_state_end: _builtins.bool
+    """True on the bookmark that ends a `from_snapshot` stream's initial state: every
+    matching account was sent as of `cursor`; events after it follow.
+    """
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp:
         """When the bookmark was sent."""
@@ -695,14 +781,39 @@ class Bookmark(_message.Message):
         *,
         cursor: _builtins.str = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
+        initial_state_end: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "sent_at", b"sent_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "initial_state_end", b"initial_state_end", "sent_at", b"sent_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Bookmark: _TypeAlias = Bookmark  # noqa: Y015
+
+@_typing.final
+class AccountBatch(_message.Message):
+    """Accounts of a snapshot, in account id order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Account]:
+        """The accounts, each with its `registry_cursor`."""
+
+    def __init__(
+        self,
+        *,
+        accounts: _abc.Iterable[Global___Account] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountBatch: _TypeAlias = AccountBatch  # noqa: Y015
 
 @_typing.final
 class EventBatch(_message.Message):
@@ -737,6 +848,8 @@ class StreamAccountEventsResponse(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     BOOKMARK_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    ACCOUNTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___AccountEvent:
         """An event that matches the stream's filters."""
@@ -749,18 +862,28 @@ class StreamAccountEventsResponse(_message.Message):
     def events(self) -> Global___EventBatch:
         """Several matching events, when the request set `max_events_per_message` above 1."""
 
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """One account of a `from_snapshot` stream's initial state."""
+
+    @_builtins.property
+    def accounts(self) -> Global___AccountBatch:
+        """Several accounts of the initial state, when `max_events_per_message` is above 1."""
+
     def __init__(
         self,
         *,
         event: Global___AccountEvent | None = ...,
         bookmark: Global___Bookmark | None = ...,
         events: Global___EventBatch | None = ...,
+        account: Global___Account | None = ...,
+        accounts: Global___AccountBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bookmark", b"bookmark", "event", b"event", "events", b"events", "item", b"item"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "accounts", b"accounts", "bookmark", b"bookmark", "event", b"event", "events", b"events", "item", b"item"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bookmark", b"bookmark", "event", b"event", "events", b"events", "item", b"item"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "accounts", b"accounts", "bookmark", b"bookmark", "event", b"event", "events", b"events", "item", b"item"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "bookmark", "events"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "bookmark", "events", "account", "accounts"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 

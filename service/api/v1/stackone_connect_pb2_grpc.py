@@ -77,14 +77,16 @@ class ConnectServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAccount(self, request, context):
-        """Returns one linked account as StackOne reports it now.
+        """Returns one linked account: as StackOne reports it now (the default), or as the
+        service last recorded it (`read_from: READ_FROM_REGISTRY`, no StackOne call).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAccounts(self, request, context):
-        """Lists linked accounts, optionally filtered, one page at a time.
+        """Lists linked accounts, optionally filtered, one page at a time: from StackOne (the
+        default) or from the registry, with the cursor the list reflects, to watch from.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,9 +45,13 @@ class ConnectServiceStub:
     hosted Auth Link URL. Every call returns a new token: tokens are never cached.
     """
     GetAccount: _grpc.UnaryUnaryMultiCallable[_stackone_connect_pb2.GetAccountRequest, _stackone_connect_pb2.Account]
-    """Returns one linked account as StackOne reports it now."""
+    """Returns one linked account: as StackOne reports it now (the default), or as the
+    service last recorded it (`read_from: READ_FROM_REGISTRY`, no StackOne call).
+    """
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_stackone_connect_pb2.ListAccountsRequest, _stackone_connect_pb2.ListAccountsResponse]
-    """Lists linked accounts, optionally filtered, one page at a time."""
+    """Lists linked accounts, optionally filtered, one page at a time: from StackOne (the
+    default) or from the registry, with the cursor the list reflects, to watch from.
+    """
     DeleteAccount: _grpc.UnaryUnaryMultiCallable[_stackone_connect_pb2.DeleteAccountRequest, _stackone_connect_pb2.Account]
     """Deletes (unlinks) an account in StackOne and returns it as it was deleted."""
     StreamAccountEvents: _grpc.UnaryStreamMultiCallable[_stackone_connect_pb2.StreamAccountEventsRequest, _stackone_connect_pb2.StreamAccountEventsResponse]
@@ -69,9 +73,13 @@ class ConnectServiceAsyncStub(ConnectServiceStub):
     hosted Auth Link URL. Every call returns a new token: tokens are never cached.
     """
     GetAccount: _aio.UnaryUnaryMultiCallable[_stackone_connect_pb2.GetAccountRequest, _stackone_connect_pb2.Account]  # type: ignore[assignment]
-    """Returns one linked account as StackOne reports it now."""
+    """Returns one linked account: as StackOne reports it now (the default), or as the
+    service last recorded it (`read_from: READ_FROM_REGISTRY`, no StackOne call).
+    """
     ListAccounts: _aio.UnaryUnaryMultiCallable[_stackone_connect_pb2.ListAccountsRequest, _stackone_connect_pb2.ListAccountsResponse]  # type: ignore[assignment]
-    """Lists linked accounts, optionally filtered, one page at a time."""
+    """Lists linked accounts, optionally filtered, one page at a time: from StackOne (the
+    default) or from the registry, with the cursor the list reflects, to watch from.
+    """
     DeleteAccount: _aio.UnaryUnaryMultiCallable[_stackone_connect_pb2.DeleteAccountRequest, _stackone_connect_pb2.Account]  # type: ignore[assignment]
     """Deletes (unlinks) an account in StackOne and returns it as it was deleted."""
     StreamAccountEvents: _aio.UnaryStreamMultiCallable[_stackone_connect_pb2.StreamAccountEventsRequest, _stackone_connect_pb2.StreamAccountEventsResponse]  # type: ignore[assignment]
@@ -102,7 +110,9 @@ class ConnectServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _stackone_connect_pb2.GetAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_stackone_connect_pb2.Account, _abc.Awaitable[_stackone_connect_pb2.Account]]:
-        """Returns one linked account as StackOne reports it now."""
+        """Returns one linked account: as StackOne reports it now (the default), or as the
+        service last recorded it (`read_from: READ_FROM_REGISTRY`, no StackOne call).
+        """
 
     @_abc_1.abstractmethod
     def ListAccounts(
@@ -110,7 +120,9 @@ class ConnectServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _stackone_connect_pb2.ListAccountsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_stackone_connect_pb2.ListAccountsResponse, _abc.Awaitable[_stackone_connect_pb2.ListAccountsResponse]]:
-        """Lists linked accounts, optionally filtered, one page at a time."""
+        """Lists linked accounts, optionally filtered, one page at a time: from StackOne (the
+        default) or from the registry, with the cursor the list reflects, to watch from.
+        """
 
     @_abc_1.abstractmethod
     def DeleteAccount(
