@@ -17,6 +17,13 @@ from service.events.backends import backend_for
 from service.events.model import Retention
 
 ENV_PREFIX = "STACKONE_CONNECT_"
+# Every duration is finite seconds, at most ten years: each part holds that much (JetStream
+# keeps durations as int64 nanoseconds, ~292 years; asyncio and grpc deadlines, less).
+MAX_SECONDS = 10 * 365 * 24 * 3600
+# Every count fits a signed 64-bit integer, as SQLite and JetStream store them.
+MAX_COUNT = 2**63 - 1
+Seconds = Annotated[float, Field(allow_inf_nan=False, le=MAX_SECONDS)]
+Count = Annotated[int, Field(le=MAX_COUNT)]
 
 
 def _host_port(value: str) -> str:
@@ -57,18 +64,18 @@ class Settings(BaseSettings):
         description="host:port of the admin listener: /metrics, /readyz and /healthz (port 0:"
         " any). Keep it off the internet: it is not authenticated.",
     )
-    gateway_max_connections: int = Field(
+    gateway_max_connections: Count = Field(
         1000,
         ge=1,
         description="Open connections the webhook gateway accepts; past it, new ones get 503.",
     )
-    gateway_idle_timeout: float = Field(
+    gateway_idle_timeout: Seconds = Field(
         15.0,
         gt=0,
         description="Seconds a gateway connection may take to send a request's headers, new"
         " or kept alive between requests, before it is closed.",
     )
-    gateway_body_timeout: float = Field(
+    gateway_body_timeout: Seconds = Field(
         10.0,
         gt=0,
         description="Seconds a webhook's body may take to arrive before the gateway answers 408.",
@@ -126,21 +133,21 @@ class Settings(BaseSettings):
         " password), so curl or StackOne's own SDK can call it as well; not a secret: the"
         " emulator listens on loopback only.",
     )
-    emulator_latency: float = Field(
+    emulator_latency: Seconds = Field(
         0.0,
         ge=0,
         description="Seconds the bundled emulator waits before answering each StackOne call.",
     )
-    emulator_rate_limit: int | None = Field(
+    emulator_rate_limit: Count | None = Field(
         None,
         gt=0,
         description="StackOne calls per minute the bundled emulator allows per API key (429"
         " with Retry-After beyond); unset: no limit.",
     )
-    upstream_timeout: float = Field(
+    upstream_timeout: Seconds = Field(
         10.0, gt=0, description="Seconds a StackOne call may take when the caller sets no deadline."
     )
-    rate_limit: int = Field(
+    rate_limit: Count = Field(
         1000,
         gt=0,
         description="StackOne calls allowed per minute for this API key, shared by every call"
@@ -150,58 +157,59 @@ class Settings(BaseSettings):
         0.2,
         ge=0,
         lt=1,
+        allow_inf_nan=False,
         description="Share of the rate limit kept for callers' RPCs: webhook verification and"
         " reconciliation never use it.",
     )
-    verify_deadline: float = Field(
+    verify_deadline: Seconds = Field(
         60.0,
         gt=0,
         description="Seconds from a webhook's receipt within which its event is recorded: "
         "verified with StackOne if it answered in time, otherwise unverified with the reason.",
     )
-    verify_quiet: float = Field(
+    verify_quiet: Seconds = Field(
         1.0,
         ge=0,
         description="Seconds the verifier waits for more webhooks of an account before "
         "looking it up, so that a burst shares one look-up (at most 5 times this after "
         "the first webhook). Webhooks that need no look-up are recorded at once.",
     )
-    inbox_limit: int = Field(
+    inbox_limit: Count = Field(
         100_000,
         gt=0,
         description="Most webhooks waiting for verification; past it the gateway answers 503 "
         "with Retry-After, so StackOne retries later instead of the disk filling.",
     )
-    bookmark_interval: float = Field(
+    bookmark_interval: Seconds = Field(
         15.0, gt=0, description="Seconds of silence after which a stream receives a bookmark."
     )
-    retention_max_age: float = Field(
+    retention_max_age: Seconds = Field(
         7 * 24 * 3600.0, gt=0, description="Seconds events are kept (default 7 days)."
     )
-    retention_max_count: int | None = Field(
+    retention_max_count: Count | None = Field(
         None, gt=0, description="Most events kept; unset keeps any number within the age."
     )
-    dedup_window: float = Field(
+    dedup_window: Seconds = Field(
         7 * 24 * 3600.0,
         gt=0,
         description="Seconds a webhook is remembered to drop redeliveries (default 7 days).",
     )
-    reconcile_interval: float = Field(
+    reconcile_interval: Seconds = Field(
         300.0,
         ge=0,
         description="Seconds between reconciliation sweeps against StackOne's account list"
         " (0 turns reconciliation off).",
     )
-    reconcile_grace: float = Field(
+    reconcile_grace: Seconds = Field(
         60.0,
         ge=0,
         description="Seconds a just-changed account is left for its webhook before"
         " reconciliation reports the change itself.",
     )
-    readiness_interval: float = Field(
+    readiness_interval: Seconds = Field(
         5.0, gt=0, description="Seconds between checks that the event log is writable (health)."
     )
-    shutdown_grace: float = Field(
+    shutdown_grace: Seconds = Field(
         10.0, ge=0, description="Seconds in-flight work gets to finish on SIGTERM/SIGINT."
     )
     log_level: str = Field("INFO", description="Logging level: DEBUG, INFO, WARNING or ERROR.")

@@ -331,7 +331,9 @@ async def test_registry_reads_make_no_stackone_call_and_say_what_they_reflect(
 
         async def recorded() -> bool:
             found = [await from_registry(account_id) for account_id in [*mine, other]]
-            return all(isinstance(a, pb.Account) for a in found) and found[0].raw_status == "error"
+            first = found[0]
+            live = all(isinstance(a, pb.Account) for a in found)
+            return live and isinstance(first, pb.Account) and first.raw_status == "error"
 
         await eventually(recorded, timeout=20)
         calls = {k: registry.state.calls[k] for k in (LOOK_UP, LISTING)}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any, get_args, get_origin
 
 import pytest
+from pydantic import ValidationError
 
-from service.config import Settings, settings_table
+from service.config import MAX_SECONDS, Settings, settings_table
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -47,3 +49,37 @@ def test_the_emulator_never_listens_beyond_loopback() -> None:
         Settings(emulator_address="0.0.0.0:0")
     with pytest.raises(ValueError, match="EMULATOR_ADDRESS"):
         Settings(emulator_address="0.0.0.0:0", allow_insecure=True)
+
+
+def _is_number(name: str) -> bool:
+    """True for a setting holding an int or a float (optional or not; not a bool)."""
+    annotation = Settings.model_fields[name].annotation
+    kinds = {annotation, *get_args(annotation)}
+    kinds |= {get_args(kind)[0] for kind in kinds if get_origin(kind) is Annotated}
+    return bool(kinds & {int, float})
+
+
+NUMBERS = [name for name in Settings.model_fields if _is_number(name)]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e300", str(2**63)])
+def test_every_number_is_finite_and_bounded(value: str) -> None:
+    """No duration or count takes an infinite, NaN or unrepresentable value: each is
+    refused naming its own setting (a non-finite duration as not finite)."""
+    assert {"bookmark_interval", "retention_max_count"} <= set(NUMBERS)
+    for name in NUMBERS:
+        one: dict[str, Any] = {name: value}
+        with pytest.raises(ValidationError) as refused:
+            Settings(**one)
+        [problem] = refused.value.errors()
+        assert problem["loc"] == (name,)
+        if value in {"inf", "-inf", "nan"} and Settings.model_fields[name].annotation is float:
+            assert problem["type"] == "finite_number", name
+
+
+def test_durations_reach_ten_years_and_counts_int64() -> None:
+    """The bounds themselves are accepted: ten years of seconds, 2**63 - 1 events."""
+    settings = Settings(
+        retention_max_age=MAX_SECONDS, dedup_window=MAX_SECONDS, retention_max_count=2**63 - 1
+    )
+    assert settings.retention.max_age == 10 * 365 * 24 * 3600

@@ -19,6 +19,7 @@ from service.cli.check import add_check_command, check_main
 from service.cli.commands import add_client_commands, run_client_command
 from service.config import ENV_PREFIX, Settings
 from service.rpc.auth import InvalidClientsFile
+from service.rpc.server import TlsFileError, check_files
 from service.runtime import ConfigurationError, running
 from service.web import CannotListen
 
@@ -28,6 +29,10 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 TOKEN_VARIABLE = "STACKONE_CONNECT_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
+# Settings `serve` also takes as flags (which override their variables).
+SERVE_FLAGS = ("grpc_address", "gateway_address", "event_log_url", "emulator_address")
+
+
 def _settings_error(error: ValidationError) -> str:
     """One line per problem, naming the setting (model-wide checks name theirs)."""
     lines = []
@@ -35,9 +40,16 @@ def _settings_error(error: ValidationError) -> str:
         message = problem["msg"].removeprefix("Value error, ")
         if problem["loc"]:
             name = str(problem["loc"][0])
-            message = f"{ENV_PREFIX}{name.upper()} (--{name.replace('_', '-')}): {message}"
+            flag = f" (--{name.replace('_', '-')})" if name in SERVE_FLAGS else ""
+            message = f"{ENV_PREFIX}{name.upper()}{flag}: {message}"
         lines.append(f"stackone-connect: invalid configuration: {message}")
     return "\n".join(lines)
+
+
+def _file_error(error: TlsFileError | InvalidClientsFile) -> str:
+    """One line naming the setting of the file at fault."""
+    named = str(error) if isinstance(error, TlsFileError) else f"{ENV_PREFIX}CLIENTS_FILE: {error}"
+    return f"stackone-connect: invalid configuration: {named}"
 
 
 async def serve(settings: Settings) -> None:
@@ -56,15 +68,15 @@ async def serve(settings: Settings) -> None:
 
 
 def _serve_command(args: argparse.Namespace) -> int:
-    overrides = {
-        name: value
-        for name in ("grpc_address", "gateway_address", "event_log_url", "emulator_address")
-        if (value := getattr(args, name)) is not None
-    }
+    overrides = {name: value for name in SERVE_FLAGS if (value := getattr(args, name)) is not None}
     try:
         settings = Settings(**overrides)
+        check_files(settings)  # before anything starts (and logs)
     except ValidationError as error:
         print(_settings_error(error), file=sys.stderr)
+        return 2
+    except (TlsFileError, InvalidClientsFile) as error:
+        print(_file_error(error), file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
     try:
@@ -73,10 +85,8 @@ def _serve_command(args: argparse.Namespace) -> int:
     except (ConfigurationError, CannotListen) as error:
         print(f"stackone-connect: cannot start: {error}", file=sys.stderr)
         return 2
-    except InvalidClientsFile as error:
-        print(
-            f"stackone-connect: cannot start: {error} ({ENV_PREFIX}CLIENTS_FILE)", file=sys.stderr
-        )
+    except (TlsFileError, InvalidClientsFile) as error:  # changed since check_files
+        print(_file_error(error), file=sys.stderr)
         return 2
     return 0
 

@@ -5,9 +5,10 @@ Clients are listed in a JSON file (`STACKONE_CONNECT_CLIENTS_FILE`):
     {"clients": [{"name": "billing", "token": "…", "scopes": ["sessions:create"]}]}
 
 The file is re-read when it changes (checked at most once a second), so tokens rotate
-without a restart: list the new token beside the old one, move clients over, then remove
-the old one. Tokens are compared in constant time against every client and never logged.
-Health checking and reflection stay open so probes and tools work without a token.
+without a restart: list the new token beside the old one (an entry of its own name: names
+and tokens are unique), move clients over, then remove the old one. Tokens are compared in
+constant time against every client and never logged. Health checking and reflection stay
+open so probes and tools work without a token.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,27 +51,89 @@ class Client:
 
 
 def parse_clients(raw: bytes, source: str) -> list[Client]:
-    """Reads the clients file format; raises `InvalidClientsFile` naming the problem."""
+    """Reads the clients file format; raises `InvalidClientsFile` naming the problem and,
+    for a client, its entry (never its token)."""
     try:
         document = orjson.loads(raw)
-        entries = document["clients"]
-        clients = [
-            Client(str(e["name"]), str(e["token"]).encode(), frozenset(e["scopes"]))
-            for e in entries
-        ]
-    except (orjson.JSONDecodeError, KeyError, TypeError) as error:
-        raise InvalidClientsFile(
-            f'{source}: expected {{"clients": [{{"name", "token", "scopes"}}]}}: {error!r}'
-        ) from error
-    for client in clients:
-        if len(client.token) < 16:
-            raise InvalidClientsFile(f"{source}: the token of {client.name} is under 16 characters")
-        if unknown := client.scopes - SCOPES:
-            raise InvalidClientsFile(
-                f"{source}: {client.name} has unknown scopes {sorted(unknown)}; "
-                f"known: {sorted(SCOPES)}"
-            )
+    except orjson.JSONDecodeError as error:
+        raise InvalidClientsFile(f"{source}: not JSON: {error}") from error
+    if not (isinstance(document, dict) and set(document) == {"clients"}) or not isinstance(
+        document["clients"], list
+    ):
+        raise InvalidClientsFile(f'{source}: expected {{"clients": [{_ENTRY_SHAPE}, …]}}')
+    clients = [
+        _client(entry, f"{source}: entry {n}") for n, entry in enumerate(document["clients"], 1)
+    ]
+    _refuse_ambiguity(clients, source)
     return clients
+
+
+_ENTRY_SHAPE = '{"name": …, "token": …, "scopes": […]}'
+_FIELDS = frozenset({"name", "token", "scopes"})
+MIN_TOKEN_LENGTH = 16
+# What a gRPC header value can carry, spaces aside (a bearer token ends at one).
+_TOKEN_PATTERN = re.compile(r"[!-~]+")
+
+
+def _client(entry: object, where: str) -> Client:
+    """One entry of the file as a client, or `InvalidClientsFile` saying what is wrong."""
+    if not isinstance(entry, dict):
+        raise InvalidClientsFile(f"{where}: expected {_ENTRY_SHAPE}")
+    if unknown := set(entry) - _FIELDS:
+        raise InvalidClientsFile(
+            f"{where}: unknown keys {sorted(unknown)}; known: {sorted(_FIELDS)}"
+        )
+    if missing := _FIELDS - set(entry):
+        raise InvalidClientsFile(f"{where}: missing {sorted(missing)}")
+    name, token, scopes = entry["name"], entry["token"], entry["scopes"]
+    if not (isinstance(name, str) and 0 < len(name) <= 255 and name.isprintable()):
+        raise InvalidClientsFile(f"{where}: the name must be 1-255 printable characters")
+    where = f"{where} ('{name}')"
+    if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
+        raise InvalidClientsFile(
+            f"{where}: the token must be a string of at least {MIN_TOKEN_LENGTH} characters"
+        )
+    if not _TOKEN_PATTERN.fullmatch(token):
+        raise InvalidClientsFile(
+            f"{where}: the token must be printable ASCII without spaces (it is sent in a header)"
+        )
+    if not (isinstance(scopes, list) and all(isinstance(scope, str) for scope in scopes)):
+        raise InvalidClientsFile(f"{where}: scopes must be a list of scope names")
+    if not scopes:
+        raise InvalidClientsFile(f"{where}: no scopes, so it could call nothing")
+    if unknown := set(scopes) - SCOPES:
+        raise InvalidClientsFile(
+            f"{where}: unknown scopes {sorted(unknown)}; known: {sorted(SCOPES)}"
+        )
+    return Client(name, token.encode(), frozenset(scopes))
+
+
+def _refuse_ambiguity(clients: list[Client], source: str) -> None:
+    """Refuses two clients of one name, or of one token (which of them would be calling?)."""
+    by_name: dict[str, int] = {}
+    by_token: dict[bytes, int] = {}
+    for n, client in enumerate(clients, 1):
+        if (first := by_name.setdefault(client.name, n)) != n:
+            raise InvalidClientsFile(
+                f"{source}: entry {n} ('{client.name}'): entry {first} has the same name"
+            )
+        if (first := by_token.setdefault(client.token, n)) != n:
+            raise InvalidClientsFile(
+                f"{source}: entry {n} ('{client.name}'): entry {first} "
+                f"('{clients[first - 1].name}') has the same token"
+            )
+
+
+def read_clients(path: Path) -> list[Client]:
+    """The clients of the file at `path`; `InvalidClientsFile` when it cannot be read or used."""
+    return parse_clients(_read(path), str(path))
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise InvalidClientsFile(f"cannot read {path}: {error.strerror}") from error
 
 
 class ClientRegistry:
@@ -83,21 +147,28 @@ class ClientRegistry:
         self.reload()
 
     def reload(self) -> None:
-        """Re-reads the file if it changed; a broken new version keeps the old clients."""
+        """Re-reads the file if it changed; a broken new version keeps the old clients.
+
+        Raises:
+            InvalidClientsFile: the file cannot be read, or its first version is invalid.
+        """
         # By content, not timestamps: a copy that keeps the old mtime and size (cp -p, a
         # config-management tool, a second-granularity file system) is still noticed.
-        raw = self._path.read_bytes()
+        raw = _read(self._path)
         version = hashlib.sha256(raw).digest()
         if version == self._version:
             return
         try:
-            self._clients = parse_clients(raw, str(self._path))
-        except InvalidClientsFile:
+            clients = parse_clients(raw, str(self._path))
+        except InvalidClientsFile as error:
             if self._version is None:
                 raise
-            _log.exception("keeping the previous clients: the new clients file is invalid")
+            # Logged once per version; its message names the entry, never a token.
+            _log.error("keeping the previous clients: %s", error)
+        else:
+            self._clients = clients
+            _log.info("loaded %d client(s) from %s", len(clients), self._path)
         self._version = version
-        _log.info("loaded %d client(s) from %s", len(self._clients), self._path)
 
     def find(self, token: bytes) -> Client | None:
         """The client holding `token`, comparing against every client in constant time."""
@@ -106,8 +177,8 @@ class ClientRegistry:
             self._checked_at = now
             try:
                 self.reload()
-            except OSError:
-                _log.exception("could not re-read the clients file; keeping the loaded clients")
+            except InvalidClientsFile as error:  # unreadable: parse errors are handled in reload
+                _log.error("keeping the loaded clients: %s", error)
         found = None
         for client in self._clients:
             if hmac.compare_digest(client.token, token):

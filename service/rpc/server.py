@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 
 import grpc
@@ -11,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service.config import ENV_PREFIX, Settings
 from service.metrics import Metrics
-from service.rpc.auth import AuthInterceptor, ClientRegistry
+from service.rpc.auth import AuthInterceptor, ClientRegistry, read_clients
 from service.rpc.interceptor import CallInterceptor, Context
 from service.rpc.limits import (
     GRPC_MAX_RECEIVE_BYTES,
@@ -52,16 +54,71 @@ def new_health_servicer() -> HealthReporter:
     return servicer
 
 
+class TlsFileError(ValueError):
+    """A TLS file of the gRPC server cannot be used; the message names its setting."""
+
+
+def _read(path: Path, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise TlsFileError(
+            f"{ENV_PREFIX}{setting}: cannot read {path}: {error.strerror}"
+        ) from error
+
+
+def _check_certificates(pem: bytes, path: Path, setting: str) -> None:
+    """Refuses a file holding no PEM certificate (or a damaged one)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cadata=pem.decode())
+    except (ValueError, ssl.SSLError) as error:  # UnicodeDecodeError is a ValueError
+        raise TlsFileError(
+            f"{ENV_PREFIX}{setting}: {path} is not a PEM certificate file"
+        ) from error
+
+
+def _check_key(cert: Path, key: Path) -> None:
+    """Refuses a key that is not an unencrypted PEM key, or not the certificate's."""
+    try:
+        # An empty password: an encrypted key fails here instead of prompting on a terminal.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=b"")
+    except ssl.SSLError as error:
+        problem = (
+            f"is not the private key of the certificate in {ENV_PREFIX}TLS_CERT_FILE ({cert})"
+            if error.reason == "KEY_VALUES_MISMATCH"
+            else "is not an unencrypted PEM private key"
+        )
+        raise TlsFileError(f"{ENV_PREFIX}TLS_KEY_FILE: {key} {problem}") from error
+
+
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """TLS (or mutual TLS) credentials from the configured PEM files, if any."""
+    """TLS (or mutual TLS) credentials from the configured PEM files, if any.
+
+    Raises:
+        TlsFileError: a file is unreadable or not PEM, or the key is not the certificate's
+            (grpc would only fail to bind, blaming the address).
+    """
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         return None
-    client_ca = settings.tls_client_ca_file
+    cert = _read(settings.tls_cert_file, "TLS_CERT_FILE")
+    _check_certificates(cert, settings.tls_cert_file, "TLS_CERT_FILE")
+    key = _read(settings.tls_key_file, "TLS_KEY_FILE")
+    _check_key(settings.tls_cert_file, settings.tls_key_file)
+    client_ca = None
+    if settings.tls_client_ca_file is not None:
+        client_ca = _read(settings.tls_client_ca_file, "TLS_CLIENT_CA_FILE")
+        _check_certificates(client_ca, settings.tls_client_ca_file, "TLS_CLIENT_CA_FILE")
     return grpc.ssl_server_credentials(
-        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
-        root_certificates=client_ca.read_bytes() if client_ca else None,
-        require_client_auth=client_ca is not None,
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
+
+
+def check_files(settings: Settings) -> None:
+    """Reads the TLS and clients files as the server will, so that a bad one stops
+    start-up before anything starts (`TlsFileError`, `InvalidClientsFile`)."""
+    server_credentials(settings)
+    if settings.clients_file is not None:
+        read_clients(settings.clients_file)
 
 
 def connect_service_handlers(

@@ -1,0 +1,216 @@
+"""Start-up refusals of the real `serve`: one line naming the setting at fault, exit 2.
+
+Each test runs the console script as a process and reads all it writes to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import grpc
+import orjson
+import pytest
+
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.rpc.auth import InvalidClientsFile, parse_clients
+from tests.certificates import Certificates, make_certificates
+from tests.processes import SERVE, serve_env, serve_process
+from tests.support import eventually
+
+PREFIX = "stackone-connect: invalid configuration: STACKONE_CONNECT_"
+GOOD = "good-token-0123456789abcdef"
+TAKEN = "taken-token-0123456789abcdef"
+
+
+def refusal(tmp_path: Path, **settings: str) -> str:
+    """Runs `serve` with `STACKONE_CONNECT_<name>=<value>` for each of `settings`; asserts it
+    exits 2 having written one line (no traceback) to stderr, and returns that line."""
+    env = serve_env(
+        tmp_path, "whsec-test", **{f"STACKONE_CONNECT_{k}": v for k, v in settings.items()}
+    )
+    result = subprocess.run(
+        SERVE, env={**os.environ, **env}, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def write_clients(path: Path, *entries: dict[str, object]) -> Path:
+    """Writes a clients file of `entries`."""
+    path.write_bytes(orjson.dumps({"clients": list(entries)}))
+    return path
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> Certificates:
+    """A CA with server and client certificates, made for this test."""
+    return make_certificates(tmp_path)
+
+
+def tls(certificates: Certificates, **changed: str) -> dict[str, str]:
+    """Settings of mutual TLS with the test certificates, some of them `changed`."""
+    return {
+        "TLS_CERT_FILE": str(certificates.server_cert),
+        "TLS_KEY_FILE": str(certificates.server_key),
+        "TLS_CLIENT_CA_FILE": str(certificates.ca),
+        **changed,
+    }
+
+
+def test_a_missing_certificate_file_is_named(tmp_path: Path, certificates: Certificates) -> None:
+    """A certificate file that does not exist is refused naming TLS_CERT_FILE."""
+    line = refusal(tmp_path, **tls(certificates, TLS_CERT_FILE=str(tmp_path / "absent.pem")))
+    assert line.startswith(f"{PREFIX}TLS_CERT_FILE: cannot read {tmp_path / 'absent.pem'}")
+
+
+def test_a_certificate_that_is_not_pem_is_named(tmp_path: Path, certificates: Certificates) -> None:
+    """A certificate file without a PEM certificate is refused naming TLS_CERT_FILE, not
+    the gRPC address grpc fails to bind."""
+    (tmp_path / "cert.txt").write_text("not a certificate\n")
+    line = refusal(tmp_path, **tls(certificates, TLS_CERT_FILE=str(tmp_path / "cert.txt")))
+    assert line == f"{PREFIX}TLS_CERT_FILE: {tmp_path / 'cert.txt'} is not a PEM certificate file"
+
+
+def test_a_key_of_another_certificate_is_named(tmp_path: Path, certificates: Certificates) -> None:
+    """A private key that does not match the certificate is refused naming TLS_KEY_FILE."""
+    line = refusal(tmp_path, **tls(certificates, TLS_KEY_FILE=str(certificates.client_key)))
+    assert line.startswith(
+        f"{PREFIX}TLS_KEY_FILE: {certificates.client_key} is not the private key of the "
+        "certificate in STACKONE_CONNECT_TLS_CERT_FILE"
+    )
+
+
+def test_a_missing_client_ca_file_is_named(tmp_path: Path, certificates: Certificates) -> None:
+    """A client CA file that does not exist is refused naming TLS_CLIENT_CA_FILE."""
+    line = refusal(tmp_path, **tls(certificates, TLS_CLIENT_CA_FILE=str(tmp_path / "no-ca.pem")))
+    assert line.startswith(f"{PREFIX}TLS_CLIENT_CA_FILE: cannot read {tmp_path / 'no-ca.pem'}")
+
+
+def test_a_missing_clients_file_is_named(tmp_path: Path) -> None:
+    """A clients file that does not exist is refused naming CLIENTS_FILE."""
+    line = refusal(tmp_path, CLIENTS_FILE=str(tmp_path / "absent.json"))
+    assert line.startswith(f"{PREFIX}CLIENTS_FILE: cannot read {tmp_path / 'absent.json'}")
+
+
+def test_an_ambiguous_clients_file_is_refused_naming_the_entry(tmp_path: Path) -> None:
+    """Two clients holding one token are refused naming the file and both entries, and
+    neither the line nor anything else shows the token."""
+    clients = write_clients(
+        tmp_path / "clients.json",
+        {"name": "billing", "token": TAKEN, "scopes": ["accounts:read"]},
+        {"name": "sync", "token": TAKEN, "scopes": ["events:read"]},
+    )
+    line = refusal(tmp_path, CLIENTS_FILE=str(clients))
+    assert line == (
+        f"{PREFIX}CLIENTS_FILE: {clients}: entry 2 ('sync'): entry 1 ('billing') has the same token"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_an_ambiguous_clients_file_at_run_time_keeps_the_previous_clients(
+    tmp_path: Path,
+) -> None:
+    """A changed clients file with two clients of one name is logged as an error naming
+    the entry; the clients loaded before keep working and the new file lets no one in."""
+    clients = write_clients(
+        tmp_path / "clients.json", {"name": "app", "token": GOOD, "scopes": ["sessions:create"]}
+    )
+    env = serve_env(tmp_path, "whsec-test", STACKONE_CONNECT_CLIENTS_FILE=str(clients))
+    request = pb.CreateSessionRequest(origin_owner_id="t-1", origin_owner_name="Acme")
+    async with (
+        serve_process(env) as serve,
+        grpc.aio.insecure_channel(serve.grpc_target) as channel,
+    ):
+        stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
+        write_clients(
+            clients,
+            {"name": "app", "token": GOOD, "scopes": ["sessions:create"]},
+            {"name": "app", "token": TAKEN, "scopes": ["sessions:create"]},
+        )
+
+        async def logged() -> bool:  # the file is re-read on a call, at most once a second
+            await stub.CreateSession(request, metadata=(("authorization", f"Bearer {GOOD}"),))
+            return any(entry.get("level") == "ERROR" for entry in serve.log_lines)
+
+        await eventually(logged, timeout=10)
+        errors = [entry["message"] for entry in serve.log_lines if entry.get("level") == "ERROR"]
+        assert errors == [
+            f"keeping the previous clients: {clients}: entry 2 ('app'): entry 1 has the same name"
+        ]
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await stub.CreateSession(request, metadata=(("authorization", f"Bearer {TAKEN}"),))
+        assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert await serve.stop() == 0
+    assert TAKEN not in str(serve.log_lines)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "problem"),
+    [
+        ("BOOKMARK_INTERVAL", "inf", "Input should be a finite number"),
+        ("BOOKMARK_INTERVAL", "nan", "Input should be a finite number"),
+        ("SHUTDOWN_GRACE", "-1", "Input should be greater than or equal to 0"),
+        ("BOOKMARK_INTERVAL", "1e300", "Input should be less than or equal to 315360000"),
+        ("RETENTION_MAX_COUNT", str(2**63), f"Input should be less than or equal to {2**63 - 1}"),
+    ],
+    ids=["infinite", "nan", "negative", "huge-duration", "huge-count"],
+)
+def test_a_duration_or_count_out_of_range_is_named(
+    tmp_path: Path, setting: str, value: str, problem: str
+) -> None:
+    """A duration that is not finite, negative or past ten years, or a count past int64,
+    is refused naming its variable (and no flag `serve` does not have)."""
+    assert refusal(tmp_path, **{setting: value}) == f"{PREFIX}{setting}: {problem}"
+
+
+def _entry(name: object = "app", token: object = GOOD, **more: object) -> dict[str, object]:
+    return {"name": name, "token": token, "scopes": ["accounts:read"], **more}
+
+
+@pytest.mark.parametrize(
+    ("entries", "problem"),
+    [
+        ([_entry("a"), _entry("b")], "entry 2 ('b'): entry 1 ('a') has the same token"),
+        ([_entry(), _entry(token=TAKEN)], "entry 2 ('app'): entry 1 has the same name"),
+        ([_entry(token="")], "entry 1 ('app'): the token must be a string of at least 16"),
+        ([_entry(token="short")], "entry 1 ('app'): the token must be a string of at least 16"),
+        ([_entry(token="tökén-0123456789abcdef")], "entry 1 ('app'): the token must be printable"),
+        ([_entry(token="two words 0123456789")], "entry 1 ('app'): the token must be printable"),
+        ([_entry(scopes=[])], "entry 1 ('app'): no scopes"),
+        ([_entry(scopes=["accounts:admin"])], "entry 1 ('app'): unknown scopes ['accounts:admin']"),
+        ([_entry(scopes="accounts:read")], "entry 1 ('app'): scopes must be a list"),
+        ([_entry(scope=["events:read"])], "entry 1: unknown keys ['scope']"),
+        ([{"name": "app", "scopes": ["accounts:read"]}], "entry 1: missing ['token']"),
+        ([_entry(name="")], "entry 1: the name must be 1-255 printable characters"),
+        ([_entry(name=7)], "entry 1: the name must be 1-255 printable characters"),
+        ([_entry(), "app"], "entry 2: expected"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "-",
+)
+def test_an_unusable_or_ambiguous_client_is_refused_naming_its_entry(
+    entries: list[object], problem: str
+) -> None:
+    """Each entry is complete, unambiguous and usable, or the file is refused naming the
+    entry and never showing a token."""
+    raw = orjson.dumps({"clients": entries})
+    with pytest.raises(InvalidClientsFile) as refused:
+        parse_clients(raw, "clients.json")
+    assert str(refused.value).startswith(f"clients.json: {problem}")
+    for secret in (GOOD, TAKEN):
+        assert secret not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "raw", [b"", b"[]", b'{"clients": {}}', b'{"clients": [], "client": []}'], ids=repr
+)
+def test_a_clients_file_of_another_shape_is_refused(raw: bytes) -> None:
+    """Anything but one `clients` list is refused, an unknown key (a typo) included."""
+    with pytest.raises(InvalidClientsFile, match=r"^clients\.json: "):
+        parse_clients(raw, "clients.json")
