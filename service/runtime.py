@@ -18,6 +18,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from grpc_health.v1 import health_pb2
 
@@ -30,9 +31,16 @@ from service.events.ingest import Ingestor
 from service.events.log import EventLog, ReportsBackgroundFailures
 from service.events.model import EventLogError, EventLogUnavailable
 from service.events.reconcile import Reconciler
+from service.events.registry import RegistryQuery
 from service.events.verify import Verifier, record_alone
 from service.metrics import Metrics
-from service.rpc.server import SERVICE_NAME, HealthReporter, build_grpc_server, new_health_servicer
+from service.rpc.server import (
+    REGISTRY_HEALTH,
+    SERVICE_NAME,
+    HealthReporter,
+    build_grpc_server,
+    new_health_servicer,
+)
 from service.rpc.servicer import ConnectServicer
 from service.stackone.budget import RateBudget
 from service.stackone.client import StackOneClient
@@ -262,6 +270,17 @@ async def _serving(
             await asyncio.gather(server.stop(settings.shutdown_grace), gateway.stop())
 
 
+async def _set_registry_health(servicer: HealthReporter, complete: bool) -> None:
+    """The registry's own health entry: SERVING once it is complete (reads from it are
+    answered from it), NOT_SERVING before."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if complete
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    await servicer.set(REGISTRY_HEALTH, status)
+
+
 @asynccontextmanager
 async def _background(
     settings: Settings,
@@ -297,8 +316,12 @@ async def _background(
             interval=settings.reconcile_interval,
             grace=settings.reconcile_grace,
             metrics=metrics,
+            report_complete=partial(_set_registry_health, health),
         )
         tasks.append(asyncio.create_task(reconciler.run()))
+    else:  # nothing will complete it; say whether it is
+        complete = (await event_log.registry(RegistryQuery(limit=0))).complete
+        await _set_registry_health(health, complete)
     try:
         yield
     finally:

@@ -18,11 +18,13 @@ import httpx
 import nats
 import pytest
 from google.protobuf.empty_pb2 import Empty
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EMULATOR_STATE, EmulatorState
 from service.events.registry import RegistryQuery
+from service.rpc.server import REGISTRY_HEALTH
 from service.runtime import Runtime, running
 from tests.processes import serve_env, serve_process
 from tests.streams import StreamCall, next_item, subscribed
@@ -75,6 +77,13 @@ class Registry:
             return page.answered_from == pb.READ_FROM_REGISTRY
 
         await eventually(answers_from_registry, timeout=20)
+        assert await self.health() == health_pb2.HealthCheckResponse.SERVING
+
+    async def health(self) -> int:
+        """The registry's entry in the gRPC health service."""
+        async with grpc.aio.insecure_channel(self.service.grpc_target) as channel:
+            asked = health_pb2.HealthCheckRequest(service=REGISTRY_HEALTH)
+            return int((await health_pb2_grpc.HealthStub(channel).Check(asked)).status)
 
     async def listed(
         self,
@@ -378,6 +387,7 @@ async def test_an_incomplete_registry_answers_from_stackone_and_says_so(
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stream.read()
         assert registry.state.calls[LISTING] >= 1
+        assert await registry.health() == health_pb2.HealthCheckResponse.NOT_SERVING
     assert (page.answered_from, page.cursor) == (pb.READ_FROM_STACKONE, "")
     assert [a.id for a in page.accounts] == [account_id]
     assert (account.id, account.registry_cursor) == (account_id, "")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -166,7 +166,9 @@ class Reconciler:
         interval: float,
         grace: float,
         metrics: Metrics,
+        report_complete: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
+        self._report_complete = report_complete
         self._log = log
         self._source = source
         self._interval = interval
@@ -190,8 +192,13 @@ class Reconciler:
         # Every listed account is now in the registry (known, or recorded just now), but
         # those changed within the grace, whose webhooks record them.
         await self._log.mark_registry_complete()
-        self._metrics.registry_complete.set(1)
+        await self._registry_is(complete=True)
         return recorded
+
+    async def _registry_is(self, *, complete: bool) -> None:
+        self._metrics.registry_complete.set(int(complete))
+        if self._report_complete is not None:
+            await self._report_complete(complete)
 
     async def _confirm_missing(
         self, missing: Sequence[str], known: dict[str, KnownAccount], settled_before: datetime
@@ -218,7 +225,7 @@ class Reconciler:
             complete = (await self._log.registry(RegistryQuery(limit=0))).complete
         except Exception:  # unknown: a sweep at once does no harm
             complete = False
-        self._metrics.registry_complete.set(int(complete))
+        await self._registry_is(complete=complete)
         first = not complete
         while True:
             if not first:

@@ -27,6 +27,8 @@ from service.web import CannotListen
 
 MethodHandler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 SERVICE_NAME: str = CONNECT_SERVICE.full_name
+REGISTRY_HEALTH = "stackone_connect.v1.AccountRegistry"
+"""The health entry of the account registry: SERVING once reads from it are answered from it."""
 
 _OPTIONS = [
     # Ping idle connections so streams to vanished subscribers are noticed.
