@@ -15,7 +15,15 @@ import pytest
 
 from service.cli.check import CHECK_OWNER_ID, secret_problems
 from service.runtime import Runtime, running
-from tests.support import WEBHOOK_SECRET, deliver, make_settings, wait_recorded, webhook
+from tests.support import (
+    WEBHOOK_SECRET,
+    deliver,
+    eventually,
+    make_settings,
+    metric,
+    wait_recorded,
+    webhook,
+)
 
 CLI = [sys.executable, "-m", "service.cli", "check"]
 
@@ -205,3 +213,36 @@ def test_signing_secrets_that_cannot_work_are_named() -> None:
         "has 5 characters: not a signing secret",
     ]
     assert secret_problems(["whsec_3d6c1a529b7e4f0a8c215e4b"]) == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("sweeping", [True, False])
+async def test_check_says_whether_the_services_registry_is_complete(
+    tmp_path: Path, sweeping: bool
+) -> None:
+    """`check --registry` asks the running service: complete once a reconciliation sweep
+    ran (ok, with its cursor); never swept, it names what registry reads do meanwhile and
+    exits 1."""
+    settings = make_settings(tmp_path, reconcile_interval=0.2 if sweeping else 0)
+    async with (
+        running(settings) as service,
+        httpx.AsyncClient(base_url=service.admin.base_url) as admin,
+    ):
+        if sweeping:
+
+            async def complete() -> bool:
+                return await metric(admin, "stackone_connect_registry_complete") == 1
+
+            await eventually(complete, timeout=20)
+        code, out = await finished(await start_check(service, "--registry"))
+    if sweeping:
+        assert code == 0, out
+        assert out.splitlines()[-1].startswith(
+            "ok: the service's account registry is complete (as of cursor "
+        )
+    else:
+        assert code == 1, out
+        assert out.splitlines()[-1].startswith(
+            "problem: the service's account registry is not complete yet: registry reads "
+            "are answered from StackOne and --from-snapshot streams are refused"
+        )

@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import grpc
 import httpx
 import orjson
 import pytest
 
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.runtime import Runtime, running
-from tests.support import make_settings, signed_headers
+from tests.support import eventually, make_settings, signed_headers
 
 pytestmark = pytest.mark.asyncio
 CLI = [sys.executable, "-m", "service.cli"]
@@ -142,3 +147,174 @@ async def test_an_auth_link_lasts_five_days_and_every_session_flag_reaches_stack
         "type": "test",
         "provider_version": "2",
     }
+
+
+class Accounts:
+    """A running service, its stub, and accounts changed at its emulated StackOne (which
+    delivers their webhooks)."""
+
+    def __init__(
+        self, service: Runtime, stub: pb_grpc.ConnectServiceAsyncStub, emulator: httpx.AsyncClient
+    ) -> None:
+        self.service = service
+        self.stub = stub
+        self.emulator = emulator
+
+    async def create(self, owner: str = "tenant-1") -> str:
+        """A new account at StackOne; returns its id."""
+        spec = {"provider": "hibob", "origin_owner_id": owner, "origin_owner_name": owner}
+        return str((await self.emulator.post("/emulator/accounts", json=spec)).json()["id"])
+
+    async def set_status(self, account_id: str, status: str) -> None:
+        """Changes an account's status at StackOne."""
+        changed = await self.emulator.patch(
+            f"/emulator/accounts/{account_id}", json={"status": status}
+        )
+        assert changed.status_code == 200, changed.text
+
+    async def registry_holds(self, account_ids: list[str]) -> str:
+        """Returns the registry listing's cursor once the registry is complete and holds
+        every account of `account_ids`."""
+        cursor = ""
+
+        async def held() -> bool:
+            nonlocal cursor
+            page = await self.stub.ListAccounts(
+                pb.ListAccountsRequest(read_from=pb.READ_FROM_REGISTRY)
+            )
+            cursor = page.cursor
+            listed = {account.id for account in page.accounts}
+            return page.answered_from == pb.READ_FROM_REGISTRY and listed >= set(account_ids)
+
+        await eventually(held, timeout=20)
+        return cursor
+
+
+@asynccontextmanager
+async def accounts_service(tmp_path: Path, reconcile_interval: float) -> AsyncIterator[Accounts]:
+    """The service sweeping StackOne every `reconcile_interval` s (0: never, so its
+    registry is never complete), leaving changed accounts no grace."""
+    settings = make_settings(tmp_path, reconcile_interval=reconcile_interval, reconcile_grace=0)
+    async with running(settings) as service:
+        assert service.emulator is not None
+        async with (
+            grpc.aio.insecure_channel(service.grpc_target) as channel,
+            httpx.AsyncClient(base_url=service.emulator.base_url, timeout=10) as emulator,
+        ):
+            yield Accounts(service, pb_grpc.ConnectServiceStub(channel), emulator)
+
+
+async def test_accounts_from_the_registry_print_the_cursor_to_watch_from(tmp_path: Path) -> None:
+    """`accounts list --registry` ends with the cursor the listing reflects and the watch
+    command that continues from it (--json: a last object with it); `accounts get
+    --registry` shows the account's registry cursor."""
+    async with accounts_service(tmp_path, reconcile_interval=0.2) as accounts:
+        linked = sorted([await accounts.create(), await accounts.create()])
+        cursor = await accounts.registry_holds(linked)
+        target = accounts.service.grpc_target
+        code, out, err = await cli(target, "accounts", "list", "--registry")
+        assert code == 0, err
+        *table, last = out.splitlines()
+        code, json_out, err = await cli(target, "accounts", "list", "--registry", "--json")
+        assert code == 0, err
+        *json_accounts, json_last = json_out.splitlines()
+        code, got, err = await cli(target, "accounts", "get", linked[0], "--registry")
+        assert code == 0, err
+    assert [row.split()[0] for row in table[1:]] == linked
+    assert last == (
+        f"registry cursor {cursor}: follow the changes after this listing with "
+        f"`stackone-connect events watch --from {cursor}`"
+    )
+    assert sorted(orjson.loads(line)["id"] for line in json_accounts) == linked
+    assert orjson.loads(json_last) == {"cursor": cursor, "answered_from": "READ_FROM_REGISTRY"}
+    assert "registry_cursor" in got
+    assert "answered from StackOne" not in got
+
+
+async def test_accounts_from_an_incomplete_registry_say_they_came_from_stackone(
+    tmp_path: Path,
+) -> None:
+    """With no reconciliation sweep the registry is not complete: `--registry` listings
+    and look-ups answer from StackOne and say so, with no cursor."""
+    async with accounts_service(tmp_path, reconcile_interval=0) as accounts:
+        account_id = await accounts.create()
+        target = accounts.service.grpc_target
+        code, out, err = await cli(target, "accounts", "list", "--registry")
+        assert code == 0, err
+        code, json_out, err = await cli(target, "accounts", "list", "--registry", "--json")
+        assert code == 0, err
+        code, got, err = await cli(target, "accounts", "get", account_id, "--registry")
+        assert code == 0, err
+    _, row, last = out.splitlines()
+    assert row.split()[0] == account_id
+    fell_back = "answered from StackOne: the service's registry is not complete yet"
+    assert last == f"{fell_back} (no cursor to watch from)"
+    assert orjson.loads(json_out.splitlines()[-1]) == {"answered_from": "READ_FROM_STACKONE"}
+    assert got.splitlines()[-1] == fell_back
+
+
+async def test_events_watch_from_a_snapshot_prints_the_accounts_then_the_end_then_events(
+    tmp_path: Path,
+) -> None:
+    """`events watch --from-snapshot`: each account at its registry cursor, the line that
+    ends the initial state at the snapshot's cursor, then a live event after it."""
+    async with accounts_service(tmp_path, reconcile_interval=0.2) as accounts:
+        linked = sorted([await accounts.create(), await accounts.create()])
+        await accounts.registry_holds(linked)
+        process = await asyncio.create_subprocess_exec(
+            *CLI, "events", "watch", "--from-snapshot", "--max-events", "1",
+            "--target", accounts.service.grpc_target,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stdout is not None
+        lines: list[str] = []
+        async with asyncio.timeout(20):
+            while not (line := (await process.stdout.readline()).decode()).startswith("--"):
+                assert line, f"watch ended before its initial state did: {lines}"
+                lines.append(line)
+        await accounts.set_status(linked[0], "error")
+        async with asyncio.timeout(20):
+            rest, err = await process.communicate()
+    assert process.returncode == 0, err
+    header, *snapshot = lines
+    assert header.split()[:2] == ["CURSOR", "TYPE"]
+    assert [row.split()[1:3] for row in snapshot] == [["snapshot", id_] for id_ in linked]
+    end = line.removeprefix("-- initial state as of cursor ").split(";")[0]
+    assert line == f"-- initial state as of cursor {end}; events after it follow --\n"
+    assert all(0 < int(row.split()[0]) <= int(end) for row in snapshot)
+    (event,) = rest.decode().splitlines()
+    assert event.split()[1:3] == ["account.updated", linked[0]]
+    assert int(event.split()[0]) > int(end)
+
+
+async def test_events_watch_shows_the_status_before_each_event(service: Runtime) -> None:
+    """An account linked then broken: its first event shows its status, the next one the
+    change, `active -> error`."""
+    assert service.emulator is not None
+    async with (
+        grpc.aio.insecure_channel(service.grpc_target) as channel,
+        httpx.AsyncClient(base_url=service.emulator.base_url, timeout=10) as emulator,
+    ):
+        accounts = Accounts(service, pb_grpc.ConnectServiceStub(channel), emulator)
+        process = await asyncio.create_subprocess_exec(
+            *CLI, "events", "watch", "--from-earliest", "--max-events", "2",
+            "--target", service.grpc_target,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        account_id = await accounts.create()
+        assert process.stdout is not None
+        async with asyncio.timeout(20):
+            header = await process.stdout.readline()
+            # Recorded before the break (webhooks waiting together are folded into one).
+            created = (await process.stdout.readline()).decode()
+        await accounts.set_status(account_id, "error")
+        async with asyncio.timeout(20):
+            out, err = await process.communicate()
+    assert process.returncode == 0, err
+    assert header.split()[-2:] == [b"STATUS", b"SOURCE"]
+    (broken,) = out.decode().splitlines()
+    # CURSOR TYPE ACCOUNT PROVIDER OWNER-ID STATUS... SOURCE
+    assert created.split()[1:3] == ["account.created", account_id]
+    assert created.split()[5:] == ["active", "webhook"]
+    assert broken.split()[1:3] == ["account.updated", account_id]
+    assert broken.split()[5:] == ["active", "->", "error", "webhook"]

@@ -4,7 +4,10 @@ writes, in one small aiohttp module.
     GET  /                             the page (static/index.html)
     GET  /vendor/stackone-hub.js       StackOne's Hub web component, from node_modules
     POST /api/connect-session          CreateSession for the signed-in customer: a fresh
-                                       token for the Hub, and an Auth Link
+                                       token for the Hub, and an Auth Link; with
+                                       {"account_id": ...}, to reconnect that account
+    GET  /api/accounts                 ListAccounts from the registry: the customer's
+                                       accounts, and which need reconnecting
     GET  /api/accounts/{id}            GetAccount: is the new link working?
     GET  /api/events                   StreamAccountEvents as server-sent events
 
@@ -71,6 +74,10 @@ class Config:
         )
 
 
+# Statuses a customer fixes by linking the account again (a reconnect session).
+RECONNECT_STATUSES = frozenset({pb.ACCOUNT_STATUS_ERROR})
+LIST_PAGE_SIZE = 100
+
 CONFIG = web.AppKey("config", Config)
 STUB: web.AppKey[pb_grpc.ConnectServiceAsyncStub] = web.AppKey("stub")
 
@@ -97,14 +104,23 @@ async def hub_script(request: web.Request) -> web.StreamResponse:
 
 
 async def connect_session(request: web.Request) -> web.Response:
-    """A fresh session for the signed-in customer: the Hub's token and an Auth Link."""
+    """A fresh session for the signed-in customer: the Hub's token and an Auth Link; bound
+    to one of the customer's accounts when the body names it (a reconnect)."""
     config = request.app[CONFIG]
     try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        return web.json_response({"error": "the body is not JSON"}, status=400)
+    account_id = str(body.get("account_id") or "") if isinstance(body, dict) else ""
+    try:
+        if account_id and not await _owns(request, account_id):
+            return web.json_response({"error": "not one of your accounts"}, status=404)
         session = await request.app[STUB].CreateSession(
             pb.CreateSessionRequest(
                 origin_owner_id=config.owner_id,
                 origin_owner_name=config.owner_name,
                 categories=config.categories,
+                account_id=account_id,
             ),
             metadata=_metadata(request),
             timeout=10,
@@ -117,6 +133,72 @@ async def connect_session(request: web.Request) -> web.Response:
             "auth_link_url": session.auth_link_url,
             "expires_at": session.expires_at.ToJsonString(),
             "hub_base_url": config.hub_base_url,
+        }
+    )
+
+
+async def _owns(request: web.Request, account_id: str) -> bool:
+    """Whether the signed-in customer owns the account (a browser names it, so check)."""
+    try:
+        found = await request.app[STUB].GetAccount(
+            pb.GetAccountRequest(account_id=account_id, read_from=pb.READ_FROM_REGISTRY),
+            metadata=_metadata(request),
+            timeout=10,
+        )
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return False
+        raise
+    return found.origin_owner_id == request.app[CONFIG].owner_id
+
+
+def _meaning(found: pb.Account) -> str:
+    status = pb.AccountStatus.Name(found.status)
+    return STATUS_MEANINGS.get(status, f"StackOne reports '{found.raw_status}'.")
+
+
+async def _registry_listing(request: web.Request) -> pb.ListAccountsResponse:
+    """Every page of the customer's accounts from the registry, with the first page's
+    cursor and source."""
+    listing = pb.ListAccountsRequest(
+        origin_owner_ids=[request.app[CONFIG].owner_id],
+        page_size=LIST_PAGE_SIZE,
+        read_from=pb.READ_FROM_REGISTRY,
+    )
+    found = pb.ListAccountsResponse()
+    while True:
+        page = await request.app[STUB].ListAccounts(
+            listing, metadata=_metadata(request), timeout=10
+        )
+        if page.answered_from != found.answered_from:
+            # The first page, or StackOne's first page after a fall-back mid-listing.
+            found = pb.ListAccountsResponse(cursor=page.cursor, answered_from=page.answered_from)
+        found.accounts.extend(page.accounts)
+        if not page.next_page_token:
+            return found
+        listing.page_token = page.next_page_token
+
+
+async def accounts(request: web.Request) -> web.Response:
+    """The customer's accounts as the service's registry holds them (no StackOne call; from
+    StackOne while the registry is not complete, and then it says so)."""
+    try:
+        page = await _registry_listing(request)
+    except grpc.aio.AioRpcError as error:
+        return web.json_response({"error": error.details()}, status=502)
+    answered_from = "registry" if page.answered_from == pb.READ_FROM_REGISTRY else "stackone"
+    return web.json_response(
+        {
+            "accounts": [
+                {
+                    "account": _as_json(one),
+                    "meaning": _meaning(one),
+                    "reconnect": one.status in RECONNECT_STATUSES,
+                }
+                for one in page.accounts
+            ],
+            "answered_from": answered_from,
+            "cursor": page.cursor,  # the listing reflects events up to it; empty from StackOne
         }
     )
 
@@ -134,9 +216,7 @@ async def account(request: web.Request) -> web.Response:
         return web.json_response({"error": error.details()}, status=404 if not_found else 502)
     if found.origin_owner_id != request.app[CONFIG].owner_id:
         return web.json_response({"error": "not one of your accounts"}, status=404)
-    status = pb.AccountStatus.Name(found.status)
-    meaning = STATUS_MEANINGS.get(status, f"StackOne reports '{found.raw_status}'.")
-    return web.json_response({"account": _as_json(found), "meaning": meaning})
+    return web.json_response({"account": _as_json(found), "meaning": _meaning(found)})
 
 
 def _server_sent(event: str, data: object = None, cursor: str | None = None) -> bytes:
@@ -207,6 +287,7 @@ def build_app(config: Config) -> web.Application:
     app.router.add_get("/vendor/stackone-hub.js", hub_script)
     app.router.add_static("/static", HERE / "static")
     app.router.add_post("/api/connect-session", connect_session)
+    app.router.add_get("/api/accounts", accounts)
     app.router.add_get("/api/accounts/{account_id}", account)
     app.router.add_get("/api/events", events)
     return app

@@ -10,6 +10,10 @@ prints its Auth Link, and waits on the event stream for the account someone link
 it: only an event from that account's webhook counts, which exists only if StackOne
 delivered it to the gateway and its signature matched a configured secret (an event from
 reconciliation proves the link, not the webhook). The test account is deleted afterwards.
+
+With `--registry` it asks the running service whether its account registry is complete
+(a reconciliation sweep has folded in StackOne's full listing): until then registry reads
+are answered from StackOne and `--from-snapshot` streams are refused.
 """
 
 from __future__ import annotations
@@ -180,6 +184,27 @@ def _nothing_arrived(timeout: float, untied: list[pb.AccountEvent]) -> str:
     return problem
 
 
+async def registry_findings(stub: Stub, args: argparse.Namespace, settings: Settings) -> list[str]:
+    """Whether the running service answers registry reads from its registry; raises
+    CheckFailed while it falls back to StackOne."""
+    page = await stub.ListAccounts(
+        pb.ListAccountsRequest(read_from=pb.READ_FROM_REGISTRY, page_size=1),
+        metadata=_auth(args),
+        timeout=CALL_SECONDS,
+    )
+    if page.answered_from == pb.READ_FROM_REGISTRY:
+        return [f"the service's account registry is complete (as of cursor {page.cursor})"]
+    problem = (
+        "the service's account registry is not complete yet: registry reads are answered "
+        "from StackOne and --from-snapshot streams are refused until a reconciliation sweep "
+        "lists StackOne's accounts (see stackone_connect_registry_complete and "
+        'stackone_connect_reconcile_sweeps_total{outcome="failed"} on the admin listener)'
+    )
+    if settings.reconcile_interval == 0:
+        problem += f"; {ENV_PREFIX}RECONCILE_INTERVAL is 0 in these settings: sweeps are off"
+    raise CheckFailed(problem)
+
+
 async def _deleted(stub: Stub, account_id: str, metadata: Any) -> str:
     try:
         await stub.DeleteAccount(pb.DeleteAccountRequest(account_id=account_id), metadata=metadata)
@@ -195,10 +220,13 @@ async def run_check(settings: Settings, args: argparse.Namespace, out: TextIO) -
         print(f"problem: {problem}", file=out, flush=True)
     try:
         _report(await api_key_findings(settings), out)
-        if args.webhook:
+        if args.webhook or args.registry:
             async with _channel(args) as channel:
                 stub: Stub = pb_grpc.ConnectServiceStub(channel)
-                _report(await webhook_findings(stub, args, out), out)
+                if args.webhook:
+                    _report(await webhook_findings(stub, args, out), out)
+                if args.registry:
+                    _report(await registry_findings(stub, args, settings), out)
     except CheckFailed as error:
         print(f"problem: {error}", file=out)
         return 1
@@ -233,6 +261,11 @@ def add_check_command(commands: Any, common: argparse.ArgumentParser) -> argpars
         "--timeout", type=float, default=600.0, help="seconds to wait for the webhook"
     )
     check.add_argument("--keep", action="store_true", help="keep the test account")
+    check.add_argument(
+        "--registry",
+        action="store_true",
+        help="also ask the running service whether its account registry is complete",
+    )
     return check
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     Stub = pb_grpc.ConnectServiceAsyncStub
     Command = Callable[[Stub, argparse.Namespace, "Output"], Any]
 RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+REGISTRY_HELP = "read the service's registry (no StackOne call; StackOne while it is not complete)"
 # A backlog (e.g. --from-earliest) arrives in batches of up to this many events per message.
 WATCH_BATCH = 200
 # Codes after which reconnecting cannot help: the request itself must change.
@@ -65,6 +66,10 @@ class Output:
         padded = (cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
         self._line("  ".join(padded).rstrip())
 
+    def note(self, text: str) -> None:
+        """A line for people, e.g. under a table."""
+        self._line(text)
+
     def _line(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
@@ -90,15 +95,26 @@ def _read(path: str | None) -> bytes | None:
     return None if path is None else Path(path).read_bytes()
 
 
+def _status(raw_status: str, status: pb.AccountStatus.ValueType) -> str:
+    """StackOne's status string, or the normalised one when StackOne sent none."""
+    return raw_status or pb.AccountStatus.Name(status).removeprefix("ACCOUNT_STATUS_").lower()
+
+
 def _account_row(account: pb.Account) -> list[str]:
-    status = pb.AccountStatus.Name(account.status).removeprefix("ACCOUNT_STATUS_").lower()
+    status = _status(account.raw_status, account.status)
     return [account.id, account.provider, account.origin_owner_id, account.origin_owner_name,
-            account.raw_status or status, account.label]  # fmt: skip
+            status, account.label]  # fmt: skip
+
+
+def _read_from(args: argparse.Namespace) -> pb.ReadFrom.ValueType:
+    """`--registry`: the service's registry; else StackOne (the API's default)."""
+    return pb.READ_FROM_REGISTRY if args.registry else pb.READ_FROM_UNSPECIFIED
 
 
 _ACCOUNT_HEADERS = ["ID", "PROVIDER", "OWNER ID", "OWNER NAME", "STATUS", "LABEL"]
 _EVENT_HEADERS = ["CURSOR", "TYPE", "ACCOUNT", "PROVIDER", "OWNER ID", "STATUS", "SOURCE"]
-_EVENT_WIDTHS = [8, 16, 22, 12, 16, 9, 14]
+_EVENT_WIDTHS = [8, 16, 22, 12, 16, 18, 14]  # STATUS fits `inactive -> active`
+FELL_BACK = "answered from StackOne: the service's registry is not complete yet"
 
 
 async def create_session(stub: Stub, args: argparse.Namespace, out: Output) -> None:
@@ -136,9 +152,13 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 async def get_account(stub: Stub, args: argparse.Namespace, out: Output) -> None:
-    """`accounts get ID`."""
-    request = pb.GetAccountRequest(account_id=args.account_id)
-    out.message(await stub.GetAccount(request, metadata=_auth(args)))
+    """`accounts get ID [--registry]`."""
+    request = pb.GetAccountRequest(account_id=args.account_id, read_from=_read_from(args))
+    account = await stub.GetAccount(request, metadata=_auth(args))
+    out.message(account)
+    # Read from the registry, an account always carries the cursor that set it.
+    if args.registry and not account.registry_cursor and not out.as_json:
+        out.note(FELL_BACK)
 
 
 async def delete_account(stub: Stub, args: argparse.Namespace, out: Output) -> None:
@@ -148,17 +168,24 @@ async def delete_account(stub: Stub, args: argparse.Namespace, out: Output) -> N
 
 
 async def list_accounts(stub: Stub, args: argparse.Namespace, out: Output) -> None:
-    """`accounts list`: every page, or one page with --page-token."""
+    """`accounts list`: every page, or one page with --page-token; with --registry, then
+    where the answer came from and the cursor it reflects."""
     request = pb.ListAccountsRequest(
         origin_owner_ids=args.owner_id or [],
         providers=args.provider or [],
         statuses=args.status or [],
         page_size=args.page_size,
         page_token=args.page_token or "",
+        read_from=_read_from(args),
     )
     accounts: list[pb.Account] = []
+    source = pb.ListAccountsResponse()  # the first page's cursor and answered_from
     while True:
         page = await stub.ListAccounts(request, metadata=_auth(args))
+        if page.answered_from != source.answered_from:
+            # The first page, or StackOne's first page after a fall-back mid-listing.
+            accounts.clear()
+            source = pb.ListAccountsResponse(cursor=page.cursor, answered_from=page.answered_from)
         accounts.extend(page.accounts)
         if args.page_token or not page.next_page_token:
             break
@@ -168,6 +195,21 @@ async def list_accounts(stub: Stub, args: argparse.Namespace, out: Output) -> No
             out.message(account)
     else:
         out.table(_ACCOUNT_HEADERS, [_account_row(account) for account in accounts])
+    if args.registry:
+        _print_source(out, source)
+
+
+def _print_source(out: Output, source: pb.ListAccountsResponse) -> None:
+    """The listing's cursor to watch from, or that it fell back to StackOne."""
+    if out.as_json:
+        out.message(source)  # {"cursor": ..., "answered_from": ...}, the last line
+    elif source.answered_from == pb.READ_FROM_REGISTRY:
+        out.note(
+            f"registry cursor {source.cursor}: follow the changes after this listing with "
+            f"`stackone-connect events watch --from {source.cursor}`"
+        )
+    else:
+        out.note(f"{FELL_BACK} (no cursor to watch from)")
 
 
 async def watch_events(stub: Stub, args: argparse.Namespace, out: Output) -> None:
@@ -183,6 +225,8 @@ async def watch_events(stub: Stub, args: argparse.Namespace, out: Output) -> Non
         request.after_cursor = args.from_cursor
     elif args.from_earliest:
         request.from_earliest.SetInParent()
+    elif args.from_snapshot:
+        request.from_snapshot.SetInParent()
     seen = 0
     failures = 0
     if not out.as_json:
@@ -192,7 +236,11 @@ async def watch_events(stub: Stub, args: argparse.Namespace, out: Output) -> Non
             async for item in stub.StreamAccountEvents(request, metadata=_auth(args)):
                 failures = 0
                 if item.HasField("bookmark"):
-                    request.after_cursor = item.bookmark.cursor
+                    request.after_cursor = item.bookmark.cursor  # (ends a snapshot start)
+                    if item.bookmark.initial_state_end:
+                        _print_initial_state_end(out, item.bookmark)
+                    continue
+                if _printed_snapshot_accounts(out, item):
                     continue
                 for event in [item.event] if item.HasField("event") else item.events.events:
                     _print_event(out, event)
@@ -205,9 +253,14 @@ async def watch_events(stub: Stub, args: argparse.Namespace, out: Output) -> Non
                 raise
             delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
             failures += 1
+            again = (
+                "asking for the snapshot again"  # e.g. UNAVAILABLE: the registry is not complete
+                if request.HasField("from_snapshot")
+                else f"resuming after cursor {request.after_cursor or 'now'}"
+            )
             print(
                 f"stream interrupted ({error.code().name}: {error.details()}); "
-                f"resuming after cursor {request.after_cursor or 'now'} in {delay:g}s",
+                f"{again} in {delay:g}s",
                 file=sys.stderr,
                 flush=True,
             )
@@ -220,9 +273,35 @@ def _print_event(out: Output, event: pb.AccountEvent) -> None:
         return
     account = event.account
     source = pb.EventSource.Name(event.source).removeprefix("EVENT_SOURCE_").lower()
+    status = account.raw_status or "-"
+    if event.previous_raw_status or event.previous_status:
+        status = f"{_status(event.previous_raw_status, event.previous_status)} -> {status}"
     row = [event.cursor, event.type, account.id, account.provider, account.origin_owner_id,
-           account.raw_status or "-", source]  # fmt: skip
+           status, source]  # fmt: skip
     out.row(row, _EVENT_WIDTHS)
+
+
+def _printed_snapshot_accounts(out: Output, item: pb.StreamAccountEventsResponse) -> bool:
+    """Prints the accounts of a snapshot's initial state, each at the cursor that set it;
+    False when `item` holds none."""
+    if not (item.HasField("account") or item.HasField("accounts")):
+        return False
+    for account in [item.account] if item.HasField("account") else item.accounts.accounts:
+        if out.as_json:
+            out.message(pb.StreamAccountEventsResponse(account=account))  # {"account": {...}}
+            continue
+        status = _status(account.raw_status, account.status)
+        row = [account.registry_cursor, "snapshot", account.id, account.provider,
+               account.origin_owner_id, status, "registry"]  # fmt: skip
+        out.row(row, _EVENT_WIDTHS)
+    return True
+
+
+def _print_initial_state_end(out: Output, bookmark: pb.Bookmark) -> None:
+    if out.as_json:
+        out.message(pb.StreamAccountEventsResponse(bookmark=bookmark))  # {"bookmark": {...}}
+    else:
+        out.note(f"-- initial state as of cursor {bookmark.cursor}; events after it follow --")
 
 
 async def run_client_command(command: Command, args: argparse.Namespace) -> int:
@@ -272,8 +351,11 @@ def add_client_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     for name, function in (("get", get_account), ("delete", delete_account)):
         parser = accounts.add_parser(name, parents=[common], help=f"{name} one account")
         parser.add_argument("account_id", help="StackOne account id")
+        if function is get_account:
+            parser.add_argument("--registry", action="store_true", help=REGISTRY_HELP)
         parser.set_defaults(command=function)
     listing = accounts.add_parser("list", parents=[common], help="list accounts")
+    listing.add_argument("--registry", action="store_true", help=REGISTRY_HELP)
     listing.add_argument("--owner-id", action="append", help="filter (repeatable)")
     listing.add_argument("--provider", action="append", help="filter (repeatable)")
     listing.add_argument("--status", action="append", help="filter (repeatable)")
@@ -294,5 +376,10 @@ def add_client_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     start = watch.add_mutually_exclusive_group()
     start.add_argument("--from", dest="from_cursor", metavar="CURSOR", help="start after CURSOR")
     start.add_argument("--from-earliest", action="store_true", help="start at the earliest event")
+    start.add_argument(
+        "--from-snapshot",
+        action="store_true",
+        help="first the matching accounts as the registry holds them, then their events",
+    )
     watch.add_argument("--max-events", type=int, help="exit after this many events")
     watch.set_defaults(command=watch_events)

@@ -2,16 +2,20 @@
 // with the backend, and lists the customer's account events as they arrive.
 const accountBox = document.querySelector('#account');
 
-async function newSession() {
-  const response = await fetch('/api/connect-session', { method: 'POST' });
+// With an account id: a session that reconnects that account instead of linking another.
+async function newSession(accountId) {
+  const response = await fetch('/api/connect-session', accountId
+    ? { method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ account_id: accountId }) }
+    : { method: 'POST' });
   const body = await response.json();
   if (!response.ok) throw new Error(`No connect session: ${body.error}`);
   return body;
 }
 
 // A token is for one Hub: every Hub gets a fresh one.
-async function showHub() {
-  const session = await newSession();
+async function showHub(accountId) {
+  const session = await newSession(accountId);
   const hub = document.createElement('stackone-hub');
   hub.setAttribute('token', session.token);
   hub.setAttribute('base-url', session.hub_base_url);
@@ -70,6 +74,45 @@ async function verify(accountId, learnedFrom) {
   }
 }
 
+function statusName(raw, normalised) {
+  return raw || (normalised ?? '').replace('ACCOUNT_STATUS_', '').toLowerCase();
+}
+
+// The customer's accounts as the service's registry holds them; one in error offers a
+// reconnect (a session bound to it, in the Hub above).
+async function loadAccounts() {
+  const list = document.querySelector('#accounts');
+  const source = document.querySelector('#accounts-source');
+  const response = await fetch('/api/accounts');
+  const body = await response.json();
+  if (!response.ok) {
+    list.dataset.state = 'failed';
+    list.replaceChildren(body.error);
+    return;
+  }
+  list.dataset.state = 'loaded';
+  source.dataset.answeredFrom = body.answered_from;
+  source.textContent = body.answered_from === 'registry'
+    ? `from the registry, as of cursor ${body.cursor}`
+    : 'from StackOne: the registry is not complete yet';
+  const items = body.accounts.map(({ account, meaning, reconnect }) => {
+    const item = document.createElement('li');
+    item.dataset.accountId = account.id;
+    item.dataset.status = statusName(account.raw_status, account.status);
+    item.append(`${account.provider_name || account.provider} (${account.id}): `,
+      item.dataset.status, ` — ${meaning}`);
+    if (reconnect) {
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.textContent = 'Reconnect';
+      button.addEventListener('click', reporting(() => showHub(account.id), '#hub-slot'));
+      item.append(' ', button);
+    }
+    return item;
+  });
+  list.replaceChildren(...(items.length ? items : ['No tools linked yet.']));
+}
+
 // Live events from the backend; EventSource resumes after the last id by itself.
 function followEvents() {
   const state = document.querySelector('#events-state');
@@ -84,9 +127,14 @@ function followEvents() {
     const item = document.createElement('li');
     item.dataset.type = event.type;
     item.dataset.accountId = account.id;
-    item.textContent = `${event.type}  ${account.provider}  ${account.id}  ` +
-      `${account.raw_status ?? ''}  ${(event.verification ?? '').replace('VERIFICATION_', '').toLowerCase()}`;
+    // The status before the event, when it had one: `active -> error` is a break.
+    const before = statusName(event.previous_raw_status, event.previous_status);
+    const status = before ? `${before} -> ${account.raw_status ?? ''}` : account.raw_status ?? '';
+    item.dataset.status = status;
+    item.textContent = `${event.type}  ${account.provider}  ${account.id}  ${status}  ` +
+      `${(event.verification ?? '').replace('VERIFICATION_', '').toLowerCase()}`;
     document.querySelector('#events').append(item);
+    reporting(loadAccounts, '#accounts')();
     // An Auth Link has no success callback: the event is how the app learns of the account.
     if (event.type === 'account.created' && accountBox.dataset.accountId !== account.id) {
       verify(account.id, 'event');
@@ -111,4 +159,5 @@ document.querySelector('#new-hub').addEventListener('click', reporting(showHub, 
 document.querySelector('#create-link')
   .addEventListener('click', reporting(createAuthLink, '#link-error'));
 followEvents();
+reporting(loadAccounts, '#accounts')();
 reporting(showHub, '#hub-slot')();
