@@ -444,3 +444,47 @@ async def _lose_registry_writes(backend: LogBackend) -> None:
             await bucket.purge(key)
     finally:
         await connection.close()
+
+
+async def test_a_folded_event_carries_the_status_before_the_webhooks_it_folds(
+    tmp_path: Path, backend: LogBackend
+) -> None:
+    """Two webhooks folded into one event (error, then suspended) carry the status before
+    the fold: ACTIVE."""
+    async with registry_service(
+        tmp_path, backend, verify_quiet=1.0, reconcile_interval=3600
+    ) as registry:
+        await registry.complete()  # the one sweep, at start
+        stream = registry.stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
+        await next_item(stream)
+        account_id = await registry.account()
+        created = await _next_event(stream)
+        for status in ("error", "suspended"):  # within the quiet period: one look-up
+            await registry.set_status(account_id, status)
+        folded = await _next_event(stream)
+        stream.cancel()
+    assert created.previous_status == pb.ACCOUNT_STATUS_UNSPECIFIED
+    assert len(folded.covered_event_ids) == 2
+    assert (folded.account.raw_status, folded.previous_raw_status) == ("suspended", "active")
+    assert folded.previous_status == pb.ACCOUNT_STATUS_ACTIVE
+
+
+async def test_a_change_only_reconciliation_sees_carries_the_status_before_it(
+    tmp_path: Path, backend: LogBackend
+) -> None:
+    """An account broken at StackOne with no webhook: reconciliation's account.updated
+    carries previous_status ACTIVE."""
+    async with registry_service(tmp_path, backend) as registry:
+        account_id = await registry.account()
+        await registry.complete()
+        stream = registry.stub.StreamAccountEvents(
+            pb.StreamAccountEventsRequest(account_ids=[account_id], from_earliest=Empty())
+        )
+        await _next_event(stream)  # account.created
+        await registry.emulator.put("/emulator/webhooks", json={"enabled": False})
+        await registry.set_status(account_id, "error")
+        reconciled = await _next_event(stream)
+        stream.cancel()
+    assert reconciled.source == pb.EVENT_SOURCE_RECONCILIATION
+    assert (reconciled.account.raw_status, reconciled.previous_raw_status) == ("error", "active")
+    assert reconciled.previous_status == pb.ACCOUNT_STATUS_ACTIVE

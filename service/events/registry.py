@@ -17,6 +17,8 @@ from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.model import EventRecord, deletes_account
 
 REGISTRY_PAGE_LIMIT = 1000
+NEWEST = 2**63 - 1
+"""`RegistryQuery.as_of` for each account's newest entry, whatever its cursor."""
 # What an account is, as opposed to the state it is in: an event that leaves one of these
 # empty (a deletion found by reconciliation) takes the registry's. Status and reasons,
 # which say what the event reports, are never filled in.

@@ -341,6 +341,7 @@ class SqliteEventLog:
         self._inbox_latest = Watermark()  # the newest inbox sequence committed
         self._write_lock = asyncio.Lock()
         self._pruned_through = 0
+        self._registry_complete = False
         self._tail = Tail(tail_bytes)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -396,6 +397,7 @@ class SqliteEventLog:
         pending, log._inbox_latest.value = await log._on_writer(log._load_inbox_position)
         log._pending_ids = {event_id for event_id, _ in pending}
         log._pending_accounts = Counter(account_id for _, account_id in pending)
+        log._registry_complete = await log._on_writer(log._load_registry_complete)
         log._tasks = [
             asyncio.create_task(log._write_loop(), name="eventlog-writer"),
             asyncio.create_task(log._retention_loop(), name="eventlog-retention"),
@@ -456,16 +458,29 @@ class SqliteEventLog:
         return {row[0]: _known(row) for row in rows}
 
     async def registry(self, query: RegistryQuery) -> RegistryPage:
-        """Registry entries the query admits, read in one transaction at the cursor this
-        replica has published (entries set by events committed later are left out)."""
+        """Registry entries the query admits, read by one statement at the cursor this
+        log has published (entries set by events committed later are left out). Reads
+        by account id are a few primary-key look-ups: cheaper on the event loop than a
+        hop to the reader thread; any other may scan, so it runs there."""
+        if self._closed:
+            raise EventLogUnavailable("the event log is closed")
         as_of = self._tail.latest if query.as_of is None else query.as_of
-        return await self._on_reader(self._select_registry, query, as_of)
+        try:
+            if query.account_ids or query.limit == 0:
+                return self._select_registry(self._lookup_conn, query, as_of)
+        except sqlite3.Error as error:
+            raise EventLogUnavailable(f"the event log at {self.path} failed: {error}") from error
+        return await self._on_reader(self._select_registry, self._reader_conn, query, as_of)
 
     async def mark_registry_complete(self) -> None:
         """Records that a full listing of StackOne has been folded into the registry."""
-        await self._on_writer(self._set_meta, _REGISTRY_COMPLETE, 1)
+        if not self._registry_complete:
+            await self._on_writer(self._set_meta, _REGISTRY_COMPLETE, 1)
+            self._registry_complete = True  # it never turns false again
 
-    def _select_registry(self, query: RegistryQuery, as_of: int) -> RegistryPage:
+    def _select_registry(
+        self, conn: sqlite3.Connection, query: RegistryQuery, as_of: int
+    ) -> RegistryPage:
         where = ["deleted = 0", "cursor <= ?", "account_id > ?"]
         values: list[object] = [as_of, query.after_account]
         for column, allowed in (
@@ -477,21 +492,13 @@ class SqliteEventLog:
             if allowed:
                 where.append(f"{column} IN ({', '.join('?' * len(allowed))})")
                 values.extend(sorted(allowed))
-        conn = self._reader_conn
-        conn.execute("BEGIN")
-        try:
-            rows = conn.execute(
-                f"SELECT {_REGISTERED} FROM accounts WHERE {' AND '.join(where)}"  # noqa: S608 - columns and placeholders only
-                " ORDER BY account_id LIMIT ?",
-                (*values, query.limit + 1),
-            ).fetchall()
-            complete = conn.execute(
-                "SELECT value FROM meta WHERE key = ?", (_REGISTRY_COMPLETE,)
-            ).fetchone()
-        finally:
-            conn.execute("COMMIT")
+        rows = conn.execute(
+            f"SELECT {_REGISTERED} FROM accounts WHERE {' AND '.join(where)}"  # noqa: S608 - columns and placeholders only
+            " ORDER BY account_id LIMIT ?",
+            (*values, query.limit + 1),
+        ).fetchall()
         entries = [_registered(row) for row in rows[: query.limit]]
-        return RegistryPage(entries, as_of, bool(complete and complete[0]), len(rows) > query.limit)
+        return RegistryPage(entries, as_of, self._registry_complete, len(rows) > query.limit)
 
     def _set_meta(self, key: str, value: int) -> None:
         conn = self._writer_conn
@@ -848,6 +855,12 @@ class SqliteEventLog:
         return _Previous(entry if entry.account else None, KnownAccount(
             entry.account_id, entry.status, row[8], entry.deleted, row[9]
         ))  # fmt: skip
+
+    def _load_registry_complete(self) -> bool:
+        row = self._writer_conn.execute(
+            "SELECT value FROM meta WHERE key = ?", (_REGISTRY_COMPLETE,)
+        ).fetchone()
+        return bool(row and row[0])
 
     def _load_positions(self) -> tuple[int, int]:
         conn = self._writer_conn

@@ -24,7 +24,7 @@ from service.events.model import (
     RegistryIncomplete,
     ServerDraining,
 )
-from service.events.registry import REGISTRY_PAGE_LIMIT, RegistryPage, RegistryQuery
+from service.events.registry import NEWEST, REGISTRY_PAGE_LIMIT, RegistryPage, RegistryQuery
 from service.metrics import Metrics
 from service.rpc import validation, wire
 from service.stackone.client import StackOneClient
@@ -73,7 +73,8 @@ class ConnectServicer:
         """One account from StackOne, or from the registry when asked and complete."""
         account_id = validation.account_id(request.account_id)
         if request.read_from == pb.READ_FROM_REGISTRY:
-            query = RegistryQuery(account_ids=frozenset({account_id}), limit=1)
+            # Its newest entry, even one whose event this replica has not published yet.
+            query = RegistryQuery(account_ids=frozenset({account_id}), as_of=NEWEST, limit=1)
             page = await self._log.registry(query)
             if page.complete:
                 if not page.accounts:
