@@ -183,6 +183,22 @@ class Settings(BaseSettings):
     bookmark_interval: Seconds = Field(
         15.0, gt=0, description="Seconds of silence after which a stream receives a bookmark."
     )
+    max_streams: Count = Field(
+        10_000,
+        ge=1,
+        description="Event streams (StreamAccountEvents) open at once on this server; past it"
+        " a new one is refused with RESOURCE_EXHAUSTED. Each idle stream holds ~25 KiB, so"
+        " the default bounds them to ~250 MiB.",
+    )
+    max_streams_per_connection: int = Field(
+        1000,
+        ge=1,
+        le=2**31 - 1,
+        description="Calls, streams included, one gRPC connection may have open at once"
+        " (HTTP/2 max concurrent streams); a grpc client queues more until one ends, so"
+        " a client needing more opens more connections. ~25 MiB of idle streams at the"
+        " default.",
+    )
     retention_max_age: Seconds = Field(
         7 * 24 * 3600.0, gt=0, description="Seconds events are kept (default 7 days)."
     )

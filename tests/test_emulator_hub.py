@@ -219,10 +219,10 @@ async def test_a_reconnect_session_reopens_its_account_and_no_other(
     assert other.status_code == 404
 
 
-async def test_cors_lets_the_hub_call_from_any_origin_and_only_the_hub(
+async def test_cors_lets_the_hub_call_from_loopback_pages_and_only_the_hub(
     stackone: httpx.AsyncClient,
 ) -> None:
-    """Preflights of /hub/ are answered (the Hub's headers allowed), answers and errors
+    """Preflights of /hub/ from a loopback page are answered (the Hub's headers allowed), answers and errors
     carry Access-Control-Allow-Origin; the API-key endpoints answer no CORS."""
     preflight = {
         "origin": "http://127.0.0.1:8000",

@@ -43,6 +43,11 @@ Emulator-only actions (no auth):
 The endpoints StackOne's Hub calls (`/hub/...`, authenticated by the session token) are in
 `hub`.
 
+What a web page elsewhere could make a browser send is refused before anything else
+(`origins`): requests addressed to a name that is not loopback, requests that change state
+sent from another origin (the Hub's from loopback pages excepted), and bodies not
+declared `application/json`.
+
 Every request to a StackOne endpoint passes, in order: it is counted in the stats; the
 rate limit decides at arrival (StackOne counts arrivals) whether it is refused, a
 refused call taking no slot; `latency` delays every answer, 429s included, as a network
@@ -82,6 +87,7 @@ from service.emulator.accounts import (
 )
 from service.emulator.accounts import iso as _iso
 from service.emulator.accounts import now as _now
+from service.emulator.origins import refusal
 
 _log = logging.getLogger(__name__)
 # StackOne's, as its SDK (@stackone/stackone-client-ts 4.28.0) lists them.
@@ -269,6 +275,15 @@ def _route(request: web.Request) -> str:
     """`METHOD /route/{template}` of a request, e.g. `GET /accounts/{account_id}`."""
     resource = request.match_info.route.resource
     return f"{request.method} {resource.canonical if resource is not None else request.path}"
+
+
+@web.middleware
+async def browser_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuses what a browser could send on another site's behalf (see `origins`)."""
+    refused = refusal(request, _state(request).config.public_base_url)
+    if refused is not None:
+        return stackone_error(*refused)
+    return await handler(request)
 
 
 @web.middleware
@@ -631,6 +646,7 @@ async def auth_link_page(request: web.Request) -> web.Response:
 <p>This is the StackOne emulator's Auth Link. Linking creates the account and sends the
 signed <code>account.created</code> webhook.</p>
 <button onclick="fetch('/emulator/link',{{method:'POST',
+  headers:{{'content-type':'application/json'}},
   body:JSON.stringify({{token:'{html.escape(token)}'}})}}).then(r=>r.json())
   .then(a=>document.body.append('Linked account '+a.id))">Link</button>"""
     return web.Response(text=page, content_type="text/html")
@@ -690,7 +706,7 @@ def build_emulator_app(config: EmulatorConfig) -> web.Application:
     """The emulator as an aiohttp application."""
     from service.emulator.hub import add_hub  # here: hub builds on this module
 
-    app = web.Application(middlewares=[stackone_edge])
+    app = web.Application(middlewares=[browser_guard, stackone_edge])
     app[EMULATOR_STATE] = EmulatorState(config)
     app.cleanup_ctx.append(_delivery_worker)
     app.router.add_post("/connect_sessions", create_session)

@@ -25,10 +25,13 @@ that starts with `limited` links the account in status `error`, with a reason: t
 works but lacks a permission, as StackOne reports such accounts.
 
 CORS: the Hub runs on the app's origin and calls these endpoints cross-origin. They answer
-as a NestJS API with default CORS does (StackOne's errors are NestJS-shaped): any origin,
-preflights answered 204 with the requested headers allowed. StackOne's API-key endpoints
-are CORS-protected (the Hub's README says so of `/connect_sessions`), so only `/hub/`
-answers CORS here.
+as a NestJS API with default CORS does (StackOne's errors are NestJS-shaped), preflights
+answered 204 with the requested headers allowed, but only for pages on loopback (the
+example app's, as `make demo` serves it): a request from any other origin, preflight or
+not, gets 403 and no CORS headers, so a page elsewhere in the same browser can neither
+call the Hub's endpoints nor read their answers. StackOne's API-key endpoints are
+CORS-protected (the Hub's README says so of `/connect_sessions`), so only `/hub/` answers
+CORS here.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from service.emulator.app import (
     _live_session,
     stackone_error,
 )
+from service.emulator.origins import is_loopback_origin
 
 HUB_VERSION = "1.11.4"
 SESSION_HEADER = "x-hub-session-token"
@@ -484,14 +488,18 @@ async def logo(request: web.Request) -> web.Response:
 
 @web.middleware
 async def hub_cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """CORS on the Hub's endpoints: preflights answered here, every answer readable."""
+    """CORS on the Hub's endpoints for loopback pages: preflights answered here, every
+    answer readable; other origins get 403 without CORS headers."""
     if not request.path.startswith("/hub/"):
         return await handler(request)
+    origin = request.headers.get("origin")
+    if origin is not None and not is_loopback_origin(origin):
+        return stackone_error(403, f"The emulator's Hub answers pages on loopback, not {origin}")
     if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
         headers = {
             "access-control-allow-origin": "*",
             "access-control-allow-methods": _CORS_METHODS,
-            "vary": "Access-Control-Request-Headers",
+            "vary": "Origin, Access-Control-Request-Headers",
         }
         if requested := request.headers.get("access-control-request-headers"):
             headers["access-control-allow-headers"] = requested
@@ -500,8 +508,10 @@ async def hub_cors(request: web.Request, handler: Handler) -> web.StreamResponse
         response = await handler(request)
     except web.HTTPException as error:
         error.headers["access-control-allow-origin"] = "*"
+        error.headers["vary"] = "Origin"
         raise
     response.headers["access-control-allow-origin"] = "*"
+    response.headers["vary"] = "Origin"
     return response
 
 

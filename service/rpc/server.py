@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 
 import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 
-from service.config import ENV_PREFIX, Settings
+from service.config import ENV_PREFIX, MAX_COUNT, Settings
 from service.metrics import Metrics
 from service.rpc.auth import AuthInterceptor, ClientRegistry, read_clients
 from service.rpc.interceptor import CallInterceptor, Context
@@ -38,6 +40,48 @@ _OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", GRPC_MAX_RECEIVE_BYTES),
 ]
+
+
+def _options(settings: Settings) -> list[tuple[str, int]]:
+    # HTTP/2's own per-connection limit: a grpc client queues calls past it until one
+    # ends; grpc resets the excess of a client ignoring it (RST_STREAM), the rest go on.
+    return [*_OPTIONS, ("grpc.max_concurrent_streams", settings.max_streams_per_connection)]
+
+
+class StreamSlots:
+    """The open server-streaming calls, at most `limit` (`STACKONE_CONNECT_MAX_STREAMS`).
+
+    An open stream holds memory (~25 KiB idle) for as long as its subscriber stays, so a
+    count of them, not a rate, is what bounds the memory they take.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        info = error_details_pb2.ErrorInfo(
+            reason="TOO_MANY_STREAMS",
+            domain="stackone-connect",
+            metadata={"limit": str(limit), "setting": f"{ENV_PREFIX}MAX_STREAMS"},
+        )
+        details = status_pb2.Status(
+            code=code_pb2.RESOURCE_EXHAUSTED,
+            message=f"this server already has its maximum of {limit} event streams open "
+            f"({ENV_PREFIX}MAX_STREAMS): retry with backoff, close streams you no longer "
+            "need (one stream can follow many accounts), or connect to another replica",
+        )
+        details.details.add().Pack(info)
+        self.refusal = rpc_status.to_status(details)
+
+    def take(self) -> bool:
+        """Takes a slot for a new stream; False when every slot is taken."""
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        """Gives back the slot of a stream that ended."""
+        self.open -= 1
 
 
 class HealthReporter(Protocol):
@@ -124,7 +168,9 @@ def check_files(settings: Settings) -> None:
 
 
 def connect_service_handlers(
-    servicer: object, methods: Sequence[Method] = CONNECT_METHODS
+    servicer: object,
+    methods: Sequence[Method] = CONNECT_METHODS,
+    streams: StreamSlots | None = None,
 ) -> dict[str, MethodHandler]:
     """A handler for each method of the proto, calling the servicer's method of that name.
 
@@ -132,8 +178,10 @@ def connect_service_handlers(
     that bytes that are not the request message are `INVALID_ARGUMENT` like any other bad
     request (grpc would answer UNKNOWN and log an error), after authentication.
     Server-streaming methods yield already-serialized responses (`service.rpc.wire`), which
-    grpc sends as they are because their handler has no response serializer.
+    grpc sends as they are because their handler has no response serializer; each takes
+    one of `streams` (no limit without it) or is refused with RESOURCE_EXHAUSTED.
     """
+    streams = streams or StreamSlots(MAX_COUNT)
     handlers: dict[str, MethodHandler] = {}
     for method in methods:
         behaviour = getattr(servicer, method.name, None)
@@ -144,7 +192,7 @@ def connect_service_handlers(
             )
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _parsing_stream(behaviour, method)
+                _parsing_stream(behaviour, method, streams)
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
@@ -167,11 +215,19 @@ def _parsing_unary(behaviour: Callable[..., Any], method: Method) -> Callable[..
 
 
 def _parsing_stream(
-    behaviour: Callable[..., AsyncIterator[Any]], method: Method
+    behaviour: Callable[..., AsyncIterator[Any]], method: Method, streams: StreamSlots
 ) -> Callable[..., AsyncIterator[Any]]:
+    # The slot is counted here, in the layer every stream has anyway: one more async
+    # generator per stream would cost memory on each.
     async def stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
-        async for item in behaviour(_parse(raw, method), context):
-            yield item
+        if not streams.take():
+            refusal = streams.refusal
+            await context.abort(refusal.code, refusal.details, refusal.trailing_metadata)
+        try:
+            async for item in behaviour(_parse(raw, method), context):
+                yield item
+        finally:
+            streams.release()
 
     return stream
 
@@ -191,8 +247,8 @@ def build_grpc_server(
     ]
     if settings.clients_file is not None:
         interceptors.append(AuthInterceptor(ClientRegistry(settings.clients_file), SERVICE_NAME))
-    server = grpc.aio.server(interceptors=interceptors, options=_OPTIONS)
-    handlers = connect_service_handlers(servicer)
+    server = grpc.aio.server(interceptors=interceptors, options=_options(settings))
+    handlers = connect_service_handlers(servicer, streams=StreamSlots(settings.max_streams))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
