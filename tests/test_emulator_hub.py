@@ -222,8 +222,9 @@ async def test_a_reconnect_session_reopens_its_account_and_no_other(
 async def test_cors_lets_the_hub_call_from_loopback_pages_and_only_the_hub(
     stackone: httpx.AsyncClient,
 ) -> None:
-    """Preflights of /hub/ from a loopback page are answered (the Hub's headers allowed), answers and errors
-    carry Access-Control-Allow-Origin; the API-key endpoints answer no CORS."""
+    """Preflights of /hub/ from a loopback page are answered (the Hub's headers allowed),
+    answers and errors carry Access-Control-Allow-Origin; the API-key endpoints answer no
+    CORS."""
     preflight = {
         "origin": "http://127.0.0.1:8000",
         "access-control-request-method": "PATCH",
