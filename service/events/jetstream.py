@@ -38,6 +38,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import heapq
 import logging
 import time
 from collections import Counter
@@ -231,6 +232,11 @@ class JetStreamEventLog:
         self.restores = 0  # streams or buckets found missing and created again
         self._watermark_written = 0
         self._watermark_at = 0.0
+        # This replica's index of the registry (what a read filters on, owner and
+        # provider as hashes): the bucket as loaded at open, then every entry written or
+        # folded here, so it holds every account whose last event is within the tail.
+        self._index: dict[str, _Indexed] = {}
+        self._complete = False
         self.background_failures: Counter[str] = Counter()  # by task; each was retried
         self._report_failure: Callable[[str], None] = lambda task: None
 
@@ -242,6 +248,7 @@ class JetStreamEventLog:
         log = cls(options, tail_bytes=tail_bytes)
         log._binding, info = await log._bind()
         log._pruned_through = max(0, info.state.first_seq - 1)
+        await log._load_registry()
         await log._fold_since_watermark(info.state.last_seq)
         log._tail.start_at(info.state.last_seq)
         log._tasks = [
@@ -344,32 +351,31 @@ class JetStreamEventLog:
         return known
 
     async def registry(self, query: RegistryQuery) -> RegistryPage:
-        """Registry entries the query admits, from the accounts bucket, as of the cursor
-        this replica has seen (entries set by later events are left out)."""
+        """Registry entries the query admits as of the cursor this replica's tail has
+        reached (entries set by later events are left out: they come to a stream after
+        that cursor). Which accounts to read comes from this replica's index of the
+        registry (a bucket listing can miss keys rewritten meanwhile), their state from
+        the bucket, one read each."""
+        if self._closed:
+            raise EventLogUnavailable("the event log is closed")
         as_of = self._tail.latest if query.as_of is None else query.as_of
+        if query.account_ids:
+            candidates = sorted(query.account_ids)
+        else:
+            wanted = _Wanted.of(query, as_of)
+            indexed = (entry.account_id for entry in self._index.values() if wanted.admits(entry))
+            candidates = heapq.nsmallest(query.limit + 1, indexed)
+        entries: list[RegisteredAccount] = []
         try:
-            if query.limit == 0:
-                keys = []  # only whether the registry is complete
-            elif query.account_ids:
-                keys = [_token(account_id) for account_id in query.account_ids]
-            else:
-                keys = await self._accounts.keys()
-            complete = await self._registry_complete()
-        except nats.js.errors.NoKeysError:
-            keys, complete = [], await self._registry_complete()
+            for account_id in candidates[: query.limit]:
+                with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                    value = (await self._accounts.get(_token(account_id))).value
+                    if value and query.admits(entry := _from_registry_value(value)[1], as_of):
+                        entries.append(entry)
         except NATS_ERRORS as error:
             raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
-        entries: list[RegisteredAccount] = []
-        for key in keys:
-            if key in _META_KEYS:
-                continue
-            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-                value = (await self._accounts.get(key)).value
-                if value and query.admits(entry := _from_registry_value(value)[1], as_of):
-                    entries.append(entry)
-        entries.sort(key=lambda entry: entry.account_id)
-        more = len(entries) > query.limit
-        return RegistryPage(entries[: query.limit], as_of, complete, more)
+        more = len(candidates) > query.limit
+        return RegistryPage(entries, as_of, self._complete, more)
 
     async def mark_registry_complete(self) -> None:
         """Records that a full listing of StackOne has been folded into the registry."""
@@ -377,12 +383,42 @@ class JetStreamEventLog:
             await self._accounts.put(_REGISTRY_COMPLETE_KEY, b"1")
         except NATS_ERRORS as error:
             raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
+        self._complete = True
 
-    async def _registry_complete(self) -> bool:
-        try:
-            return (await self._accounts.get(_REGISTRY_COMPLETE_KEY)).value == b"1"
-        except nats.js.errors.KeyNotFoundError:
-            return False
+    async def _load_registry(self) -> None:
+        """Reads the whole accounts bucket into this replica's index, from its stream:
+        a key rewritten while it is read moves to a later message, which is read too."""
+        stream = f"KV_{self._options.stream}_ACCOUNTS"
+        prefix = f"$KV.{self._options.stream}_ACCOUNTS."
+        start, last = 1, (await self._js.stream_info(stream)).state.last_seq
+        while start <= last:
+            try:
+                messages = await self._fetch_from(stream, prefix + ">", start, 1024)
+            except TimeoutError:
+                return  # nothing is left after `start` (rewritten keys moved past `last`)
+            for message in messages:
+                self._load_value(message, prefix)
+            if not messages:
+                return
+            start = messages[-1].metadata.sequence.stream + 1
+            last = max(last, (await self._js.stream_info(stream)).state.last_seq)
+
+    def _load_value(self, message: Msg, prefix: str) -> None:
+        if (message.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not message.data:
+            return
+        key = message.subject.removeprefix(prefix)
+        if key == _REGISTRY_COMPLETE_KEY:
+            self._complete = message.data == b"1"
+        elif key not in _META_KEYS:
+            entry = _from_registry_value(message.data)[1]
+            if entry.account:  # a value written before the registry holds no account
+                self._keep(entry)
+
+    def _keep(self, entry: RegisteredAccount) -> None:
+        """Puts an entry in this replica's index unless it holds a later one."""
+        held = self._index.get(entry.account_id)
+        if held is None or held.cursor < entry.cursor:
+            self._index[entry.account_id] = _Indexed.of(entry)
 
     # --- Inbox --------------------------------------------------------------------
 
@@ -819,8 +855,7 @@ class JetStreamEventLog:
 
     async def _remember(self, record: EventRecord, cursor: int, recorded_at: float) -> None:
         entry = registered(record, cursor, recorded_at)
-        value = _registry_value(KnownAccount.recorded(record), entry)
-        await self._accounts.put(_token(record.account_id), value)
+        await self._register(KnownAccount.recorded(record), entry)
         await self._remember_ids(record, cursor)
 
     async def _registered(self, account_id: str) -> RegisteredAccount | None:
@@ -869,28 +904,39 @@ class JetStreamEventLog:
     # --- Registry repair ----------------------------------------------------------
 
     async def _fold_into_registry(self, events: Sequence[StoredEvent]) -> None:
-        """Writes each event's registry entry unless the bucket holds a later one. The
-        replica that appends an event writes its entry right after; one that died in
-        between leaves it to whichever replica follows the event (every one does)."""
+        """Writes each event's registry entry unless a later one is known. The replica
+        that appends an event writes its entry right after; one that died in between
+        leaves it to whichever replica follows the event (every one does)."""
         for event in events:
-            key = _token(event.account_id)
-            for _ in range(_MAX_CONFLICT_RETRIES):
-                try:
-                    current = await self._accounts.get(key)
-                except nats.js.errors.KeyNotFoundError:
-                    current = None
-                held = _from_registry_value(current.value)[1] if current and current.value else None
-                if held is not None and held.cursor >= event.cursor:
-                    break
-                value = _registry_value(*_state_of(event))
-                try:
-                    if current is None:
-                        await self._accounts.create(key, value)
-                    else:
-                        await self._accounts.update(key, value, last=current.revision)
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    continue  # written meanwhile: compare again
-                break
+            held = self._index.get(event.account_id)
+            if held is None or held.cursor < event.cursor:
+                await self._register(*_state_of(event))
+
+    async def _register(self, known: KnownAccount, entry: RegisteredAccount) -> None:
+        """Writes an account's entry in the bucket (and this replica's index) unless the
+        bucket holds a later one: whatever order replicas write in, the latest stays."""
+        key = _token(entry.account_id)
+        value = _registry_value(known, entry)
+        for _ in range(_MAX_CONFLICT_RETRIES):
+            try:
+                current = await self._accounts.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                current = None
+            held = _from_registry_value(current.value)[1] if current and current.value else None
+            if held is not None and held.cursor >= entry.cursor:
+                if held.account:
+                    self._keep(held)
+                return
+            try:
+                if current is None:
+                    await self._accounts.create(key, value)
+                else:
+                    await self._accounts.update(key, value, last=current.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # written meanwhile: compare again
+            self._keep(entry)
+            return
+        raise EventLogUnavailable(f"account {entry.account_id}'s registry entry kept changing")
 
     async def _advance_registry_watermark(self) -> None:
         """Records that every event up to this replica's tail is in the registry (each
@@ -966,6 +1012,61 @@ class JetStreamEventLog:
             self._poke.set()  # another replica's events are between: the follower reads them
             return
         self._tail.publish([record.stored(cursor, recorded_at)])
+
+
+@dataclass(frozen=True, slots=True)
+class _Indexed:
+    """An account in a replica's registry index: a few hundred bytes, whatever the
+    account holds. Owner and provider are kept as hashes: a collision only costs a
+    bucket read, whose entry the query checks again."""
+
+    account_id: str
+    cursor: int
+    deleted: bool
+    owner: int
+    provider: int
+    status: str
+
+    @classmethod
+    def of(cls, entry: RegisteredAccount) -> _Indexed:
+        return cls(
+            entry.account_id,
+            entry.cursor,
+            entry.deleted,
+            hash(entry.origin_owner_id),
+            hash(entry.provider),
+            entry.status,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Wanted:
+    """A registry query as the index can check it."""
+
+    query: RegistryQuery
+    as_of: int
+    owners: frozenset[int]
+    providers: frozenset[int]
+
+    @classmethod
+    def of(cls, query: RegistryQuery, as_of: int) -> _Wanted:
+        return cls(
+            query,
+            as_of,
+            frozenset(map(hash, query.origin_owner_ids)),
+            frozenset(map(hash, query.providers)),
+        )
+
+    def admits(self, entry: _Indexed) -> bool:
+        query = self.query
+        return (
+            not entry.deleted
+            and entry.cursor <= self.as_of
+            and entry.account_id > query.after_account
+            and (not self.owners or entry.owner in self.owners)
+            and (not self.providers or entry.provider in self.providers)
+            and (not query.statuses or entry.status in query.statuses)
+        )
 
 
 @dataclass(frozen=True, slots=True)

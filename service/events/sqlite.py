@@ -213,6 +213,12 @@ def _add_registry_columns(conn: sqlite3.Connection) -> None:
     )
 
 
+def _one_owner_only(query: RegistryQuery) -> bool:
+    """A read of one customer's accounts with no other filter: the owner index yields
+    them in order, each row scanned is returned (but tombstones), so it stays small."""
+    return len(query.origin_owner_ids) == 1 and not (query.providers or query.statuses)
+
+
 def _registered(row: tuple[str, int, int, bytes, str, str, str, float]) -> RegisteredAccount:
     account_id, cursor, deleted, account, provider, owner, status, recorded_at = row
     return RegisteredAccount(
@@ -460,13 +466,14 @@ class SqliteEventLog:
     async def registry(self, query: RegistryQuery) -> RegistryPage:
         """Registry entries the query admits, read by one statement at the cursor this
         log has published (entries set by events committed later are left out). Reads
-        by account id are a few primary-key look-ups: cheaper on the event loop than a
-        hop to the reader thread; any other may scan, so it runs there."""
+        by account id, or of one customer's accounts, walk an index for as many rows as
+        they return: cheaper on the event loop than a hop to the reader thread; any other
+        may scan, so it runs there."""
         if self._closed:
             raise EventLogUnavailable("the event log is closed")
         as_of = self._tail.latest if query.as_of is None else query.as_of
         try:
-            if query.account_ids or query.limit == 0:
+            if query.account_ids or query.limit == 0 or _one_owner_only(query):
                 return self._select_registry(self._lookup_conn, query, as_of)
         except sqlite3.Error as error:
             raise EventLogUnavailable(f"the event log at {self.path} failed: {error}") from error
