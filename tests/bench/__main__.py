@@ -26,8 +26,12 @@ from typing import Any
 import orjson
 
 from service.api.v1 import stackone_connect_pb2 as pb
+from service.config import Settings
 from service.events.ingest import event_record
+from service.events.reconcile import PAGE_SIZE
 from service.events.sqlite import SqliteEventLog
+from service.stackone.budget import RateBudget
+from tests.bench.roles import bench_account
 from tests.processes import ServeProcess, rss_kib, serve_env, serve_process
 
 SERVER_CPU, LOAD_CPU = 0, 1
@@ -45,6 +49,12 @@ VERIFIED_INGEST_ACCOUNTS = 1000
 BURST_ACCOUNTS, BURST_PER_ACCOUNT, BURST_IN_FLIGHT = 400, 5, 64
 BURST_RATE_LIMIT, BURST_CALLER_RESERVE, BURST_LATENCY = 600, 0.2, 0.1
 BURST_GIVE_UP = 180.0  # seconds from the first webhook
+# The registry: 100,000 accounts, ten for each customer; reads from 16 callers; a snapshot
+# in batches of 1,000; a first start against a StackOne holding 10,000 accounts.
+REGISTRY_ACCOUNTS, REGISTRY_PER_OWNER, REGISTRY_IN_FLIGHT = 100_000, 10, 16
+REGISTRY_READS, SNAPSHOT_BATCH, FIRST_START_ACCOUNTS = 10_000, 1000, 10_000
+FIRST_START_LATENCY = BURST_LATENCY  # StackOne's latency in the first start's second run
+REGISTRY_SAMPLES = 4096  # accounts (and their owners) the readers ask for, spread evenly
 VERIFICATIONS = "stackone_connect_verifications_total"
 INBOX_DEPTH = "stackone_connect_inbox_depth"
 
@@ -643,6 +653,235 @@ async def bench_burst(workdir: Path) -> list[Row]:
     ]  # fmt: skip
 
 
+async def _seed_registry(path: Path, count: int, owners: int) -> float:
+    """Writes `count` account.created events (`bench_account`) to a new SQLite log, which
+    fills the registry, and marks it complete; returns the seconds it took."""
+    started = time.perf_counter()
+    log = await SqliteEventLog.open(path)
+    try:
+        for start in range(0, count, 5000):
+            records = []
+            for n in range(start, min(count, start + 5000)):
+                message = pb.AccountEvent(
+                    event_id=f"seed-{n}", type="account.created", account=bench_account(n, owners),
+                    source=pb.EVENT_SOURCE_RECONCILIATION, verification=pb.VERIFICATION_VERIFIED,
+                )  # fmt: skip
+                message.occurred_at.CopyFrom(message.account.updated_at)
+                message.received_at.GetCurrentTime()
+                records.append(event_record(message))
+            await log.append(records)
+        await log.mark_registry_complete()
+    finally:
+        await log.close()
+    return time.perf_counter() - started
+
+
+def _background_per_second() -> float:
+    """The background share of the default STACKONE_CONNECT_RATE_LIMIT, calls per second."""
+    fields = Settings.model_fields
+    limit, reserve = fields["rate_limit"].default, fields["rate_caller_reserve"].default
+    return RateBudget(limit, caller_reserve=reserve).background_limit / 60
+
+
+async def _first_start(workdir: Path, latency: float) -> Row:
+    """A first start against a StackOne holding `FIRST_START_ACCOUNTS` accounts and
+    answering after `latency` s: the time from `serve`'s launch until the registry is
+    complete (its first reconciliation sweep listed them all), against the time the listing
+    takes at the background budget's pace. With a latency, a figure for context."""
+    key = "bench-key"
+    async with server_role(
+        "registry_emulator", cpu=LOAD_CPU, api_key=key, count=FIRST_START_ACCOUNTS,
+        latency=latency,
+    ) as emulator:  # fmt: skip
+        emulator_url = f"http://127.0.0.1:{emulator.port}"
+        env = {
+            "STACKONE_CONNECT_API_KEY": key, "STACKONE_CONNECT_BASE_URL": emulator_url,
+            "STACKONE_CONNECT_RECONCILE_INTERVAL": "300",
+        }  # fmt: skip
+        launched = time.time()
+        async with serve(workdir, f"registry-first-start-{latency:g}", **env) as process:
+            ready = time.time()
+            waited = await run_role(
+                "registry_wait", 90, admin=process.admin_url, target=process.grpc_target,
+                emulator=emulator_url, give_up=60, poll=0.05,
+            )  # fmt: skip
+    pages = FIRST_START_ACCOUNTS / PAGE_SIZE
+    per_second = _background_per_second()
+    paced = pages / per_second
+    complete_at = waited["complete_at"]
+    seconds = complete_at - launched if complete_at is not None else None
+    calls = waited["stackone_calls"]
+    shown = seconds if seconds is not None else time.time() - launched
+    complete = (
+        seconds is not None and waited["listed"] == FIRST_START_ACCOUNTS
+        and waited["answered_from"] == "READ_FROM_REGISTRY"
+    )  # fmt: skip
+    if latency:
+        figure = f"same, StackOne answering in {latency:g} s (as the burst's)"
+        target, met = "(context: paging is sequential)", None if complete else False
+    else:
+        figure = (
+            f"first start against a StackOne of {FIRST_START_ACCOUNTS:,} accounts: serve "
+            "launched -> registry complete (stackone_connect_registry_complete = 1)"
+        )
+        target, met = "<= 1.2x (as the burst's)", complete and shown <= 1.2 * paced
+    return Row(
+        f"registry: {figure}", shown, "s", f"pages ({pages:,.0f} of {PAGE_SIZE}) / background "
+        f"budget ({per_second:.2f}/s), s", paced, shown / paced, target, met,
+        (f"{complete_at - ready:.2f} s after ready" if complete_at is not None
+         else "never complete within 60 s")
+        + f"; a registry listing then answered from {waited['answered_from'] or '-'}: "
+        f"{waited['listed']:,} accounts in {waited['pages']} pages; StackOne calls {calls}",
+    )  # fmt: skip
+
+
+async def _alternating(
+    role: str, targets: tuple[str, str], rounds: int, timeout: float, **args: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Runs `role` against the service and the bare server (`targets`, both up) in turn,
+    `rounds` times each, the first of each pair alternating: on a shared machine the load
+    of others drifts, and both sides of every ratio then see the same drift."""
+    results: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+    for round_ in range(rounds):
+        for side in (0, 1) if round_ % 2 == 0 else (1, 0):
+            results[side].append(await run_role(role, timeout, target=targets[side], **args))
+    return results
+
+
+def _ratios(measured: list[dict[str, Any]], bare: list[dict[str, Any]], key: str) -> list[float]:
+    return [ours[key] / theirs[key] for ours, theirs in zip(measured, bare, strict=True)]
+
+
+def _differences(
+    measured: list[dict[str, Any]], bare: list[dict[str, Any]], key: str
+) -> list[float]:
+    return [ours[key] - theirs[key] for ours, theirs in zip(measured, bare, strict=True)]
+
+
+async def bench_registry(workdir: Path, seconds: float, runs: int) -> list[Row]:
+    """Reads from the account registry (100,000 accounts) against bare grpc.aio methods
+    answering the same bytes, in `runs` alternating rounds of `seconds / runs` each; the
+    StackOne calls they make; a snapshot stream; and the time a first start takes to make
+    the registry complete."""
+    directory = workdir / "registry"
+    directory.mkdir(exist_ok=True)
+    owners = REGISTRY_ACCOUNTS // REGISTRY_PER_OWNER
+    seeded = await _seed_registry(directory / "events.db", REGISTRY_ACCOUNTS, owners)
+    step = REGISTRY_ACCOUNTS // REGISTRY_SAMPLES
+    reads = {
+        "numbers": list(range(0, REGISTRY_ACCOUNTS, step))[:REGISTRY_SAMPLES], "owners": owners,
+        "concurrency": REGISTRY_IN_FLIGHT,
+    }  # fmt: skip
+    timed = {"seconds": seconds / runs, **reads}
+    alone = {**timed, "seconds": seconds / runs / 2, "concurrency": 1}
+    timeout = seconds + 30
+    async with serve(workdir, "registry") as process:
+        # The service's own answers, which the bare methods send back (the same bytes).
+        sampled = await run_role(
+            "registry_reads", timeout, target=process.grpc_target, method="mixed", calls=64,
+            **reads,
+        )  # fmt: skip
+        samples = sampled["samples"]
+        async with server_role(
+            "bare_registry", get_account=samples["GetAccount"],
+            list_accounts=samples["ListAccounts"], snapshot=REGISTRY_ACCOUNTS, owners=owners,
+            per_message=SNAPSHOT_BATCH,
+        ) as bare:  # fmt: skip
+            targets = (process.grpc_target, f"127.0.0.1:{bare.port}")
+            get, bare_get = await _alternating(
+                "registry_reads", targets, runs, timeout, method="get_account", **timed
+            )
+            get_alone, bare_alone = await _alternating(
+                "registry_reads", targets, runs, timeout, method="get_account", **alone
+            )
+            listing, bare_list = await _alternating(
+                "registry_reads", targets, runs, timeout, method="list_accounts", **timed
+            )
+            snapshot, bare_snapshot = await _alternating(
+                "snapshot_read", targets, runs, 120, per_message=SNAPSHOT_BATCH
+            )
+        counted = await run_role(
+            "registry_reads", 120, target=process.grpc_target, method="mixed",
+            calls=REGISTRY_READS, emulator=process.emulator_url, **reads,
+        )  # fmt: skip
+    first_start = [await _first_start(workdir, latency) for latency in (0.0, FIRST_START_LATENCY)]
+
+    def median(results: list[dict[str, Any]], key: str) -> float:
+        return _median([result[key] for result in results])
+
+    def each(results: list[dict[str, Any]], key: str, unit: str, digits: int = 0) -> str:
+        return _spread([result[key] for result in results], unit, digits)
+
+    get_ratios = _ratios(get, bare_get, "rps")
+    get_added = _differences(get, bare_get, "p50_ms")
+    alone_added = _differences(get_alone, bare_alone, "p50_ms")
+    list_ratios = _ratios(listing, bare_list, "rps")
+    snapshot_ratios = _ratios(snapshot, bare_snapshot, "accounts_per_s")
+    stackone_calls = sum(counted["stackone_calls"].values())
+    snapshot_ok = all(result["accounts"] == REGISTRY_ACCOUNTS for result in snapshot)
+    listed_ok = all(
+        result["listed"] == REGISTRY_PER_OWNER and result["answered_from"] == "READ_FROM_REGISTRY"
+        for result in listing
+    )
+    scene = f"{REGISTRY_ACCOUNTS:,} accounts, {REGISTRY_IN_FLIGHT} in flight"
+    rounds = f"median of {runs} alternating rounds of {seconds / runs:g} s"
+    sizes = (
+        f"answers of {len(samples['GetAccount']) // 2} and {len(samples['ListAccounts']) // 2} "
+        "bytes"
+    )
+    snapshot_rate = median(snapshot, "accounts_per_s")
+    return [
+        Row(
+            f"registry: GetAccount(read_from=REGISTRY), {scene} ({rounds})",
+            median(get, "rps"), "calls/s", "bare grpc.aio unary answering the same Account bytes",
+            median(bare_get, "rps"), _median(get_ratios), ">= 0.7x", _median(get_ratios) >= 0.7,
+            f"per round {each(get, 'rps', 'calls/s')}, bare "
+            f"{each(bare_get, 'rps', 'calls/s')}, ratio "
+            f"{_spread(get_ratios, 'x', 2)}; p99 {median(get, 'p99_ms'):.2f} ms, bare "
+            f"{median(bare_get, 'p99_ms'):.2f} ms; {sizes}; log seeded in {seeded:.1f} s",
+        ),
+        Row(
+            "registry: GetAccount p50 at the same load",
+            median(get, "p50_ms"), "ms", "bare grpc.aio unary, p50 ms", median(bare_get, "p50_ms"),
+            median(get, "p50_ms") / median(bare_get, "p50_ms"), "<= bare + 0.3 ms",
+            _median(get_added) <= 0.3,
+            f"added per round {_spread(get_added, 'ms', 3)}; one call at a time: p50 "
+            f"{median(get_alone, 'p50_ms'):.3f} ms, bare {median(bare_alone, 'p50_ms'):.3f} ms, "
+            f"added per round {_spread(alone_added, 'ms', 3)}",
+        ),
+        Row(
+            f"registry: ListAccounts(read_from=REGISTRY) of one customer's "
+            f"{REGISTRY_PER_OWNER} accounts, {scene} ({rounds})",
+            median(listing, "rps"), "calls/s",
+            "bare grpc.aio unary answering the same 10 accounts", median(bare_list, "rps"),
+            _median(list_ratios), ">= 0.5x", _median(list_ratios) >= 0.5 and listed_ok,
+            f"per round {each(listing, 'rps', 'calls/s')}, bare "
+            f"{each(bare_list, 'rps', 'calls/s')}, ratio "
+            f"{_spread(list_ratios, 'x', 2)}; p50 {median(listing, 'p50_ms'):.2f} ms, bare "
+            f"{median(bare_list, 'p50_ms'):.2f} ms; {listing[0]['listed']} accounts a page, "
+            f"answered from {listing[0]['answered_from']}",
+        ),
+        Row(
+            f"registry: StackOne calls made by {counted['calls']:,} registry reads "
+            "(GetAccount and ListAccounts alternately)",
+            stackone_calls, "calls", "-", None, None, "0",
+            stackone_calls == 0 and counted["calls"] == REGISTRY_READS,
+            f"the emulator's count; {counted['rps']:,.0f} reads/s",
+        ),
+        Row(
+            f"registry: StreamAccountEvents(from_snapshot) of {REGISTRY_ACCOUNTS:,} accounts, "
+            f"{SNAPSHOT_BATCH} a message, until the bookmark that ends it (median of {runs})",
+            snapshot_rate, "accounts/s", "bare grpc.aio stream of the same messages, accounts/s",
+            median(bare_snapshot, "accounts_per_s"), _median(snapshot_ratios), ">= 100,000/s",
+            snapshot_ok and snapshot_rate >= 100_000,
+            f"{snapshot[0]['accounts']:,} accounts in {snapshot[0]['messages']} messages; "
+            f"per run {each(snapshot, 'seconds', 's', 2)}, bare "
+            f"{each(bare_snapshot, 'seconds', 's', 2)}",
+        ),
+        *first_start,
+    ]  # fmt: skip
+
+
 _MET = {True: "yes", False: "NO", None: "-"}
 
 
@@ -678,6 +917,7 @@ def _machine() -> str:
 
 SCENARIOS = (
     "ingest", "verified_ingest", "create_session", "latency", "fan_out", "replay", "burst",
+    "registry",
 )  # fmt: skip
 
 
@@ -704,6 +944,8 @@ async def main(seconds: float, replay_events: int, only: set[str], runs: int) ->
             rows += await bench_replay(workdir, replay_events)
         if "burst" in only:
             rows += await bench_burst(workdir)
+        if "registry" in only:
+            rows += await bench_registry(workdir, seconds, runs)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     took = time.perf_counter() - started
     print(f"\nstackone-connect benchmarks, {when}, {_machine()}, {took:.0f} s\n")
@@ -716,7 +958,10 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each load phase")
     parser.add_argument("--replay-events", type=int, default=100_000)
     parser.add_argument(
-        "--runs", type=int, default=3, help="runs of each latency and fan-out scenario"
+        "--runs",
+        type=int,
+        default=3,
+        help="runs of each latency and fan-out scenario; alternating rounds of registry reads",
     )
     parser.add_argument(
         "--only", default=",".join(SCENARIOS), help=f"comma-separated, of: {', '.join(SCENARIOS)}"

@@ -22,10 +22,15 @@ import httpx
 import orjson
 import uvloop
 from aiohttp import ClientSession, TCPConnector, web
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.signature import sign
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.emulator import EMULATOR_STATE
+from service.emulator.accounts import iso, new_account
+from service.emulator.app import EmulatorConfig, build_emulator_app
+from service.events.registry import RegisteredAccount
 from service.rpc import wire
 from tests.bench import h2streams
 
@@ -665,13 +670,243 @@ async def burst(args: dict[str, Any]) -> None:
     }).decode())  # fmt: skip
 
 
+# --- The account registry (`registry` scenario) ---------------------------------------
+SERVICE = "stackone_connect.v1.ConnectService"
+_PROVIDERS = ("hibob", "bamboohr", "workday", "greenhouse")
+_ACCOUNT_ID_BASE = 48810347712093400000  # 20-digit ids, as StackOne's: sorted as numbers
+
+
+def bench_account_id(n: int) -> str:
+    """The id of registry account `n`."""
+    return str(_ACCOUNT_ID_BASE + n)
+
+
+def bench_owner(n: int, owners: int) -> str:
+    """The owner of registry account `n` when `owners` customers share the accounts."""
+    return f"customer-{n % owners:05d}"
+
+
+def bench_account(n: int, owners: int) -> pb.Account:
+    """Registry account `n`, shaped like a linked account's (every field StackOne fills)."""
+    provider = _PROVIDERS[n % len(_PROVIDERS)]
+    owner = bench_owner(n, owners)
+    linked = 1_760_000_000 + n
+    return pb.Account(
+        id=bench_account_id(n), provider=provider, provider_name=provider.title(),
+        origin_owner_id=owner, origin_owner_name=f"Customer {owner[-5:]}",
+        origin_username=f"it-admin@{owner}.example.com", status=pb.ACCOUNT_STATUS_ACTIVE,
+        raw_status="active", label=f"{provider.title()} production", type="production",
+        created_at=Timestamp(seconds=linked), updated_at=Timestamp(seconds=linked + 3600),
+    )  # fmt: skip
+
+
+async def bare_registry(args: dict[str, Any]) -> None:
+    """Baseline registry reads: bare grpc.aio methods with the service's method names
+    answering pre-built bytes. GetAccount and ListAccounts answer the `get_account` and
+    `list_accounts` responses given (hex: the service's own answers, so the same size);
+    StreamAccountEvents sends `snapshot` accounts (`bench_account`, encoded and batched by
+    the service's `wire.account_frames`, all built before serving) then the bookmark that
+    ends a snapshot, and stays open."""
+    get_account = bytes.fromhex(args["get_account"])
+    list_accounts = bytes.fromhex(args["list_accounts"])
+    owners, count = args["owners"], args["snapshot"]
+    frames = wire.account_frames(
+        [RegisteredAccount(bench_account_id(n), n + 1, False,
+                           bench_account(n, owners).SerializeToString()) for n in range(count)],
+        args["per_message"],
+    )  # fmt: skip
+
+    async def get(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return get_account
+
+    async def listing(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return list_accounts
+
+    async def snapshot(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        for frame in frames:
+            yield frame
+        yield wire.bookmark_frame(len(frames), initial_state_end=True)
+        await asyncio.Event().wait()
+
+    await _serve_grpc(grpc.method_handlers_generic_handler(SERVICE, {
+        "GetAccount": grpc.unary_unary_rpc_method_handler(get),
+        "ListAccounts": grpc.unary_unary_rpc_method_handler(listing),
+        "StreamAccountEvents": grpc.unary_stream_rpc_method_handler(snapshot),
+    }))  # fmt: skip
+
+
+def _registry_requests(args: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """The (method, serialized request) pairs `registry_reads` cycles through: GetAccount of
+    each of `numbers`, ListAccounts of each of `owners` (as `bench_account` assigns them),
+    or both alternately (`method` "mixed"), all from the registry."""
+    gets = [
+        ("GetAccount", pb.GetAccountRequest(
+            account_id=bench_account_id(n), read_from=pb.READ_FROM_REGISTRY
+        ).SerializeToString())
+        for n in args["numbers"]
+    ]  # fmt: skip
+    lists = [
+        ("ListAccounts", pb.ListAccountsRequest(
+            origin_owner_ids=[bench_owner(n, args["owners"])], read_from=pb.READ_FROM_REGISTRY
+        ).SerializeToString())
+        for n in args["numbers"]
+    ]  # fmt: skip
+    if args["method"] == "get_account":
+        return gets
+    if args["method"] == "list_accounts":
+        return lists
+    return [pair for both in zip(gets, lists, strict=True) for pair in both]
+
+
+async def _emulator_calls(http: ClientSession | None) -> dict[str, int]:
+    if http is None:
+        return {}
+    async with http.get("/emulator/stats") as response:
+        response.raise_for_status()
+        calls: dict[str, int] = (await response.json())["calls"]
+    return calls
+
+
+async def registry_reads(args: dict[str, Any]) -> None:
+    """Registry reads (see `_registry_requests`) from `concurrency` callers, for `seconds`
+    or until `calls` were made; bytes in and out, so that the service and the bare
+    methods cost this client the same. Reports calls/s and latencies, the first answer of
+    each method (hex) with what it held, and, given an `emulator`, the StackOne calls the
+    emulator counted meanwhile."""
+    requests = _registry_requests(args)
+    latencies: list[float] = []
+    samples: dict[str, bytes] = {}
+    limit = args.get("calls") or 1 << 62
+    deadline = time.perf_counter() + (args.get("seconds") or 1e9)
+    emulator = ClientSession(args["emulator"]) if args.get("emulator") else None
+    try:
+        calls_before = await _emulator_calls(emulator)
+        async with grpc.aio.insecure_channel(args["target"]) as channel:
+            methods = {
+                name: channel.unary_unary(f"/{SERVICE}/{name}", None, None)
+                for name in ("GetAccount", "ListAccounts")
+            }
+            made = 0
+
+            async def caller() -> None:
+                nonlocal made
+                while made < limit and time.perf_counter() < deadline:
+                    name, request = requests[made % len(requests)]
+                    made += 1
+                    started = time.perf_counter()
+                    answer = await methods[name](request)
+                    latencies.append(time.perf_counter() - started)
+                    samples.setdefault(name, answer)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(caller() for _ in range(args["concurrency"])))
+            elapsed = time.perf_counter() - started
+        calls_after = await _emulator_calls(emulator)
+    finally:
+        if emulator is not None:
+            await emulator.close()
+    listed = pb.ListAccountsResponse.FromString(samples.get("ListAccounts", b""))
+    print(orjson.dumps({
+        "rps": len(latencies) / elapsed, "calls": len(latencies),
+        "p50_ms": percentile(latencies, 0.5) * 1e3, "p99_ms": percentile(latencies, 0.99) * 1e3,
+        "samples": {name: answer.hex() for name, answer in samples.items()},
+        "listed": len(listed.accounts),
+        "answered_from": pb.ReadFrom.Name(listed.answered_from),
+        "stackone_calls": {
+            route: count - calls_before.get(route, 0)
+            for route, count in calls_after.items() if count > calls_before.get(route, 0)
+        },
+    }).decode())  # fmt: skip
+
+
+async def snapshot_read(args: dict[str, Any]) -> None:
+    """A `from_snapshot` stream (`per_message` accounts a message) read until the bookmark
+    that ends the initial state; reports accounts per second and the end's cursor."""
+    request = pb.StreamAccountEventsRequest(max_events_per_message=args["per_message"])
+    request.from_snapshot.SetInParent()
+    accounts = messages = 0
+    end = ""
+    async with grpc.aio.insecure_channel(args["target"]) as channel:
+        stream = pb_grpc.ConnectServiceStub(channel).StreamAccountEvents(request)
+        started = time.perf_counter()
+        async for item in stream:
+            messages += 1
+            if item.HasField("account"):
+                accounts += 1
+            elif item.HasField("accounts"):
+                accounts += len(item.accounts.accounts)
+            elif item.HasField("bookmark") and item.bookmark.initial_state_end:
+                end = item.bookmark.cursor
+                break
+        elapsed = time.perf_counter() - started
+        stream.cancel()
+    print(orjson.dumps({
+        "accounts": accounts, "messages": messages, "seconds": elapsed,
+        "accounts_per_s": accounts / elapsed, "end_cursor": end,
+    }).decode())  # fmt: skip
+
+
+async def registry_emulator(args: dict[str, Any]) -> None:
+    """A StackOne emulator (accepting `api_key`, answering after `latency` s) holding
+    `count` accounts linked a day ago (before any reconciliation grace), with no webhook
+    delivery: the StackOne a first start lists."""
+    config = EmulatorConfig(api_key=args["api_key"], latency=args.get("latency", 0.0))
+    app = build_emulator_app(config)
+    state = app[EMULATOR_STATE]
+    linked = iso(datetime.now(UTC) - timedelta(days=1))
+    for n in range(args["count"]):
+        owner = bench_owner(n, max(1, args["count"] // 10))
+        spec = {"provider": _PROVIDERS[n % len(_PROVIDERS)], "origin_owner_id": owner,
+                "origin_owner_name": owner.title()}  # fmt: skip
+        new_account(state, spec).update(created_at=linked, updated_at=linked)
+    await _serve_app(app)
+
+
+async def registry_wait(args: dict[str, Any]) -> None:
+    """Polls the service's `stackone_connect_registry_complete` every `poll` s (the
+    metric, not an RPC: a registry read that falls back would call StackOne) until it is
+    1 or `give_up` seconds pass; reports the wall-clock time it turned 1, then what a registry
+    listing answers (pages of 100) and the StackOne calls the emulator counted."""
+    name = "stackone_connect_registry_complete"
+    complete_at = None
+    polls = 0
+    async with ClientSession(args["admin"]) as admin, ClientSession(args["emulator"]) as emulator:
+        ends = time.perf_counter() + args["give_up"]
+        while time.perf_counter() < ends:
+            polls += 1
+            async with admin.get("/metrics") as response:
+                text = await response.text()
+            if prometheus_samples(text, [name]).get(name) == 1.0:
+                complete_at = time.time()
+                break
+            await asyncio.sleep(args["poll"])
+        calls = await _emulator_calls(emulator)
+    listed, pages, answered_from, token = 0, 0, "", ""
+    async with grpc.aio.insecure_channel(args["target"]) as channel:
+        stub = pb_grpc.ConnectServiceStub(channel)
+        while complete_at is not None:
+            page = await stub.ListAccounts(pb.ListAccountsRequest(
+                read_from=pb.READ_FROM_REGISTRY, page_size=100, page_token=token
+            ))  # fmt: skip
+            answered_from = answered_from or pb.ReadFrom.Name(page.answered_from)
+            listed, pages, token = listed + len(page.accounts), pages + 1, page.next_page_token
+            if not token or page.answered_from != pb.READ_FROM_REGISTRY:
+                break
+    print(orjson.dumps({
+        "complete_at": complete_at, "polls": polls, "listed": listed, "pages": pages,
+        "answered_from": answered_from, "stackone_calls": calls,
+    }).decode())  # fmt: skip
+
+
 ROLES = {
     "bare_http": bare_http, "instant_upstream": instant_upstream, "bare_grpc": bare_grpc,
     "http_load": http_load, "paced_post": paced_post, "grpc_load": grpc_load,
     "httpx_latency": httpx_latency, "subscribers": subscribers, "replay": replay,
     "bare_stream": bare_stream, "flood_read": flood_read,
     "bare_broadcast": bare_broadcast, "paced_publish": paced_publish,
-    "seed_accounts": seed_accounts, "burst": burst,
+    "seed_accounts": seed_accounts, "burst": burst, "bare_registry": bare_registry,
+    "registry_reads": registry_reads, "snapshot_read": snapshot_read,
+    "registry_emulator": registry_emulator, "registry_wait": registry_wait,
 }  # fmt: skip
 
 if __name__ == "__main__":
