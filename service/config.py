@@ -33,7 +33,8 @@ def _host_port(value: str) -> str:
     return value
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
     if host == "localhost":
         return True
     try:
@@ -302,7 +303,7 @@ class Settings(BaseSettings):
         host = split_address(self.grpc_address)[0]
         # Server-only TLS hides the traffic but lets anyone in: callers must authenticate.
         authenticated = self.clients_file is not None or self.tls_client_ca_file is not None
-        if not (_is_loopback(host) or authenticated or self.allow_insecure):
+        if not (is_loopback(host) or authenticated or self.allow_insecure):
             raise ValueError(
                 f"refusing to serve gRPC on {self.grpc_address} without client authentication: "
                 "anyone who can reach it could create sessions and read accounts. Set "
@@ -315,7 +316,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _emulator_on_loopback(self) -> Settings:
         host = split_address(self.emulator_address)[0]
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise ValueError(
                 f"{ENV_PREFIX}EMULATOR_ADDRESS ({self.emulator_address}) must be a loopback "
                 "address: the emulator accepts any request and is for local use only"

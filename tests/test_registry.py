@@ -174,6 +174,21 @@ async def _writes(registry: Registry, accounts: list[str], stop: asyncio.Event) 
         await asyncio.sleep(0.005)  # paces the writer only; nothing waits on it
 
 
+async def _writes_stopped_then_followed(
+    registry: Registry, writer: asyncio.Task[None], stop: asyncio.Event, stream: StreamCall
+) -> tuple[dict[str, tuple[str, str]], list[pb.AccountEvent]]:
+    """Lets the writer go on a moment (load while the stream runs), stops it, and returns
+    the registry's final state and the stream's events up to the log's latest cursor."""
+    await asyncio.sleep(0.3)  # paces the load only; what follows waits on state
+    stop.set()
+    await writer
+    final = await _settled_view(registry)
+    latest = (await registry.service.event_log.bounds(exact=True)).latest
+    events = await _events_until(stream, latest)
+    stream.cancel()
+    return final, events
+
+
 async def _settled_view(registry: Registry) -> dict[str, tuple[str, str]]:
     """The registry's final state, once every webhook is recorded (inbox empty)."""
     log = registry.service.event_log
@@ -218,13 +233,7 @@ async def test_list_then_watch_with_writes_racing_loses_nothing_and_sees_nothing
         stream = registry.stub.StreamAccountEvents(
             pb.StreamAccountEventsRequest(after_cursor=str(cursor), max_events_per_message=50)
         )
-        await asyncio.sleep(0.3)
-        stop.set()
-        await writer
-        final = await _settled_view(registry)
-        latest = (await registry.service.event_log.bounds(exact=True)).latest
-        events = await _events_until(stream, latest)
-        stream.cancel()
+        final, events = await _writes_stopped_then_followed(registry, writer, stop, stream)
     assert all(int(account.registry_cursor) <= cursor for account in listed)
     assert all(int(event.cursor) > cursor for event in events), "nothing seen twice"
     assert len({event.cursor for event in events}) == len(events)
@@ -257,13 +266,7 @@ async def test_a_snapshot_under_concurrent_writes_then_its_events_fold_into_the_
                 snapshot.append(item.account)
             elif item.HasField("accounts"):
                 snapshot.extend(item.accounts.accounts)
-        await asyncio.sleep(0.3)
-        stop.set()
-        await writer
-        final = await _settled_view(registry)
-        latest = (await registry.service.event_log.bounds(exact=True)).latest
-        events = await _events_until(stream, latest)
-        stream.cancel()
+        final, events = await _writes_stopped_then_followed(registry, writer, stop, stream)
     assert len({account.id for account in snapshot}) == len(snapshot), "each account once"
     assert all(int(account.registry_cursor) <= end for account in snapshot)
     assert all(int(event.cursor) > end for event in events)

@@ -22,10 +22,11 @@ nor `Sec-Fetch-Site`, and JSON with its content type, so none of this concerns t
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urlsplit
 
 from aiohttp import web
+
+from service.config import is_loopback
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # What a browser says of a request its own page sent, or a person typed.
@@ -43,16 +44,6 @@ def _parsed(url: str) -> Origin | None:
     if parts.hostname is None:
         return None
     return parts.scheme, parts.hostname, port
-
-
-def is_loopback(host: str) -> bool:
-    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def is_loopback_origin(origin: str) -> bool:

@@ -294,9 +294,8 @@ def _registry_position(token: str) -> tuple[int, str] | None:
     return cursor, last_account_id
 
 
-def registry_list(request: pb.ListAccountsRequest) -> RegistryQuery | None:
-    """Validates `ListAccounts` from the registry into its query; None when the page token
-    is one of StackOne's (a listing that fell back to StackOne goes on there)."""
+def _listing_checked(request: pb.ListAccountsRequest) -> _Checker:
+    """The checks of a listing's page size and filters, wherever it is read from."""
     check = _Checker()
     if not 0 <= request.page_size <= MAX_PAGE_SIZE:
         check.fail(
@@ -306,6 +305,13 @@ def registry_list(request: pb.ListAccountsRequest) -> RegistryQuery | None:
     check.values("providers", request.providers, _PROVIDER)
     check.values("account_ids", request.account_ids)
     check.one_of("statuses", request.statuses, ACCOUNT_STATUSES, MAX_FILTER_VALUES)
+    return check
+
+
+def registry_list(request: pb.ListAccountsRequest) -> RegistryQuery | None:
+    """Validates `ListAccounts` from the registry into its query; None when the page token
+    is one of StackOne's (a listing that fell back to StackOne goes on there)."""
+    check = _listing_checked(request)
     position = _registry_position(request.page_token) if request.page_token else (None, "")
     if position is None:
         _page_of(request.page_token, check)  # StackOne's token, or refused as neither
@@ -342,15 +348,7 @@ def _page_of(token: str, check: _Checker) -> int:
 
 def list_query(request: pb.ListAccountsRequest) -> AccountListQuery:
     """Validates `ListAccounts` and builds StackOne's query."""
-    check = _Checker()
-    if not 0 <= request.page_size <= MAX_PAGE_SIZE:
-        check.fail(
-            "page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
-        )
-    check.values("origin_owner_ids", request.origin_owner_ids)
-    check.values("providers", request.providers, _PROVIDER)
-    check.values("account_ids", request.account_ids)
-    check.one_of("statuses", request.statuses, ACCOUNT_STATUSES, MAX_FILTER_VALUES)
+    check = _listing_checked(request)
     page = _page_of(request.page_token, check)
     check.done()
     query = AccountListQuery(
