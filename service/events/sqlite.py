@@ -121,6 +121,7 @@ _REGISTRY_COLUMNS = {
     "recorded_at": "REAL NOT NULL DEFAULT 0",
 }
 _REGISTERED = "account_id, cursor, deleted, account, provider, origin_owner_id, status, recorded_at"
+_ONE_REGISTERED = f"SELECT {_REGISTERED} FROM accounts WHERE account_id = ?"  # noqa: S608 - constant column list
 _INBOX_COLUMNS = "seq, event_id, type, account_id, received_at, body"
 DEFAULT_INBOX_LIMIT = 100_000
 # Start-up checks the file's structure for at most this long (about 250 MB read cold).
@@ -473,6 +474,12 @@ class SqliteEventLog:
             raise EventLogUnavailable("the event log is closed")
         as_of = self._tail.latest if query.as_of is None else query.as_of
         try:
+            if len(query.account_ids) == 1 and query.limit:  # GetAccount: one key
+                (account_id,) = query.account_ids
+                row = self._lookup_conn.execute(_ONE_REGISTERED, (account_id,)).fetchone()
+                entry = None if row is None else _registered(row)
+                found = [entry] if entry is not None and query.admits(entry, as_of) else []
+                return RegistryPage(found, as_of, self._registry_complete)
             if query.account_ids or query.limit == 0 or _one_owner_only(query):
                 return self._select_registry(self._lookup_conn, query, as_of)
         except sqlite3.Error as error:

@@ -76,13 +76,32 @@ def replace_behaviour(
     raise TypeError("no behaviour given for this kind of handler")
 
 
+class _MethodMetrics:
+    """One method's labelled metrics, looked up once rather than on every call
+    (prometheus_client's `labels()` takes a lock and builds a key each time)."""
+
+    __slots__ = ("_method", "_metrics", "_outcomes", "seconds")
+
+    def __init__(self, method: str, metrics: Metrics) -> None:
+        self._method = method
+        self._metrics = metrics
+        self._outcomes: dict[grpc.StatusCode, Any] = {}
+        self.seconds = metrics.rpc_seconds.labels(method)
+
+    def count(self, code: grpc.StatusCode) -> None:
+        """Counts one call that ended with `code`."""
+        counter = self._outcomes.get(code)
+        if counter is None:
+            counter = self._outcomes[code] = self._metrics.rpcs.labels(self._method, code.name)
+        counter.inc()
+
+
 class _Call:
     """Book-keeping of one RPC: request id, timing, outcome."""
 
-    __slots__ = ("context", "method", "metrics", "started")
+    __slots__ = ("context", "metrics", "started")
 
-    def __init__(self, method: str, metrics: Metrics, context: Context) -> None:
-        self.method = method
+    def __init__(self, metrics: _MethodMetrics, context: Context) -> None:
         self.metrics = metrics
         self.context = context
         self.started = time.perf_counter()
@@ -105,9 +124,9 @@ class _Call:
 
     def finish(self, code: grpc.StatusCode, *, timed: bool = True) -> None:
         """Counts the call's outcome (and its latency, for unary calls)."""
-        self.metrics.rpcs.labels(self.method, code.name).inc()
+        self.metrics.count(code)
         if timed:
-            self.metrics.rpc_seconds.labels(self.method).observe(time.perf_counter() - self.started)
+            self.metrics.seconds.observe(time.perf_counter() - self.started)
 
 
 class CallInterceptor(MethodInterceptor):
@@ -137,8 +156,10 @@ class CallInterceptor(MethodInterceptor):
         return handler  # ConnectService has no client-streaming methods
 
     def _unary(self, method: str, inner: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        metrics = _MethodMetrics(method, self._metrics)
+
         async def unary(request: Any, context: Context) -> Any:
-            call = _Call(method, self._metrics, context)
+            call = _Call(metrics, context)
             try:
                 response = await inner(request, context)
             except grpc.aio.AbortError:
@@ -152,8 +173,10 @@ class CallInterceptor(MethodInterceptor):
         return unary
 
     def _stream(self, method: str, inner: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+        metrics = _MethodMetrics(method, self._metrics)
+
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            call = _Call(method, self._metrics, context)
+            call = _Call(metrics, context)
             try:
                 async for item in inner(request, context):
                     yield item
