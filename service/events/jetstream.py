@@ -379,6 +379,8 @@ class JetStreamEventLog:
 
     async def mark_registry_complete(self) -> None:
         """Records that a full listing of StackOne has been folded into the registry."""
+        if self._complete:
+            return  # it never turns false again
         try:
             await self._accounts.put(_REGISTRY_COMPLETE_KEY, b"1")
         except NATS_ERRORS as error:
@@ -837,7 +839,7 @@ class JetStreamEventLog:
             known,
             str(fields["event_id"]),
             int(fields.get("inbox_through", 0)),
-            _entry_of(fields, sequence, message.data or b""),
+            registered(_stored_event(fields, sequence, message.data or b"")),
         )
 
     async def _recorded(self, event_id: str) -> _Recorded | None:
@@ -854,7 +856,7 @@ class JetStreamEventLog:
             await self._ids.put(_id_key(event_id), value)
 
     async def _remember(self, record: EventRecord, cursor: int, recorded_at: float) -> None:
-        entry = registered(record, cursor, recorded_at)
+        entry = registered(record.stored(cursor, recorded_at))
         await self._register(KnownAccount.recorded(record), entry)
         await self._remember_ids(record, cursor)
 
@@ -915,28 +917,15 @@ class JetStreamEventLog:
     async def _register(self, known: KnownAccount, entry: RegisteredAccount) -> None:
         """Writes an account's entry in the bucket (and this replica's index) unless the
         bucket holds a later one: whatever order replicas write in, the latest stays."""
-        key = _token(entry.account_id)
         value = _registry_value(known, entry)
-        for _ in range(_MAX_CONFLICT_RETRIES):
-            try:
-                current = await self._accounts.get(key)
-            except nats.js.errors.KeyNotFoundError:
-                current = None
-            held = _from_registry_value(current.value)[1] if current and current.value else None
-            if held is not None and held.cursor >= entry.cursor:
-                if held.account:
-                    self._keep(held)
-                return
-            try:
-                if current is None:
-                    await self._accounts.create(key, value)
-                else:
-                    await self._accounts.update(key, value, last=current.revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue  # written meanwhile: compare again
-            self._keep(entry)
-            return
-        raise EventLogUnavailable(f"account {entry.account_id}'s registry entry kept changing")
+
+        def newer(current: bytes | None) -> bytes | None:
+            held = _from_registry_value(current)[1] if current else None
+            return value if held is None or held.cursor < entry.cursor else None
+
+        kept = await self._set_if(_token(entry.account_id), newer)
+        if kept and (latest := _from_registry_value(kept)[1]).account:
+            self._keep(latest)
 
     async def _advance_registry_watermark(self) -> None:
         """Records that every event up to this replica's tail is in the registry (each
@@ -947,24 +936,35 @@ class JetStreamEventLog:
         if latest <= self._watermark_written or now - self._watermark_at < 1.0:
             return
         self._watermark_at = now
+
+        def higher(current: bytes | None) -> bytes | None:
+            return None if int(current or b"0") >= latest else str(latest).encode()
+
+        await self._set_if(_REGISTRY_THROUGH_KEY, higher)
+        self._watermark_written = latest
+
+    async def _set_if(self, key: str, new_value: Callable[[bytes | None], bytes | None]) -> bytes:
+        """Compare-and-set of one bucket key: writes `new_value(current)` unless it is
+        None, again if another writer got there between the read and the write; returns
+        the value the key holds after."""
         for _ in range(_MAX_CONFLICT_RETRIES):
             try:
-                current = await self._accounts.get(_REGISTRY_THROUGH_KEY)
+                current = await self._accounts.get(key)
             except nats.js.errors.KeyNotFoundError:
                 current = None
-            if current is not None and int(current.value or b"0") >= latest:
-                break
+            held = current.value if current is not None else None
+            value = new_value(held)
+            if value is None:
+                return held or b""
             try:
                 if current is None:
-                    await self._accounts.create(_REGISTRY_THROUGH_KEY, str(latest).encode())
+                    await self._accounts.create(key, value)
                 else:
-                    await self._accounts.update(
-                        _REGISTRY_THROUGH_KEY, str(latest).encode(), last=current.revision
-                    )
+                    await self._accounts.update(key, value, last=current.revision)
             except nats.js.errors.KeyWrongLastSequenceError:
-                continue
-            break
-        self._watermark_written = latest
+                continue  # written meanwhile: compare again
+            return value
+        raise EventLogUnavailable(f"the registry's key {key} kept changing")
 
     async def _fold_since_watermark(self, last_seq: int) -> None:
         """At open: folds into the registry the events after the watermark (those whose
@@ -1141,24 +1141,6 @@ def _inbox_entry(seq: int, headers: Mapping[str, object] | None, body: bytes) ->
     )
 
 
-def _entry_of(fields: Mapping[str, Any], cursor: int, body: bytes) -> RegisteredAccount:
-    """The registry entry an event (its header fields and body) leaves."""
-    try:
-        account = pb.AccountEvent.FromString(body).account
-    except DecodeError:  # a body that is not an event (the log keeps bodies opaque)
-        account = pb.Account()
-    return RegisteredAccount(
-        str(fields["account_id"]),
-        cursor,
-        deletes_account(fields["type"]),
-        account.SerializeToString(),
-        account.provider,
-        account.origin_owner_id,
-        account.raw_status,
-        float(fields["recorded_at"]),
-    )
-
-
 def _state_of(event: StoredEvent) -> tuple[KnownAccount, RegisteredAccount]:
     """What an accounts-bucket value holds once `event` is the account's last."""
     try:
@@ -1173,17 +1155,7 @@ def _state_of(event: StoredEvent) -> tuple[KnownAccount, RegisteredAccount]:
         deletes_account(event.type),
         "reconciliation" if message.source == pb.EVENT_SOURCE_RECONCILIATION else "webhook",
     )
-    entry = RegisteredAccount(
-        event.account_id,
-        event.cursor,
-        known.deleted,
-        account.SerializeToString(),
-        account.provider,
-        account.origin_owner_id,
-        account.raw_status,
-        event.recorded_at,
-    )
-    return known, entry
+    return known, registered(event)
 
 
 def _registry_value(known: KnownAccount, entry: RegisteredAccount) -> bytes:
@@ -1220,15 +1192,20 @@ def _from_registry_value(value: bytes) -> tuple[KnownAccount, RegisteredAccount]
 
 def _stored(message: Msg) -> StoredEvent:
     fields = _fields(message.headers, _HEADER)
+    return _stored_event(fields, message.metadata.sequence.stream, message.data)
+
+
+def _stored_event(fields: Mapping[str, Any], cursor: int, body: bytes) -> StoredEvent:
+    """The event a message's header fields and body describe, at `cursor`."""
     return StoredEvent(
-        message.metadata.sequence.stream,
+        cursor,
         fields["event_id"],
         fields["type"],
         fields["account_id"],
         fields["provider"],
         fields["origin_owner_id"],
         fields["recorded_at"],
-        message.data,
+        body,
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from google.protobuf.message import DecodeError
 
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.events.model import EventRecord, deletes_account
+from service.events.model import EventRecord, StoredEvent, deletes_account
 
 REGISTRY_PAGE_LIMIT = 1000
 NEWEST = 2**63 - 1
@@ -141,17 +141,17 @@ def _event_of(body: bytes) -> pb.AccountEvent | None:
         return None
 
 
-def registered(record: EventRecord, cursor: int, recorded_at: float) -> RegisteredAccount:
-    """The registry entry `record` leaves once recorded at `cursor` (after `enriched`)."""
-    event = _event_of(record.body)
-    account = pb.Account() if event is None else event.account
+def registered(event: StoredEvent) -> RegisteredAccount:
+    """The registry entry a recorded event leaves (its body after `enriched`)."""
+    message = _event_of(event.body)
+    account = pb.Account() if message is None else message.account
     return RegisteredAccount(
-        record.account_id,
-        cursor,
-        deletes_account(record.type),
+        event.account_id,
+        event.cursor,
+        deletes_account(event.type),
         account.SerializeToString(),
         account.provider,
         account.origin_owner_id,
         account.raw_status,
-        recorded_at,
+        event.recorded_at,
     )

@@ -488,8 +488,10 @@ class SqliteEventLog:
 
     async def mark_registry_complete(self) -> None:
         """Records that a full listing of StackOne has been folded into the registry."""
+        if self._closed:
+            raise EventLogUnavailable("the event log is closed")
         if not self._registry_complete:
-            await self._on_writer(self._set_meta, _REGISTRY_COMPLETE, 1)
+            await self._write(self._stage_registry_complete, 1)
             self._registry_complete = True  # it never turns false again
 
     def _select_registry(
@@ -514,15 +516,11 @@ class SqliteEventLog:
         entries = [_registered(row) for row in rows[: query.limit]]
         return RegistryPage(entries, as_of, self._registry_complete, len(rows) > query.limit)
 
-    def _set_meta(self, key: str, value: int) -> None:
-        conn = self._writer_conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    def _stage_registry_complete(self, now: float) -> _Staged[None]:
+        self._writer_conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, 1)", (_REGISTRY_COMPLETE,)
+        )
+        return _Staged(None)
 
     # --- Inbox --------------------------------------------------------------------
 
@@ -830,7 +828,8 @@ class SqliteEventLog:
                 raise sqlite3.OperationalError("the event INSERT returned no rowid")
             self._remember_ids(record, cursor, now)
             known = KnownAccount.recorded(record)
-            entry = registered(record, cursor, now)
+            event = record.stored(cursor, now)
+            entry = registered(event)
             conn.execute(
                 f"INSERT OR REPLACE INTO accounts (source, updated_at, {_REGISTERED})"  # noqa: S608 - constant column list
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -841,7 +840,7 @@ class SqliteEventLog:
                 ),
             )  # fmt: skip
             outcomes.append(AppendOutcome(record.event_id, cursor, duplicate=False))
-            stored.append(record.stored(cursor, now))
+            stored.append(event)
         return _Staged(outcomes, stored)
 
     def _remember_ids(self, record: EventRecord, cursor: int, now: float) -> None:
