@@ -304,6 +304,19 @@ class RegistryIncomplete(EventLogError):
         )
 
 
+class TooManyStreams(Exception):
+    """The server holds its maximum of open event streams; a new one is refused."""
+
+    def __init__(self, limit: int, setting: str) -> None:
+        self.limit = limit
+        self.setting = setting
+        super().__init__(
+            f"this server already has its maximum of {limit} event streams open ({setting}): "
+            "retry with backoff, close streams you no longer need (one stream can follow "
+            "many accounts), or connect to another replica"
+        )
+
+
 class ServerDraining(EventLogError):
     """The server is shutting down; the stream should reconnect (to another replica)."""
 

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 
 import grpc
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from grpc_status import rpc_status
 
 from service.config import ENV_PREFIX, MAX_COUNT, Settings
+from service.events.model import TooManyStreams
 from service.metrics import Metrics
 from service.rpc.auth import AuthInterceptor, ClientRegistry, read_clients
 from service.rpc.interceptor import CallInterceptor, Context
@@ -58,19 +57,6 @@ class StreamSlots:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open = 0
-        info = error_details_pb2.ErrorInfo(
-            reason="TOO_MANY_STREAMS",
-            domain="stackone-connect",
-            metadata={"limit": str(limit), "setting": f"{ENV_PREFIX}MAX_STREAMS"},
-        )
-        details = status_pb2.Status(
-            code=code_pb2.RESOURCE_EXHAUSTED,
-            message=f"this server already has its maximum of {limit} event streams open "
-            f"({ENV_PREFIX}MAX_STREAMS): retry with backoff, close streams you no longer "
-            "need (one stream can follow many accounts), or connect to another replica",
-        )
-        details.details.add().Pack(info)
-        self.refusal = rpc_status.to_status(details)
 
     def take(self) -> bool:
         """Takes a slot for a new stream; False when every slot is taken."""
@@ -220,9 +206,8 @@ def _parsing_stream(
     # The slot is counted here, in the layer every stream has anyway: one more async
     # generator per stream would cost memory on each.
     async def stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
-        if not streams.take():
-            refusal = streams.refusal
-            await context.abort(refusal.code, refusal.details, refusal.trailing_metadata)
+        if not streams.take():  # the call interceptor turns it into its status
+            raise TooManyStreams(streams.limit, f"{ENV_PREFIX}MAX_STREAMS")
         try:
             async for item in behaviour(_parse(raw, method), context):
                 yield item

@@ -16,6 +16,7 @@ a canonical code, a message a person can act on, and `google.rpc` details where 
 | NotInRegistry                 | NOT_FOUND           |                   |
 | RegistryIncomplete            | UNAVAILABLE         |                   |
 | ServerDraining (shutdown)     | UNAVAILABLE         | ErrorInfo         |
+| TooManyStreams                | RESOURCE_EXHAUSTED  | ErrorInfo         |
 | EventLogUnavailable           | UNAVAILABLE         |                   |
 | anything else                 | INTERNAL            |                   |
 
@@ -39,6 +40,7 @@ from service.events.model import (
     NotInRegistry,
     RegistryIncomplete,
     ServerDraining,
+    TooManyStreams,
 )
 from service.rpc.limits import MAX_ERROR_MESSAGE_BYTES, clip
 from service.rpc.validation import InvalidRequest
@@ -122,6 +124,13 @@ def status_for(error: Exception) -> status_pb2.Status:
                 metadata={"resume_after_cursor": str(cursor)},
             )
             return _status(code_pb2.UNAVAILABLE, str(error), info)
+        case TooManyStreams(limit=limit, setting=setting):
+            info = error_details_pb2.ErrorInfo(
+                reason="TOO_MANY_STREAMS",
+                domain=_DOMAIN,
+                metadata={"limit": str(limit), "setting": setting},
+            )
+            return _status(code_pb2.RESOURCE_EXHAUSTED, str(error), info)
         case NotInRegistry():
             return _status(code_pb2.NOT_FOUND, str(error))
         case RegistryIncomplete():
