@@ -71,13 +71,15 @@ class Runtime:
         return f"{split_address(self.settings.grpc_address)[0]}:{self.grpc_port}"
 
 
-async def _set_health(servicer: HealthReporter, serving: bool) -> None:
+async def _set_health(
+    servicer: HealthReporter, serving: bool, names: tuple[str, ...] = ("", SERVICE_NAME)
+) -> None:
     status = (
         health_pb2.HealthCheckResponse.SERVING
         if serving
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
-    for name in ("", SERVICE_NAME):
+    for name in names:
         await servicer.set(name, status)
 
 
@@ -273,12 +275,7 @@ async def _serving(
 async def _set_registry_health(servicer: HealthReporter, complete: bool) -> None:
     """The registry's own health entry: SERVING once it is complete (reads from it are
     answered from it), NOT_SERVING before."""
-    status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if complete
-        else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
-    await servicer.set(REGISTRY_HEALTH, status)
+    await _set_health(servicer, complete, (REGISTRY_HEALTH,))
 
 
 @asynccontextmanager
