@@ -15,10 +15,10 @@ import httpx
 import orjson
 import pytest
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.runtime import Runtime, running
-from tests.support import eventually, make_settings, signed_headers
+from tests.registries import Registry, registry_service
+from tests.support import LogBackend, make_settings, signed_headers
 
 pytestmark = pytest.mark.asyncio
 CLI = [sys.executable, "-m", "service.cli"]
@@ -149,59 +149,13 @@ async def test_an_auth_link_lasts_five_days_and_every_session_flag_reaches_stack
     }
 
 
-class Accounts:
-    """A running service, its stub, and accounts changed at its emulated StackOne (which
-    delivers their webhooks)."""
-
-    def __init__(
-        self, service: Runtime, stub: pb_grpc.ConnectServiceAsyncStub, emulator: httpx.AsyncClient
-    ) -> None:
-        self.service = service
-        self.stub = stub
-        self.emulator = emulator
-
-    async def create(self, owner: str = "tenant-1") -> str:
-        """A new account at StackOne; returns its id."""
-        spec = {"provider": "hibob", "origin_owner_id": owner, "origin_owner_name": owner}
-        return str((await self.emulator.post("/emulator/accounts", json=spec)).json()["id"])
-
-    async def set_status(self, account_id: str, status: str) -> None:
-        """Changes an account's status at StackOne."""
-        changed = await self.emulator.patch(
-            f"/emulator/accounts/{account_id}", json={"status": status}
-        )
-        assert changed.status_code == 200, changed.text
-
-    async def registry_holds(self, account_ids: list[str]) -> str:
-        """Returns the registry listing's cursor once the registry is complete and holds
-        every account of `account_ids`."""
-        cursor = ""
-
-        async def held() -> bool:
-            nonlocal cursor
-            page = await self.stub.ListAccounts(
-                pb.ListAccountsRequest(read_from=pb.READ_FROM_REGISTRY)
-            )
-            cursor = page.cursor
-            listed = {account.id for account in page.accounts}
-            return page.answered_from == pb.READ_FROM_REGISTRY and listed >= set(account_ids)
-
-        await eventually(held, timeout=20)
-        return cursor
-
-
 @asynccontextmanager
-async def accounts_service(tmp_path: Path, reconcile_interval: float) -> AsyncIterator[Accounts]:
+async def accounts_service(tmp_path: Path, reconcile_interval: float) -> AsyncIterator[Registry]:
     """The service sweeping StackOne every `reconcile_interval` s (0: never, so its
     registry is never complete), leaving changed accounts no grace."""
-    settings = make_settings(tmp_path, reconcile_interval=reconcile_interval, reconcile_grace=0)
-    async with running(settings) as service:
-        assert service.emulator is not None
-        async with (
-            grpc.aio.insecure_channel(service.grpc_target) as channel,
-            httpx.AsyncClient(base_url=service.emulator.base_url, timeout=10) as emulator,
-        ):
-            yield Accounts(service, pb_grpc.ConnectServiceStub(channel), emulator)
+    backend = LogBackend(f"sqlite:///{tmp_path / 'events.db'}")
+    async with registry_service(tmp_path, backend, reconcile_interval=reconcile_interval) as it:
+        yield it
 
 
 async def test_accounts_from_the_registry_print_the_cursor_to_watch_from(tmp_path: Path) -> None:
@@ -209,8 +163,8 @@ async def test_accounts_from_the_registry_print_the_cursor_to_watch_from(tmp_pat
     command that continues from it (--json: a last object with it); `accounts get
     --registry` shows the account's registry cursor."""
     async with accounts_service(tmp_path, reconcile_interval=0.2) as accounts:
-        linked = sorted([await accounts.create(), await accounts.create()])
-        cursor = await accounts.registry_holds(linked)
+        linked = sorted([await accounts.account(), await accounts.account()])
+        cursor = await accounts.holds(linked)
         target = accounts.service.grpc_target
         code, out, err = await cli(target, "accounts", "list", "--registry")
         assert code == 0, err
@@ -237,7 +191,7 @@ async def test_accounts_from_an_incomplete_registry_say_they_came_from_stackone(
     """With no reconciliation sweep the registry is not complete: `--registry` listings
     and look-ups answer from StackOne and say so, with no cursor."""
     async with accounts_service(tmp_path, reconcile_interval=0) as accounts:
-        account_id = await accounts.create()
+        account_id = await accounts.account()
         target = accounts.service.grpc_target
         code, out, err = await cli(target, "accounts", "list", "--registry")
         assert code == 0, err
@@ -259,8 +213,8 @@ async def test_events_watch_from_a_snapshot_prints_the_accounts_then_the_end_the
     """`events watch --from-snapshot`: each account at its registry cursor, the line that
     ends the initial state at the snapshot's cursor, then a live event after it."""
     async with accounts_service(tmp_path, reconcile_interval=0.2) as accounts:
-        linked = sorted([await accounts.create(), await accounts.create()])
-        await accounts.registry_holds(linked)
+        linked = sorted([await accounts.account(), await accounts.account()])
+        await accounts.holds(linked)
         process = await asyncio.create_subprocess_exec(
             *CLI, "events", "watch", "--from-snapshot", "--max-events", "1",
             "--target", accounts.service.grpc_target,
@@ -295,13 +249,13 @@ async def test_events_watch_shows_the_status_before_each_event(service: Runtime)
         grpc.aio.insecure_channel(service.grpc_target) as channel,
         httpx.AsyncClient(base_url=service.emulator.base_url, timeout=10) as emulator,
     ):
-        accounts = Accounts(service, pb_grpc.ConnectServiceStub(channel), emulator)
+        accounts = Registry(service, pb_grpc.ConnectServiceStub(channel), emulator)
         process = await asyncio.create_subprocess_exec(
             *CLI, "events", "watch", "--from-earliest", "--max-events", "2",
             "--target", service.grpc_target,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        account_id = await accounts.create()
+        account_id = await accounts.account()
         assert process.stdout is not None
         async with asyncio.timeout(20):
             header = await process.stdout.readline()
