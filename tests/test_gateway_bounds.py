@@ -179,14 +179,20 @@ async def test_a_compressed_bomb_costs_the_server_under_100ms_of_cpu(
         port = _port_of(serve.gateway_url)
         warm_up = UnsignedUpload(port, compressed_zeros(encoding, SMALL_LIMIT), encoding, chunked)
         upload = UnsignedUpload(port, compressed_zeros(encoding, size), encoding, chunked)
-        async with asyncio.timeout(40):
-            await warm_up.run()  # pays what a first request costs, whatever its size (~40 ms)
-            before = cpu_seconds(serve.pid)
-            await upload.run()
-            spent = cpu_seconds(serve.pid) - before
+        spent = await _cpu_of(serve.pid, warm_up, upload)
     print(f"server CPU for a refused {size >> 10} KiB {encoding} body: {spent * 1000:.0f} ms")
     assert (upload.status, upload.closes) == (413, True)
     assert spent < CPU_BUDGET, f"the refusal cost {spent * 1000:.0f} ms of server CPU"
+
+
+async def _cpu_of(pid: int, warm_up: UnsignedUpload, upload: UnsignedUpload) -> float:
+    """Seconds of the server's CPU that `upload` costs, after `warm_up` has paid what a
+    first request costs whatever its size (~40 ms)."""
+    async with asyncio.timeout(40):
+        await warm_up.run()
+        before = cpu_seconds(pid)
+        await upload.run()
+        return cpu_seconds(pid) - before
 
 
 @pytest.mark.asyncio
@@ -203,11 +209,7 @@ async def test_a_compressed_stream_that_decodes_to_nothing_is_cut_at_the_limit(
         upload = UnsignedUpload(
             port, GZIP_HEADER + EMPTY_BLOCKS, chunked=True, then_forever=EMPTY_BLOCKS
         )
-        async with asyncio.timeout(40):
-            await warm_up.run()  # pays what a first request costs, whatever its size
-            before = cpu_seconds(serve.pid)
-            await upload.run()
-            spent = cpu_seconds(serve.pid) - before
+        spent = await _cpu_of(serve.pid, warm_up, upload)
     print(f"server CPU for {upload.sent >> 10} KiB of empty gzip blocks: {spent * 1000:.0f} ms")
     assert (upload.status, upload.closes) == (413, True)
     assert spent < CPU_BUDGET, f"the refusal cost {spent * 1000:.0f} ms of server CPU"
