@@ -31,6 +31,10 @@ _PER_ATTEMPT_FIELDS = frozenset({"sent_at"})
 # they reach URLs, NATS subjects and headers, so they are short.
 MAX_TYPE = 100
 MAX_TEXT = 1024
+_DIGEST_PREFIX = "sha256:"  # the id of a webhook StackOne sent none for
+_REPEAT_MARK = "~"
+# The types whose repeat a look-up can tell from a redelivery (the state they report).
+_CONFIRMABLE_TYPES = frozenset({"account.created", "account.updated"})
 
 
 class InvalidWebhook(ValueError):
@@ -113,12 +117,6 @@ def _event_id(payload: Mapping[str, Any]) -> str:
     stable = {key: value for key, value in payload.items() if key not in _PER_ATTEMPT_FIELDS}
     digest = hashlib.sha256(orjson.dumps(stable, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return _DIGEST_PREFIX + digest
-
-
-_DIGEST_PREFIX = "sha256:"
-_REPEAT_MARK = "~"
-# The types whose repeat a look-up can tell from a redelivery (the state they report).
-_CONFIRMABLE_TYPES = frozenset({"account.created", "account.updated"})
 
 
 def is_repeat(event_id: str) -> bool:

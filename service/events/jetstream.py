@@ -359,6 +359,8 @@ class JetStreamEventLog:
         if self._closed:
             raise EventLogUnavailable("the event log is closed")
         as_of = self._tail.latest if query.as_of is None else query.as_of
+        if query.limit == 0:  # only whether the registry is complete
+            return RegistryPage([], as_of, self._complete)
         if query.account_ids:
             candidates = sorted(query.account_ids)
         else:
