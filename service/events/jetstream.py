@@ -232,10 +232,13 @@ class JetStreamEventLog:
         self.restores = 0  # streams or buckets found missing and created again
         self._watermark_written = 0
         self._watermark_at = 0.0
-        # This replica's index of the registry (what a read filters on, owner and
-        # provider as hashes): the bucket as loaded at open, then every entry written or
-        # folded here, so it holds every account whose last event is within the tail.
+        # This replica's index of the live accounts in the registry (what a read filters
+        # on, owner and provider as hashes): the bucket as loaded at open, then every
+        # entry written or folded here, so it holds every live account whose last event
+        # is within the tail.
         self._index: dict[str, _Indexed] = {}
+        # Own appends the follower will read (others came in between): already written.
+        self._registered_here: set[int] = set()
         self._complete = False
         self.background_failures: Counter[str] = Counter()  # by task; each was retried
         self._report_failure: Callable[[str], None] = lambda task: None
@@ -419,9 +422,15 @@ class JetStreamEventLog:
                 self._keep(entry)
 
     def _keep(self, entry: RegisteredAccount) -> None:
-        """Puts an entry in this replica's index unless it holds a later one."""
+        """Puts an entry in this replica's index unless it holds a later one; a deletion
+        takes the account out (a tombstone answers no read, and the bucket, which every
+        read checks again, keeps it)."""
         held = self._index.get(entry.account_id)
-        if held is None or held.cursor < entry.cursor:
+        if held is not None and held.cursor >= entry.cursor:
+            return
+        if entry.deleted:
+            self._index.pop(entry.account_id, None)
+        else:
             self._index[entry.account_id] = _Indexed.of(entry)
 
     # --- Inbox --------------------------------------------------------------------
@@ -776,7 +785,11 @@ class JetStreamEventLog:
                 # Remembered, as on SQLite, so a redelivery is dropped without another check.
                 await self._remember_ids(record, 0)
                 return _Appended.duplicate(record, 0, record.inbox_through)
-            record = enriched(original, last.entry or await self._registered(record.account_id))
+            previous = last.entry
+            if previous is None and record.account_id in self._index:
+                # A live account whose events are pruned: the bucket still has its entry.
+                previous = await self._registered(record.account_id)
+            record = enriched(original, previous)
             recorded_at = time.time()
             headers = {
                 "Nats-Msg-Id": _msg_id(record.event_id),
@@ -912,6 +925,9 @@ class JetStreamEventLog:
         that appends an event writes its entry right after; one that died in between
         leaves it to whichever replica follows the event (every one does)."""
         for event in events:
+            if event.cursor in self._registered_here:
+                self._registered_here.discard(event.cursor)
+                continue
             held = self._index.get(event.account_id)
             if held is None or held.cursor < event.cursor:
                 await self._register(*_state_of(event))
@@ -925,7 +941,13 @@ class JetStreamEventLog:
             held = _from_registry_value(current)[1] if current else None
             return value if held is None or held.cursor < entry.cursor else None
 
-        kept = await self._set_if(_token(entry.account_id), newer)
+        key = _token(entry.account_id)
+        if entry.account_id not in self._index:  # most likely a new account: no read first
+            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                await self._accounts.create(key, value)
+                self._keep(entry)
+                return
+        kept = await self._set_if(key, newer)
         if kept and (latest := _from_registry_value(kept)[1]).account:
             self._keep(latest)
 
@@ -1011,6 +1033,7 @@ class JetStreamEventLog:
     def _appended_here(self, record: EventRecord, cursor: int, recorded_at: float) -> None:
         """Our own append goes straight into the tail when nothing came in between."""
         if cursor != self._tail.latest + 1:
+            self._registered_here.add(cursor)  # its registry entry is written: not again
             self._poke.set()  # another replica's events are between: the follower reads them
             return
         self._tail.publish([record.stored(cursor, recorded_at)])
@@ -1018,13 +1041,12 @@ class JetStreamEventLog:
 
 @dataclass(frozen=True, slots=True)
 class _Indexed:
-    """An account in a replica's registry index: a few hundred bytes, whatever the
+    """A live account in a replica's registry index: a few hundred bytes, whatever the
     account holds. Owner and provider are kept as hashes: a collision only costs a
     bucket read, whose entry the query checks again."""
 
     account_id: str
     cursor: int
-    deleted: bool
     owner: int
     provider: int
     status: str
@@ -1034,7 +1056,6 @@ class _Indexed:
         return cls(
             entry.account_id,
             entry.cursor,
-            entry.deleted,
             hash(entry.origin_owner_id),
             hash(entry.provider),
             entry.status,
@@ -1062,8 +1083,7 @@ class _Wanted:
     def admits(self, entry: _Indexed) -> bool:
         query = self.query
         return (
-            not entry.deleted
-            and entry.cursor <= self.as_of
+            entry.cursor <= self.as_of
             and entry.account_id > query.after_account
             and (not self.owners or entry.owner in self.owners)
             and (not self.providers or entry.provider in self.providers)
