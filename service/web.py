@@ -11,7 +11,8 @@ answer, where aiohttp would read and decompress the rest for up to 10 s.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -30,6 +31,31 @@ RAW_BODIES = web.AppKey("raw_bodies", bool)
 
 class CannotListen(OSError):
     """A listener could not bind its address; the message names it and what uses it."""
+
+
+def check_free(addresses: Mapping[str, str]) -> None:
+    """Raises `CannotListen` for the first `host:port` another process holds, named by the
+    setting it comes from (`addresses` maps settings to addresses): run before anything
+    starts, so the refusal is the one thing printed (grpc logs its own error first)."""
+    for setting, address in addresses.items():
+        host, _, port = address.rpartition(":")
+        if port == "0":
+            continue
+        try:
+            family, kind, proto, _, where = socket.getaddrinfo(
+                host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                flags=socket.AI_PASSIVE,
+            )[0]  # fmt: skip
+        except (OSError, ValueError):
+            continue  # the listener itself reports an address it cannot resolve
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+            try:
+                probe.bind(where)
+            except OSError as error:
+                raise CannotListen(
+                    f"cannot listen on {address} ({setting}): {error.strerror}"
+                ) from error
 
 
 class _TurnAway(asyncio.Protocol):

@@ -5,6 +5,7 @@ Each test runs the console script as a process and reads all it writes to stderr
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 from pathlib import Path
@@ -214,3 +215,44 @@ def test_a_clients_file_of_another_shape_is_refused(raw: bytes) -> None:
     """Anything but one `clients` list is refused, an unknown key (a typo) included."""
     with pytest.raises(InvalidClientsFile, match=r"^clients\.json: "):
         parse_clients(raw, "clients.json")
+
+
+@pytest.mark.asyncio
+async def test_a_second_service_on_a_held_grpc_port_is_refused(tmp_path: Path) -> None:
+    """grpc would share the port (SO_REUSEPORT) and split the calls between two processes;
+    the second `serve` is refused instead, naming the setting."""
+    (tmp_path / "first").mkdir()
+    async with serve_process(serve_env(tmp_path / "first", "whsec-test")) as first:
+        (tmp_path / "second").mkdir()
+        line = refusal(tmp_path / "second", GRPC_ADDRESS=first.grpc_target)
+    assert line == (
+        f"stackone-connect: cannot start: cannot listen on {first.grpc_target} "
+        "(STACKONE_CONNECT_GRPC_ADDRESS): Address already in use"
+    )
+
+
+def test_a_mistyped_variable_is_named_with_the_closest_setting(tmp_path: Path) -> None:
+    """pydantic-settings ignores an unknown `STACKONE_CONNECT_…` variable; the CLI says so."""
+    env = {
+        **os.environ,
+        **serve_env(tmp_path, "whsec-test"),
+        "STACKONE_CONNECT_GRPC_ADRESS": "127.0.0.1:1",
+        "STACKONE_CONNECT_GRPC_ADDRESS": "not an address",
+    }
+    result = subprocess.run(SERVE, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == (
+        "stackone-connect: warning: STACKONE_CONNECT_GRPC_ADRESS is not a setting and is "
+        "ignored; did you mean STACKONE_CONNECT_GRPC_ADDRESS?"
+    )
+
+
+def test_version_prints_the_package_version() -> None:
+    """`stackone-connect --version` names the installed package's version."""
+    result = subprocess.run(
+        [*SERVE[:-1], "--version"], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert (
+        result.stdout.strip()
+        == f"stackone-connect {importlib.metadata.version('stackone-connect')}"
+    )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import gc
+import importlib.metadata
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import uvloop
 from pydantic import ValidationError
@@ -21,16 +23,34 @@ from service.config import ENV_PREFIX, Settings
 from service.rpc.auth import InvalidClientsFile
 from service.rpc.server import TlsFileError, check_files
 from service.runtime import ConfigurationError, running
-from service.web import CannotListen
+from service.web import CannotListen, check_free
 
 _log = logging.getLogger("service.cli")
 TARGET_VARIABLE = "STACKONE_CONNECT_TARGET"
 DEFAULT_TARGET = "127.0.0.1:50051"
 TOKEN_VARIABLE = "STACKONE_CONNECT_TOKEN"  # noqa: S105 - a variable name, not a secret
+PACKAGE = "stackone-connect"
 
 
 # Settings `serve` also takes as flags (which override their variables).
 SERVE_FLAGS = ("grpc_address", "gateway_address", "event_log_url", "emulator_address")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each `STACKONE_CONNECT_…` variable that is neither a setting nor the
+    CLI's own, naming the closest known one: pydantic-settings ignores them silently."""
+    known = {name.upper() for name in Settings.model_fields}
+    known |= {variable.removeprefix(ENV_PREFIX) for variable in (TARGET_VARIABLE, TOKEN_VARIABLE)}
+    warnings = []
+    for name in sorted(environ):
+        suffix = name.upper().removeprefix(ENV_PREFIX)
+        if name.upper().startswith(ENV_PREFIX) and suffix not in known:
+            closest = difflib.get_close_matches(suffix, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {ENV_PREFIX}{closest[0]}?" if closest else ""
+            warnings.append(
+                f"stackone-connect: warning: {name} is not a setting and is ignored{hint}"
+            )
+    return warnings
 
 
 def _settings_error(error: ValidationError) -> str:
@@ -67,16 +87,32 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
 
 
+def _listeners(settings: Settings) -> dict[str, str]:
+    """The addresses `serve` will listen on, by the setting naming each."""
+    addresses = {
+        f"{ENV_PREFIX}GRPC_ADDRESS": settings.grpc_address,
+        f"{ENV_PREFIX}GATEWAY_ADDRESS": settings.gateway_address,
+        f"{ENV_PREFIX}ADMIN_ADDRESS": settings.admin_address,
+    }
+    if settings.uses_emulator:
+        addresses[f"{ENV_PREFIX}EMULATOR_ADDRESS"] = settings.emulator_address
+    return addresses
+
+
 def _serve_command(args: argparse.Namespace) -> int:
     overrides = {name: value for name in SERVE_FLAGS if (value := getattr(args, name)) is not None}
     try:
         settings = Settings(**overrides)
         check_files(settings)  # before anything starts (and logs)
+        check_free(_listeners(settings))
     except ValidationError as error:
         print(_settings_error(error), file=sys.stderr)
         return 2
     except (TlsFileError, InvalidClientsFile) as error:
         print(_file_error(error), file=sys.stderr)
+        return 2
+    except CannotListen as error:
+        print(f"stackone-connect: cannot start: {error}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
     try:
@@ -105,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stackone-connect",
         description="Link customers' tools through StackOne and stream account events.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {importlib.metadata.version(PACKAGE)}"
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -140,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
+    for warning in unknown_variables(os.environ):
+        print(warning, file=sys.stderr)
     if hasattr(args, "handler"):
         code: int = args.handler(args)
         return code

@@ -38,6 +38,9 @@ _OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", GRPC_MAX_RECEIVE_BYTES),
+    # grpc binds with SO_REUSEPORT by default: a second service on the same port would
+    # start and share its calls. One process per port, as for the other listeners.
+    ("grpc.so_reuseport", 0),
 ]
 
 
