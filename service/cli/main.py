@@ -11,12 +11,13 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import uvloop
 from pydantic import ValidationError
 
 from service import logs
+from service.cli.backup import add_backup_command, backup_main
 from service.cli.check import add_check_command, check_main
 from service.cli.commands import add_client_commands, run_client_command
 from service.config import ENV_PREFIX, Settings
@@ -127,13 +128,20 @@ def _serve_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_command(args: argparse.Namespace) -> int:
-    try:
-        settings = Settings()
-    except ValidationError as error:
-        print(_settings_error(error), file=sys.stderr)
-        return 2
-    return check_main(settings, args)
+def _with_settings(
+    command: Callable[[Settings, argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A subcommand that reads the service's settings; exit 2 naming any that is invalid."""
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            settings = Settings()
+        except ValidationError as error:
+            print(_settings_error(error), file=sys.stderr)
+            return 2
+        return command(settings, args)
+
+    return handler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--emulator-address", help="host:port of the bundled emulator")
     serve_parser.set_defaults(handler=_serve_command)
     add_client_commands(commands, common)
-    add_check_command(commands, common).set_defaults(handler=_check_command)
+    add_check_command(commands, common).set_defaults(handler=_with_settings(check_main))
+    add_backup_command(commands).set_defaults(handler=_with_settings(backup_main))
     return parser
 
 

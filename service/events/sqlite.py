@@ -937,6 +937,50 @@ class SqliteEventLog:
             raise EventLogUnavailable(f"the event log at {self.path} failed: {error}") from error
 
 
+@dataclass(frozen=True)
+class Backup:
+    """What a backup holds: its events' last cursor and the webhooks still waiting."""
+
+    path: Path
+    latest_cursor: int
+    waiting_webhooks: int
+
+
+def backup(source: Path, target: Path) -> Backup:
+    """Copies the log at `source`, open or not, to `target` as of one moment.
+
+    SQLite's online backup in one step: a single read transaction, so the copy is
+    consistent, and in WAL mode a reader never blocks the log's writer. The copy is written
+    beside `target`, synced, then renamed over it, so `target` is whole or absent. Blocking:
+    call it from a thread or a command.
+    """
+    if not source.is_file():
+        raise EventLogUnavailable(f"there is no event log at {source}")
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        read_only = f"{source.resolve().as_uri()}?mode=ro"
+        with (
+            contextlib.closing(sqlite3.connect(read_only, uri=True)) as reader,
+            contextlib.closing(sqlite3.connect(partial)) as copy,
+        ):
+            reader.backup(copy)
+            latest = copy.execute("SELECT coalesce(max(cursor), 0) FROM events").fetchone()[0]
+            waiting = copy.execute("SELECT count(*) FROM inbox").fetchone()[0]
+        with partial.open("rb") as written:
+            os.fsync(written.fileno())
+        partial.replace(target)
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except sqlite3.Error as error:
+        partial.unlink(missing_ok=True)
+        raise EventLogUnavailable(f"cannot back up the event log at {source}: {error}") from error
+    return Backup(target, int(latest), int(waiting))
+
+
 def path_of(url: ParseResult) -> Path:
     """The file of a `sqlite:///` URL (three slashes: a relative path, four: absolute)."""
     path = url.path
