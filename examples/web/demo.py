@@ -1,11 +1,14 @@
 """`make demo`: the service (with the bundled emulator unless an API key is set) and the
-example app, until Ctrl-C. The service's log goes to var/demo-serve.log."""
+example app, until Ctrl-C, SIGTERM or SIGHUP, which stop both. The service's log goes to
+var/demo-serve.log."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -36,11 +39,27 @@ async def _relay(stderr: asyncio.StreamReader, log: IO[bytes], ready: asyncio.Fu
         ready.set_exception(RuntimeError(f"the service stopped: see {LOG_PATH}"))
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _end_with_parent() -> None:
+    """Asks Linux to send this process SIGTERM when its parent dies: `make`, or the demo
+    itself for the service, even killed with SIGKILL, which no handler sees."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 async def main(log: IO[bytes]) -> None:
-    """Starts both, prints the URL to open, and stops both on Ctrl-C."""
+    """Starts both, prints the URL to open, and stops both on Ctrl-C, SIGTERM or SIGHUP."""
+    this = asyncio.current_task()
+    if this is None:
+        raise RuntimeError("main() runs as a task (asyncio.run)")
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        asyncio.get_running_loop().add_signal_handler(signum, this.cancel)
     serve = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.cli", "serve", stderr=asyncio.subprocess.PIPE
-    )
+        sys.executable, "-m", "service.cli", "serve", stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_end_with_parent,
+    )  # fmt: skip
     if serve.stderr is None:
         raise RuntimeError("the service's stderr is not piped")
     runner: web.AppRunner | None = None
@@ -75,6 +94,10 @@ async def main(log: IO[bytes]) -> None:
 
 
 if __name__ == "__main__":
+    _end_with_parent()
     LOG_PATH.parent.mkdir(exist_ok=True)
-    with LOG_PATH.open("ab") as service_log, contextlib.suppress(KeyboardInterrupt):
+    with (
+        LOG_PATH.open("ab") as service_log,
+        contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError),
+    ):
         asyncio.run(main(service_log))
