@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_OUT := service/api/v1
 
-.PHONY: install proto proto-check run test fuzz lint bench clean
+.PHONY: install proto proto-check run test fuzz lint bench wheel-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
+
+# What an operator deploys: the wheel built from pyproject.toml, installed alone into a
+# fresh venv outside the repository, serves and answers health (deploy/smoke.py).
+WHEEL_DIR := var/wheel-check
+wheel-check: $(STAMP)
+	rm -rf $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir $(WHEEL_DIR)/dist .
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/pip install --quiet $(WHEEL_DIR)/dist/*.whl
+	cd $(WHEEL_DIR) && venv/bin/python $(CURDIR)/deploy/smoke.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache var
