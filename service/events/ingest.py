@@ -21,7 +21,7 @@ import orjson
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.log import EventLog
-from service.events.model import Accepted, EventRecord, InboxEntry
+from service.events.model import ACCOUNT_EVENT_TYPE, Accepted, EventRecord, InboxEntry
 from service.metrics import Metrics
 from service.stackone.models import MAX_ID, plausible_moment, usable_id
 
@@ -146,6 +146,12 @@ def parse_webhook(body: bytes, *, event_id: str | None = None) -> WebhookEvent:
         fields = {**nested, **{k: v for k, v in payload.items() if k != "data"}}
     event_type = _text(fields, "event", required=True, limit=MAX_TYPE)
     is_account_event = event_type.startswith("account.")
+    if is_account_event and not ACCOUNT_EVENT_TYPE.fullmatch(event_type):
+        # Recorded, it could be selected by no stream filter.
+        raise InvalidWebhook(
+            f"'event' {event_type!r} is not an account event type: 'account.' then 1 to 64 "
+            "lowercase letters or '_'"
+        )
     return WebhookEvent(
         event_id=event_id or _event_id(payload),
         type=event_type,

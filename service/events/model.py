@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import Enum
 
 ACCOUNT_CREATED = "account.created"
 ACCOUNT_DELETED = "account.deleted"
+ACCOUNT_EVENT_TYPE = re.compile(r"account\.[a-z_]{1,64}")
+"""What an account event's type is: what the gateway records and a stream filter selects
+(`account.error` and other alerts StackOne may add included)."""
 
 
 def deletes_account(event_type: str) -> bool:

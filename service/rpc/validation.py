@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError, Message
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.feed import StartPosition
-from service.events.model import EventFilter
+from service.events.model import ACCOUNT_EVENT_TYPE, EventFilter
 from service.events.registry import RegistryQuery
 from service.rpc.limits import (
     DEFAULT_PAGE_SIZE,
@@ -58,7 +58,6 @@ CATEGORIES = frozenset(
 SESSION_TYPES = frozenset({"production", "test"})
 ACCOUNT_STATUSES = frozenset({"active", "inactive", "suspended", "archived", "expired", "error"})
 _PROVIDER = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
-_EVENT_TYPE = re.compile(r"account\.[a-z_]{1,64}")
 # Not str.isdigit() or int() alone: both also take other scripts' digits ('١٢٣', '²').
 _ASCII_DIGITS = re.compile(r"[0-9]+")
 # Dot segments would survive percent-encoding and change the StackOne path they go into.
@@ -396,7 +395,7 @@ def stream_request(
     check.values("providers", request.providers, _PROVIDER)
     check.values("origin_owner_ids", request.origin_owner_ids)
     check.values("account_ids", request.account_ids)
-    check.values("event_types", request.event_types, _EVENT_TYPE)
+    check.values("event_types", request.event_types, ACCOUNT_EVENT_TYPE)
     start = StartPosition.now()
     which = request.WhichOneof("start")
     if which == "from_earliest":
