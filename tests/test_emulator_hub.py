@@ -295,3 +295,16 @@ async def test_linking_through_the_hub_delivers_the_signed_account_created_webho
     assert event.account.status == pb.ACCOUNT_STATUS_ACTIVE
     deliveries = service.emulator.runner.app[EMULATOR_STATE].deliveries
     assert [(d["event"], d["status"]) for d in deliveries] == [("account.created", 200)]
+
+
+async def test_a_deeply_nested_body_is_400_not_a_crash(stackone: httpx.AsyncClient) -> None:
+    """100,000 nested arrays (json.loads would recurse past Python's limit, a 500): the
+    emulator answers 400 as StackOne does to a body it cannot read, on both kinds of route."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    json_type = {"content-type": "application/json"}
+    answer = await stackone.post("/connect_sessions", content=deep, headers=json_type)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["message"] == "body is not JSON"
+    hub = await new_session(stackone)
+    answer = await stackone.post("/hub/accounts", content=deep, headers={**hub, **json_type})
+    assert answer.status_code == 400, answer.text

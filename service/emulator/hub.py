@@ -297,8 +297,8 @@ def _outcome(connector: Connector, credentials: dict[str, Any]) -> dict[str, Any
 
 async def _credentials_body(request: web.Request) -> tuple[object, dict[str, Any]] | None:
     try:
-        body = await request.json()
-    except ValueError:
+        body = orjson.loads(await request.read())  # as app._json_object: no recursion
+    except (ValueError, RecursionError):
         return None
     credentials = body.get("credentials") if isinstance(body, dict) else None
     if not isinstance(credentials, dict):
