@@ -1,10 +1,11 @@
-"""`make demo` stops what it started: the service ends with the demo, however the demo
-is stopped (Ctrl-C, SIGTERM, SIGHUP, even SIGKILL)."""
+"""`make demo` prints what the README shows, and stops what it started: the service ends
+with the demo, however the demo is stopped (Ctrl-C, SIGTERM, SIGHUP, even SIGKILL)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -14,9 +15,15 @@ import pytest
 
 from tests.processes import serve_env
 from tests.support import WEBHOOK_SECRET, eventually
+from tests.walkthroughs import masked, walkthrough
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 REPOSITORY = Path(__file__).resolve().parents[1]
+DEMO_WALKTHROUGH = "Walk-through: link an account in StackOne's Hub"
+
+
+def _any_port(line: str) -> str:
+    return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", masked(line, {}))
 
 
 def free_port() -> int:
@@ -56,9 +63,15 @@ async def test_stopping_the_demo_stops_the_service(tmp_path: Path, signum: signa
     )  # fmt: skip
     assert demo.stdout is not None
     try:
+        banner: list[str] = []
         async with asyncio.timeout(60):
-            while not (await demo.stdout.readline()).startswith(b"Open http://"):
-                assert demo.returncode is None, "the demo stopped before it was ready"
+            while not banner or banner[-1] != "Ctrl-C stops everything.":
+                line = await demo.stdout.readline()
+                assert line, "the demo stopped before it was ready"
+                banner.append(line.decode().rstrip("\n"))
+        # What it printed is what the README's walk-through shows (this run's ports aside).
+        shown = [masked(line, {}) for line in walkthrough(DEMO_WALKTHROUGH)[0].shown]
+        assert [_any_port(line) for line in banner if line] == [_any_port(s) for s in shown]
         (serve,) = children(demo.pid)
         demo.send_signal(signum)
         async with asyncio.timeout(30):

@@ -274,8 +274,10 @@ def _print_event(out: Output, event: pb.AccountEvent) -> None:
     account = event.account
     source = pb.EventSource.Name(event.source).removeprefix("EVENT_SOURCE_").lower()
     status = account.raw_status or "-"
-    if event.previous_raw_status or event.previous_status:
-        status = f"{_status(event.previous_raw_status, event.previous_status)} -> {status}"
+    previous = event.previous_raw_status or event.previous_status
+    if previous and account.raw_status:  # a deletion leaves no status to move to
+        before = _status(event.previous_raw_status, event.previous_status)
+        status = status if before == status else f"{before} -> {status}"
     row = [event.cursor, event.type, account.id, account.provider, account.origin_owner_id,
            status, source]  # fmt: skip
     out.row(row, _EVENT_WIDTHS)
