@@ -104,9 +104,9 @@ async def test_streams_sending_the_same_events_send_the_same_bytes() -> None:
     assert cursors == ["7", "8", "9"]
 
 
-async def test_waits_share_one_timer_and_each_keeps_its_own_timeout() -> None:
+async def test_waits_on_one_watermark_each_keep_their_own_timeout() -> None:
     """Of two waits on a watermark, the shorter times out alone; the other ends when the
-    mark is passed."""
+    mark is passed (that they share one loop timer: test_performance_mechanisms)."""
     mark = Watermark()
     long = mark.wait_past(0, timeout=60)
     await mark.wait_past(0, timeout=0.01)

@@ -85,6 +85,7 @@ async def serve(settings: Settings) -> None:
         # enough to be the p99 of sending one event to 1,000 streams).
         gc.collect()
         gc.freeze()
+        _log.debug("gc.freeze: %d objects out of the collector's reach", gc.get_freeze_count())
         await stop.wait()
 
 

@@ -138,6 +138,7 @@ class CallInterceptor(MethodInterceptor):
         # Wrapped once per method, not per call: a handler and a closure per open stream
         # would cost ~0.5 KiB each.
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+        self.wraps = 0  # handlers wrapped so far: one per method, whatever the calls
 
     def intercept_method(
         self, method: str, handler: Handler, details: grpc.HandlerCallDetails
@@ -149,6 +150,7 @@ class CallInterceptor(MethodInterceptor):
         return wrapped[1]
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
+        self.wraps += 1
         if handler.unary_stream is not None:
             return replace_behaviour(handler, stream=self._stream(method, handler.unary_stream))
         if handler.unary_unary is not None:

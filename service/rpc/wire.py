@@ -148,6 +148,7 @@ class FrameCache:
 
     def __init__(self, budget_bytes: int = FRAME_CACHE_BYTES) -> None:
         self._events: _Recent[int, EncodedEvent] = _Recent(budget_bytes // 2)
+        self.encodes = 0  # events encoded so far: what the cache saves shows against sends
         self._frames: _Recent[tuple[int, Hashable, int, int], list[bytes]] = _Recent(
             budget_bytes // 2
         )
@@ -156,6 +157,7 @@ class FrameCache:
         """The encoded forms of `event` (a cursor always names the same event)."""
         found = self._events.get(event.cursor)
         if found is None:
+            self.encodes += 1
             found = EncodedEvent(event_payload(event))
             self._events.put(event.cursor, found, len(found.item))
         return found
