@@ -89,7 +89,7 @@ async def test_each_method_is_wrapped_once_whatever_the_calls() -> None:
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             for method in ("One", "Two"):
-                call = channel.unary_unary(f"/{SERVICE}/{method}")
+                call = channel.unary_unary(f"/{SERVICE}/{method}", None, None)
                 for _ in range(50):
                     assert await call(b"x") == b"x"
     finally:
