@@ -245,7 +245,7 @@ async def test_the_emulator_limit_answers_429_with_retry_after_and_stackones_bod
     assert "timestamp" in body
     assert (await emulator.get("/accounts", auth=("other-key", ""))).status_code == 401
     stats = (await emulator.get("/emulator/stats")).json()
-    assert stats == {"calls": {"GET /accounts": 5}, "rate_limited": 1}
+    assert (stats["calls"], stats["rate_limited"]) == ({"GET /accounts": 5}, 1)
 
 
 async def test_a_refused_call_takes_no_slot(emulator: httpx.AsyncClient) -> None:

@@ -11,7 +11,9 @@ import pytest
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
-from service.events.reconcile import PAGE_SIZE
+from service.emulator import EMULATOR_STATE
+from service.emulator.accounts import new_account
+from service.events.reconcile import PAGE_SIZE, PAGES_IN_FLIGHT
 from service.runtime import Runtime, running
 from tests.streams import replay_all
 from tests.support import LogBackend, eventually, make_settings, metric, more_sweeps
@@ -59,7 +61,8 @@ async def test_an_account_missing_from_a_listing_is_deleted_only_after_a_404(
 async def test_a_listing_that_ignores_its_page_still_ends(
     tmp_path: Path, backend: LogBackend
 ) -> None:
-    """StackOne answering every page with the same full page: each sweep ends after two."""
+    """StackOne answering every page with the same full page: each sweep ends at its
+    second page (the pages asked for with it aside)."""
     settings = make_settings(
         tmp_path, reconcile_interval=0.05, reconcile_grace=0, **backend.settings()
     )
@@ -76,10 +79,37 @@ async def test_a_listing_that_ignores_its_page_still_ends(
             calls = (await emulator.get("/emulator/stats")).json()["calls"]
             sweeps = await metric(http, SWEEPS)
         events = await recorded(service)
-    assert calls["GET /accounts"] <= 2 * (sweeps + 1)
+    assert calls["GET /accounts"] <= (1 + PAGES_IN_FLIGHT) * (sweeps + 1)
     created = {e.account.id for e in events if e.type == "account.created"}
     assert created == {account["id"] for account in page}
 
 
 async def _has(service: Runtime, event_type: str, account_id: str) -> bool:
     return any(e.type == event_type and e.account.id == account_id for e in await recorded(service))
+
+
+async def test_a_long_listing_asks_for_several_pages_at_a_time(
+    tmp_path: Path, backend: LogBackend
+) -> None:
+    """A first sweep of 1,500 accounts (15 pages) from a StackOne answering in 0.3 s asks
+    for pages PAGES_IN_FLIGHT at a time, paced by the budget rather than by StackOne's
+    latency, and the registry it completes holds every account."""
+    settings = make_settings(
+        tmp_path, reconcile_interval=0.05, reconcile_grace=0, **backend.settings()
+    )
+    async with running(settings) as service:
+        assert service.emulator is not None
+        state = service.emulator.runner.app[EMULATOR_STATE]
+        state.config.deliver_webhooks = False
+        for _ in range(15 * PAGE_SIZE):
+            new_account(state, OWNER)
+        async with (
+            httpx.AsyncClient(base_url=service.emulator.base_url) as emulator,
+            httpx.AsyncClient(base_url=service.admin.base_url) as http,
+        ):
+            assert (await emulator.put("/emulator/behaviour", json={"latency": 0.3})).is_success
+            await more_sweeps([http], 1)
+            stats = (await emulator.get("/emulator/stats")).json()
+        events = await recorded(service)
+    assert 1 < stats["most_in_flight"]["GET /accounts"] <= PAGES_IN_FLIGHT
+    assert len({e.account.id for e in events if e.type == "account.created"}) == 15 * PAGE_SIZE

@@ -32,8 +32,10 @@ Emulator-only actions (no auth):
                                              plays a real StackOne: latency before every
                                              answer, a per-key sliding-window rate limit
     GET    /emulator/stats                   {"calls": {"GET /accounts/{account_id}": n, ...},
-                                             "rate_limited": n}: StackOne-endpoint requests
-                                             that arrived, and how many got the emulated 429
+                                             "most_in_flight": {route: n}, "rate_limited": n}:
+                                             StackOne-endpoint requests that arrived, the most
+                                             of a route answered at once, and how many got
+                                             the emulated 429
     GET    /emulator/requests                the last 1,000 StackOne-endpoint requests as
                                              sent (method, path, query, headers, body), for
                                              checking clients against StackOne's schemas;
@@ -188,6 +190,8 @@ class EmulatorState:
     deliveries: list[dict[str, Any]] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     calls: Counter[str] = field(default_factory=Counter)
+    in_flight: Counter[str] = field(default_factory=Counter)  # by route, being answered now
+    most_in_flight: Counter[str] = field(default_factory=Counter)  # the most at once
     rate_limited: int = 0
     arrivals: dict[str, deque[float]] = field(default_factory=dict)
     requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUESTS_KEPT))
@@ -295,7 +299,20 @@ async def stackone_edge(request: web.Request, handler: Handler) -> web.StreamRes
     if request.path.startswith(("/emulator/", "/connect/")) or request.path == "/connect":
         return await handler(request)
     state = _state(request)
-    state.calls[_route(request)] += 1
+    route = _route(request)
+    state.calls[route] += 1
+    state.in_flight[route] += 1
+    state.most_in_flight[route] = max(state.most_in_flight[route], state.in_flight[route])
+    try:
+        return await _as_stackone(request, handler, state)
+    finally:
+        state.in_flight[route] -= 1
+
+
+async def _as_stackone(
+    request: web.Request, handler: Handler, state: EmulatorState
+) -> web.StreamResponse:
+    """The rest of `stackone_edge`, for a request it counts as in flight."""
     state.requests.append(await _recorded(request))
     wait = state.admit(_username(request) or "", time.monotonic())
     await asyncio.sleep(state.config.latency)
@@ -620,7 +637,13 @@ async def configure_behaviour(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     """GET /emulator/stats: StackOne-endpoint requests by route, and emulated 429s."""
     state = _state(request)
-    return web.json_response({"calls": dict(state.calls), "rate_limited": state.rate_limited})
+    return web.json_response(
+        {
+            "calls": dict(state.calls),
+            "most_in_flight": dict(state.most_in_flight),
+            "rate_limited": state.rate_limited,
+        }
+    )
 
 
 async def list_requests(request: web.Request) -> web.Response:
