@@ -11,9 +11,10 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import pytest_asyncio
@@ -22,6 +23,7 @@ from playwright.async_api import Page, Route, async_playwright, expect
 
 from examples.web.app import HUB_SCRIPT, Config, build_app
 from service.emulator import EMULATOR_STATE
+from service.emulator.accounts import new_account
 from service.runtime import Runtime
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.browser]
@@ -163,6 +165,40 @@ async def test_an_auth_link_opened_and_completed_shows_the_account_and_its_event
     await expect(page.locator("#account")).to_contain_text(str(account_id))
     await page.bring_to_front()
     await browser.shot("event-and-account")
+    assert browser.outside == []
+
+
+async def test_an_auth_link_that_reopens_an_account_shows_it_and_lasts_five_days(
+    service: Runtime, example_url: str, browser: Browser
+) -> None:
+    """The customer already has BambooHR and follows an Auth Link for it: StackOne re-opens
+    that account (`account.updated`, not `.created`), and the page shows it all the same;
+    the link lasts the 5 days an e-mail needs."""
+    state = emulator_state(service)
+    state.config.deliver_webhooks = False  # linked before: no event of it on this page
+    existing = new_account(
+        state, {"provider": "bamboohr", "origin_owner_id": "acme", "origin_owner_name": "Acme"}
+    )
+    state.config.deliver_webhooks = True
+    page = browser.page
+    await open_page(browser, example_url)
+    await page.get_by_role("button", name="Create an Auth Link").click()
+    link = page.locator("#auth-link")
+    await expect(link).to_be_visible()
+    token = parse_qs(urlsplit(str(await link.get_attribute("href"))).query)["token"][0]
+    lasts = state.sessions[token]["expires_at"] - datetime.now(UTC)
+    assert lasts > timedelta(days=5) - timedelta(minutes=5), lasts
+    async with page.context.expect_page() as opening:
+        await link.click()
+    hosted = await opening.value
+    await hosted.get_by_role("button", name="Link").click()
+    await expect(hosted.get_by_text(f"Linked account {existing['id']}")).to_be_visible()
+    event = page.locator(f'#events li[data-account-id="{existing["id"]}"]')
+    await expect(event).to_have_attribute("data-type", "account.updated")
+    await expect(page.locator("#account")).to_have_attribute("data-learned-from", "relinked")
+    await expect(page.locator("#account")).to_have_attribute("data-status", "active")
+    await page.bring_to_front()
+    await browser.shot("relinked")
     assert browser.outside == []
 
 

@@ -36,6 +36,7 @@ from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 HERE = Path(__file__).parent
 HUB_SCRIPT = HERE / "node_modules" / "@stackone" / "hub" / "dist" / "webcomponent.js"
 STACKONE_API = "https://api.stackone.com"
+AUTH_LINK_SECONDS = 5 * 24 * 3600  # how long StackOne's connect guide says an Auth Link is valid
 
 # What an account's status means for the customer who just linked it.
 STATUS_MEANINGS = {
@@ -105,13 +106,15 @@ async def hub_script(request: web.Request) -> web.StreamResponse:
 
 async def connect_session(request: web.Request) -> web.Response:
     """A fresh session for the signed-in customer: the Hub's token and an Auth Link; bound
-    to one of the customer's accounts when the body names it (a reconnect)."""
+    to one of the customer's accounts when the body names it (a reconnect); lasting 5 days
+    when the body says `auth_link` (a link to send by e-mail)."""
     config = request.app[CONFIG]
     try:
         body = await request.json() if request.can_read_body else {}
     except ValueError:
         return web.json_response({"error": "the body is not JSON"}, status=400)
-    account_id = str(body.get("account_id") or "") if isinstance(body, dict) else ""
+    body = body if isinstance(body, dict) else {}
+    account_id = str(body.get("account_id") or "")
     try:
         if account_id and not await _owns(request, account_id):
             return web.json_response({"error": "not one of your accounts"}, status=404)
@@ -121,6 +124,8 @@ async def connect_session(request: web.Request) -> web.Response:
                 origin_owner_name=config.owner_name,
                 categories=config.categories,
                 account_id=account_id,
+                # An Auth Link goes by e-mail: 5 days, StackOne's own guide's figure.
+                expires_in=AUTH_LINK_SECONDS if body.get("auth_link") is True else 0,
             ),
             metadata=_metadata(request),
             timeout=10,

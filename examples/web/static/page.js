@@ -2,12 +2,12 @@
 // with the backend, and lists the customer's account events as they arrive.
 const accountBox = document.querySelector('#account');
 
-// With an account id: a session that reconnects that account instead of linking another.
-async function newSession(accountId) {
-  const response = await fetch('/api/connect-session', accountId
-    ? { method: 'POST', headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ account_id: accountId }) }
-    : { method: 'POST' });
+// With `account_id`: a session that reconnects that account instead of linking another;
+// with `auth_link`: one that lasts long enough to send by e-mail.
+async function newSession(options = {}) {
+  const response = await fetch('/api/connect-session', {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(options),
+  });
   const body = await response.json();
   if (!response.ok) throw new Error(`No connect session: ${body.error}`);
   return body;
@@ -15,7 +15,7 @@ async function newSession(accountId) {
 
 // A token is for one Hub: every Hub gets a fresh one.
 async function showHub(accountId) {
-  const session = await newSession(accountId);
+  const session = await newSession(accountId ? { account_id: accountId } : {});
   const hub = document.createElement('stackone-hub');
   hub.setAttribute('token', session.token);
   hub.setAttribute('base-url', session.hub_base_url);
@@ -27,7 +27,7 @@ async function showHub(accountId) {
 
 async function createAuthLink() {
   document.querySelector('#link-error').textContent = '';
-  const session = await newSession();
+  const session = await newSession({ auth_link: true });
   const link = document.querySelector('#auth-link');
   link.href = session.auth_link_url;
   document.querySelector('#link-expiry').textContent = `(valid until ${session.expires_at})`;
@@ -43,6 +43,7 @@ function line(label, value) {
 const LEARNED_FROM = {
   success: "the Hub's success event",
   event: 'its account.created event (an Auth Link has no callback)',
+  relinked: 'its account.updated event (the Auth Link re-opened an account the customer had)',
 };
 
 // The Hub's success only says an account was linked; StackOne's account says whether it works.
@@ -136,8 +137,11 @@ function followEvents() {
     document.querySelector('#events').append(item);
     reporting(loadAccounts, '#accounts')();
     // An Auth Link has no success callback: the event is how the app learns of the account.
-    if (event.type === 'account.created' && accountBox.dataset.accountId !== account.id) {
-      verify(account.id, 'event');
+    // Linking a provider the customer already has re-opens that account: account.updated.
+    const awaitingLink = !document.querySelector('#link-slot').hidden;
+    if (accountBox.dataset.accountId !== account.id) {
+      if (event.type === 'account.created') verify(account.id, 'event');
+      else if (event.type === 'account.updated' && awaitingLink) verify(account.id, 'relinked');
     }
   });
   source.addEventListener('failed', (message) => {
