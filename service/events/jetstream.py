@@ -103,6 +103,8 @@ _log = logging.getLogger(__name__)
 _WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-sequence check
 _MAX_CONFLICT_RETRIES = 20
 _MAX_ENTRIES_PER_SETTLE = 1000
+_FOLLOW_BATCH = 1024  # events the follower reads at a time
+_APPENDED_IDS_KEPT = 4096  # far more than appends in flight while notifications arrive
 _REGISTRY_READS_IN_FLIGHT = 64  # bucket reads of one registry page sent at once
 _HEADER = "Sc-Event"  # our index columns, as JSON, so reads need not parse the body
 _INBOX_HEADER = "Sc-Inbox"
@@ -218,6 +220,9 @@ class JetStreamEventLog:
         self._tail = Tail(tail_bytes)
         self._pruned_through = 0
         self._poke = asyncio.Event()
+        # `Nats-Msg-Id`s of this replica's latest appends: their notifications wake no one
+        # (the appender puts them in the tail itself); bounded, oldest out first.
+        self._appended_ids: dict[str, None] = {}
         self._connection_lost = asyncio.Event()
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -824,6 +829,9 @@ class JetStreamEventLog:
                     }
                 ).decode(),
             }
+            self._appended_ids[headers["Nats-Msg-Id"]] = None
+            if len(self._appended_ids) > _APPENDED_IDS_KEPT:
+                del self._appended_ids[next(iter(self._appended_ids))]
             try:
                 ack = await self._publish(subject, record.body, headers, self._options.stream)
             except nats.js.errors.APIError as error:
@@ -902,7 +910,10 @@ class JetStreamEventLog:
     # --- Following ----------------------------------------------------------------
 
     async def _on_notification(self, message: Msg) -> None:
-        self._poke.set()
+        # Another replica's event wakes the follower; each one of ours would have it read
+        # the stream (a consumer each) for what the appender publishes itself.
+        if (message.headers or {}).get("Nats-Msg-Id") not in self._appended_ids:
+            self._poke.set()
 
     async def _follow(self) -> None:
         """Brings the tail up to the stream whenever woken (or every second) until the
@@ -928,10 +939,13 @@ class JetStreamEventLog:
         if info.state.last_seq <= self._tail.latest:
             await self._advance_registry_watermark()
             return False
-        events = await self._fetch(self._tail.latest, 1024)
+        events = await self._fetch(self._tail.latest, _FOLLOW_BATCH)
         await self._fold_into_registry(events)  # before readers see their cursors
         self._tail.publish(events)
-        return True
+        # A short read is all there was: what is appended meanwhile is this replica's own
+        # (it publishes them itself) or pokes the follower. Reading on would chase the
+        # appends with a consumer each.
+        return len(events) >= _FOLLOW_BATCH
 
     # --- Registry repair ----------------------------------------------------------
 
@@ -1047,6 +1061,8 @@ class JetStreamEventLog:
 
     def _appended_here(self, record: EventRecord, cursor: int, recorded_at: float) -> None:
         """Our own append goes straight into the tail when nothing came in between."""
+        if cursor <= self._tail.latest:
+            return  # the follower read it first, and folded it into the registry
         if cursor != self._tail.latest + 1:
             self._registered_here.add(cursor)  # its registry entry is written: not again
             self._poke.set()  # another replica's events are between: the follower reads them
