@@ -118,15 +118,16 @@ async def connect_session(request: web.Request) -> web.Response:
     try:
         if account_id and not await _owns(request, account_id):
             return web.json_response({"error": "not one of your accounts"}, status=404)
+        wanted = pb.CreateSessionRequest(
+            origin_owner_id=config.owner_id,
+            origin_owner_name=config.owner_name,
+            categories=config.categories,
+            account_id=account_id,
+        )
+        if body.get("auth_link") is True:  # it goes by e-mail: 5 days, StackOne's guide's figure
+            wanted.expires_in = AUTH_LINK_SECONDS
         session = await request.app[STUB].CreateSession(
-            pb.CreateSessionRequest(
-                origin_owner_id=config.owner_id,
-                origin_owner_name=config.owner_name,
-                categories=config.categories,
-                account_id=account_id,
-                # An Auth Link goes by e-mail: 5 days, StackOne's own guide's figure.
-                expires_in=AUTH_LINK_SECONDS if body.get("auth_link") is True else 0,
-            ),
+            wanted,
             metadata=_metadata(request),
             timeout=10,
         )
