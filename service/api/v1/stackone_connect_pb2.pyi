@@ -47,6 +47,12 @@ class _AccountStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Account
     """
     ACCOUNT_STATUS_OTHER: _AccountStatus.ValueType  # 4
     """StackOne reported a status this version does not know; see `raw_status`."""
+    ACCOUNT_STATUS_SUSPENDED: _AccountStatus.ValueType  # 5
+    """StackOne suspended the account; it does not sync until it is re-enabled."""
+    ACCOUNT_STATUS_ARCHIVED: _AccountStatus.ValueType  # 6
+    """The account is archived in StackOne."""
+    ACCOUNT_STATUS_EXPIRED: _AccountStatus.ValueType  # 7
+    """The account's credentials expired: the customer must re-connect it."""
 
 class AccountStatus(_AccountStatus, metaclass=_AccountStatusEnumTypeWrapper):
     """The state of a linked account as StackOne reports it."""
@@ -63,6 +69,12 @@ ACCOUNT_STATUS_ERROR: AccountStatus.ValueType  # 3
 """
 ACCOUNT_STATUS_OTHER: AccountStatus.ValueType  # 4
 """StackOne reported a status this version does not know; see `raw_status`."""
+ACCOUNT_STATUS_SUSPENDED: AccountStatus.ValueType  # 5
+"""StackOne suspended the account; it does not sync until it is re-enabled."""
+ACCOUNT_STATUS_ARCHIVED: AccountStatus.ValueType  # 6
+"""The account is archived in StackOne."""
+ACCOUNT_STATUS_EXPIRED: AccountStatus.ValueType  # 7
+"""The account's credentials expired: the customer must re-connect it."""
 Global___AccountStatus: _TypeAlias = AccountStatus  # noqa: Y015
 
 class _ReadFrom:
@@ -165,6 +177,7 @@ class CreateSessionRequest(_message.Message):
     MULTIPLE_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     PROVIDER_VERSION_FIELD_NUMBER: _builtins.int
+    INTEGRATION_ID_FIELD_NUMBER: _builtins.int
     origin_owner_id: _builtins.str
     """Your customer's id (required). Set it server-side, never from a browser."""
     origin_owner_name: _builtins.str
@@ -196,11 +209,16 @@ class CreateSessionRequest(_message.Message):
     """
     provider_version: _builtins.str
     """The version of the provider's integration to connect to (optional)."""
+    integration_id: _builtins.str
+    """The integration (a UUID) the session connects through (optional). StackOne's docs
+    call it `connector_profile_id`: it routes a session to a connector's new major
+    version.
+    """
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Categories offered in the Hub (optional): StackOne's `ats`, `hris`, `hris-legacy`,
         `crm`, `iam`, `marketing`, `lms`, `stackone`, `documents`, `ticketing`, `screening`,
-        `messaging`, `accounting`.
+        `messaging`, `accounting`, `scheduling`.
         """
 
     @_builtins.property
@@ -222,10 +240,11 @@ class CreateSessionRequest(_message.Message):
         multiple: _builtins.bool = ...,
         type: _builtins.str = ...,
         provider_version: _builtins.str = ...,
+        integration_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in", "expires_in", b"expires_in", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in", "account_id", b"account_id", "categories", b"categories", "expires_in", b"expires_in", "label", b"label", "metadata", b"metadata", "multiple", b"multiple", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider", "provider_version", b"provider_version", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in", "account_id", b"account_id", "categories", b"categories", "expires_in", b"expires_in", "integration_id", b"integration_id", "label", b"label", "metadata", b"metadata", "multiple", b"multiple", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider", "provider_version", b"provider_version", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expires_in: _TypeAlias = _typing.Literal["expires_in"]  # noqa: Y015
     _WhichOneofArgType__expires_in: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in"]  # noqa: Y015
@@ -256,6 +275,7 @@ class Session(_message.Message):
     ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     EXTERNAL_TRIGGER_TOKEN_FIELD_NUMBER: _builtins.int
+    INTEGRATION_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """StackOne's id of the connect session."""
     token: _builtins.str
@@ -279,11 +299,17 @@ class Session(_message.Message):
     type: _builtins.str
     """`production` or `test`, as StackOne returned it."""
     organization_id: _builtins.str
-    """StackOne's organization of the API key (a number in StackOne's API, as text here)."""
+    """StackOne's organization of the API key (a string in StackOne's API, a number before
+    its SDK 4.34; text here either way).
+    """
     project_id: _builtins.str
     """StackOne's project of the API key."""
     external_trigger_token: _builtins.str
     """StackOne's external trigger token of the session, when it returns one."""
+    integration_id: _builtins.str
+    """The integration the session connects through, as StackOne returned it (StackOne's
+    docs call it `connector_profile_id`); empty when StackOne returned none.
+    """
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the token and the Auth Link stop working."""
@@ -320,10 +346,11 @@ class Session(_message.Message):
         organization_id: _builtins.str = ...,
         project_id: _builtins.str = ...,
         external_trigger_token: _builtins.str = ...,
+        integration_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "auth_link_url", b"auth_link_url", "categories", b"categories", "created_at", b"created_at", "expires_at", b"expires_at", "external_trigger_token", b"external_trigger_token", "id", b"id", "label", b"label", "metadata", b"metadata", "organization_id", b"organization_id", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "project_id", b"project_id", "provider", b"provider", "token", b"token", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "auth_link_url", b"auth_link_url", "categories", b"categories", "created_at", b"created_at", "expires_at", b"expires_at", "external_trigger_token", b"external_trigger_token", "id", b"id", "integration_id", b"integration_id", "label", b"label", "metadata", b"metadata", "organization_id", b"organization_id", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "project_id", b"project_id", "provider", b"provider", "token", b"token", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -381,6 +408,7 @@ class Account(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     REGISTRY_CURSOR_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """StackOne's account id."""
     provider: _builtins.str
@@ -405,6 +433,8 @@ class Account(_message.Message):
     """Read from the registry (and in a snapshot): the cursor of the last event that set
     this state. An event of the account at or before it is already reflected here.
     """
+    shared: _builtins.bool
+    """Whether the account is shared (StackOne's `shared`); unset when StackOne did not say."""
     @_builtins.property
     def status_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusReason]:
         """Reasons for the status, when StackOne gives them."""
@@ -434,12 +464,15 @@ class Account(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         type: _builtins.str = ...,
         registry_cursor: _builtins.str = ...,
+        shared: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_shared", b"_shared", "created_at", b"created_at", "shared", b"shared", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "label", b"label", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider", "provider_name", b"provider_name", "raw_status", b"raw_status", "registry_cursor", b"registry_cursor", "status", b"status", "status_reasons", b"status_reasons", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_shared", b"_shared", "created_at", b"created_at", "id", b"id", "label", b"label", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider", "provider_name", b"provider_name", "raw_status", b"raw_status", "registry_cursor", b"registry_cursor", "shared", b"shared", "status", b"status", "status_reasons", b"status_reasons", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__shared: _TypeAlias = _typing.Literal["shared"]  # noqa: Y015
+    _WhichOneofArgType__shared: _TypeAlias = _typing.Literal["_shared", b"_shared"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shared) -> _WhichOneofReturnType__shared | None: ...
 
 Global___Account: _TypeAlias = Account  # noqa: Y015
 
@@ -691,6 +724,7 @@ class AccountEvent(_message.Message):
     COVERED_EVENT_IDS_FIELD_NUMBER: _builtins.int
     PREVIOUS_STATUS_FIELD_NUMBER: _builtins.int
     PREVIOUS_RAW_STATUS_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of the event; redeliveries of the same event share it."""
     cursor: _builtins.str
@@ -711,6 +745,10 @@ class AccountEvent(_message.Message):
     """
     previous_raw_status: _builtins.str
     """`previous_status` exactly as StackOne sent it."""
+    traceparent: _builtins.str
+    """The W3C trace context (`traceparent`) of the span that recorded this event, empty
+    when tracing is off: a subscriber's processing can link its own span to it.
+    """
     @_builtins.property
     def account(self) -> Global___Account:
         """The account the event is about."""
@@ -746,10 +784,11 @@ class AccountEvent(_message.Message):
         covered_event_ids: _abc.Iterable[_builtins.str] | None = ...,
         previous_status: Global___AccountStatus.ValueType = ...,
         previous_raw_status: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "occurred_at", b"occurred_at", "received_at", b"received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "covered_event_ids", b"covered_event_ids", "cursor", b"cursor", "event_id", b"event_id", "occurred_at", b"occurred_at", "previous_raw_status", b"previous_raw_status", "previous_status", b"previous_status", "received_at", b"received_at", "source", b"source", "type", b"type", "verification", b"verification", "verification_error", b"verification_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "covered_event_ids", b"covered_event_ids", "cursor", b"cursor", "event_id", b"event_id", "occurred_at", b"occurred_at", "previous_raw_status", b"previous_raw_status", "previous_status", b"previous_status", "received_at", b"received_at", "source", b"source", "traceparent", b"traceparent", "type", b"type", "verification", b"verification", "verification_error", b"verification_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
