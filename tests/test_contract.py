@@ -18,14 +18,11 @@ from google.rpc import error_details_pb2
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.rpc.validation import CATEGORIES
+from tests.stackone_434 import CATEGORIES as SDK_CATEGORIES
 from tests.streams import StreamCall, attached, next_event
 from tests.support import details_of, every_field_session
 
 pytestmark = pytest.mark.asyncio
-SDK_CATEGORIES = {
-    *("ats", "hris", "hris-legacy", "crm", "iam", "marketing", "lms", "stackone"),
-    *("documents", "ticketing", "screening", "messaging", "accounting"),
-}
 
 
 async def session_body(emulator: httpx.AsyncClient) -> dict[str, Any]:
@@ -105,12 +102,13 @@ async def test_a_session_with_every_field_goes_to_stackone_and_comes_back_whole(
 async def test_every_category_of_the_sdk_is_accepted_and_no_other(
     stub: pb_grpc.ConnectServiceAsyncStub,
 ) -> None:
-    """The service's categories are exactly the SDK's; a session type is production or test."""
+    """The service's categories are exactly the SDK's (4.34: `scheduling` included); a
+    session type is production or test."""
     assert CATEGORIES == SDK_CATEGORIES
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.CreateSession(
             pb.CreateSessionRequest(
-                origin_owner_id="t", origin_owner_name="T", categories=["scheduling"], type="dev"
+                origin_owner_id="t", origin_owner_name="T", categories=["payroll"], type="dev"
             )
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -119,6 +119,12 @@ REQUESTS: dict[str, Callable[[Emulator], Request]] = {
     "PATCH /emulator/accounts/{account_id}": lambda e: (
         "PATCH", f"/emulator/accounts/{e.account_id}", {"status": "error"}, {}
     ),
+    "POST /emulator/accounts/{account_id}/break": lambda e: (
+        "POST", f"/emulator/accounts/{e.account_id}/break", {"status": "expired"}, {}
+    ),
+    "POST /emulator/accounts/{account_id}/mend": lambda e: (
+        "POST", f"/emulator/accounts/{e.account_id}/mend", {}, {}
+    ),
     "PUT /emulator/webhooks": lambda e: (
         "PUT", "/emulator/webhooks", {"url": f"{EVIL}/", "enabled": False}, {}
     ),

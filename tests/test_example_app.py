@@ -87,7 +87,9 @@ async def test_the_customers_accounts_come_from_the_registry_and_a_broken_one_of
         listed = await app.listing()
         reconnect = await app.app.post("/api/connect-session", json={"account_id": broken})
         refused = await app.app.post("/api/connect-session", json={"account_id": other})
-        sent = (await app.emulator.get("/emulator/requests")).json()[-1]
+        recorded = (await app.emulator.get("/emulator/requests")).json()
+        # The last session asked for (a reconciliation sweep may have listed since).
+        sent = [r for r in recorded if r["path"] == "/connect_sessions"][-1]
     assert listed["cursor"].isdigit()
     entries = {entry["account"]["id"]: entry for entry in listed["accounts"]}
     assert sorted(entries) == [working, broken]
@@ -110,3 +112,29 @@ async def test_before_the_registry_is_complete_the_listing_says_it_came_from_sta
         listed = await app.listing()
     assert (listed["answered_from"], listed["cursor"]) == ("stackone", "")
     assert [entry["account"]["id"] for entry in listed["accounts"]] == [account_id]
+
+
+async def test_an_expired_account_offers_a_reconnect_and_a_suspended_one_does_not(
+    tmp_path: Path,
+) -> None:
+    """Expired credentials are the customer's to renew (Reconnect); a suspension is
+    StackOne's to lift, which reconnecting would not do. Each says what it means."""
+    async with example(tmp_path, reconcile_interval=0.2) as app:
+        expired, suspended = await app.create(), await app.create()
+        for account_id, status in ((expired, "expired"), (suspended, "suspended")):
+            broken = await app.emulator.post(
+                f"/emulator/accounts/{account_id}/break", json={"status": status}
+            )
+            assert broken.status_code == 200, broken.text
+
+        async def both_in_registry() -> bool:
+            listed = await app.listing()
+            statuses = {entry["account"]["raw_status"] for entry in listed["accounts"]}
+            return listed["answered_from"] == "registry" and statuses == {"expired", "suspended"}
+
+        await eventually(both_in_registry, timeout=20)
+        entries = {entry["account"]["id"]: entry for entry in (await app.listing())["accounts"]}
+    assert (entries[expired]["reconnect"], entries[suspended]["reconnect"]) == (True, False)
+    assert entries[expired]["account"]["status"] == "ACCOUNT_STATUS_EXPIRED"
+    assert "reconnect to enter new ones" in entries[expired]["meaning"]
+    assert "until it is re-enabled" in entries[suspended]["meaning"]

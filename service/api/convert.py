@@ -15,7 +15,11 @@ _STATUSES = {
     "active": pb.ACCOUNT_STATUS_ACTIVE,
     "inactive": pb.ACCOUNT_STATUS_INACTIVE,
     "error": pb.ACCOUNT_STATUS_ERROR,
+    "suspended": pb.ACCOUNT_STATUS_SUSPENDED,
+    "archived": pb.ACCOUNT_STATUS_ARCHIVED,
+    "expired": pb.ACCOUNT_STATUS_EXPIRED,
 }
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_SESSION_SECONDS = 1800  # StackOne's default `expires_in`.
 AUTH_LINK_SECONDS = 5 * 24 * 3600
 """How long an Auth Link sent to a person should last: 5 days, as StackOne's guide says."""
@@ -62,6 +66,7 @@ def account_message(account: LinkedAccount) -> pb.Account:
         created_at=timestamp(account.created_at),
         updated_at=timestamp(account.updated_at),
         type=account.type or "",
+        shared=account.shared,
     )
 
 
@@ -87,6 +92,7 @@ def session_message(session: ConnectSession, expires_in: int | None) -> pb.Sessi
         organization_id=session.organization_id or "",
         project_id=session.project_id or "",
         external_trigger_token=session.external_trigger_token or "",
+        integration_id=session.integration_id or "",
     )
 
 

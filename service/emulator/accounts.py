@@ -96,13 +96,24 @@ def new_account(state: EmulatorState, spec: dict[str, Any]) -> dict[str, Any]:
         "created_at": stamp,
         "updated_at": stamp,
     }
+    if state.config.sdk_shapes != "4.28":  # StackOne's SDK has had `shared` since 4.34.1
+        account["shared"] = _checked_shared(spec.get("shared", False))
     state.accounts[account_id] = account
     state.queue_webhook("account.created", account)
     return account
 
 
+def _checked_shared(shared: object) -> bool:
+    if not isinstance(shared, bool):
+        raise LinkError("shared must be true or false")
+    return shared
+
+
 def update_account(state: EmulatorState, account: dict[str, Any], changes: dict[str, Any]) -> None:
-    """Applies `changes` (status, status_reasons, label, provider) and sends `account.updated`."""
+    """Applies `changes` (status, status_reasons, label, provider, shared) and sends
+    `account.updated`."""
+    if "shared" in changes and "shared" in account:
+        account["shared"] = _checked_shared(changes["shared"])
     if "status" in changes:
         account["status"] = _checked_status(changes["status"])
     if "status_reasons" in changes:

@@ -12,8 +12,10 @@ tests of the client against it mean something. StackOne endpoints:
     DELETE /accounts/{id}                    200 account (status inactive); account.deleted
 
 They take HTTP Basic auth with `EmulatorConfig.api_key` as the user name (`serve` sets it
-from STACKONE_CONNECT_EMULATOR_API_KEY). Their shapes are StackOne's SDK's
-(@stackone/stackone-client-ts 4.28.0); tests/sdk checks them with the SDK itself.
+from STACKONE_CONNECT_EMULATOR_API_KEY). Their shapes are StackOne's SDK's: today's
+(@stackone/stackone-client-ts 4.34: `organization_id` a string, `integration_id` on
+sessions, `shared` on accounts) unless `EmulatorConfig.sdk_shapes` is "4.28" (the number
+`organization_id`, neither field), the version tests/sdk checks with the SDK itself.
 
 Emulator-only actions (no auth):
 
@@ -25,6 +27,10 @@ Emulator-only actions (no auth):
     POST   /emulator/accounts                create an account directly; account.created
     PATCH  /emulator/accounts/{id}           {"status"?, "status_reasons"?, "label"?};
                                              account.updated
+    POST   /emulator/accounts/{id}/break     {"status"?, "status_reasons"?}: the account goes
+                                             to error (default), expired or suspended, with
+                                             StackOne-like reasons; account.updated
+    POST   /emulator/accounts/{id}/mend      back to active, reasons cleared; account.updated
     PUT    /emulator/webhooks                {"url"?, "secret"?, "enabled"?}
     GET    /emulator/deliveries              every delivery attempt
     POST   /emulator/faults                  inject a fault (see `Fault`); DELETE clears all
@@ -92,13 +98,17 @@ from service.emulator.accounts import now as _now
 from service.emulator.origins import refusal
 
 _log = logging.getLogger(__name__)
-# StackOne's, as its SDK (@stackone/stackone-client-ts 4.28.0) lists them.
+# StackOne's, as its SDK (@stackone/stackone-client-ts 4.34) lists them.
 CATEGORIES = frozenset(
     {
         *("ats", "hris", "hris-legacy", "crm", "iam", "marketing", "lms", "stackone"),
-        *("documents", "ticketing", "screening", "messaging", "accounting"),
+        *("documents", "ticketing", "screening", "messaging", "accounting", "scheduling"),
     }
 )
+CURRENT_SHAPES = "4.34"
+SDK_428_SHAPES = "4.28"
+SDK_SHAPES = (CURRENT_SHAPES, SDK_428_SHAPES)
+"""The SDK versions whose answer shapes the emulator can play."""
 SESSION_TYPES = frozenset({"production", "test"})
 # What a session keeps that StackOne does not answer with.
 _INTERNAL_SESSION_KEYS = frozenset({"expires_at", "multiple", "provider_version"})
@@ -124,7 +134,8 @@ class EmulatorConfig:
     deliver_webhooks: bool = True
     public_base_url: str | None = None
     project_id: str = "proj_emulator"
-    organization_id: int = 41  # a number, as StackOne sends it
+    organization_id: int = 41  # answered as text, or as a number in the 4.28 shapes
+    sdk_shapes: str = CURRENT_SHAPES  # one of SDK_SHAPES
     latency: float = 0.0
     rate_limit: int | None = None
     rate_window: float = 60.0
@@ -390,7 +401,10 @@ def _bad_request(message: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=orjson.dumps(body).decode(), content_type="application/json")
 
 
-_OPTIONAL_TEXTS = ("origin_username", "provider", "provider_version", "account_id", "label")
+_OPTIONAL_TEXTS = (
+    *("origin_username", "provider", "provider_version", "account_id", "label"),
+    "integration_id",
+)
 
 
 def _session_problem(body: dict[str, Any]) -> str | None:
@@ -426,9 +440,12 @@ async def create_session(request: web.Request) -> web.Response:
     token = "cst_" + secrets.token_urlsafe(16)
     base = state.config.public_base_url or f"{request.scheme}://{request.host}"
     created = _now()
+    legacy = state.config.sdk_shapes == SDK_428_SHAPES
+    organization_id = state.config.organization_id
     session = {
         "id": len(state.sessions) + 70000,
-        "organization_id": state.config.organization_id,
+        # The SDK 4.34 made it a string (a breaking change); 4.28 had a number.
+        "organization_id": organization_id if legacy else str(organization_id),
         "project_id": state.config.project_id,
         **{
             k: body.get(k)
@@ -441,6 +458,7 @@ async def create_session(request: web.Request) -> web.Response:
                 "label",
                 "metadata",
                 "provider_version",
+                *(() if legacy else ("integration_id",)),
             )
         },
         "categories": body.get("categories") or [],
@@ -729,6 +747,7 @@ async def _delivery_worker(app: web.Application) -> AsyncIterator[None]:
 def build_emulator_app(config: EmulatorConfig) -> web.Application:
     """The emulator as an aiohttp application."""
     from service.emulator.hub import add_hub  # here: hub builds on this module
+    from service.emulator.mending import add_mending
 
     app = web.Application(middlewares=[browser_guard, stackone_edge])
     app[EMULATOR_STATE] = EmulatorState(config)
@@ -751,4 +770,5 @@ def build_emulator_app(config: EmulatorConfig) -> web.Application:
     app.router.add_delete("/emulator/requests", clear_requests)
     app.router.add_get("/connect", auth_link_page)
     add_hub(app)
+    add_mending(app)
     return app

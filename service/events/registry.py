@@ -124,6 +124,9 @@ def enriched(record: EventRecord, previous: RegisteredAccount | None) -> EventRe
             setattr(account, name, getattr(before, name))
     if not account.HasField("created_at") and before.HasField("created_at"):
         account.created_at.CopyFrom(before.created_at)
+    # Unset means StackOne did not say (a deletion, an older StackOne), not "not shared".
+    if not account.HasField("shared") and before.HasField("shared"):
+        account.shared = before.shared
     return replace(
         record,
         body=event.SerializeToString(),

@@ -48,11 +48,11 @@ from service.rpc.limits import (
 from service.stackone.client import MAX_REQUEST_TARGET_BYTES, list_target_bytes
 from service.stackone.models import AccountListQuery, ConnectSessionCreate
 
-# StackOne's own lists, as its SDK (@stackone/stackone-client-ts 4.28.0) defines them.
+# StackOne's own lists, as its SDK (@stackone/stackone-client-ts 4.34) defines them.
 CATEGORIES = frozenset(
     {
         *("ats", "hris", "hris-legacy", "crm", "iam", "marketing", "lms", "stackone"),
-        *("documents", "ticketing", "screening", "messaging", "accounting"),
+        *("documents", "ticketing", "screening", "messaging", "accounting", "scheduling"),
     }
 )
 SESSION_TYPES = frozenset({"production", "test"})
@@ -233,6 +233,7 @@ def session_create(request: pb.CreateSessionRequest) -> ConnectSessionCreate:
         allowed = ", ".join(sorted(SESSION_TYPES))
         check.fail("type", f"must be one of {allowed} (got {_quoted(request.type)})")
     check.text("provider_version", request.provider_version)
+    check.text("integration_id", request.integration_id)
     if request.HasField("expires_in") and not 0 < request.expires_in <= MAX_EXPIRES_IN:
         check.fail("expires_in", f"must be between 1 and {MAX_EXPIRES_IN} seconds")
     metadata = check.metadata(request.metadata) if request.HasField("metadata") else None
@@ -250,6 +251,7 @@ def session_create(request: pb.CreateSessionRequest) -> ConnectSessionCreate:
         multiple=request.multiple or None,
         type=request.type or None,
         provider_version=request.provider_version or None,
+        integration_id=request.integration_id or None,
     )
 
 

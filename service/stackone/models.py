@@ -80,6 +80,7 @@ class ConnectSessionCreate(_Model):
     metadata: dict[str, Any] | None = None
     type: str | None = None
     provider_version: str | None = None
+    integration_id: str | None = None
 
     def body(self) -> dict[str, Any]:
         """The JSON body, without unset fields."""
@@ -102,6 +103,7 @@ class ConnectSession(_Model):
     metadata: Metadata | None = None
     type: Text | None = None
     external_trigger_token: Text | None = None
+    integration_id: Text | None = None
     created_at: Moment | None = None
     token: Text | None = None
     auth_link_url: Text | None = None
@@ -109,7 +111,8 @@ class ConnectSession(_Model):
     @field_validator("id", "organization_id", mode="before")
     @classmethod
     def _number_as_text(cls, value: object) -> object:
-        # Older StackOne docs send these as numbers, newer ones as strings.
+        # StackOne sends `id` as a number, and `organization_id` as a string since its
+        # SDK 4.34 (a number before): both are kept as text.
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
@@ -135,6 +138,7 @@ class LinkedAccount(_Model):
     origin_username: Text | None = None
     label: Text | None = None
     type: Text | None = None
+    shared: bool | None = None
     created_at: Moment | None = None
     updated_at: Moment | None = None
 

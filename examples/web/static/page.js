@@ -19,6 +19,8 @@ async function showHub(accountId) {
   const hub = document.createElement('stackone-hub');
   hub.setAttribute('token', session.token);
   hub.setAttribute('base-url', session.hub_base_url);
+  // Re-connect mode: the Hub re-opens this account for new credentials, not a new one.
+  if (accountId) hub.setAttribute('account-id', accountId);
   hub.setAttribute('height', '440px');
   hub.addEventListener('success', (event) => verify(event.detail.id, 'success'));
   hub.addEventListener('close', reporting(showHub, '#hub-slot'));
@@ -79,8 +81,8 @@ function statusName(raw, normalised) {
   return raw || (normalised ?? '').replace('ACCOUNT_STATUS_', '').toLowerCase();
 }
 
-// The customer's accounts as the service's registry holds them; one in error offers a
-// reconnect (a session bound to it, in the Hub above).
+// The customer's accounts as the service's registry holds them; one in error or expired
+// offers a reconnect (a session bound to it, the Hub above in re-connect mode).
 async function loadAccounts() {
   const list = document.querySelector('#accounts');
   const source = document.querySelector('#accounts-source');
@@ -114,6 +116,23 @@ async function loadAccounts() {
   list.replaceChildren(...(items.length ? items : ['No tools linked yet.']));
 }
 
+// Statuses a customer mends by reconnecting (the backend offers Reconnect for them).
+const BROKEN = new Set(['error', 'expired']);
+
+// A broken account working again. The event carries the status before it, so the page
+// needs no memory of its own to tell a recovery from any other update.
+function showRecovery(event) {
+  const { account } = event;
+  const before = statusName(event.previous_raw_status, event.previous_status);
+  if (!BROKEN.has(before) || account.raw_status !== 'active') return;
+  const notice = document.querySelector('#recovery');
+  notice.dataset.accountId = account.id;
+  notice.dataset.change = `${before} -> active`;
+  notice.textContent = `Reconnected: ${account.provider_name || account.provider} ` +
+    `(${account.id}) went from ${before} to active, as its ${event.type} event says.`;
+  notice.hidden = false;
+}
+
 // Live events from the backend; EventSource resumes after the last id by itself.
 function followEvents() {
   const state = document.querySelector('#events-state');
@@ -135,6 +154,7 @@ function followEvents() {
     item.textContent = `${event.type}  ${account.provider}  ${account.id}  ${status}  ` +
       `${(event.verification ?? '').replace('VERIFICATION_', '').toLowerCase()}`;
     document.querySelector('#events').append(item);
+    showRecovery(event);
     reporting(loadAccounts, '#accounts')();
     // An Auth Link has no success callback: the event is how the app learns of the account.
     // Linking a provider the customer already has re-opens that account: account.updated.
