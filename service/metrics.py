@@ -74,6 +74,12 @@ class Metrics:
             " (caller, verify, reconcile).",
             ["priority"], registry=registry,
         )  # fmt: skip
+        self.client_calls = Counter(
+            "stackone_connect_client_calls",
+            "StackOne calls of clients with their own calls_per_minute, by client and"
+            " outcome (ok: counted against its share; refused: past it, not sent).",
+            ["client", "outcome"], registry=registry,
+        )  # fmt: skip
         self.budget_wait_seconds = Histogram(
             "stackone_connect_budget_wait_seconds",
             "Time calls waited for a slot of the rate budget (refused ones included).",

@@ -22,6 +22,7 @@ class Certificates:
     server_key: Path
     client_cert: Path
     client_key: Path
+    ca_key: Path | None = None
 
 
 def _name(common_name: str) -> x509.Name:
@@ -47,6 +48,7 @@ def _issue(
     *,
     is_ca: bool = False,
     usage: x509.ObjectIdentifier | None = None,
+    alternative_names: list[x509.GeneralName] | None = None,
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     builder = (
@@ -64,6 +66,10 @@ def _issue(
     if usage == ExtendedKeyUsageOID.SERVER_AUTH:
         names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    elif alternative_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(alternative_names), critical=False
+        )
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -74,6 +80,7 @@ def make_certificates(folder: Path) -> Certificates:
     ca = _issue("stackone-connect test CA", ca_name, ca_key, ca_key, is_ca=True)
     paths: dict[str, Path] = {"ca": folder / "ca.pem"}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["ca_key"] = _write_key(ca_key, folder / "ca-key.pem")
     for role, usage in (
         ("server", ExtendedKeyUsageOID.SERVER_AUTH),
         ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
@@ -84,3 +91,37 @@ def make_certificates(folder: Path) -> Certificates:
         paths[f"{role}_cert"].write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
         paths[f"{role}_key"] = _write_key(key, folder / f"{role}-key.pem")
     return Certificates(**paths)
+
+
+def client_certificate(
+    certificates: Certificates,
+    name: str,
+    *,
+    uri: str | None = None,
+    dns: str | None = None,
+    more_uris: tuple[str, ...] = (),
+) -> tuple[Path, Path]:
+    """A client certificate (PEM path, key path) of subject CN `name` signed by the test CA,
+    with URI (`uri`, then `more_uris`) and/or DNS subject alternative names."""
+    assert certificates.ca_key is not None, "made by make_certificates"
+    ca_key = serialization.load_pem_private_key(certificates.ca_key.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca = x509.load_pem_x509_certificate(certificates.ca.read_bytes())
+    uris = (uri, *more_uris) if uri is not None else more_uris
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(each) for each in uris]
+    if dns is not None:
+        names.append(x509.DNSName(dns))
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = _issue(
+        name,
+        ca.subject,
+        ca_key,
+        key,
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        alternative_names=names,
+    )
+    folder = certificates.ca.parent
+    slug = "".join(c if c.isalnum() else "-" for c in name)
+    cert_path = folder / f"client-{slug}.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return cert_path, _write_key(key, folder / f"client-{slug}-key.pem")

@@ -5,25 +5,33 @@ error stays small, the server logs no error, and no call makes its event loop la
 The server is the real `serve` in a process of its own (on the bundled emulator), so the
 lag it reports is its own and not this process's building of huge requests. The default
 run throws a few hundred generated calls; `make fuzz` (`--fuzz`) throws 10,000.
+
+A client scoped to some owners (`acme-*`, `globex`) throws generated calls too, aimed at
+accounts and events of its owners and of others: no answer carries another owner's
+account, session or event, and no other owner's account is deleted.
 """
 
 from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
 import httpx
+import orjson
 import pytest
 from google.protobuf import struct_pb2
+from google.protobuf.empty_pb2 import Empty
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.metrics import LOOP_LAG_TICK
 from service.rpc.methods import CONNECT_METHODS
 from service.rpc.server import SERVICE_NAME
@@ -38,6 +46,16 @@ CALL_TIMEOUT = 10.0
 # grpc refuses trailers past 8 KiB (soft) or 16 KiB; an error must stay far under.
 MAX_TRAILER_BYTES = 8 << 10
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
+ALL_SCOPES = ["sessions:create", "accounts:read", "accounts:write", "events:read"]
+ADMIN = "fuzz-admin-token-0123456789"
+SCOPED = "fuzz-scoped-token-0123456789"
+SCOPED_OWNERS = ["acme-*", "globex"]
+SEEDED_OWNERS = ["acme-1", "acme-2", "globex", "initech", "acme", "globex-2", "acme-"]
+
+
+def scoped_allows(owner: str) -> bool:
+    """Whether the scoped client acts for `owner`."""
+    return owner == "globex" or owner.startswith("acme-")  # 'acme-' too: '*' may be empty
 
 
 @dataclass
@@ -47,21 +65,49 @@ class Server:
     process: ServeProcess
     channel: grpc.Channel
     http: httpx.Client
+    accounts: dict[str, str]  # seeded owner -> account id
+    latest: int  # the cursor of the last seeded event
 
-    def call(self, method: str, raw: bytes) -> grpc.Call | None:
+    def call(self, method: str, raw: bytes, token: str = ADMIN) -> grpc.Call | None:
         """Sends `raw` as the request of `method`; the failed call, if it failed. A stream
         is read up to its first message (a valid one starts with a bookmark), then cancelled."""
         path = f"/{SERVICE_NAME}/{method}"
+        metadata = (("authorization", f"Bearer {token}"),)
         try:
             if method == "StreamAccountEvents":
-                stream = self.channel.unary_stream(path, None, None)(raw, timeout=CALL_TIMEOUT)
+                stream = self.channel.unary_stream(path, None, None)(
+                    raw, timeout=CALL_TIMEOUT, metadata=metadata
+                )
                 next(iter(stream))
                 stream.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leave it untyped
             else:
-                self.channel.unary_unary(path, None, None)(raw, timeout=CALL_TIMEOUT)
+                self.channel.unary_unary(path, None, None)(
+                    raw, timeout=CALL_TIMEOUT, metadata=metadata
+                )
         except grpc.RpcError as error:
             return cast("grpc.Call", error)  # grpc raises the failed call itself
         return None
+
+    def scoped_answers(self, method: str, request: Any) -> tuple[list[Any], grpc.Call | None]:
+        """The scoped client's call: its answers (a stream's up to the seeded events'
+        latest cursor) and the failed call, if it failed."""
+        stub = pb_grpc.ConnectServiceStub(self.channel)
+        metadata = (("authorization", f"Bearer {SCOPED}"),)
+        answers: list[Any] = []
+        try:
+            if method != "StreamAccountEvents":
+                call = getattr(stub, method)
+                answers.append(call(request, timeout=CALL_TIMEOUT, metadata=metadata))
+                return answers, None
+            stream = stub.StreamAccountEvents(request, timeout=CALL_TIMEOUT, metadata=metadata)
+            for item in stream:
+                answers.append(item)
+                if item.HasField("bookmark") and int(item.bookmark.cursor) >= self.latest:
+                    break
+            stream.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leave it untyped
+        except grpc.RpcError as error:
+            return answers, cast("grpc.Call", error)
+        return answers, None
 
     def loop_lag(self) -> tuple[int, int]:
         """Lag measurements the server made so far, and how many exceeded `MAX_LAG`."""
@@ -84,14 +130,46 @@ class Server:
         ]
 
 
+def _clients_file(folder: Path) -> Path:
+    clients = [
+        {"name": "fuzz-admin", "token": ADMIN, "scopes": ALL_SCOPES},
+        {"name": "fuzz-scoped", "token": SCOPED, "scopes": ALL_SCOPES, "owners": SCOPED_OWNERS},
+    ]
+    path = folder / "clients.json"
+    path.write_bytes(orjson.dumps({"clients": clients}))
+    return path
+
+
+def _seeded(channel: grpc.Channel, emulator: httpx.Client) -> tuple[dict[str, str], int]:
+    """An account of each of `SEEDED_OWNERS`, once the log holds their events; the
+    accounts by owner and the latest cursor."""
+    accounts = {}
+    for owner in SEEDED_OWNERS:
+        spec = {"provider": "hibob", "origin_owner_id": owner, "origin_owner_name": owner}
+        accounts[owner] = str(emulator.post("/emulator/accounts", json=spec).json()["id"])
+    stub = pb_grpc.ConnectServiceStub(channel)
+    request = pb.StreamAccountEventsRequest(from_earliest=Empty())
+    metadata = (("authorization", f"Bearer {ADMIN}"),)
+    missing = set(accounts.values())
+    for item in stub.StreamAccountEvents(request, timeout=30, metadata=metadata):
+        if item.HasField("event"):
+            missing.discard(item.event.account.id)
+            if not missing:
+                return accounts, int(item.event.cursor)
+    raise AssertionError("the seeded accounts' events never came")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The real `serve`, running until the module's tests are done."""
+    """The real `serve`, running until the module's tests are done, with an admin client
+    and a client scoped to some owners, and an account of each of `SEEDED_OWNERS`."""
+    folder = tmp_path_factory.mktemp("grpc-fuzz")
     env = serve_env(
-        tmp_path_factory.mktemp("grpc-fuzz"),
+        folder,
         "whsec-fuzz",
         # Thousands of calls reach the emulator; the rate budget is not under test here.
         STACKONE_CONNECT_RATE_LIMIT="100000000",
+        STACKONE_CONNECT_CLIENTS_FILE=str(_clients_file(folder)),
     )
 
     @asynccontextmanager
@@ -104,8 +182,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         in_a_thread(stopped_gracefully, what="serve", start_within=60) as (process, _),
         grpc.insecure_channel(process.grpc_target) as channel,
         httpx.Client(base_url=process.admin_url, timeout=10) as http,
+        httpx.Client(base_url=process.emulator_url, timeout=10) as emulator,
     ):
-        yield Server(process, channel, http)
+        accounts, latest = _seeded(channel, emulator)
+        yield Server(process, channel, http, accounts, latest)
 
 
 odd_texts = st.one_of(
@@ -355,3 +435,114 @@ def test_the_fuzzed_server_logged_no_error(server: Server) -> None:
     """After the fuzzing, the server has not logged a single ERROR line."""
     assert server.loop_lag_after(0)[0] >= 2
     assert server.errors_logged() == []
+
+
+# The scoped client's calls name seeded owners and accounts (as `@<owner>`) or odd ones.
+seeded_owners = st.sampled_from(SEEDED_OWNERS) | odd_texts
+seeded_accounts = st.sampled_from([f"@{owner}" for owner in SEEDED_OWNERS]) | odd_texts
+
+
+@st.composite
+def scoped_streams(draw: st.DrawFn) -> pb.StreamAccountEventsRequest:
+    """Stream requests of every start mode, filters drawn among the seeded ones."""
+    request = pb.StreamAccountEventsRequest(
+        origin_owner_ids=draw(st.lists(seeded_owners, max_size=3)),
+        account_ids=draw(st.lists(seeded_accounts, max_size=3)),
+        max_events_per_message=draw(st.sampled_from([0, 1, 3, 100])),
+    )
+    start = draw(st.sampled_from(["from_now", "from_earliest", "from_snapshot", "after_cursor"]))
+    if start == "after_cursor":
+        request.after_cursor = draw(st.sampled_from(["0", "1", "2", "3"]) | numeric_texts)
+    else:
+        getattr(request, start).SetInParent()
+    return request
+
+
+SCOPED_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
+    "CreateSession": st.builds(
+        pb.CreateSessionRequest,
+        origin_owner_id=seeded_owners,
+        origin_owner_name=st.just("Owner"),
+        account_id=st.just("") | seeded_accounts,
+    ),
+    "GetAccount": st.builds(
+        pb.GetAccountRequest,
+        account_id=seeded_accounts,
+        read_from=st.sampled_from([pb.READ_FROM_STACKONE, pb.READ_FROM_REGISTRY]),
+    ),
+    "ListAccounts": st.builds(
+        pb.ListAccountsRequest,
+        origin_owner_ids=st.lists(seeded_owners, max_size=3),
+        account_ids=st.lists(seeded_accounts, max_size=3),
+        page_size=st.integers(0, 5),
+        read_from=st.sampled_from([pb.READ_FROM_STACKONE, pb.READ_FROM_REGISTRY]),
+    ),
+    "DeleteAccount": st.builds(pb.DeleteAccountRequest, account_id=seeded_accounts),
+    "StreamAccountEvents": scoped_streams(),
+}
+
+
+def _resolved(request: Any, accounts: dict[str, str]) -> Any:
+    """`request` with each `@<owner>` replaced by that owner's seeded account id."""
+
+    def resolve(value: str) -> str:
+        return accounts.get(value[1:], value) if value.startswith("@") else value
+
+    if hasattr(request, "account_ids"):
+        request.account_ids[:] = [resolve(value) for value in request.account_ids]
+    if hasattr(request, "account_id"):
+        request.account_id = resolve(request.account_id)
+    return request
+
+
+def _owners_answered(method: str, answers: list[Any]) -> list[str]:
+    """The owners of every account and event in a call's answers."""
+    owners: list[str] = []
+    for answer in answers:
+        if method in ("GetAccount", "DeleteAccount"):
+            owners.append(answer.origin_owner_id)
+        elif method == "ListAccounts":
+            owners += [account.origin_owner_id for account in answer.accounts]
+        elif method == "StreamAccountEvents":
+            events = [answer.event] if answer.HasField("event") else list(answer.events.events)
+            accounts = [answer.account] if answer.HasField("account") else []
+            accounts += list(answer.accounts.accounts)
+            owners += [event.account.origin_owner_id for event in events]
+            owners += [account.origin_owner_id for account in accounts]
+    return owners
+
+
+def _owner_of(accounts: dict[str, str]) -> Callable[[str], str | None]:
+    by_id = {account_id: owner for owner, account_id in accounts.items()}
+    return by_id.get
+
+
+@settings(_FUZZ, max_examples=150)
+@given(data=st.data())
+def test_a_scoped_clients_generated_calls_never_cross_owners(
+    server: Server, data: st.DataObject
+) -> None:
+    """Generated calls of a client scoped to acme-* and globex, at seeded accounts of its
+    owners and others': no answer holds another owner's account or event, a session is
+    made only for its owners (and their accounts), and nothing fails internally."""
+    method = data.draw(st.sampled_from(sorted(SCOPED_REQUESTS)))
+    request = _resolved(data.draw(SCOPED_REQUESTS[method]), server.accounts)
+    answers, failed = server.scoped_answers(method, request)
+    if failed is not None:
+        assert failed.code() not in NEVER, f"{method}: {failed.code()}: {failed.details()}"
+    owners = _owners_answered(method, answers)
+    assert all(scoped_allows(owner) for owner in owners), (method, owners)
+    if method == "CreateSession" and failed is None:
+        assert scoped_allows(request.origin_owner_id)
+        reconnected = _owner_of(server.accounts)(request.account_id)
+        assert not request.account_id or (reconnected and scoped_allows(reconnected))
+
+
+def test_no_other_owners_account_was_deleted(server: Server) -> None:
+    """After the scoped fuzzing, every seeded account of another owner is still there."""
+    stub = pb_grpc.ConnectServiceStub(server.channel)
+    metadata = (("authorization", f"Bearer {ADMIN}"),)
+    for owner, account_id in server.accounts.items():
+        if not scoped_allows(owner):
+            asked = pb.GetAccountRequest(account_id=account_id)
+            assert stub.GetAccount(asked, metadata=metadata, timeout=CALL_TIMEOUT).id == account_id

@@ -188,7 +188,29 @@ def _entry(name: object = "app", token: object = GOOD, **more: object) -> dict[s
         ([_entry(scopes=["accounts:admin"])], "entry 1 ('app'): unknown scopes ['accounts:admin']"),
         ([_entry(scopes="accounts:read")], "entry 1 ('app'): scopes must be a list"),
         ([_entry(scope=["events:read"])], "entry 1: unknown keys ['scope']"),
-        ([{"name": "app", "scopes": ["accounts:read"]}], "entry 1: missing ['token']"),
+        (
+            [{"name": "app", "scopes": ["accounts:read"]}],
+            "entry 1 ('app'): a client needs a 'token', a 'certificate_uri' or both",
+        ),
+        ([{"name": "app", "token": GOOD}], "entry 1: missing ['scopes']"),
+        ([_entry(owners="acme-1")], "entry 1 ('app'): owners must be a list"),
+        ([_entry(owners=[])], "entry 1 ('app'): owners: an empty owners list would act for"),
+        ([_entry(owners=["*"])], "entry 1 ('app'): owners: '*': a prefix is some characters"),
+        ([_entry(owners=["a*b"])], "entry 1 ('app'): owners: 'a*b': '*' may only end a prefix"),
+        ([_entry(owners=["a**"])], "entry 1 ('app'): owners: 'a**': a prefix is"),
+        ([_entry(owners=[""])], "entry 1 ('app'): owners: an owner must be a non-empty"),
+        ([_entry(owners=[f"t-{n}" for n in range(101)])], "entry 1 ('app'): at most 100 owners"),
+        ([_entry(certificate_uri="billing")], "entry 1 ('app'): certificate_uri must be the URI"),
+        (
+            [
+                _entry("a", certificate_uri="spiffe://x/a"),
+                _entry("b", TAKEN, certificate_uri="spiffe://x/a"),
+            ],
+            "entry 2 ('b'): entry 1 ('a') has the same certificate_uri",
+        ),
+        ([_entry(calls_per_minute=0)], "entry 1 ('app'): calls_per_minute must be a whole number"),
+        ([_entry(calls_per_minute="5")], "entry 1 ('app'): calls_per_minute must be a whole"),
+        ([_entry(calls_per_minute=True)], "entry 1 ('app'): calls_per_minute must be a whole"),
         ([_entry(name="")], "entry 1: the name must be 1-255 printable characters"),
         ([_entry(name=7)], "entry 1: the name must be 1-255 printable characters"),
         ([_entry(), "app"], "entry 2: expected"),
@@ -206,6 +228,31 @@ def test_an_unusable_or_ambiguous_client_is_refused_naming_its_entry(
     assert str(refused.value).startswith(f"clients.json: {problem}")
     for secret in (GOOD, TAKEN):
         assert secret not in str(refused.value)
+
+
+def test_a_client_known_by_certificate_needs_mutual_tls(tmp_path: Path) -> None:
+    """A clients file naming a certificate_uri on a server that asks for no client
+    certificate is refused naming the client and the setting it needs."""
+    clients = write_clients(
+        tmp_path / "clients.json",
+        {"name": "hr", "certificate_uri": "spiffe://t/hr", "scopes": ["accounts:read"]},
+    )
+    assert refusal(tmp_path, CLIENTS_FILE=str(clients)) == (
+        f"{PREFIX}CLIENTS_FILE: {clients}: 'hr' is known by its certificate_uri, which needs "
+        "mutual TLS (STACKONE_CONNECT_TLS_CLIENT_CA_FILE)"
+    )
+
+
+def test_a_client_share_past_the_whole_budget_is_refused() -> None:
+    """A client's calls_per_minute above the rate limit could never be spent: refused."""
+    raw = orjson.dumps({"clients": [_entry(calls_per_minute=1001)]})
+    with pytest.raises(InvalidClientsFile) as refused:
+        parse_clients(raw, "clients.json", max_calls_per_minute=1000)
+    assert str(refused.value) == (
+        "clients.json: entry 1 ('app'): calls_per_minute 1001 is more than the whole StackOne "
+        "budget (STACKONE_CONNECT_RATE_LIMIT=1000)"
+    )
+    assert parse_clients(raw, "clients.json", max_calls_per_minute=1001)[0].calls_per_minute
 
 
 @pytest.mark.parametrize(

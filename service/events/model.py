@@ -7,6 +7,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import Enum
 
+from service.owners import OwnerScope
+
 ACCOUNT_CREATED = "account.created"
 ACCOUNT_DELETED = "account.deleted"
 ACCOUNT_EVENT_TYPE = re.compile(r"account\.[a-z_]{1,64}")
@@ -219,12 +221,17 @@ def _empty() -> frozenset[str]:
 
 @dataclass(frozen=True, slots=True)
 class EventFilter:
-    """Server-side filter: kinds combine with AND, values of one kind with OR."""
+    """Server-side filter: kinds combine with AND, values of one kind with OR.
+
+    `owners` is the calling client's scope, not the subscriber's choice: part of the
+    filter, it also keeps streams of different scopes from sharing encoded frames.
+    """
 
     providers: frozenset[str] = field(default_factory=_empty)
     origin_owner_ids: frozenset[str] = field(default_factory=_empty)
     account_ids: frozenset[str] = field(default_factory=_empty)
     event_types: frozenset[str] = field(default_factory=_empty)
+    owners: OwnerScope | None = None
 
     @classmethod
     def of(
@@ -246,7 +253,13 @@ class EventFilter:
     @property
     def is_empty(self) -> bool:
         """True when the filter matches every event."""
-        return not (self.providers or self.origin_owner_ids or self.account_ids or self.event_types)
+        return not (
+            self.providers
+            or self.origin_owner_ids
+            or self.account_ids
+            or self.event_types
+            or self.owners is not None
+        )
 
     def matches(self, event: StoredEvent) -> bool:
         """True when `event` passes every non-empty part of the filter."""
@@ -255,6 +268,7 @@ class EventFilter:
             and (not self.origin_owner_ids or event.origin_owner_id in self.origin_owner_ids)
             and (not self.account_ids or event.account_id in self.account_ids)
             and (not self.event_types or event.type in self.event_types)
+            and (self.owners is None or self.owners.allows(event.origin_owner_id))
         )
 
 

@@ -1,8 +1,19 @@
-"""Who may call what: per-client bearer tokens with scopes, checked by one interceptor.
+"""Who may call what, for whom: clients known by bearer token or mTLS certificate, with
+scopes, owners and a StackOne share, checked by one interceptor.
 
 Clients are listed in a JSON file (`STACKONE_CONNECT_CLIENTS_FILE`):
 
-    {"clients": [{"name": "billing", "token": "…", "scopes": ["sessions:create"]}]}
+    {"clients": [{"name": "billing", "token": "…", "scopes": ["sessions:create"],
+                  "owners": ["acme-*", "globex"], "calls_per_minute": 120},
+                 {"name": "hr-sync", "certificate_uri": "spiffe://corp/hr-sync",
+                  "scopes": ["accounts:read", "events:read"]}]}
+
+`owners` (optional) limits the client to those customers' `origin_owner_id`s, exactly or
+by prefix (`service.owners`); `calls_per_minute` (optional) is its own share of the
+callers' StackOne calls (`service.stackone.budget.ClientShare`). A client is known by its
+bearer token, or, on mutual TLS, by a URI subject alternative name of its certificate
+(`certificate_uri`; SPIFFE ids are such URIs): an entry has either or both. A call that
+sends a bearer token is judged by the token alone.
 
 The file is re-read when it changes (checked at most once a second), so tokens rotate
 without a restart: list the new token beside the old one (an entry of its own name: names
@@ -18,15 +29,21 @@ import hmac
 import logging
 import re
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
 import orjson
 
-from service.rpc.interceptor import MethodInterceptor, replace_behaviour
+from service.audit import CALLER
+from service.metrics import Metrics
+from service.owners import CALLER_OWNERS, InvalidOwners, OwnerScope
+from service.rpc.interceptor import Context, MethodInterceptor, replace_behaviour
+from service.rpc.limits import MAX_FILTER_VALUES
 from service.rpc.methods import CONNECT_METHODS
+from service.stackone.budget import CALLER_SHARE, ClientShare
 
 if TYPE_CHECKING:
     from service.rpc.grpc_typing import Handler
@@ -46,13 +63,18 @@ class Client:
     """A caller of the service and what it may do."""
 
     name: str
-    token: bytes
+    token: bytes | None
     scopes: frozenset[str]
+    owners: OwnerScope | None = None
+    """The customers it acts for; None: every customer."""
+    certificate_uri: str | None = None
+    calls_per_minute: int | None = None
 
 
-def parse_clients(raw: bytes, source: str) -> list[Client]:
+def parse_clients(raw: bytes, source: str, max_calls_per_minute: int | None = None) -> list[Client]:
     """Reads the clients file format; raises `InvalidClientsFile` naming the problem and,
-    for a client, its entry (never its token)."""
+    for a client, its entry (never its token). `max_calls_per_minute`: the StackOne
+    budget a client's `calls_per_minute` must fit in."""
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
@@ -62,20 +84,24 @@ def parse_clients(raw: bytes, source: str) -> list[Client]:
     ):
         raise InvalidClientsFile(f'{source}: expected {{"clients": [{_ENTRY_SHAPE}, …]}}')
     clients = [
-        _client(entry, f"{source}: entry {n}") for n, entry in enumerate(document["clients"], 1)
+        _client(entry, f"{source}: entry {n}", max_calls_per_minute)
+        for n, entry in enumerate(document["clients"], 1)
     ]
     _refuse_ambiguity(clients, source)
     return clients
 
 
 _ENTRY_SHAPE = '{"name": …, "token": …, "scopes": […]}'
-_FIELDS = frozenset({"name", "token", "scopes"})
+_REQUIRED = frozenset({"name", "scopes"})
+_OPTIONAL = frozenset({"token", "certificate_uri", "owners", "calls_per_minute"})
+_FIELDS = _REQUIRED | _OPTIONAL
+MAX_CERTIFICATE_URI = 2048
 MIN_TOKEN_LENGTH = 16
 # What a gRPC header value can carry, spaces aside (a bearer token ends at one).
 _TOKEN_PATTERN = re.compile(r"[!-~]+")
 
 
-def _client(entry: object, where: str) -> Client:
+def _client(entry: object, where: str, max_calls_per_minute: int | None) -> Client:
     """One entry of the file as a client, or `InvalidClientsFile` saying what is wrong."""
     if not isinstance(entry, dict):
         raise InvalidClientsFile(f"{where}: expected {_ENTRY_SHAPE}")
@@ -83,12 +109,31 @@ def _client(entry: object, where: str) -> Client:
         raise InvalidClientsFile(
             f"{where}: unknown keys {sorted(unknown)}; known: {sorted(_FIELDS)}"
         )
-    if missing := _FIELDS - set(entry):
+    if missing := _REQUIRED - set(entry):
         raise InvalidClientsFile(f"{where}: missing {sorted(missing)}")
-    name, token, scopes = entry["name"], entry["token"], entry["scopes"]
+    name = entry["name"]
     if not (isinstance(name, str) and 0 < len(name) <= 255 and name.isprintable()):
         raise InvalidClientsFile(f"{where}: the name must be 1-255 printable characters")
     where = f"{where} ('{name}')"
+    if "token" not in entry and "certificate_uri" not in entry:
+        raise InvalidClientsFile(
+            f"{where}: a client needs a 'token', a 'certificate_uri' or both to be known by"
+        )
+    return Client(
+        name,
+        _token(entry["token"], where) if "token" in entry else None,
+        _scopes(entry["scopes"], where),
+        _owners(entry["owners"], where) if "owners" in entry else None,
+        _certificate_uri(entry["certificate_uri"], where) if "certificate_uri" in entry else None,
+        (
+            _calls_per_minute(entry["calls_per_minute"], where, max_calls_per_minute)
+            if "calls_per_minute" in entry
+            else None
+        ),
+    )
+
+
+def _token(token: object, where: str) -> bytes:
     if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
         raise InvalidClientsFile(
             f"{where}: the token must be a string of at least {MIN_TOKEN_LENGTH} characters"
@@ -97,6 +142,10 @@ def _client(entry: object, where: str) -> Client:
         raise InvalidClientsFile(
             f"{where}: the token must be printable ASCII without spaces (it is sent in a header)"
         )
+    return token.encode()
+
+
+def _scopes(scopes: object, where: str) -> frozenset[str]:
     if not (isinstance(scopes, list) and all(isinstance(scope, str) for scope in scopes)):
         raise InvalidClientsFile(f"{where}: scopes must be a list of scope names")
     if not scopes:
@@ -105,28 +154,80 @@ def _client(entry: object, where: str) -> Client:
         raise InvalidClientsFile(
             f"{where}: unknown scopes {sorted(unknown)}; known: {sorted(SCOPES)}"
         )
-    return Client(name, token.encode(), frozenset(scopes))
+    return frozenset(scopes)
+
+
+def _owners(owners: object, where: str) -> OwnerScope:
+    if not (isinstance(owners, list) and all(isinstance(owner, str) for owner in owners)):
+        raise InvalidClientsFile(
+            f"{where}: owners must be a list of origin_owner_ids and prefixes ('acme-*')"
+        )
+    if len(owners) > MAX_FILTER_VALUES:
+        # Exact owners become a listing's filter, which takes at most this many values.
+        raise InvalidClientsFile(
+            f"{where}: at most {MAX_FILTER_VALUES} owners; use prefixes ('acme-*') for more"
+        )
+    try:
+        return OwnerScope.parse(owners)
+    except InvalidOwners as error:
+        raise InvalidClientsFile(f"{where}: owners: {error}") from error
+
+
+def _certificate_uri(uri: object, where: str) -> str:
+    if not (
+        isinstance(uri, str)
+        and 0 < len(uri) <= MAX_CERTIFICATE_URI
+        and ":" in uri
+        and uri.isprintable()
+    ):
+        raise InvalidClientsFile(
+            f"{where}: certificate_uri must be the URI subject alternative name of the "
+            "client's certificate (such as 'spiffe://corp.example/billing')"
+        )
+    return uri
+
+
+def _calls_per_minute(value: object, where: str, limit: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidClientsFile(f"{where}: calls_per_minute must be a whole number of at least 1")
+    if limit is not None and value > limit:
+        raise InvalidClientsFile(
+            f"{where}: calls_per_minute {value} is more than the whole StackOne budget "
+            f"(STACKONE_CONNECT_RATE_LIMIT={limit})"
+        )
+    return value
 
 
 def _refuse_ambiguity(clients: list[Client], source: str) -> None:
-    """Refuses two clients of one name, or of one token (which of them would be calling?)."""
+    """Refuses two clients of one name, token or certificate URI (which one is calling?)."""
     by_name: dict[str, int] = {}
     by_token: dict[bytes, int] = {}
+    by_uri: dict[str, int] = {}
     for n, client in enumerate(clients, 1):
         if (first := by_name.setdefault(client.name, n)) != n:
             raise InvalidClientsFile(
                 f"{source}: entry {n} ('{client.name}'): entry {first} has the same name"
             )
-        if (first := by_token.setdefault(client.token, n)) != n:
-            raise InvalidClientsFile(
-                f"{source}: entry {n} ('{client.name}'): entry {first} "
-                f"('{clients[first - 1].name}') has the same token"
-            )
+        _refuse_repeat(by_token, client.token, "token", clients, n, source)
+        _refuse_repeat(by_uri, client.certificate_uri, "certificate_uri", clients, n, source)
 
 
-def read_clients(path: Path) -> list[Client]:
+def _refuse_repeat(
+    seen: dict[_Key, int], key: _Key | None, what: str, clients: list[Client], n: int, source: str
+) -> None:
+    if key is not None and (first := seen.setdefault(key, n)) != n:
+        raise InvalidClientsFile(
+            f"{source}: entry {n} ('{clients[n - 1].name}'): entry {first} "
+            f"('{clients[first - 1].name}') has the same {what}"
+        )
+
+
+_Key = TypeVar("_Key", str, bytes)
+
+
+def read_clients(path: Path, max_calls_per_minute: int | None = None) -> list[Client]:
     """The clients of the file at `path`; `InvalidClientsFile` when it cannot be read or used."""
-    return parse_clients(_read(path), str(path))
+    return parse_clients(_read(path), str(path), max_calls_per_minute)
 
 
 def _read(path: Path) -> bytes:
@@ -137,11 +238,28 @@ def _read(path: Path) -> bytes:
 
 
 class ClientRegistry:
-    """The clients of a file, re-read when the file changes."""
+    """The clients of a file, re-read when the file changes.
 
-    def __init__(self, path: Path) -> None:
+    Args:
+        path: the clients file.
+        max_calls_per_minute: the StackOne budget a client's `calls_per_minute` fits in.
+        metrics: where clients' own shares count their calls.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_calls_per_minute: int | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._path = path
+        self._max_calls_per_minute = max_calls_per_minute
+        self._metrics = metrics
         self._clients: list[Client] = []
+        self._by_certificate: dict[str, Client] = {}
+        # By name, so that a re-read keeps counting the calls a client made.
+        self._shares: dict[str, ClientShare] = {}
         self._version: bytes | None = None
         self._checked_at = 0.0
         self.reload()
@@ -159,19 +277,33 @@ class ClientRegistry:
         if version == self._version:
             return
         try:
-            clients = parse_clients(raw, str(self._path))
+            clients = parse_clients(raw, str(self._path), self._max_calls_per_minute)
         except InvalidClientsFile as error:
             if self._version is None:
                 raise
             # Logged once per version; its message names the entry, never a token.
             _log.error("keeping the previous clients: %s", error)
         else:
-            self._clients = clients
+            self._use(clients)
             _log.info("loaded %d client(s) from %s", len(clients), self._path)
         self._version = version
 
-    def find(self, token: bytes) -> Client | None:
-        """The client holding `token`, comparing against every client in constant time."""
+    def _use(self, clients: list[Client]) -> None:
+        self._clients = clients
+        self._by_certificate = {c.certificate_uri: c for c in clients if c.certificate_uri}
+        shares: dict[str, ClientShare] = {}
+        for client in clients:
+            if client.calls_per_minute is None:
+                continue
+            share = self._shares.get(client.name) or ClientShare(
+                client.name, client.calls_per_minute, self._metrics
+            )
+            share.calls_per_minute = client.calls_per_minute
+            shares[client.name] = share
+        self._shares = shares
+
+    def _refresh(self) -> None:
+        """Re-reads the file if a second passed since the last look."""
         now = time.monotonic()
         if now - self._checked_at >= RELOAD_EVERY:
             self._checked_at = now
@@ -179,11 +311,36 @@ class ClientRegistry:
                 self.reload()
             except InvalidClientsFile as error:  # unreadable: parse errors are handled in reload
                 _log.error("keeping the loaded clients: %s", error)
+
+    def find(self, token: bytes) -> Client | None:
+        """The client holding `token`, comparing against every client in constant time."""
+        self._refresh()
         found = None
         for client in self._clients:
-            if hmac.compare_digest(client.token, token):
+            if client.token is not None and hmac.compare_digest(client.token, token):
                 found = client
         return found
+
+    @property
+    def knows_certificates(self) -> bool:
+        """True when some client is known by its certificate."""
+        self._refresh()
+        return bool(self._by_certificate)
+
+    def find_by_certificate(self, uris: Iterable[bytes]) -> Client | None:
+        """The one client named by the URI subject alternative names of a peer's
+        certificate; None when none is, or when they name several (which one calls?)."""
+        found: Client | None = None
+        for uri in uris:
+            client = self._by_certificate.get(uri.decode(errors="replace"))
+            if client is not None and found is not None and client is not found:
+                return None
+            found = client or found
+        return found
+
+    def share(self, client: Client) -> ClientShare | None:
+        """The client's own share of the callers' StackOne calls, if it has one."""
+        return self._shares.get(client.name) if client.calls_per_minute is not None else None
 
 
 def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bytes | None:
@@ -208,12 +365,29 @@ def _deny(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
     return replace_behaviour(handler, unary=deny, stream=deny_stream)
 
 
+_NO_IDENTITY = "a valid bearer token is required: send 'authorization: Bearer <token>'"
+_NO_IDENTITY_OR_CERTIFICATE = (
+    "a valid bearer token ('authorization: Bearer <token>') or a client certificate whose "
+    "URI subject alternative name is a certificate_uri of the clients file is required"
+)
+PEER_URI = "peer_uri"
+"""The auth-context property of grpc listing the URI SANs of the peer's certificate."""
+
+
 class AuthInterceptor(MethodInterceptor):
-    """UNAUTHENTICATED without a known bearer token, PERMISSION_DENIED without the scope."""
+    """UNAUTHENTICATED without a known client, PERMISSION_DENIED without the scope.
+
+    A client is known by its bearer token, or (no token sent) by its mutual-TLS
+    certificate. For the call it serves, the client's owners and StackOne share are set
+    in `CALLER_OWNERS` and `CALLER_SHARE`: the interceptor runs in the call's own task,
+    before its handler, so the handler sees them.
+    """
 
     def __init__(self, registry: ClientRegistry, service_name: str) -> None:
         super().__init__(service_name)
         self._registry = registry
+        # Wrapped once per method, as the call interceptor does: not a closure per call.
+        self._certificate_handlers: dict[str, tuple[Handler, Handler]] = {}
 
     def intercept_method(
         self, method: str, handler: Handler, details: grpc.HandlerCallDetails
@@ -221,17 +395,74 @@ class AuthInterceptor(MethodInterceptor):
         """Lets the call through only for a client holding the method's scope."""
         scope = METHOD_SCOPES[method]
         token = _bearer(details.invocation_metadata)
-        client = self._registry.find(token) if token else None
+        if not token:
+            if self._registry.knows_certificates:
+                # The peer's certificate is only known to the call's context, in the handler.
+                return self._certificate_handler(method, handler)
+            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, _NO_IDENTITY)
+        client = self._registry.find(token)
         if client is None:
-            return _deny(
-                handler,
-                grpc.StatusCode.UNAUTHENTICATED,
-                "a valid bearer token is required: send 'authorization: Bearer <token>'",
-            )
+            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, _NO_IDENTITY)
+        CALLER.set(client.name)  # for the audit record, denied or not
         if scope not in client.scopes:
-            return _deny(
-                handler,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"client '{client.name}' lacks the scope '{scope}' this method needs",
-            )
+            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, _lacks(client, scope))
+        self._act_as(client)
         return handler
+
+    def _act_as(self, client: Client) -> None:
+        CALLER_OWNERS.set(client.owners)
+        CALLER_SHARE.set(self._registry.share(client))
+
+    def _certificate_handler(self, method: str, handler: Handler) -> Handler:
+        wrapped = self._certificate_handlers.get(method)
+        if wrapped is None or wrapped[0] is not handler:
+            behaviour = self._checking_certificate(METHOD_SCOPES[method], handler)
+            wrapped = self._certificate_handlers[method] = (handler, behaviour)
+        return wrapped[1]
+
+    def _checking_certificate(self, scope: str, handler: Handler) -> Handler:
+        admit = self._admitter(scope)
+        if handler.unary_stream is not None:
+            return replace_behaviour(handler, stream=_admitted_stream(admit, handler.unary_stream))
+        if handler.unary_unary is not None:
+            return replace_behaviour(handler, unary=_admitted_unary(admit, handler.unary_unary))
+        return handler  # ConnectService has no client-streaming methods
+
+    def _admitter(self, scope: str) -> Callable[[Context], Awaitable[None]]:
+        async def admit(context: Context) -> None:
+            uris = context.auth_context().get(PEER_URI, ())
+            client = self._registry.find_by_certificate(uris)
+            if client is None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, _NO_IDENTITY_OR_CERTIFICATE)
+            CALLER.set(client.name)  # for the audit record, denied or not
+            if scope not in client.scopes:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, _lacks(client, scope))
+            else:
+                self._act_as(client)
+
+        return admit
+
+
+def _admitted_unary(
+    admit: Callable[[Context], Awaitable[None]], inner: Callable[..., Any]
+) -> Callable[..., Awaitable[Any]]:
+    async def unary(request: Any, context: Context) -> Any:
+        await admit(context)
+        return await inner(request, context)
+
+    return unary
+
+
+def _admitted_stream(
+    admit: Callable[[Context], Awaitable[None]], inner: Callable[..., Any]
+) -> Callable[..., AsyncIterator[Any]]:
+    async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+        await admit(context)
+        async for item in inner(request, context):
+            yield item
+
+    return stream
+
+
+def _lacks(client: Client, scope: str) -> str:
+    return f"client '{client.name}' lacks the scope '{scope}' this method needs"

@@ -26,8 +26,10 @@ from service.events.model import (
 )
 from service.events.registry import NEWEST, REGISTRY_PAGE_LIMIT, RegistryPage, RegistryQuery
 from service.metrics import Metrics
-from service.rpc import validation, wire
+from service.owners import CALLER_OWNERS
+from service.rpc import owned, validation, wire
 from service.stackone.client import StackOneClient
+from service.stackone.errors import StackOneNotFound
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MATCH_ALL = EventFilter()
@@ -53,6 +55,7 @@ class ConnectServicer:
         self._bookmark_interval = bookmark_interval
         self._stop = stop
         self._frames = wire.FrameCache()
+        self._owned = owned.OwnedAccounts(log, stackone)
 
     def _deadline(self, context: Context) -> float:
         """Seconds an upstream call may take: the caller's deadline, capped by the setting."""
@@ -64,6 +67,12 @@ class ConnectServicer:
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Context) -> pb.Session:
         """Validates, then asks StackOne for a fresh connect session."""
         body = validation.session_create(request)
+        if (scope := CALLER_OWNERS.get()) is not None:
+            owned.refuse_other_owners(scope, [body.origin_owner_id])
+            if body.account_id:
+                await self._owned.check_reconnectable(
+                    scope, body.account_id, self._deadline(context)
+                )
         session = await self._stackone.create_connect_session(
             body, deadline=self._deadline(context)
         )
@@ -72,31 +81,49 @@ class ConnectServicer:
     async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
         """One account from StackOne, or from the registry when asked and complete."""
         account_id = validation.account_id(request.account_id)
+        scope = CALLER_OWNERS.get()
         if request.read_from == pb.READ_FROM_REGISTRY:
             # Its newest entry, even one whose event this replica has not published yet.
             query = RegistryQuery(account_ids=frozenset({account_id}), as_of=NEWEST, limit=1)
             page = await self._log.registry(query)
             if page.complete:
-                if not page.accounts:
+                found = owned.kept_entries(scope, page.accounts)
+                if not found:  # another customer's account is answered as a missing one
                     raise NotInRegistry(account_id, page.cursor)
-                return page.accounts[0].message()
-        account = await self._stackone.get_account(account_id, deadline=self._deadline(context))
-        return convert.account_message(account)
+                return found[0].message()
+        try:
+            account = await self._stackone.get_account(account_id, deadline=self._deadline(context))
+        except StackOneNotFound:
+            if scope is None:
+                raise
+            raise owned.account_not_found(account_id) from None
+        message = convert.account_message(account)
+        return message if scope is None else owned.checked_account(scope, message, account_id)
 
     async def ListAccounts(
         self, request: pb.ListAccountsRequest, context: Context
     ) -> pb.ListAccountsResponse:
         """One page of accounts, from StackOne or (asked, and complete) the registry."""
+        if (scope := CALLER_OWNERS.get()) is not None:
+            owned.refuse_other_owners(scope, request.origin_owner_ids)
+            if not request.origin_owner_ids and scope.exact_only:
+                request.origin_owner_ids.extend(sorted(scope.exact_only))
         if request.read_from == pb.READ_FROM_REGISTRY:
             registry_query = validation.registry_list(request)
             if registry_query is not None:
-                page = await self._log.registry(registry_query)
+                page, resume_after = (
+                    (await self._log.registry(registry_query), "")
+                    if scope is None
+                    else await self._owned.registry_page(scope, registry_query)
+                )
                 if page.complete:
-                    return _registry_response(page)
+                    return _registry_response(page, resume_after)
             request.page_token = ""  # a listing that falls back starts at StackOne's first page
         query = validation.list_query(request)
         accounts = await self._stackone.list_accounts(query, deadline=self._deadline(context))
         full_page = len(accounts) >= query.page_size
+        if scope is not None:  # a page may hold fewer: prefixes are not StackOne filters
+            accounts = owned.kept_accounts(scope, accounts)
         return pb.ListAccountsResponse(
             accounts=[convert.account_message(account) for account in accounts],
             next_page_token=validation.page_token(query.page + 1) if full_page else "",
@@ -106,6 +133,8 @@ class ConnectServicer:
     async def DeleteAccount(self, request: pb.DeleteAccountRequest, context: Context) -> pb.Account:
         """Deletes one account in StackOne."""
         account_id = validation.account_id(request.account_id)
+        if (scope := CALLER_OWNERS.get()) is not None:
+            await self._owned.check_deletable(scope, account_id, self._deadline(context))
         account = await self._stackone.delete_account(account_id, deadline=self._deadline(context))
         return convert.account_message(account)
 
@@ -122,6 +151,8 @@ class ConnectServicer:
         """
         event_filter, start, per_message = validation.stream_request(request)
         del request  # the parsed request would otherwise live as long as the stream
+        if (scope := CALLER_OWNERS.get()) is not None:
+            event_filter = owned.narrowed_filter(scope, event_filter)
         if event_filter.is_empty:
             event_filter = MATCH_ALL  # one for every stream, not four empty sets each
         position = await resolve_start(self._log, start)
@@ -160,7 +191,8 @@ class ConnectServicer:
         """The registry's matching accounts as of `page.cursor`, page after page, then
         the bookmark that ends the initial state."""
         while True:
-            for frame in wire.account_frames(page.accounts, per_message):
+            accounts = owned.kept_entries(event_filter.owners, page.accounts)
+            for frame in wire.account_frames(accounts, per_message):
                 yield frame
             if not page.more:
                 break
@@ -183,14 +215,15 @@ def _snapshot_query(
     )
 
 
-def _registry_response(page: RegistryPage) -> pb.ListAccountsResponse:
-    """A page of a registry listing, with the cursor all its pages reflect."""
-    more = page.more and page.accounts
+def _registry_response(page: RegistryPage, resume_after: str = "") -> pb.ListAccountsResponse:
+    """A page of a registry listing, with the cursor all its pages reflect; the next page
+    starts after its last account (or `resume_after`, the last account read for it)."""
+    resume_after = resume_after or (page.accounts[-1].account_id if page.accounts else "")
     return pb.ListAccountsResponse(
         accounts=[entry.message() for entry in page.accounts],
         next_page_token=(
-            validation.registry_page_token(page.cursor, page.accounts[-1].account_id)
-            if more
+            validation.registry_page_token(page.cursor, resume_after)
+            if page.more and resume_after
             else ""
         ),
         cursor=str(page.cursor),

@@ -18,6 +18,9 @@ a canonical code, a message a person can act on, and `google.rpc` details where 
 | ServerDraining (shutdown)     | UNAVAILABLE         | ErrorInfo         |
 | TooManyStreams                | RESOURCE_EXHAUSTED  | ErrorInfo         |
 | EventLogUnavailable           | UNAVAILABLE         |                   |
+| AuditUnavailable (fail-closed)| UNAVAILABLE         | ErrorInfo         |
+| OwnerNotAllowed               | PERMISSION_DENIED   |                   |
+| AccountNotAllowed             | PERMISSION_DENIED   |                   |
 | anything else                 | INTERNAL            |                   |
 
 Every status is bounded (`service.rpc.limits`): its message is cut to
@@ -34,6 +37,7 @@ from typing import Any
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from service.audit import AuditUnavailable
 from service.events.model import (
     CursorOutOfRange,
     EventLogUnavailable,
@@ -42,6 +46,7 @@ from service.events.model import (
     ServerDraining,
     TooManyStreams,
 )
+from service.owners import AccountNotAllowed, OwnerNotAllowed
 from service.rpc.limits import MAX_ERROR_MESSAGE_BYTES, clip
 from service.rpc.validation import InvalidRequest
 from service.stackone import errors as upstream
@@ -137,6 +142,12 @@ def status_for(error: Exception) -> status_pb2.Status:
             return _status(code_pb2.UNAVAILABLE, str(error))
         case EventLogUnavailable():
             return _status(code_pb2.UNAVAILABLE, f"the event log is unavailable: {error}")
+        case AuditUnavailable():
+            info = error_details_pb2.ErrorInfo(reason="AUDIT_UNAVAILABLE", domain=_DOMAIN)
+            message = "refused: its audit record cannot be written; retry later"
+            return _status(code_pb2.UNAVAILABLE, message, info)
+        case OwnerNotAllowed() | AccountNotAllowed():
+            return _status(code_pb2.PERMISSION_DENIED, str(error))
     _log.error("unexpected error in an RPC", exc_info=error)
     return _status(code_pb2.INTERNAL, "internal error; the server log has the details")
 

@@ -11,6 +11,11 @@ it. A 429 from StackOne pauses the background classes as a whole; callers are no
 async with budget.slot(Priority.VERIFY, timeout=3.0):
     ...  # one HTTP attempt
 ```
+
+A client of the clients file may have its own share of the callers' calls
+(`ClientShare`): while `CALLER_SHARE` names it, a CALLER slot is first taken from that
+share, and a client past its calls per minute is refused at once (`ClientBudgetExhausted`)
+without waiting in the line the other clients use.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from enum import IntEnum
+from typing import Any
 
 from service.metrics import Metrics
-from service.stackone.errors import BudgetExhausted
+from service.stackone.errors import BudgetExhausted, ClientBudgetExhausted
 
 
 class Priority(IntEnum):
@@ -36,6 +43,56 @@ class Priority(IntEnum):
     """Background verification of a webhook's account."""
     RECONCILE = 2
     """A reconciliation sweep."""
+
+
+class ClientShare:
+    """One client's own StackOne calls: at most `calls_per_minute` started in any window.
+
+    Kept by client name across re-reads of the clients file (a new limit applies to the
+    calls already counted). Its calls also take slots of the shared `RateBudget`.
+    """
+
+    __slots__ = ("_granted", "_refused", "_starts", "calls_per_minute", "name")
+
+    def __init__(self, name: str, calls_per_minute: int, metrics: Metrics | None = None) -> None:
+        self.name = name
+        self.calls_per_minute = calls_per_minute
+        self._starts: deque[float] = deque()
+        # Labelled once: `labels()` takes a lock and builds a key on every call.
+        self._granted: Any = None if metrics is None else metrics.client_calls.labels(name, "ok")
+        self._refused: Any = (
+            None if metrics is None else metrics.client_calls.labels(name, "refused")
+        )
+
+    def __repr__(self) -> str:
+        return f"ClientShare({self.name!r}, calls_per_minute={self.calls_per_minute})"
+
+    def take(self, now: float, window: float) -> None:
+        """Counts one call started `now`.
+
+        Raises:
+            ClientBudgetExhausted: the client started its calls of the last `window`.
+        """
+        starts = self._starts
+        while starts and starts[0] <= now - window:
+            starts.popleft()
+        if len(starts) >= self.calls_per_minute:
+            if self._refused is not None:
+                self._refused.inc()
+            oldest = starts[len(starts) - self.calls_per_minute]
+            raise ClientBudgetExhausted(self.name, self.calls_per_minute, oldest + window - now)
+        starts.append(now)
+        if self._granted is not None:
+            self._granted.inc()
+
+    def give_back(self) -> None:
+        """Uncounts the newest call, which never reached StackOne."""
+        if self._starts:
+            self._starts.pop()
+
+
+CALLER_SHARE: ContextVar[ClientShare | None] = ContextVar("caller_share", default=None)
+"""The share of the client calling the RPC this task serves; None: no share of its own."""
 
 
 class RateBudget:
@@ -138,13 +195,26 @@ class RateBudget:
         Raises:
             BudgetExhausted: no slot within `timeout`, with `retry_after` the seconds
                 until one could free. Raised at once when no slot can free in time.
+            ClientBudgetExhausted: a CALLER whose client's own share is spent, at once.
         """
+        share = CALLER_SHARE.get() if priority == Priority.CALLER else None
         started = self._clock()
+        if share is not None:
+            share.take(started, self.window)
         self._expire(started)
         if not self._anyone_ahead(priority) and self._open(priority, started):
             self._in_flight += 1
             self._count(priority, 0.0)
             return
+        try:
+            await self._wait(priority, timeout, started)
+        except BaseException:
+            if share is not None:
+                share.give_back()  # no slot, so no call: it does not count against the client
+            raise
+
+    async def _wait(self, priority: Priority, timeout: float | None, started: float) -> None:
+        """Waits in line for a slot (none was free at `started`)."""
         free_in = self._free_at(priority, started) - started
         if timeout is not None and free_in > timeout:
             # Not even the first slot to free comes in time: say so now, not at the deadline.

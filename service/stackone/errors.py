@@ -11,6 +11,7 @@ StackOneError
     ├── StackOneConflict       409
     ├── StackOneRateLimited    429
     │   └── BudgetExhausted    429 of our own: this service's StackOne budget is spent
+    │       └── ClientBudgetExhausted   … or the calling client's own share of it
     └── StackOneServerError    408, 5xx and any other unexpected status
 ```
 """
@@ -118,6 +119,20 @@ class BudgetExhausted(StackOneRateLimited):
 
     def _describe(self) -> str:
         return self.message
+
+
+class ClientBudgetExhausted(BudgetExhausted):
+    """The calling client has made its own calls per minute (its clients-file entry's
+    `calls_per_minute`); other clients go on. No request was sent."""
+
+    def __init__(self, client: str, calls_per_minute: int, retry_after: float) -> None:
+        super().__init__(retry_after)
+        self.client = client
+        self.message = (
+            f"client '{client}' has made its {calls_per_minute} StackOne calls per minute "
+            f"(calls_per_minute in the clients file); one frees in {retry_after:.1f}s"
+        )
+        self.args = (self.message,)
 
 
 class StackOneServerError(StackOneAPIError):
