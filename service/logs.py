@@ -10,6 +10,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 
 import orjson
+from opentelemetry import trace
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 """The id of the RPC or webhook being handled; every log line written meanwhile has it."""
@@ -48,6 +49,10 @@ class JsonFormatter(logging.Formatter):
         }
         if (request_id := REQUEST_ID.get()) is not None:
             entry["request_id"] = request_id
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:  # made inside a span: the line joins its trace
+            entry["trace_id"] = f"{span.trace_id:032x}"
+            entry["span_id"] = f"{span.span_id:016x}"
         entry.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

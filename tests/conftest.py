@@ -39,9 +39,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keeps the developer's own STACKONE_CONNECT_* variables out of every test."""
+    """Keeps the developer's own STACKONE_CONNECT_* (and OTEL_*: tracing) variables out
+    of every test."""
     for name in list(os.environ):
-        if name.startswith(ENV_PREFIX):
+        if name.startswith((ENV_PREFIX, "OTEL_")):
             monkeypatch.delenv(name)
 
 

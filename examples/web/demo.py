@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from examples.web.app import Config, build_app
+from service.tracing import from_environment as tracing_from_environment
 
 READY = "stackone-connect serving"
 LOG_PATH = Path("var/demo-serve.log")
@@ -63,6 +64,9 @@ async def main(log: IO[bytes]) -> None:
     if serve.stderr is None:
         raise RuntimeError("the service's stderr is not piped")
     runner: web.AppRunner | None = None
+    # With OTEL_* variables, the service (which inherits them) and the app trace alike:
+    # one trace from the page's request through the service to StackOne.
+    tracing = tracing_from_environment()
     ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     relay = asyncio.create_task(_relay(serve.stderr, log, ready))
     try:
@@ -74,7 +78,8 @@ async def main(log: IO[bytes]) -> None:
             hub_base_url=service["emulator_url"] or config.hub_base_url,
         )
         host, _, port = os.environ.get("EXAMPLE_ADDRESS", "127.0.0.1:8000").rpartition(":")
-        runner = web.AppRunner(build_app(config), handler_cancellation=True, shutdown_timeout=1)
+        app = build_app(config, tracing)
+        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1)
         await runner.setup()
         await web.TCPSite(runner, host, int(port)).start()
         print(
@@ -91,6 +96,7 @@ async def main(log: IO[bytes]) -> None:
         if serve.returncode is None:
             serve.terminate()
         await serve.wait()
+        await asyncio.to_thread(tracing.shutdown)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,14 @@ from enum import Enum
 from typing import Any
 
 import orjson
+from opentelemetry import trace
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.log import EventLog
 from service.events.model import ACCOUNT_EVENT_TYPE, Accepted, EventRecord, InboxEntry
 from service.metrics import Metrics
 from service.stackone.models import MAX_ID, plausible_moment, usable_id
+from service.tracing import traceparent_of
 
 _log = logging.getLogger(__name__)
 _PER_ATTEMPT_FIELDS = frozenset({"sent_at"})
@@ -215,7 +217,24 @@ class Ingestor:
         if not event.is_account_event:
             _log.info("ignoring webhook of type %s: not an account event", event.type)
             return IngestResult.IGNORED
-        entry = InboxEntry(0, event.event_id, event.type, event.account_id, time.time(), body)
+        receipt = trace.get_current_span()  # the webhook request's, when traced
+        if receipt.is_recording():
+            receipt.set_attributes(
+                {
+                    "stackone.event_id": event.event_id,
+                    "stackone.event_type": event.type,
+                    "stackone.account_id": event.account_id,
+                }
+            )
+        entry = InboxEntry(
+            0,
+            event.event_id,
+            event.type,
+            event.account_id,
+            time.time(),
+            body,
+            traceparent_of(receipt.get_span_context()),
+        )
         alone = self._record_alone(entry) if self._record_alone is not None else None
         started = time.perf_counter()
         accepted = await self._log.accept(entry, alone)

@@ -108,6 +108,7 @@ _APPENDED_IDS_KEPT = 4096  # far more than appends in flight while notifications
 _REGISTRY_READS_IN_FLIGHT = 64  # bucket reads of one registry page sent at once
 _HEADER = "Sc-Event"  # our index columns, as JSON, so reads need not parse the body
 _INBOX_HEADER = "Sc-Inbox"
+_TRACEPARENT_HEADER = "traceparent"
 # A key no account token can be: tokens are base64url or "=" and hex, never with a dot.
 _REGISTRY_COMPLETE_KEY = "meta.registry-complete"
 _REGISTRY_THROUGH_KEY = "meta.registry-through"  # every event up to it is in the registry
@@ -475,6 +476,8 @@ class JetStreamEventLog:
                 }
             ).decode(),
         }
+        if entry.traceparent:  # W3C's own header name, which NATS tooling shows as such
+            headers[_TRACEPARENT_HEADER] = entry.traceparent
         try:
             if await self._recorded(entry.event_id) is not None:
                 return Accepted.REPEATED
@@ -1191,6 +1194,7 @@ def _inbox_entry(seq: int, headers: Mapping[str, object] | None, body: bytes) ->
         fields["account_id"],
         float(fields["received_at"]),
         body,
+        str((headers or {}).get(_TRACEPARENT_HEADER, "")),
     )
 
 

@@ -131,7 +131,9 @@ def already_known(record: EventRecord, known: KnownAccount | None) -> bool:
 class InboxEntry:
     """A webhook accepted at the door, waiting in the inbox for verification.
 
-    `seq` orders the inbox (arrival order, never reused); `body` is the raw webhook.
+    `seq` orders the inbox (arrival order, never reused); `body` is the raw webhook;
+    `traceparent` the W3C trace context of its receipt ('' with tracing off), so that the
+    verifier's spans link to it.
     """
 
     seq: int
@@ -140,6 +142,7 @@ class InboxEntry:
     account_id: str
     received_at: float
     body: bytes
+    traceparent: str = ""
 
 
 class Accepted(Enum):

@@ -34,6 +34,7 @@ from service.metrics import Metrics
 from service.stackone.budget import Priority
 from service.stackone.errors import StackOneError, StackOneNotFound, StackOneUnavailable
 from service.stackone.models import AccountListQuery, LinkedAccount
+from service.tracing import OFF, Tracing, current_traceparent
 
 _log = logging.getLogger(__name__)
 PAGE_SIZE = 100
@@ -116,6 +117,7 @@ def _synthesized(event_type: str, account: pb.Account, version: str) -> EventRec
             if deletes_account(event_type)
             else pb.VERIFICATION_VERIFIED
         ),
+        traceparent=current_traceparent(),  # the sweep's
     )
     return event_record(message)
 
@@ -186,8 +188,10 @@ class Reconciler:
         grace: float,
         metrics: Metrics,
         report_complete: Callable[[bool], Awaitable[None]] | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         self._report_complete = report_complete
+        self._tracer = tracing.tracer()
         self._log = log
         self._source = source
         self._interval = interval
@@ -195,7 +199,13 @@ class Reconciler:
         self._metrics = metrics
 
     async def sweep(self) -> int:
-        """Runs one sweep; returns how many events it recorded."""
+        """Runs one sweep (a trace of its own); returns how many events it recorded."""
+        with self._tracer.start_as_current_span("reconcile sweep") as span:
+            recorded = await self._sweep()
+            span.set_attribute("stackone.recorded_events", recorded)
+            return recorded
+
+    async def _sweep(self) -> int:
         remote = await all_accounts(self._source, deadline=SWEEP_SECONDS)
         known = await self._log.known_accounts()
         settled_before = datetime.now(UTC) - timedelta(seconds=self._grace)
@@ -205,7 +215,8 @@ class Reconciler:
         )
         recorded = 0
         if records:
-            outcomes = await self._log.append(records)
+            with self._tracer.start_as_current_span("record reconciliation events"):
+                outcomes = await self._log.append(records)
             recorded = sum(not outcome.duplicate for outcome in outcomes)
             _log.info("reconciliation recorded %d event(s)", recorded, extra={"recorded": recorded})
         # Every listed account is now in the registry (known, or recorded just now), but

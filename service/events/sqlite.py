@@ -122,7 +122,9 @@ _REGISTRY_COLUMNS = {
 }
 _REGISTERED = "account_id, cursor, deleted, account, provider, origin_owner_id, status, recorded_at"
 _ONE_REGISTERED = f"SELECT {_REGISTERED} FROM accounts WHERE account_id = ?"  # noqa: S608 - constant column list
-_INBOX_COLUMNS = "seq, event_id, type, account_id, received_at, body"
+_INBOX_COLUMNS = "seq, event_id, type, account_id, received_at, body, traceparent"
+# Columns the inbox gained after its first release; a log written before gains them at open.
+_LATER_INBOX_COLUMNS = {"traceparent": "TEXT NOT NULL DEFAULT ''"}
 DEFAULT_INBOX_LIMIT = 100_000
 # Start-up checks the file's structure for at most this long (about 250 MB read cold).
 INTEGRITY_CHECK_SECONDS = 5.0
@@ -214,6 +216,14 @@ def _add_registry_columns(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_inbox_columns(conn: sqlite3.Connection) -> None:
+    """Brings an inbox written before tracing to its columns (its entries keep no trace)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(inbox)")}
+    for name, declaration in _LATER_INBOX_COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE inbox ADD COLUMN {name} {declaration}")
+
+
 def _one_owner_only(query: RegistryQuery) -> bool:
     """A read of one customer's accounts with no other filter: the owner index yields
     them in order, each row scanned is returned (but tombstones), so it stays small."""
@@ -244,6 +254,7 @@ def _open_writer(path: Path) -> sqlite3.Connection:
         _check_integrity(conn, path)
         conn.executescript(_SCHEMA)
         _add_registry_columns(conn)
+        _add_inbox_columns(conn)
     except BaseException:
         conn.close()
         raise
@@ -768,9 +779,16 @@ class SqliteEventLog:
                 f"{len(self._pending_ids)} webhooks are waiting for verification (the limit)"
             )
         inserted = conn.execute(
-            "INSERT INTO inbox (event_id, type, account_id, received_at, body)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (event_id, entry.type, entry.account_id, entry.received_at, entry.body),
+            "INSERT INTO inbox (event_id, type, account_id, received_at, body, traceparent)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                event_id,
+                entry.type,
+                entry.account_id,
+                entry.received_at,
+                entry.body,
+                entry.traceparent,
+            ),
         )
         self._staged_ids.add(event_id)
         self._staged_accounts.add(account_id)

@@ -26,10 +26,13 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry.context import Context
+from opentelemetry.trace import Span
 
 from service.aio import cancel_all
 from service.api.convert import account_message, timestamp
@@ -46,6 +49,7 @@ from service.stackone.errors import (
     StackOneNotFound,
 )
 from service.stackone.models import LinkedAccount
+from service.tracing import OFF, Tracing, current_traceparent, links_to, parent_of
 
 _log = logging.getLogger(__name__)
 VERIFIED_TYPES = frozenset({"account.created", "account.updated"})
@@ -107,6 +111,8 @@ class Verifier:
             half the deadline. Accounts with nothing to look up go at once.
         concurrency: accounts verified at once (look-ups in flight, at most).
         read_ahead: inbox entries held in memory at most.
+        tracing: where the spans of look-ups, folds and recordings go; each continues the
+            trace of its account's first webhook and links to every webhook it covers.
     """
 
     def __init__(
@@ -121,8 +127,10 @@ class Verifier:
         concurrency: int = 16,
         read_ahead: int = 10_000,
         retry_interval: float = 1.0,
+        tracing: Tracing = OFF,
     ) -> None:
         self._log = log
+        self._tracer = tracing.tracer() if tracing.enabled else None
         self._accounts = accounts
         self._metrics = metrics
         self._deadline = deadline
@@ -260,15 +268,39 @@ class Verifier:
         finally:
             del self._busy[account_id]
 
+    def _span(
+        self, name: str, entries: Sequence[InboxEntry], *, parent: Context | None = None
+    ) -> AbstractContextManager[Span | None]:
+        """A span of work on `entries` (one account's), linked to each one's receipt."""
+        if self._tracer is None:
+            return nullcontext()  # off: not even a no-op span (6 µs each)
+        return self._tracer.start_as_current_span(
+            name,
+            context=parent,
+            links=links_to(entry.traceparent for entry in entries),
+            attributes={
+                "stackone.account_id": entries[0].account_id,
+                "stackone.webhooks": len(entries),
+            },
+        )
+
     async def _settle_all(self, account_id: str, entries: list[InboxEntry]) -> None:
         """Records every entry of the account not yet recorded. Another replica may record
         part of a group first: what it left is read again and recorded in a later round."""
+        # The first webhook's trace goes on to its event; the others are linked.
+        with self._span("verify account", entries, parent=parent_of(entries[0].traceparent)):
+            await self._settle_rounds(account_id, entries)
+
+    async def _settle_rounds(self, account_id: str, entries: list[InboxEntry]) -> None:
         unsettled = await self._log.unsettled(entries)
         for _ in range(_SETTLE_ROUNDS):
             if not unsettled:
                 return
             records = await self.records(unsettled)
-            with self._metrics.append_seconds.time():
+            with (
+                self._span("record account events", unsettled),
+                self._metrics.append_seconds.time(),
+            ):
                 left = (await self._log.settle(unsettled, records)).unrecorded
             unsettled = await self._log.unsettled(left) if left else []
         raise EventLogUnavailable(
@@ -286,20 +318,28 @@ class Verifier:
                 groups.append([entry])
         records: list[EventRecord] = []
         for index, group in enumerate(groups):
-            if group[0].type not in VERIFIED_TYPES:
-                verification = _NOT_NEEDED
-            elif index + 1 < len(groups):
-                later = groups[index + 1][0].type
-                verification = Verification(
-                    pb.VERIFICATION_UNVERIFIED,
-                    error=f"superseded by a later {later} before it could be verified",
-                    outcome="superseded",
-                )
-            else:
-                verification = await self._verify(group)
-            self._metrics.verifications.labels(verification.outcome).inc()
-            records.append(_record_of(group, verification))
+            with self._span("fold account webhooks", group):
+                records.append(await self._record_group(group, groups[index + 1 :]))
         return records
+
+    async def _record_group(
+        self, group: list[InboxEntry], later_groups: Sequence[list[InboxEntry]]
+    ) -> EventRecord:
+        """The event recording one group, verified unless later webhooks supersede it."""
+        if group[0].type not in VERIFIED_TYPES:
+            verification = _NOT_NEEDED
+        elif later_groups:
+            later = later_groups[0][0].type
+            verification = Verification(
+                pb.VERIFICATION_UNVERIFIED,
+                error=f"superseded by a later {later} before it could be verified",
+                outcome="superseded",
+            )
+        else:
+            with self._span("look up account", group):
+                verification = await self._verify(group)
+        self._metrics.verifications.labels(verification.outcome).inc()
+        return _record_of(group, verification)
 
     async def _verify(self, group: Sequence[InboxEntry]) -> Verification:
         account_id = group[0].account_id
@@ -418,6 +458,8 @@ def _folded(
         verification=verification.state,
         verification_error=verification.error,
         covered_event_ids=list(dict.fromkeys(entry.event_id for entry in group)),
+        # The span recording it (the webhook's own when the door records it at once).
+        traceparent=current_traceparent() or first.traceparent,
     )
     if not message.HasField("occurred_at"):
         message.occurred_at.CopyFrom(_timestamp(group[-1].received_at))
