@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -26,6 +26,7 @@ from service.events.ingest import Ingestor, InvalidWebhook, parse_webhook
 from service.events.model import EventLogError, InboxFull
 from service.logs import REQUEST_ID, request_id_from
 from service.metrics import Metrics
+from service.tracing import OFF, Tracing
 from service.web import RAW_BODIES
 
 _log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class GatewayState:
     """What the gateway's handlers need; `ready` turns False while shutting down."""
 
     ingestor: Ingestor
-    secrets: Sequence[str]
+    secrets: Iterable[str]  # a `WebhookSecrets` re-reads its file as it is iterated
     url_token: str | None
     readiness_check: Callable[[], Awaitable[None]]
     metrics: Metrics
@@ -206,11 +207,12 @@ def _end_if_unread(request: web.Request, response: web.StreamResponse) -> None:
     response.force_close()
 
 
-def init_app(state: GatewayState) -> web.Application:
-    """The public webhook listener: the webhook path and liveness, nothing else."""
+def init_app(state: GatewayState, tracing: Tracing = OFF) -> web.Application:
+    """The public webhook listener: the webhook path and liveness, nothing else; with
+    `tracing` on, each request is a span (its log lines carry it)."""
     app = web.Application(
         client_max_size=state.max_body_bytes,
-        middlewares=[unread_body_ends_connection, request_id],
+        middlewares=[*tracing.aiohttp_middlewares(), unread_body_ends_connection, request_id],
     )
     app[RAW_BODIES] = True  # decoded by the handler, within the body limit
     app[GATEWAY_STATE] = state

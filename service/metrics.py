@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -29,6 +30,9 @@ class Metrics:
 
     def __post_init__(self) -> None:
         registry = self.registry
+        # Labelled children of the upstream metrics, looked up once per label pair: each
+        # `labels()` takes a lock and builds a key, twice for every StackOne call.
+        self._upstream_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.rpcs = Counter(
             "stackone_connect_rpcs", "gRPC calls by method and status code.",
             ["method", "code"], registry=registry,
@@ -66,6 +70,17 @@ class Metrics:
         self.upstream_seconds = Histogram(
             "stackone_connect_upstream_duration_seconds", "StackOne call latency by endpoint.",
             ["endpoint"], buckets=_LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.audit_records = Counter(
+            "stackone_connect_audit_records",
+            "Audit records by outcome (written; failed: the sink refused it).",
+            ["outcome"], registry=registry,
+        )  # fmt: skip
+        self.credential_reloads = Counter(
+            "stackone_connect_credential_reloads",
+            "Re-reads of a changed credentials file (webhook_secrets, tls) by outcome"
+            " (loaded; rejected: the previous version stays in force).",
+            ["credential", "outcome"], registry=registry,
         )  # fmt: skip
         # The StackOne rate budget (service.stackone.budget).
         self.budget_calls = Counter(
@@ -140,8 +155,14 @@ class Metrics:
 
     def observe_upstream(self, endpoint: str, status: str, seconds: float) -> None:
         """Records one StackOne HTTP attempt (`status` is the HTTP status or an error name)."""
-        self.upstream_calls.labels(endpoint, status).inc()
-        self.upstream_seconds.labels(endpoint).observe(seconds)
+        children = self._upstream_children.get((endpoint, status))
+        if children is None:
+            children = self._upstream_children[endpoint, status] = (
+                self.upstream_calls.labels(endpoint, status),
+                self.upstream_seconds.labels(endpoint),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     async def watch_loop_lag(self, tick: float = LOOP_LAG_TICK) -> None:
         """Measures the event loop's lag until cancelled: sleeps `tick` and records how

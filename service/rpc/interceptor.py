@@ -15,6 +15,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 from grpc_status import rpc_status
 
+from service.audit import (
+    CALLER,
+    DENIED_CODES,
+    MUTATING_METHODS,
+    AuditRecord,
+    AuditTrail,
+    new_record,
+)
 from service.logs import REQUEST_ID, request_id_from
 from service.metrics import Metrics
 from service.rpc.grpc_typing import ServerInterceptor
@@ -111,16 +119,26 @@ class _Call:
 
     async def fail(self, error: Exception) -> NoReturn:
         """Ends the call with the status that reports `error`."""
+        await self.end(self.failure(error))
+
+    def failure(self, error: Exception) -> grpc.Status:
+        """Counts the call as failed with the status that reports `error`, and returns it."""
         status = rpc_status.to_status(status_for(error))
         self.finish(status.code)
         # Its traceback holds the handler's frames, and so the request, however big, until
         # the garbage collector finds the cycle; the status says all the caller needs.
         error.__traceback__ = None
+        return status
+
+    async def end(self, status: grpc.Status) -> NoReturn:
+        """Ends the call with `status`."""
         await self.context.abort(status.code, status.details, status.trailing_metadata)
 
-    def aborted(self) -> None:
-        """Counts a call that an inner layer (such as authentication) ended."""
-        self.finish(self.context.code())
+    def aborted(self) -> grpc.StatusCode:
+        """Counts a call that an inner layer (such as authentication) ended; its code."""
+        code: grpc.StatusCode = self.context.code()
+        self.finish(code)
+        return code
 
     def finish(self, code: grpc.StatusCode, *, timed: bool = True) -> None:
         """Counts the call's outcome (and its latency, for unary calls)."""
@@ -130,11 +148,15 @@ class _Call:
 
 
 class CallInterceptor(MethodInterceptor):
-    """Request ids, error statuses and metrics for the RPCs of one service."""
+    """Request ids, error statuses, metrics and (given a trail) audit records for the RPCs
+    of one service."""
 
-    def __init__(self, metrics: Metrics, service_name: str) -> None:
+    def __init__(
+        self, metrics: Metrics, service_name: str, audit: AuditTrail | None = None
+    ) -> None:
         super().__init__(service_name)
         self._metrics = metrics
+        self._audit = audit
         # Wrapped once per method, not per call: a handler and a closure per open stream
         # would cost ~0.5 KiB each.
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
@@ -159,6 +181,8 @@ class CallInterceptor(MethodInterceptor):
 
     def _unary(self, method: str, inner: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         metrics = _MethodMetrics(method, self._metrics)
+        if self._audit is not None:
+            return _audited_unary(method, inner, metrics, self._audit)
 
         async def unary(request: Any, context: Context) -> Any:
             call = _Call(metrics, context)
@@ -176,6 +200,8 @@ class CallInterceptor(MethodInterceptor):
 
     def _stream(self, method: str, inner: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
         metrics = _MethodMetrics(method, self._metrics)
+        if self._audit is not None:
+            return _audited_stream(method, inner, metrics, self._audit)
 
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
             call = _Call(metrics, context)
@@ -193,3 +219,77 @@ class CallInterceptor(MethodInterceptor):
             call.finish(grpc.StatusCode.OK, timed=False)
 
         return stream
+
+
+def _audited_unary(
+    method: str, inner: Callable[..., Any], metrics: _MethodMetrics, audit: AuditTrail
+) -> Callable[..., Awaitable[Any]]:
+    """As `CallInterceptor._unary`, and the call's audit record written before it answers
+    (after its start record, for a mutating call of a fail-closed trail)."""
+    mutating = method in MUTATING_METHODS
+
+    async def unary(request: bytes, context: Context) -> Any:
+        call = _Call(metrics, context)
+        record = new_record(method, request, context) if mutating else None
+        try:
+            if record is not None:
+                await audit.started(record)  # fail-closed: nothing done without a record
+            response = await inner(request, context)
+        except grpc.aio.AbortError:
+            await _ended(audit, record, call.aborted(), method, request, context)
+            raise
+        except Exception as error:  # every error becomes a status
+            status = call.failure(error)
+            await _ended(audit, record, status.code, method, request, context)
+            await call.end(status)
+        owner = getattr(response, "origin_owner_id", "")
+        if record is not None and owner and owner not in record.owner_ids:
+            record.owner_ids = [*record.owner_ids, owner]  # a deleted account's owner
+        await _ended(audit, record, grpc.StatusCode.OK, method, request, context)
+        call.finish(grpc.StatusCode.OK)
+        return response
+
+    return unary
+
+
+def _audited_stream(
+    method: str, inner: Callable[..., Any], metrics: _MethodMetrics, audit: AuditTrail
+) -> Callable[..., AsyncIterator[Any]]:
+    """As `CallInterceptor._stream`, and a record of the call when it is denied."""
+
+    async def stream(request: bytes, context: Context) -> AsyncIterator[Any]:
+        call = _Call(metrics, context)
+        try:
+            async for item in inner(request, context):
+                yield item
+        except asyncio.CancelledError:
+            call.finish(grpc.StatusCode.CANCELLED, timed=False)
+            raise
+        except grpc.aio.AbortError:
+            await _ended(audit, None, call.aborted(), method, request, context)
+            raise
+        except Exception as error:  # every error becomes a status
+            status = call.failure(error)
+            await _ended(audit, None, status.code, method, request, context)
+            await call.end(status)
+        call.finish(grpc.StatusCode.OK, timed=False)
+
+    return stream
+
+
+async def _ended(
+    audit: AuditTrail,
+    record: AuditRecord | None,
+    code: grpc.StatusCode,
+    method: str,
+    request: bytes,
+    context: Context,
+) -> None:
+    """Writes the outcome of a mutating call (`record`), or of any call denied; the
+    record of a denied read is only made then (most reads are not audited)."""
+    if record is None and code not in DENIED_CODES:
+        return
+    record = record or new_record(method, request, context)
+    # A certificate's client is only known once the handler has run.
+    record.client = record.client or CALLER.get()
+    await audit.ended(record, code)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.audit import AuditTrail
 from service.config import ENV_PREFIX, MAX_COUNT, Settings
 from service.events.model import TooManyStreams
 from service.metrics import Metrics
-from service.rpc.auth import AuthInterceptor, ClientRegistry, read_clients
+from service.rpc.auth import AuthInterceptor, ClientRegistry, InvalidClientsFile, read_clients
 from service.rpc.interceptor import CallInterceptor, Context
 from service.rpc.limits import (
     GRPC_MAX_RECEIVE_BYTES,
@@ -23,7 +22,10 @@ from service.rpc.limits import (
 )
 from service.rpc.methods import CONNECT_METHODS, CONNECT_SERVICE, Method, MethodTableError
 from service.rpc.servicer import ConnectServicer
+from service.rpc.tls import TlsFileError as TlsFileError  # where the CLI finds it
+from service.rpc.tls import server_credentials
 from service.rpc.validation import parse
+from service.tracing import OFF, Tracing
 from service.web import CannotListen
 
 MethodHandler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -89,71 +91,19 @@ def new_health_servicer() -> HealthReporter:
     return servicer
 
 
-class TlsFileError(ValueError):
-    """A TLS file of the gRPC server cannot be used; the message names its setting."""
-
-
-def _read(path: Path, setting: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise TlsFileError(
-            f"{ENV_PREFIX}{setting}: cannot read {path}: {error.strerror}"
-        ) from error
-
-
-def _check_certificates(pem: bytes, path: Path, setting: str) -> None:
-    """Refuses a file holding no PEM certificate (or a damaged one)."""
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cadata=pem.decode())
-    except (ValueError, ssl.SSLError) as error:  # UnicodeDecodeError is a ValueError
-        raise TlsFileError(
-            f"{ENV_PREFIX}{setting}: {path} is not a PEM certificate file"
-        ) from error
-
-
-def _check_key(cert: Path, key: Path) -> None:
-    """Refuses a key that is not an unencrypted PEM key, or not the certificate's."""
-    try:
-        # An empty password: an encrypted key fails here instead of prompting on a terminal.
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=b"")
-    except ssl.SSLError as error:
-        problem = (
-            f"is not the private key of the certificate in {ENV_PREFIX}TLS_CERT_FILE ({cert})"
-            if error.reason == "KEY_VALUES_MISMATCH"
-            else "is not an unencrypted PEM private key"
-        )
-        raise TlsFileError(f"{ENV_PREFIX}TLS_KEY_FILE: {key} {problem}") from error
-
-
-def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """TLS (or mutual TLS) credentials from the configured PEM files, if any.
-
-    Raises:
-        TlsFileError: a file is unreadable or not PEM, or the key is not the certificate's
-            (grpc would only fail to bind, blaming the address).
-    """
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        return None
-    cert = _read(settings.tls_cert_file, "TLS_CERT_FILE")
-    _check_certificates(cert, settings.tls_cert_file, "TLS_CERT_FILE")
-    key = _read(settings.tls_key_file, "TLS_KEY_FILE")
-    _check_key(settings.tls_cert_file, settings.tls_key_file)
-    client_ca = None
-    if settings.tls_client_ca_file is not None:
-        client_ca = _read(settings.tls_client_ca_file, "TLS_CLIENT_CA_FILE")
-        _check_certificates(client_ca, settings.tls_client_ca_file, "TLS_CLIENT_CA_FILE")
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
-
-
 def check_files(settings: Settings) -> None:
     """Reads the TLS and clients files as the server will, so that a bad one stops
     start-up before anything starts (`TlsFileError`, `InvalidClientsFile`)."""
     server_credentials(settings)
     if settings.clients_file is not None:
-        read_clients(settings.clients_file)
+        clients = read_clients(settings.clients_file, settings.rate_limit)
+        known_by_certificate = [client.name for client in clients if client.certificate_uri]
+        if known_by_certificate and settings.tls_client_ca_file is None:
+            # No client certificate is ever asked for: such a client could never call.
+            raise InvalidClientsFile(
+                f"{settings.clients_file}: '{known_by_certificate[0]}' is known by its "
+                f"certificate_uri, which needs mutual TLS ({ENV_PREFIX}TLS_CLIENT_CA_FILE)"
+            )
 
 
 def connect_service_handlers(
@@ -225,16 +175,25 @@ def build_grpc_server(
     health_servicer: HealthReporter,
     settings: Settings,
     metrics: Metrics,
+    tracing: Tracing = OFF,
+    audit: AuditTrail | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Creates the server with ConnectService, health and reflection, bound as configured.
+    """Creates the server with ConnectService, health and reflection, bound as configured
+    (with `audit`, its calls' audit records).
 
     Returns the server (not yet started) and the bound port.
     """
+    # Tracing's first: the calls' log lines, written by the interceptors after it, are
+    # made inside its span.
     interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
-        CallInterceptor(metrics, SERVICE_NAME)
+        *tracing.grpc_interceptors(),
+        CallInterceptor(metrics, SERVICE_NAME, audit),
     ]
     if settings.clients_file is not None:
-        interceptors.append(AuthInterceptor(ClientRegistry(settings.clients_file), SERVICE_NAME))
+        clients = ClientRegistry(
+            settings.clients_file, max_calls_per_minute=settings.rate_limit, metrics=metrics
+        )
+        interceptors.append(AuthInterceptor(clients, SERVICE_NAME))
     server = grpc.aio.server(interceptors=interceptors, options=_options(settings))
     handlers = connect_service_handlers(servicer, streams=StreamSlots(settings.max_streams))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
@@ -247,7 +206,8 @@ def build_grpc_server(
         ],
         server,
     )
-    credentials = server_credentials(settings)
+    reloads = metrics.credential_reloads
+    credentials = server_credentials(settings, lambda outcome: reloads.labels("tls", outcome).inc())
     try:
         if credentials is None:
             return server, server.add_insecure_port(settings.grpc_address)
