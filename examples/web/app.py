@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,13 @@ from typing import Any
 import grpc
 import orjson
 from aiohttp import web
-from google.protobuf import empty_pb2, json_format
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.tracing import OFF, Tracing
+from stackone_connect_client import Client, Connection, EventWatch, Resynced, SnapshotEnd
 
 HERE = Path(__file__).parent
 HUB_SCRIPT = HERE / "node_modules" / "@stackone" / "hub" / "dist" / "webcomponent.js"
@@ -44,6 +46,11 @@ STATUS_MEANINGS = {
     "ACCOUNT_STATUS_ERROR": "Linked, but StackOne cannot use it yet. Usually the credentials "
     "lack a permission at the provider: fix it there and link again.",
     "ACCOUNT_STATUS_INACTIVE": "Unlinked: link it again to use it.",
+    "ACCOUNT_STATUS_EXPIRED": "The credentials StackOne holds expired: reconnect to enter "
+    "new ones.",
+    "ACCOUNT_STATUS_SUSPENDED": "Suspended at StackOne: it does not sync until it is "
+    "re-enabled there.",
+    "ACCOUNT_STATUS_ARCHIVED": "Archived at StackOne.",
 }
 
 
@@ -76,11 +83,13 @@ class Config:
 
 
 # Statuses a customer fixes by linking the account again (a reconnect session).
-RECONNECT_STATUSES = frozenset({pb.ACCOUNT_STATUS_ERROR})
+RECONNECT_STATUSES = frozenset({pb.ACCOUNT_STATUS_ERROR, pb.ACCOUNT_STATUS_EXPIRED})
 LIST_PAGE_SIZE = 100
 
 CONFIG = web.AppKey("config", Config)
 STUB: web.AppKey[pb_grpc.ConnectServiceAsyncStub] = web.AppKey("stub")
+CLIENT = web.AppKey("client", Client)
+TRACING = web.AppKey("tracing", Tracing)
 
 
 def _as_json(message: Message) -> dict[str, Any]:
@@ -234,24 +243,30 @@ def _server_sent(event: str, data: object = None, cursor: str | None = None) -> 
     return (lines + "\n").encode()
 
 
-def _stream_request(request: web.Request) -> pb.StreamAccountEventsRequest:
-    owner = request.app[CONFIG].owner_id
-    if after := request.headers.get("last-event-id"):
-        return pb.StreamAccountEventsRequest(origin_owner_ids=[owner], after_cursor=after)
-    return pb.StreamAccountEventsRequest(origin_owner_ids=[owner], from_now=empty_pb2.Empty())
+def _watch(request: web.Request) -> EventWatch:
+    """The customer's events, from now or after the page's Last-Event-ID; the client
+    library resumes across the service's restarts by itself."""
+    return request.app[CLIENT].watch(
+        origin_owner_ids=[request.app[CONFIG].owner_id],
+        after_cursor=request.headers.get("last-event-id") or None,
+        bookmarks=True,
+    )
 
 
-async def _follow(
-    stream: AsyncIterable[pb.StreamAccountEventsResponse], response: web.StreamResponse
-) -> None:
-    async for message in stream:
-        item = message.WhichOneof("item")
-        if item == "bookmark":
-            # The cursor read up to; the first one says the stream is attached.
-            await response.write(_server_sent("bookmark", cursor=message.bookmark.cursor))
-            continue
-        for event in message.events.events if item == "events" else [message.event]:
-            await response.write(_server_sent("account", _as_json(event), event.cursor))
+async def _follow(watch: EventWatch, response: web.StreamResponse) -> None:
+    async for item in watch:
+        match item:
+            case pb.AccountEvent():
+                await response.write(_server_sent("account", _as_json(item), item.cursor))
+            case pb.Bookmark() | SnapshotEnd():
+                # The cursor read up to; the first one says the stream is attached.
+                await response.write(_server_sent("bookmark", cursor=item.cursor))
+            case Resynced():
+                # The page's cursor is older than the service keeps: events were missed,
+                # so the page reloads its accounts; their current state follows here too.
+                await response.write(_server_sent("resynced", {"message": item.message}))
+            case pb.Account():
+                await response.write(_server_sent("snapshot", _as_json(item)))
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -260,34 +275,32 @@ async def events(request: web.Request) -> web.StreamResponse:
         headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
     )
     await response.prepare(request)
-    stream = request.app[STUB].StreamAccountEvents(
-        _stream_request(request), metadata=_metadata(request)
-    )
     try:
-        await _follow(stream, response)
-        # The service ended the stream (it is stopping): the page's EventSource reconnects
-        # by itself with Last-Event-ID and resumes after it.
-    except grpc.aio.AioRpcError as error:
+        await _follow(_watch(request), response)
+    except grpc.aio.AioRpcError as error:  # retrying cannot help (e.g. a bad token)
         with contextlib.suppress(ConnectionResetError):
             await response.write(_server_sent("failed", {"error": error.details()}))
     except ConnectionResetError:
         pass  # the page went away
-    finally:
-        stream.cancel()
     return response
 
 
 async def _grpc_channel(app: web.Application) -> AsyncIterator[None]:
-    async with grpc.aio.insecure_channel(app[CONFIG].grpc_target) as channel:
+    config = app[CONFIG]
+    connection = Connection(target=config.grpc_target, token=config.grpc_token)
+    async with connection.channel(app[TRACING].grpc_client_interceptors()) as channel:
         app[STUB] = pb_grpc.ConnectServiceStub(channel)
+        app[CLIENT] = Client.on_stub(app[STUB], token=config.grpc_token)
         yield
 
 
-def build_app(config: Config) -> web.Application:
+def build_app(config: Config, tracing: Tracing = OFF) -> web.Application:
     """The example app's backend. Run it with `handler_cancellation=True`, so that an event
-    stream ends as soon as its page goes away."""
-    app = web.Application()
+    stream ends as soon as its page goes away. With `tracing` on, each request is a span
+    whose context its calls to the service carry on (`traceparent` metadata)."""
+    app = web.Application(middlewares=tracing.aiohttp_middlewares())
     app[CONFIG] = config
+    app[TRACING] = tracing
     app.cleanup_ctx.append(_grpc_channel)
     app.router.add_get("/", index)
     app.router.add_get("/vendor/stackone-hub.js", hub_script)

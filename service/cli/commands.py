@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import grpc
@@ -17,24 +17,24 @@ from google.protobuf.message import Message
 from service.api.convert import AUTH_LINK_SECONDS
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.cli.errors import CommandFailed
+from service.cli.reconnect import add_reconnect_command
+from service.tracing import Tracing, TracingConfigError
+from service.tracing import from_environment as tracing_from_environment
+from stackone_connect_client import (
+    Client,
+    Connection,
+    FileCursorStore,
+    Resynced,
+    Retry,
+    SnapshotEnd,
+    Start,
+)
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     Stub = pb_grpc.ConnectServiceAsyncStub
     Command = Callable[[Stub, argparse.Namespace, "Output"], Any]
-RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 REGISTRY_HELP = "read the service's registry (no StackOne call; StackOne while it is not complete)"
-# A backlog (e.g. --from-earliest) arrives in batches of up to this many events per message.
-WATCH_BATCH = 200
-# Codes after which reconnecting cannot help: the request itself must change.
-_FINAL_CODES = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.UNIMPLEMENTED,
-    }
-)
 
 
 class Output:
@@ -70,6 +70,10 @@ class Output:
         """A line for people, e.g. under a table."""
         self._line(text)
 
+    def line(self, text: str) -> None:
+        """A line as it is, e.g. a JSON object that is not a message."""
+        self._line(text)
+
     def _line(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
@@ -79,20 +83,15 @@ def _auth(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {args.token}"),) if args.token else ()
 
 
-def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
-    """A TLS channel when a CA or client certificate is given, else a plaintext one."""
-    if not (args.ca_file or args.cert_file):
-        return grpc.aio.insecure_channel(args.target)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read(args.ca_file),
-        private_key=_read(args.key_file),
-        certificate_chain=_read(args.cert_file),
+def _channel(
+    args: argparse.Namespace, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()
+) -> grpc.aio.Channel:
+    """The client library's channel for `--target`, `--ca-file`, `--cert-file` and
+    `--key-file`; `interceptors` wrap its calls (tracing's send the command's trace)."""
+    connection = Connection(
+        target=args.target, ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file
     )
-    return grpc.aio.secure_channel(args.target, credentials)
-
-
-def _read(path: str | None) -> bytes | None:
-    return None if path is None else Path(path).read_bytes()
+    return connection.channel(interceptors)
 
 
 def _status(raw_status: str, status: pb.AccountStatus.ValueType) -> str:
@@ -213,58 +212,61 @@ def _print_source(out: Output, source: pb.ListAccountsResponse) -> None:
 
 
 async def watch_events(stub: Stub, args: argparse.Namespace, out: Output) -> None:
-    """`events watch`: follows the stream, resuming after the last cursor on reconnect."""
-    request = pb.StreamAccountEventsRequest(
+    """`events watch`: the client library's watch, which resumes, follows a server's
+    shutdown and resyncs from a snapshot by itself; with `--cursor-file`, a watch started
+    again continues after the last event it printed."""
+    start: Start = "earliest" if args.from_earliest else "snapshot" if args.from_snapshot else "now"
+    watch = Client.on_stub(stub, token=args.token).watch(
         providers=args.provider or [],
         origin_owner_ids=args.owner_id or [],
         account_ids=args.account_id or [],
         event_types=args.type or [],
-        max_events_per_message=WATCH_BATCH,
+        start=start,
+        after_cursor=args.from_cursor or None,
+        cursor_store=FileCursorStore(args.cursor_file) if args.cursor_file else None,
+        on_retry=_print_retry,
     )
-    if args.from_cursor:
-        request.after_cursor = args.from_cursor
-    elif args.from_earliest:
-        request.from_earliest.SetInParent()
-    elif args.from_snapshot:
-        request.from_snapshot.SetInParent()
     seen = 0
-    failures = 0
     if not out.as_json:
         out.row(_EVENT_HEADERS, _EVENT_WIDTHS)
-    while args.max_events is None or seen < args.max_events:
-        try:
-            async for item in stub.StreamAccountEvents(request, metadata=_auth(args)):
-                failures = 0
-                if item.HasField("bookmark"):
-                    request.after_cursor = item.bookmark.cursor  # (ends a snapshot start)
-                    if item.bookmark.initial_state_end:
-                        _print_initial_state_end(out, item.bookmark)
-                    continue
-                if _printed_snapshot_accounts(out, item):
-                    continue
-                for event in [item.event] if item.HasField("event") else item.events.events:
-                    _print_event(out, event)
-                    request.after_cursor = event.cursor  # resume exactly here on reconnect
-                    seen += 1
-                    if args.max_events is not None and seen >= args.max_events:
-                        return
-        except grpc.aio.AioRpcError as error:
-            if error.code() in _FINAL_CODES:
-                raise
-            delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
-            failures += 1
-            again = (
-                "asking for the snapshot again"  # e.g. UNAVAILABLE: the registry is not complete
-                if request.HasField("from_snapshot")
-                else f"resuming after cursor {request.after_cursor or 'now'}"
-            )
-            print(
-                f"stream interrupted ({error.code().name}: {error.details()}); "
-                f"{again} in {delay:g}s",
-                file=sys.stderr,
-                flush=True,
-            )
-            await asyncio.sleep(delay)
+    if args.max_events is not None and args.max_events <= 0:
+        return
+    async for item in watch:
+        match item:
+            case pb.AccountEvent():
+                _print_event(out, item)
+                seen += 1
+                if args.max_events is not None and seen >= args.max_events:
+                    return
+            case pb.Account():
+                _print_snapshot_account(out, item)
+            case SnapshotEnd(cursor=cursor):
+                _print_initial_state_end(out, pb.Bookmark(cursor=cursor, initial_state_end=True))
+            case Resynced():
+                _print_resynced(out, item)
+
+
+def _print_retry(retry: Retry) -> None:
+    again = (
+        "asking for the snapshot again"  # e.g. UNAVAILABLE: the registry is not complete
+        if retry.snapshot
+        else f"resuming after cursor {retry.resume_after or 'now'}"
+    )
+    print(
+        f"stream interrupted ({retry.code.name}: {retry.details}); {again} in {retry.delay:.2g}s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _print_resynced(out: Output, resynced: Resynced) -> None:
+    if out.as_json:
+        out.line(orjson.dumps({"resynced": dataclasses.asdict(resynced)}).decode())
+        return
+    out.note(
+        f"-- cursor {resynced.stale_cursor} is no longer retained (the earliest is "
+        f"{resynced.earliest_cursor}): events were missed; the current state follows --"
+    )
 
 
 def _print_event(out: Output, event: pb.AccountEvent) -> None:
@@ -283,20 +285,15 @@ def _print_event(out: Output, event: pb.AccountEvent) -> None:
     out.row(row, _EVENT_WIDTHS)
 
 
-def _printed_snapshot_accounts(out: Output, item: pb.StreamAccountEventsResponse) -> bool:
-    """Prints the accounts of a snapshot's initial state, each at the cursor that set it;
-    False when `item` holds none."""
-    if not (item.HasField("account") or item.HasField("accounts")):
-        return False
-    for account in [item.account] if item.HasField("account") else item.accounts.accounts:
-        if out.as_json:
-            out.message(pb.StreamAccountEventsResponse(account=account))  # {"account": {...}}
-            continue
-        status = _status(account.raw_status, account.status)
-        row = [account.registry_cursor, "snapshot", account.id, account.provider,
-               account.origin_owner_id, status, "registry"]  # fmt: skip
-        out.row(row, _EVENT_WIDTHS)
-    return True
+def _print_snapshot_account(out: Output, account: pb.Account) -> None:
+    """An account of a snapshot's initial state, at the cursor that set it."""
+    if out.as_json:
+        out.message(pb.StreamAccountEventsResponse(account=account))  # {"account": {...}}
+        return
+    status = _status(account.raw_status, account.status)
+    row = [account.registry_cursor, "snapshot", account.id, account.provider,
+           account.origin_owner_id, status, "registry"]  # fmt: skip
+    out.row(row, _EVENT_WIDTHS)
 
 
 def _print_initial_state_end(out: Output, bookmark: pb.Bookmark) -> None:
@@ -309,12 +306,29 @@ def _print_initial_state_end(out: Output, bookmark: pb.Bookmark) -> None:
 async def run_client_command(command: Command, args: argparse.Namespace) -> int:
     """Runs one client command; prints a one-line error and returns 1 on failure."""
     out = Output(args.json)
-    async with _channel(args) as channel:
+    try:
+        tracing = tracing_from_environment()  # the OTEL_* variables, as for `serve`
+    except TracingConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        # One trace per command: its calls carry it to the service (and on to StackOne).
+        with tracing.tracer().start_as_current_span(f"stackone-connect {command.__name__}"):
+            return await _run(command, args, out, tracing)
+    finally:
+        await asyncio.to_thread(tracing.shutdown)  # exports the command's spans
+
+
+async def _run(command: Command, args: argparse.Namespace, out: Output, tracing: Tracing) -> int:
+    async with _channel(args, tracing.grpc_client_interceptors()) as channel:
         stub: Stub = pb_grpc.ConnectServiceStub(channel)
         try:
             await command(stub, args, out)
         except grpc.aio.AioRpcError as error:
             print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+        except CommandFailed as error:
+            print(f"error: {error}", file=sys.stderr)
             return 1
     return 0
 
@@ -364,6 +378,7 @@ def add_client_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     listing.add_argument("--page-size", type=int, default=100, help="accounts per request")
     listing.add_argument("--page-token", help="fetch only this page")
     listing.set_defaults(command=list_accounts)
+    add_reconnect_command(accounts, common)
 
     events = commands.add_parser("events", help="the account event stream").add_subparsers(
         dest="action", required=True
@@ -384,4 +399,10 @@ def add_client_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         help="first the matching accounts as the registry holds them, then their events",
     )
     watch.add_argument("--max-events", type=int, help="exit after this many events")
+    watch.add_argument(
+        "--cursor-file",
+        metavar="PATH",
+        help="keep the cursor in PATH (atomically): started again, the watch continues after "
+        "the last event it printed (at least once); it wins over --from*",
+    )
     watch.set_defaults(command=watch_events)

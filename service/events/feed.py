@@ -101,6 +101,11 @@ class Feed:
     def __aiter__(self) -> Feed:
         return self
 
+    @property
+    def position(self) -> int:
+        """The cursor read up to: each matching event up to it was returned."""
+        return self._position
+
     async def __anext__(self) -> list[StoredEvent] | Bookmark:
         """The next events or bookmark."""
         if not self._started:

@@ -174,16 +174,16 @@ class ConnectServicer:
         try:
             async for item in feed:
                 if isinstance(item, Bookmark):
-                    position = item.cursor
                     yield wire.bookmark_frame(item.cursor)
                     continue
                 self._metrics.delivery_lag_seconds.observe(time.time() - item[0].recorded_at)
-                position = item[-1].cursor
                 for frame in self._frames.frames(item, per_message, event_filter):
                     yield frame
         finally:
             self._metrics.subscribers.dec()
-        raise ServerDraining(position)
+        # Everything up to the feed's position was sent or filtered out: a filtered
+        # subscriber resumes past the events it skipped, not at its last bookmark.
+        raise ServerDraining(feed.position)
 
     async def _snapshot_frames(
         self, page: RegistryPage, event_filter: EventFilter, per_message: int

@@ -164,6 +164,9 @@ function followEvents() {
       else if (event.type === 'account.updated' && awaitingLink) verify(account.id, 'relinked');
     }
   });
+  // The page's cursor was older than the service keeps: events were missed, so the
+  // accounts are read again rather than trusted.
+  source.addEventListener('resynced', reporting(loadAccounts, '#accounts'));
   source.addEventListener('failed', (message) => {
     state.dataset.state = 'failed';
     state.textContent = JSON.parse(message.data).error;

@@ -1,0 +1,47 @@
+"""A Python client of stackone-connect: every RPC as an async method, and a watch of
+account events that resumes, follows a server's shutdown and resyncs by itself.
+
+    async with Client.connect("127.0.0.1:50051", token="...") as client:
+        store = FileCursorStore("var/billing.cursor")
+        async for item in client.watch(providers=["hibob"], cursor_store=store):
+            match item:
+                case Resynced():   # events were missed: the current state follows
+                    ...
+                case pb.Account(): # an account of a snapshot
+                    ...
+                case SnapshotEnd():
+                    ...
+                case pb.AccountEvent():
+                    ...
+"""
+
+from service.api.v1 import stackone_connect_pb2 as pb
+from stackone_connect_client.client import AccountListing, Client
+from stackone_connect_client.connection import Connection
+from stackone_connect_client.cursors import CursorStore, FileCursorStore, MemoryCursorStore
+from stackone_connect_client.watch import (
+    Backoff,
+    EventWatch,
+    Resynced,
+    Retry,
+    SnapshotEnd,
+    Start,
+    WatchItem,
+)
+
+__all__ = [
+    "AccountListing",
+    "Backoff",
+    "Client",
+    "Connection",
+    "CursorStore",
+    "EventWatch",
+    "FileCursorStore",
+    "MemoryCursorStore",
+    "Resynced",
+    "Retry",
+    "SnapshotEnd",
+    "Start",
+    "WatchItem",
+    "pb",
+]

@@ -1,0 +1,253 @@
+"""`Client`: every RPC of stackone-connect as an async method with keyword arguments."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+
+from service.api.v1 import stackone_connect_pb2 as pb
+from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from stackone_connect_client.connection import Connection
+from stackone_connect_client.cursors import CursorStore
+from stackone_connect_client.watch import Backoff, EventWatch, Retry, Start
+
+DEFAULT_TIMEOUT = 10.0  # seconds; a call's deadline unless it is given its own
+WATCH_BATCH = 200  # events per message while a watch catches up
+
+
+class Client:
+    """A client of the service. Failed calls raise `grpc.aio.AioRpcError`.
+
+    Build it with `Client.connect(...)` (it owns the channel: use `async with` or
+    `close()`), or over a channel of your own with `Client(channel, token=...)`.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
+        self.timeout = timeout
+        self._channel: grpc.aio.Channel | None = channel
+        self._metadata = Connection(token=token).metadata
+
+    @classmethod
+    def on_stub(
+        cls,
+        stub: pb_grpc.ConnectServiceAsyncStub,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> Client:
+        """A client that calls through `stub`, whose channel stays its owner's to close."""
+        client = cls.__new__(cls)
+        client.stub, client.timeout, client._channel = stub, timeout, None
+        client._metadata = Connection(token=token).metadata
+        return client
+
+    @classmethod
+    def connect(
+        cls,
+        target: str | None = None,
+        *,
+        token: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> Client:
+        """A client with a channel of its own; TLS with `ca_file`, mutual TLS with
+        `cert_file` and `key_file`. Unset, `target` and `token` come from
+        `STACKONE_CONNECT_TARGET` and `STACKONE_CONNECT_TOKEN`, as for the CLI."""
+        default = Connection.from_environment()
+        connection = Connection(
+            target=target or default.target,
+            token=token or default.token,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
+        return cls.over(connection, timeout=timeout)
+
+    @classmethod
+    def over(cls, connection: Connection, *, timeout: float = DEFAULT_TIMEOUT) -> Client:
+        """A client with a channel of its own, as `connection` describes."""
+        return cls(connection.channel(), token=connection.token, timeout=timeout)
+
+    async def close(self) -> None:
+        """Closes the channel (and so every call and watch on it), if the client owns it."""
+        if self._channel is not None:
+            await self._channel.close(None)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def create_session(
+        self,
+        *,
+        origin_owner_id: str,
+        origin_owner_name: str,
+        origin_username: str = "",
+        provider: str = "",
+        categories: Iterable[str] = (),
+        expires_in: int | None = None,
+        account_id: str = "",
+        label: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        multiple: bool = False,
+        type: str = "",  # the field's name in the API
+        provider_version: str = "",
+        timeout: float | None = None,
+    ) -> pb.Session:
+        """A fresh connect session for the Hub, with an Auth Link (see the proto)."""
+        request = pb.CreateSessionRequest(
+            origin_owner_id=origin_owner_id,
+            origin_owner_name=origin_owner_name,
+            origin_username=origin_username,
+            provider=provider,
+            categories=categories,
+            expires_in=expires_in,
+            account_id=account_id,
+            label=label,
+            multiple=multiple,
+            type=type,
+            provider_version=provider_version,
+        )
+        if metadata is not None:
+            request.metadata.update(metadata)
+        return await self.stub.CreateSession(request, **self._call(timeout))
+
+    async def get_account(
+        self,
+        *,
+        account_id: str,
+        read_from: pb.ReadFrom.ValueType = pb.READ_FROM_UNSPECIFIED,
+        timeout: float | None = None,
+    ) -> pb.Account:
+        """One account, from StackOne or (`READ_FROM_REGISTRY`) the service's registry."""
+        request = pb.GetAccountRequest(account_id=account_id, read_from=read_from)
+        return await self.stub.GetAccount(request, **self._call(timeout))
+
+    async def delete_account(self, *, account_id: str, timeout: float | None = None) -> pb.Account:
+        """Deletes (unlinks) an account in StackOne; returns it as it was deleted."""
+        request = pb.DeleteAccountRequest(account_id=account_id)
+        return await self.stub.DeleteAccount(request, **self._call(timeout))
+
+    def list_accounts(
+        self,
+        *,
+        origin_owner_ids: Iterable[str] = (),
+        providers: Iterable[str] = (),
+        account_ids: Iterable[str] = (),
+        statuses: Iterable[str] = (),
+        read_from: pb.ReadFrom.ValueType = pb.READ_FROM_UNSPECIFIED,
+        page_size: int = 100,
+        timeout: float | None = None,
+    ) -> AccountListing:
+        """Every matching account, page after page (`timeout` is each page's deadline)."""
+        request = pb.ListAccountsRequest(
+            origin_owner_ids=origin_owner_ids,
+            providers=providers,
+            account_ids=account_ids,
+            statuses=statuses,
+            read_from=read_from,
+            page_size=page_size,
+        )
+        return AccountListing(self, request, timeout)
+
+    def watch(
+        self,
+        *,
+        providers: Iterable[str] = (),
+        origin_owner_ids: Iterable[str] = (),
+        account_ids: Iterable[str] = (),
+        event_types: Iterable[str] = (),
+        start: Start = "now",
+        after_cursor: str | None = None,
+        cursor_store: CursorStore | None = None,
+        max_events_per_message: int = WATCH_BATCH,
+        backoff: Backoff | None = None,
+        on_retry: Callable[[Retry], None] | None = None,
+        bookmarks: bool = False,
+    ) -> EventWatch:
+        """The matching account events, for as long as it is iterated, resuming by itself
+        (`stackone_connect_client.watch` tells how).
+
+        Args:
+            start: where a new subscriber starts: `now`, `earliest` (every event retained),
+                or `snapshot` (every matching account as it is, then `SnapshotEnd`, then
+                the events after it).
+            after_cursor: start after this cursor instead.
+            cursor_store: where the cursor is kept; a cursor it holds wins over `start`
+                and `after_cursor`, so a restarted subscriber continues.
+            on_retry: called before each wait to reconnect (for logs).
+            bookmarks: also yield the stream's bookmarks (`pb.Bookmark`): the first says
+                the watch is attached, later ones carry the cursor read up to.
+        """
+        filters = pb.StreamAccountEventsRequest(
+            providers=providers,
+            origin_owner_ids=origin_owner_ids,
+            account_ids=account_ids,
+            event_types=event_types,
+            max_events_per_message=max_events_per_message,
+        )
+        return EventWatch(
+            self.stub,
+            filters,
+            metadata=self._metadata,
+            start=start,
+            after_cursor=after_cursor,
+            cursor_store=cursor_store,
+            backoff=backoff or Backoff(),
+            on_retry=on_retry,
+            bookmarks=bookmarks,
+        )
+
+    def _call(self, timeout: float | None) -> dict[str, Any]:
+        return {"metadata": self._metadata, "timeout": self.timeout if timeout is None else timeout}
+
+
+class AccountListing:
+    """The accounts of a listing, as an async iterator over every page. Once the first page
+    is read, `cursor` and `answered_from` tell what the listing reflects (from the
+    registry: watch with `after_cursor=listing.cursor` to follow the changes after it)."""
+
+    def __init__(self, client: Client, request: pb.ListAccountsRequest, timeout: float | None):
+        self._client = client
+        self._request = request
+        self._timeout = timeout
+        self.cursor = ""
+        self.answered_from: pb.ReadFrom.ValueType = pb.READ_FROM_UNSPECIFIED
+
+    def __aiter__(self) -> AsyncIterator[pb.Account]:
+        return self._accounts()
+
+    async def _accounts(self) -> AsyncIterator[pb.Account]:
+        request = pb.ListAccountsRequest()
+        request.CopyFrom(self._request)
+        first = True
+        while True:
+            page = await self._client.stub.ListAccounts(
+                request, **self._client._call(self._timeout)
+            )
+            if first:
+                self.cursor, self.answered_from, first = page.cursor, page.answered_from, False
+            for account in page.accounts:
+                yield account
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
