@@ -27,6 +27,12 @@ proto: $(STAMP)
 proto-check: proto
 	git diff --exit-code -- $(PROTO_OUT)
 
+# Records the contract `buf breaking` holds every later change to: run it when a version
+# is released, never to let a breaking change through.
+.PHONY: proto-baseline
+proto-baseline: $(STAMP)
+	$(BIN)/buf build --exclude-source-info -o protos/baseline.binpb
+
 run: $(STAMP)
 	$(BIN)/stackone-connect serve
 
@@ -37,10 +43,15 @@ test: $(STAMP)
 fuzz: $(STAMP)
 	$(BIN)/pytest --fuzz -m fuzz tests/test_webhook_fuzz.py tests/test_grpc_fuzz.py
 
+# buf (buf.yaml) guards the proto contract: its lint rules, its format, and no change that
+# breaks a caller of the contract recorded in protos/baseline.binpb.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+	$(BIN)/buf breaking --against protos/baseline.binpb
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
@@ -103,3 +114,30 @@ install test: browser
 # example app; prints the URL to open.
 demo: $(STAMP) $(HUB_JS)
 	$(BIN)/python -m examples.web.demo
+
+# ---- The TypeScript client (clients/typescript) -----------------------------------------
+# Its messages and service are generated at install, from the protos, by buf with the
+# protoc-gen-es of package-lock.json (gen/ is not committed), then compiled (and so
+# type-checked) with its tsc; tests/test_typescript_client.py runs its suite.
+TS_DIR := clients/typescript
+TS_STAMP := $(TS_DIR)/node_modules/.installed
+TS_BUILT := $(TS_DIR)/dist/.built
+TS_SOURCES := $(wildcard protos/service/api/v1/*.proto $(TS_DIR)/proto/google/rpc/*.proto \
+	$(TS_DIR)/src/*.ts $(TS_DIR)/test/*.ts) $(TS_DIR)/buf.gen.yaml $(TS_DIR)/tsconfig.json
+
+$(TS_STAMP): $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
+	cd $(TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(TS_BUILT): $(STAMP) $(TS_STAMP) $(TS_SOURCES)
+	cd $(TS_DIR) && $(CURDIR)/$(BIN)/buf generate && rm -rf dist && node_modules/.bin/tsc -p .
+	touch $@
+
+.PHONY: typescript
+typescript: $(TS_BUILT)
+install test lint: typescript
+
+.PHONY: clean-typescript
+clean: clean-typescript
+clean-typescript:
+	rm -rf $(TS_DIR)/node_modules $(TS_DIR)/gen $(TS_DIR)/dist
