@@ -70,7 +70,6 @@ import contextlib
 import hashlib
 import hmac
 import html
-import itertools
 import logging
 import math
 import secrets
@@ -207,11 +206,12 @@ class EmulatorState:
     arrivals: dict[str, deque[float]] = field(default_factory=dict)
     requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUESTS_KEPT))
     outbox: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
-    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    account_numbers: int = 0  # handed out so far: ids never repeat, even across restarts
 
     def new_account_id(self) -> str:
         """A StackOne-like numeric string id."""
-        return str(58810347712093400000 + next(self.ids))
+        self.account_numbers += 1
+        return str(58810347712093400000 + self.account_numbers)
 
     def queue_webhook(self, event: str, account: dict[str, Any]) -> None:
         """Queues a webhook for `account` unless delivery is switched off."""
