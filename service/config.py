@@ -1,7 +1,7 @@
 """The service's settings: one object, read from the environment and validated at start-up.
 
-Every field is documented where it is defined; the README's settings table is checked
-against this class by a test.
+Every field is documented where it is defined; the settings table of docs/settings.md is
+generated from this class (`python -m service.config --write-docs`) and checked by a test.
 """
 
 from __future__ import annotations
@@ -145,6 +145,18 @@ class Settings(BaseSettings):
         description="StackOne calls per minute the bundled emulator allows per API key (429"
         " with Retry-After beyond); unset: no limit.",
     )
+    emulator_sdk_shapes: Literal["4.34", "4.28"] = Field(
+        "4.34",
+        description="Which StackOne SDK's answer shapes the bundled emulator plays: `4.34`"
+        " (today's: `organization_id` a string, `integration_id` on sessions, `shared` on"
+        " accounts) or `4.28` (`organization_id` a number, neither field).",
+    )
+    emulator_state_file: Path | None = Field(
+        None,
+        description="JSON file where the bundled emulator keeps its sessions and accounts"
+        " across restarts (rewritten after each change), so a restarted service agrees with"
+        " its event log; unset: `emulator.json` beside a SQLite event log, none with JetStream.",
+    )
     upstream_timeout: Seconds = Field(
         10.0, gt=0, description="Seconds a StackOne call may take when the caller sets no deadline."
     )
@@ -241,13 +253,35 @@ class Settings(BaseSettings):
     )
     clients_file: Path | None = Field(
         None,
-        description="JSON file of clients with bearer tokens and scopes; re-read when its"
-        " content changes. Unset: no token is required.",
+        description="JSON file of clients: each a bearer token and/or a certificate URI"
+        " (mutual TLS), scopes, and optionally the owners it acts for and its StackOne calls"
+        " per minute; re-read when its content changes. Unset: no token is required.",
     )
     allow_insecure: bool = Field(
         False,
         description="Serve gRPC on a non-loopback address without client authentication"
         " (tokens or mutual TLS); only behind a proxy that authenticates.",
+    )
+    audit_sink: str | None = Field(
+        None,
+        min_length=1,
+        description="Where the audit trail goes (one record per CreateSession and"
+        " DeleteAccount, and per call denied by authentication or authorization): a file"
+        " path (JSON lines, fsync'd before the call answers) or `log` (the service log)."
+        " Unset: no audit trail.",
+    )
+    audit_fail_closed: bool = Field(
+        False,
+        description="Refuse CreateSession and DeleteAccount with UNAVAILABLE, before any"
+        " StackOne call, when their audit record cannot be written (needs a file"
+        " AUDIT_SINK).",
+    )
+    webhook_secrets_file: Path | None = Field(
+        None,
+        description="File of webhook signing secrets, one a line, accepted with"
+        " WEBHOOK_SECRETS; re-read when its content changes (at most every second), so"
+        " secrets rotate without a restart. A bad new version is logged and the previous"
+        " secrets stay in force.",
     )
 
     @field_validator("grpc_address", "gateway_address", "admin_address", "emulator_address")
@@ -298,6 +332,25 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("audit_sink")
+    @classmethod
+    def _check_audit_sink(cls, value: str | None) -> str | None:
+        if value is None or value == "log":
+            return value
+        path = Path(value)
+        if path.is_dir() or not path.parent.is_dir():
+            raise ValueError(f"'{value}' is neither `log` nor a file path in an existing folder")
+        return value
+
+    @model_validator(mode="after")
+    def _fail_closed_needs_file(self) -> Settings:
+        if self.audit_fail_closed and self.audit_sink in (None, "log"):
+            raise ValueError(
+                f"{ENV_PREFIX}AUDIT_FAIL_CLOSED needs {ENV_PREFIX}AUDIT_SINK to name a file: "
+                "only a file's write is known to have succeeded"
+            )
+        return self
+
     @model_validator(mode="after")
     def _refuse_open_exposure(self) -> Settings:
         host = split_address(self.grpc_address)[0]
@@ -338,8 +391,11 @@ class Settings(BaseSettings):
         )
 
 
+SETTINGS_PAGE = Path("docs/settings.md")
+
+
 def settings_table() -> str:
-    """The README's settings table, generated from the fields above."""
+    """The settings table of `SETTINGS_PAGE`, generated from the fields above."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, info in Settings.model_fields.items():
         default = info.get_default(call_default_factory=True)
@@ -348,18 +404,18 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
-def write_readme_table(readme: Path) -> None:
-    """Replaces the README's generated settings table with the current one."""
-    text = readme.read_text()
+def write_settings_table(page: Path) -> None:
+    """Replaces the generated settings table of `page` with the current one."""
+    text = page.read_text()
     start = text.index("\n", text.index("<!-- settings:start")) + 1
     end = text.index("<!-- settings:end -->")
-    readme.write_text(text[:start] + settings_table() + "\n" + text[end:])
+    page.write_text(text[:start] + settings_table() + "\n" + text[end:])
 
 
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] == ["--write-readme"]:
-        write_readme_table(Path("README.md"))
+    if sys.argv[1:] in (["--write-docs"], ["--write-readme"]):  # the second: its old name
+        write_settings_table(SETTINGS_PAGE)
     else:
         print(settings_table())

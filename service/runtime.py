@@ -19,13 +19,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+from urllib.parse import urlparse
 
 from grpc_health.v1 import health_pb2
 
 from gateway.app import WEBHOOK_PATH, GatewayState, init_admin_app, init_app
+from gateway.secrets import InvalidSecretsFile, WebhookSecrets, read_secrets
 from service.aio import cancel_all
+from service.audit import AuditTrail, open_sink
 from service.config import ENV_PREFIX, Settings, split_address
 from service.emulator import EMULATOR_STATE, EmulatorConfig, build_emulator_app
+from service.emulator.memory import remember
+from service.events import sqlite
 from service.events.backends import open_event_log
 from service.events.ingest import Ingestor
 from service.events.log import EventLog, ReportsBackgroundFailures
@@ -44,6 +50,8 @@ from service.rpc.server import (
 from service.rpc.servicer import ConnectServicer
 from service.stackone.budget import RateBudget
 from service.stackone.client import StackOneClient
+from service.tracing import Tracing, TracingConfigError
+from service.tracing import from_environment as tracing_from_environment
 from service.web import ListeningApp, listening
 
 _log = logging.getLogger(__name__)
@@ -141,35 +149,99 @@ class _StackOne:
         )
 
 
+def _emulator_memory(settings: Settings) -> Path | None:
+    """Where the bundled emulator keeps its state: the setting, else beside a SQLite log."""
+    if settings.emulator_state_file is not None:
+        return settings.emulator_state_file
+    url = urlparse(settings.event_log_url)
+    return sqlite.path_of(url).with_name("emulator.json") if url.scheme == "sqlite" else None
+
+
 @asynccontextmanager
-async def _stackone(settings: Settings) -> AsyncIterator[_StackOne]:
-    """StackOne as configured, or the bundled emulator (started here) without an API key."""
+async def _stackone(settings: Settings, tracing: Tracing) -> AsyncIterator[_StackOne]:
+    """StackOne as configured, or the bundled emulator (started here) without an API key;
+    traced, the emulator's spans show the context StackOne's calls carry."""
     webhook_secrets = [secret.get_secret_value() for secret in settings.webhook_secrets]
     if not settings.uses_emulator and settings.api_key is not None:
         api_key = settings.api_key.get_secret_value()
-        if not webhook_secrets:
+        if not webhook_secrets and settings.webhook_secrets_file is None:
             raise ConfigurationError(
-                "STACKONE_CONNECT_WEBHOOK_SECRETS is not set: without the signing secret "
-                "of your StackOne webhook every delivery would be rejected"
+                "STACKONE_CONNECT_WEBHOOK_SECRETS (or _FILE) is not set: without the signing "
+                "secret of your StackOne webhook every delivery would be rejected"
             )
         yield _StackOne(settings.base_url, api_key, webhook_secrets, emulator=None)
         return
-    webhook_secrets = webhook_secrets or [secrets.token_urlsafe(32)]
+    # The emulator signs with one secret: the settings' first, else the file's first.
+    webhook_secrets = webhook_secrets or _file_secrets(settings)[:1] or [secrets.token_urlsafe(32)]
     emulator_config = EmulatorConfig(
         api_key=settings.emulator_api_key,
         webhook_url=None,  # the gateway's, once it listens
         webhook_secret=webhook_secrets[0],
         latency=settings.emulator_latency,
         rate_limit=settings.emulator_rate_limit,
+        sdk_shapes=settings.emulator_sdk_shapes,
     )
+    emulator_app = build_emulator_app(emulator_config)
+    if (memory := _emulator_memory(settings)) is not None:
+        remember(emulator_app, memory)
+    emulator_app.middlewares[:0] = tracing.aiohttp_middlewares()
     async with listening(
-        build_emulator_app(emulator_config),
+        emulator_app,
         *split_address(settings.emulator_address),
         # A stand-in for StackOne: its slow (fault-injected) answers need no grace.
         shutdown_timeout=0.5,
         purpose=f"{ENV_PREFIX}EMULATOR_ADDRESS",
     ) as emulator:
         yield _StackOne(emulator.base_url, emulator_config.api_key, webhook_secrets, emulator)
+
+
+def _file_secrets(settings: Settings) -> list[str]:
+    """The secrets of `STACKONE_CONNECT_WEBHOOK_SECRETS_FILE`, if set (a start-up error
+    naming it when it cannot be read)."""
+    if settings.webhook_secrets_file is None:
+        return []
+    try:
+        return read_secrets(settings.webhook_secrets_file)
+    except InvalidSecretsFile as error:
+        raise ConfigurationError(f"{ENV_PREFIX}WEBHOOK_SECRETS_FILE: {error}") from error
+
+
+def _webhook_secrets(settings: Settings, stackone: _StackOne, metrics: Metrics) -> WebhookSecrets:
+    """The secrets webhooks are checked against: the settings' (or the emulator's own),
+    and those of the secrets file, re-read when it changes."""
+    path = settings.webhook_secrets_file
+    fixed = (
+        stackone.webhook_secrets
+        if path is None
+        else [secret.get_secret_value() for secret in settings.webhook_secrets]
+    )
+    reloads = metrics.credential_reloads
+    try:
+        return WebhookSecrets(
+            fixed, path, reported=lambda outcome: reloads.labels("webhook_secrets", outcome).inc()
+        )
+    except InvalidSecretsFile as error:
+        raise ConfigurationError(f"{ENV_PREFIX}WEBHOOK_SECRETS_FILE: {error}") from error
+
+
+@asynccontextmanager
+async def _audit_trail(settings: Settings, metrics: Metrics) -> AsyncIterator[AuditTrail | None]:
+    """The audit trail `STACKONE_CONNECT_AUDIT_SINK` names (none when unset), closed once
+    the gRPC server has stopped, its last records written."""
+    if settings.audit_sink is None:
+        yield None
+        return
+    try:
+        sink = open_sink(settings.audit_sink)
+    except OSError as error:
+        raise ConfigurationError(
+            f"{ENV_PREFIX}AUDIT_SINK: cannot open {settings.audit_sink}: {error.strerror}"
+        ) from error
+    trail = AuditTrail(sink, fail_closed=settings.audit_fail_closed, metrics=metrics)
+    try:
+        yield trail
+    finally:
+        await trail.close()
 
 
 @asynccontextmanager
@@ -190,14 +262,20 @@ async def _event_log(settings: Settings, metrics: Metrics) -> AsyncIterator[Even
         await event_log.close()
 
 
-def _stackone_client(settings: Settings, stackone: _StackOne, metrics: Metrics) -> StackOneClient:
+def _stackone_client(
+    settings: Settings, stackone: _StackOne, metrics: Metrics, tracing: Tracing
+) -> StackOneClient:
     """The one StackOne client, spending one budget for every call: callers,
     verification and reconciliation."""
     budget = RateBudget(
         settings.rate_limit, caller_reserve=settings.rate_caller_reserve, metrics=metrics
     )
     return StackOneClient(
-        stackone.base_url, stackone.api_key, observer=metrics.observe_upstream, budget=budget
+        stackone.base_url,
+        stackone.api_key,
+        observer=metrics.observe_upstream,
+        budget=budget,
+        tracing=tracing,
     )
 
 
@@ -218,13 +296,14 @@ async def _serving(
     client: StackOneClient,
     event_log: EventLog,
     metrics: Metrics,
+    tracing: Tracing,
 ) -> AsyncIterator[_Serving]:
     """The gateway and the gRPC server, SERVING once both listen; on exit, the graceful
     stop: NOT_SERVING, no new webhooks, streams told to reconnect, both drained within
     one grace period."""
     gateway_state = GatewayState(
         ingestor=Ingestor(event_log, record_alone=record_alone, metrics=metrics),
-        secrets=stackone.webhook_secrets,
+        secrets=_webhook_secrets(settings, stackone, metrics),
         url_token=(
             settings.webhook_url_token.get_secret_value() if settings.webhook_url_token else None
         ),
@@ -234,7 +313,7 @@ async def _serving(
     )
     async with (
         listening(
-            init_app(gateway_state),
+            init_app(gateway_state, tracing),
             *split_address(settings.gateway_address),
             shutdown_timeout=settings.shutdown_grace,
             keepalive_timeout=settings.gateway_idle_timeout,
@@ -247,6 +326,7 @@ async def _serving(
             shutdown_timeout=settings.shutdown_grace,
             purpose=f"{ENV_PREFIX}ADMIN_ADDRESS",
         ) as admin,
+        _audit_trail(settings, metrics) as audit,
     ):
         stackone.deliver_webhooks_to(gateway)
         draining = asyncio.Event()
@@ -259,7 +339,9 @@ async def _serving(
             metrics=metrics,
         )
         health = new_health_servicer()
-        server, grpc_port = build_grpc_server(servicer, health, settings, metrics)
+        server, grpc_port = build_grpc_server(
+            servicer, health, settings, metrics, tracing, audit=audit
+        )
         await server.start()
         await _set_health(health, True)
         try:
@@ -285,6 +367,7 @@ async def _background(
     event_log: EventLog,
     metrics: Metrics,
     health: HealthReporter,
+    tracing: Tracing,
 ) -> AsyncIterator[None]:
     """The readiness watch, the verifier and (unless turned off) the reconciler, until
     the block exits."""
@@ -295,6 +378,7 @@ async def _background(
         deadline=settings.verify_deadline,
         quiet=settings.verify_quiet,
         lookup_timeout=settings.upstream_timeout,
+        tracing=tracing,
     )
     tasks = [
         asyncio.create_task(
@@ -314,6 +398,7 @@ async def _background(
             grace=settings.reconcile_grace,
             metrics=metrics,
             report_complete=partial(_set_registry_health, health),
+            tracing=tracing,
         )
         tasks.append(asyncio.create_task(reconciler.run()))
     else:  # nothing will complete it; say whether it is
@@ -326,19 +411,39 @@ async def _background(
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Runtime]:
-    """Runs the whole service until the block exits, then stops it gracefully."""
+async def _tracing(tracing: Tracing | None) -> AsyncIterator[Tracing]:
+    """`tracing`, or as the `OTEL_*` variables configure it (its spans exported at exit)."""
+    if tracing is not None:
+        yield tracing
+        return
+    try:
+        configured = tracing_from_environment()
+    except TracingConfigError as error:
+        raise ConfigurationError(str(error)) from error
+    try:
+        yield configured
+    finally:
+        await asyncio.to_thread(configured.shutdown)  # flushing waits on the collector
+
+
+@asynccontextmanager
+async def running(settings: Settings, tracing: Tracing | None = None) -> AsyncIterator[Runtime]:
+    """Runs the whole service until the block exits, then stops it gracefully; `tracing`
+    (None: as the `OTEL_*` variables say) receives its spans."""
     async with AsyncExitStack() as stack:
-        stackone = await stack.enter_async_context(_stackone(settings))
+        tracing = await stack.enter_async_context(_tracing(tracing))
+        stackone = await stack.enter_async_context(_stackone(settings, tracing))
         metrics = Metrics()
         event_log = await stack.enter_async_context(_event_log(settings, metrics))
         metrics.latest_cursor.set_function(lambda: event_log.latest_cursor)
-        client = await stack.enter_async_context(_stackone_client(settings, stackone, metrics))
+        client = await stack.enter_async_context(
+            _stackone_client(settings, stackone, metrics, tracing)
+        )
         serving = await stack.enter_async_context(
-            _serving(settings, stackone, client, event_log, metrics)
+            _serving(settings, stackone, client, event_log, metrics, tracing)
         )
         await stack.enter_async_context(
-            _background(settings, client, event_log, metrics, serving.health)
+            _background(settings, client, event_log, metrics, serving.health, tracing)
         )
         runtime = Runtime(
             settings,

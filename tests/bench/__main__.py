@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 
 from service.api.v1 import stackone_connect_pb2 as pb
@@ -526,6 +527,117 @@ async def bench_create_session(workdir: Path, seconds: float) -> list[Row]:
     ]  # fmt: skip
 
 
+# Client shares: a budget as production's, a batch client with a tenth of it calling
+# CreateSession 200 times a second (or flooding, 16 in flight), a person's client well
+# within what is left.
+SHARES_RATE_LIMIT, NOISY_SHARE, QUIET_RATE = 1000, 100, 20.0
+NOISY_RATE, NOISY_IN_FLIGHT = 200.0, 16
+NOISY_TOKEN, QUIET_TOKEN = "bench-noisy-token-0123456789", "bench-quiet-token-0123456789"
+
+
+async def bench_client_shares(workdir: Path, seconds: float) -> list[Row]:
+    """A quiet client's CreateSession beside a noisy client past its calls_per_minute
+    (paced, then flooding), against the quiet client alone: both clients' successes, p99."""
+    clients = workdir / "share-clients.json"
+    scopes = ["sessions:create"]
+    clients.write_bytes(orjson.dumps({"clients": [
+        {"name": "noisy", "token": NOISY_TOKEN, "scopes": scopes, "calls_per_minute": NOISY_SHARE},
+        {"name": "quiet", "token": QUIET_TOKEN, "scopes": scopes},
+    ]}))  # fmt: skip
+    runs = {"alone": (0.0, 0), "paced": (NOISY_RATE, 0), "flood": (0.0, NOISY_IN_FLIGHT)}
+    figures: dict[str, dict[str, Any]] = {}
+    async with server_role("instant_upstream", cpu=LOAD_CPU) as upstream:
+        env = {
+            "STACKONE_CONNECT_API_KEY": "bench-key",
+            "STACKONE_CONNECT_BASE_URL": f"http://127.0.0.1:{upstream.port}",
+            "STACKONE_CONNECT_RATE_LIMIT": str(SHARES_RATE_LIMIT),
+            "STACKONE_CONNECT_CLIENTS_FILE": str(clients),
+        }
+        for run, (rate, in_flight) in runs.items():  # a fresh service (and budget) each
+            async with serve(workdir, f"shares-{run}", **env) as process:
+                figures[run] = await run_role(
+                    "client_shares", seconds + 30, target=process.grpc_target,
+                    seconds=seconds, noisy_rate=rate, noisy_concurrency=in_flight,
+                    quiet_rate=QUIET_RATE, noisy_token=NOISY_TOKEN, quiet_token=QUIET_TOKEN,
+                )  # fmt: skip
+    alone = figures["alone"]["quiet"]
+    rows = []
+    for run, how in (("paced", f"{NOISY_RATE:g}/s"), ("flood", f"{NOISY_IN_FLIGHT} in flight")):
+        quiet, noisy = figures[run]["quiet"], figures[run]["noisy"]
+        quiet_ok, noisy_ok = quiet["outcomes"].get("OK", 0), noisy["outcomes"].get("OK", 0)
+        ratio = quiet["p99_ms"] / alone["p99_ms"]
+        paced = run == "paced"
+        rows.append(Row(
+            f"Quiet client's CreateSession p99 beside a noisy client past its limit ({how})",
+            quiet["p99_ms"], "ms", "the quiet client alone, p99", alone["p99_ms"], ratio,
+            "all OK, noisy its share, <= 2x" if paced else "(a flood: what it costs)",
+            quiet_ok == quiet["calls"] and noisy_ok == NOISY_SHARE and ratio <= 2.0
+            if paced else None,
+            f"quiet {quiet_ok}/{quiet['calls']} OK at {QUIET_RATE:g}/s, p50 "
+            f"{quiet['p50_ms']:.2f} ms (alone {alone['p50_ms']:.2f}); noisy {noisy_ok}/"
+            f"{noisy['calls']} OK (its share {NOISY_SHARE}/min), "
+            f"{noisy['outcomes'].get('RESOURCE_EXHAUSTED', 0)} RESOURCE_EXHAUSTED, "
+            f"p99 {noisy['p99_ms']:.2f} ms",
+        ))  # fmt: skip
+    return rows
+
+
+async def bench_tracing(workdir: Path, seconds: float, runs: int) -> list[Row]:
+    """CreateSession and webhook ingest with tracing off (no OTEL_* variable) and on (every
+    trace sampled, exported over OTLP/HTTP to a collector's intake on the load CPU), in
+    alternating rounds; the ratio is on/off, the median of the rounds."""
+    off: dict[str, list[float]] = {"sessions": [], "ingest": []}
+    on: dict[str, list[float]] = {"sessions": [], "ingest": []}
+    spans = 0
+    async with (
+        server_role("instant_upstream", cpu=LOAD_CPU) as upstream,
+        server_role("otlp_sink", cpu=LOAD_CPU) as sink,
+    ):
+        upstream_env = {
+            "STACKONE_CONNECT_API_KEY": "bench-key",
+            "STACKONE_CONNECT_BASE_URL": f"http://127.0.0.1:{upstream.port}",
+            "STACKONE_CONNECT_RATE_LIMIT": str(10**9),
+        }
+        tracing_env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_TRACES_SAMPLER": "always_on",
+            # A queue that holds a few seconds of spans: none dropped at these rates.
+            "OTEL_BSP_MAX_QUEUE_SIZE": "65536",
+        }
+        for run in range(runs):
+            for traced, into in ((False, off), (True, on)):
+                env = upstream_env | (tracing_env if traced else {})
+                name = f"tracing-{run}-{'on' if traced else 'off'}"
+                async with serve(workdir, name, **env) as process:
+                    sessions = await run_role(
+                        "grpc_load", seconds + 30, target=process.grpc_target,
+                        method="create_session", concurrency=16, seconds=seconds,
+                    )  # fmt: skip
+                    ingest = await run_role(
+                        "http_load", seconds + 30, url=process.gateway_url, prefix=name,
+                        **_ingest_load(seconds),
+                    )  # fmt: skip
+                    await process.stop()  # graceful: the exporter sends what it holds
+                into["sessions"].append(sessions["rps"])
+                into["ingest"].append(ingest["rps"])
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sink.port}") as http:
+            spans = (await http.get("/spans")).json()["spans"]
+    rows = []
+    for key, figure, unit in (
+        ("sessions", "CreateSession throughput, tracing on (all sampled, OTLP/HTTP)", "calls/s"),
+        ("ingest", "webhook ingest, account.deleted, tracing on (all sampled, OTLP/HTTP)", "req/s"),
+    ):
+        ratio = _median([a / b for a, b in zip(on[key], off[key], strict=True)])
+        rows.append(Row(
+            figure, _median(on[key]), unit, "the same, tracing off (no OTEL_* variable)",
+            _median(off[key]), ratio, "(the cost of tracing)", None,
+            f"on {_spread(on[key], unit, 0)}; off {_spread(off[key], unit, 0)}; "
+            f"{spans:,} spans received in all",
+        ))  # fmt: skip
+    return rows
+
+
 async def _seed(path: Path, count: int) -> None:
     log = await SqliteEventLog.open(path)
     try:
@@ -574,6 +686,33 @@ async def bench_replay(workdir: Path, count: int) -> list[Row]:
             "(per-message ceiling)", None,
         ),
     ]  # fmt: skip
+
+
+WATCH_TARGET = 0.8  # the client library's watch at least this share of a bare reader's rate
+
+
+async def bench_client_watch(workdir: Path, count: int, runs: int) -> Row:
+    """The Python client's `watch` against a bare grpc.aio reader of the same stream (from
+    the earliest, `LIVE_BATCH` events per message, each event's cursor kept), on one
+    `serve`, in alternating runs; the median of each."""
+    directory = workdir / "client_watch"
+    directory.mkdir(exist_ok=True)
+    await _seed(directory / "events.db", count)
+    client: list[float] = []
+    bare: list[float] = []
+    async with serve(workdir, "client_watch") as process:
+        args = {"target": process.grpc_target, "count": count, "per_message": LIVE_BATCH}
+        for _ in range(runs):
+            bare.append((await run_role("bare_watch", 120, **args))["events_per_s"])
+            client.append((await run_role("client_watch", 120, **args))["events_per_s"])
+    ratio = _median(client) / _median(bare)
+    return Row(
+        "Python client watch throughput (from the earliest)",
+        _median(client), "events/s", "bare grpc.aio reader, events/s", _median(bare), ratio,
+        f">= {WATCH_TARGET}x", ratio >= WATCH_TARGET,
+        f"{count:,} events, {LIVE_BATCH} per message, median of {runs}: client "
+        f"{_spread(client, 'events/s', 0)}, bare {_spread(bare, 'events/s', 0)}",
+    )  # fmt: skip
 
 
 async def bench_burst(workdir: Path) -> list[Row]:
@@ -916,8 +1055,8 @@ def _machine() -> str:
 
 
 SCENARIOS = (
-    "ingest", "verified_ingest", "create_session", "latency", "fan_out", "replay", "burst",
-    "registry",
+    "ingest", "verified_ingest", "create_session", "client_shares", "latency", "fan_out",
+    "replay", "burst", "registry", "tracing", "client_watch",
 )  # fmt: skip
 
 
@@ -935,6 +1074,8 @@ async def main(seconds: float, replay_events: int, only: set[str], runs: int) ->
             rows.append(await bench_verified_ingest(workdir, seconds))
         if "create_session" in only:
             rows += await bench_create_session(workdir, seconds)
+        if "client_shares" in only:
+            rows += await bench_client_shares(workdir, seconds)
         if "latency" in only:
             rows += await bench_latency(workdir, seconds, 1000.0, LIVE_BATCH, 50.0, runs)
             rows += await bench_latency(workdir, seconds, 100.0, 1, 16.9, runs)
@@ -946,6 +1087,10 @@ async def main(seconds: float, replay_events: int, only: set[str], runs: int) ->
             rows += await bench_burst(workdir)
         if "registry" in only:
             rows += await bench_registry(workdir, seconds, runs)
+        if "tracing" in only:
+            rows += await bench_tracing(workdir, seconds, runs)
+        if "client_watch" in only:
+            rows.append(await bench_client_watch(workdir, replay_events, runs))
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     took = time.perf_counter() - started
     print(f"\nstackone-connect benchmarks, {when}, {_machine()}, {took:.0f} s\n")

@@ -23,6 +23,10 @@ import orjson
 import uvloop
 from aiohttp import ClientSession, TCPConnector, web
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
 from gateway.signature import sign
 from service.api.v1 import stackone_connect_pb2 as pb
@@ -32,6 +36,7 @@ from service.emulator.accounts import iso, new_account
 from service.emulator.app import EmulatorConfig, build_emulator_app
 from service.events.registry import RegisteredAccount
 from service.rpc import wire
+from stackone_connect_client import Client
 from tests.bench import h2streams
 
 SESSION_BODY = orjson.dumps(
@@ -126,6 +131,33 @@ async def instant_upstream(_: dict[str, Any]) -> None:
 
     app = web.Application()
     app.router.add_post("/connect_sessions", handler)
+    await _serve_app(app)
+
+
+async def otlp_sink(_: dict[str, Any]) -> None:
+    """A collector's intake: `POST /v1/traces` decodes each OTLP/HTTP export (as a
+    collector does) and counts its spans; `GET /spans` answers the count."""
+    spans = 0
+
+    async def export(request: web.Request) -> web.Response:
+        nonlocal spans
+        exported = ExportTraceServiceRequest.FromString(await request.read())
+        spans += sum(
+            len(scope.spans)
+            for resource in exported.resource_spans
+            for scope in resource.scope_spans
+        )
+        return web.Response(
+            body=ExportTraceServiceResponse().SerializeToString(),
+            content_type="application/x-protobuf",
+        )
+
+    async def count(_: web.Request) -> web.Response:
+        return web.json_response({"spans": spans})
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/traces", export)
+    app.router.add_get("/spans", count)
     await _serve_app(app)
 
 
@@ -395,6 +427,58 @@ async def httpx_latency(args: dict[str, Any]) -> None:
     print(orjson.dumps({"p50_ms": percentile(latencies, 0.5) * 1e3}).decode())
 
 
+async def client_shares(args: dict[str, Any]) -> None:
+    """Two clients of one service for `seconds`: a quiet one calling CreateSession
+    `quiet_rate` times a second (a person waiting on a Hub), and a noisy one (a batch job,
+    refused past its own calls per minute) calling `noisy_rate` times a second, or
+    flooding with `noisy_concurrency` calls in flight (neither: the quiet one alone).
+    Reports each one's outcomes and latencies."""
+    outcomes: dict[str, Counter[str]] = {"quiet": Counter(), "noisy": Counter()}
+    latencies: dict[str, list[float]] = {"quiet": [], "noisy": []}
+    request = pb.CreateSessionRequest(origin_owner_id="t", origin_owner_name="T")
+    async with grpc.aio.insecure_channel(args["target"]) as channel:
+        create = pb_grpc.ConnectServiceStub(channel).CreateSession
+
+        async def call(who: str) -> None:
+            metadata = (("authorization", f"Bearer {args[who + '_token']}"),)
+            started = time.perf_counter()
+            try:
+                await create(request, metadata=metadata, timeout=10)
+                outcomes[who]["OK"] += 1
+            except grpc.aio.AioRpcError as error:
+                outcomes[who][error.code().name] += 1
+            latencies[who].append(time.perf_counter() - started)
+
+        async def flood() -> None:
+            while time.perf_counter() < deadline:
+                await call("noisy")
+
+        async def paced(who: str, rate: float) -> None:
+            first, calls = time.perf_counter(), []
+            while rate and time.perf_counter() < deadline:
+                calls.append(asyncio.create_task(call(who)))
+                await asyncio.sleep(first + len(calls) / rate - time.perf_counter())
+            await asyncio.gather(*calls)
+
+        # Connected and warm first (channel, the service's upstream pool), not timed.
+        quiet_metadata = (("authorization", f"Bearer {args['quiet_token']}"),)
+        await create(request, metadata=quiet_metadata, timeout=10)
+        deadline = time.perf_counter() + args["seconds"]
+        await asyncio.gather(
+            paced("quiet", args["quiet_rate"]),
+            paced("noisy", args["noisy_rate"]),
+            *(flood() for _ in range(args["noisy_concurrency"])),
+        )
+    print(orjson.dumps({
+        who: {
+            "outcomes": outcomes[who], "calls": len(latencies[who]),
+            "p50_ms": percentile(latencies[who], 0.5) * 1e3 if latencies[who] else None,
+            "p99_ms": percentile(latencies[who], 0.99) * 1e3 if latencies[who] else None,
+        }
+        for who in outcomes
+    }).decode())  # fmt: skip
+
+
 STREAM_METHOD = "/stackone_connect.v1.ConnectService/StreamAccountEvents"
 # The account ids the latency posters give events: `lat-<send time in ns>-<n>`.
 _LATENCY_ID = re.compile(rb"lat-(\d+)-(\d+)")
@@ -482,6 +566,41 @@ async def replay(args: dict[str, Any]) -> None:
                 break
         elapsed = time.perf_counter() - started
     print(orjson.dumps({"events_per_s": seen / elapsed, "events": seen}).decode())
+
+
+async def bare_watch(args: dict[str, Any]) -> None:
+    """Reads `count` events from the earliest with grpc.aio alone, keeping each event's
+    cursor (what any reader that resumes must do); reports events per second."""
+    request = pb.StreamAccountEventsRequest(max_events_per_message=args["per_message"])
+    request.from_earliest.SetInParent()
+    async with grpc.aio.insecure_channel(args["target"]) as channel:
+        stub = pb_grpc.ConnectServiceStub(channel)
+        seen, cursor = 0, ""
+        started = time.perf_counter()
+        async for item in stub.StreamAccountEvents(request):
+            for event in item.events.events if item.HasField("events") else (item.event,):
+                cursor = event.cursor
+                seen += 1
+            if seen >= args["count"]:
+                break
+        elapsed = time.perf_counter() - started
+    print(orjson.dumps({"events_per_s": seen / elapsed, "events": seen, "last": cursor}).decode())
+
+
+async def client_watch(args: dict[str, Any]) -> None:
+    """The same read with the client library's `watch` (which keeps each cursor itself)."""
+    async with Client.connect(args["target"]) as client:
+        watch = client.watch(start="earliest", max_events_per_message=args["per_message"])
+        seen, cursor = 0, ""
+        started = time.perf_counter()
+        async for item in watch:
+            if isinstance(item, pb.AccountEvent):
+                cursor = item.cursor
+                seen += 1
+                if seen >= args["count"]:
+                    break
+        elapsed = time.perf_counter() - started
+    print(orjson.dumps({"events_per_s": seen / elapsed, "events": seen, "last": cursor}).decode())
 
 
 async def seed_accounts(args: dict[str, Any]) -> None:
@@ -902,11 +1021,13 @@ ROLES = {
     "bare_http": bare_http, "instant_upstream": instant_upstream, "bare_grpc": bare_grpc,
     "http_load": http_load, "paced_post": paced_post, "grpc_load": grpc_load,
     "httpx_latency": httpx_latency, "subscribers": subscribers, "replay": replay,
+    "client_shares": client_shares,
     "bare_stream": bare_stream, "flood_read": flood_read,
     "bare_broadcast": bare_broadcast, "paced_publish": paced_publish,
     "seed_accounts": seed_accounts, "burst": burst, "bare_registry": bare_registry,
     "registry_reads": registry_reads, "snapshot_read": snapshot_read,
     "registry_emulator": registry_emulator, "registry_wait": registry_wait,
+    "otlp_sink": otlp_sink, "bare_watch": bare_watch, "client_watch": client_watch,
 }  # fmt: skip
 
 if __name__ == "__main__":
