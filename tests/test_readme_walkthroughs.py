@@ -19,6 +19,7 @@ CLI = str(Path(sys.executable).parent / "stackone-connect")
 WALKTHROUGHS = [
     "Walk-through: link an account and watch the event arrive",
     "Sending an Auth Link by e-mail",
+    "An account went to error: getting the customer to reconnect",
 ]
 
 

@@ -1,4 +1,4 @@
-"""Settings: validated at start-up, documented in the README."""
+"""Settings: validated at start-up, documented in docs/settings.md."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from typing import Annotated, Any, get_args, get_origin
 import pytest
 from pydantic import ValidationError
 
-from service.config import MAX_SECONDS, Settings, settings_table
+from service.config import MAX_SECONDS, SETTINGS_PAGE, Settings, settings_table
 
-README = Path(__file__).parent.parent / "README.md"
+REPOSITORY = Path(__file__).parent.parent
 
 
-def test_the_readme_documents_every_setting() -> None:
-    """The README's settings table is exactly the one generated from Settings."""
-    assert settings_table() in README.read_text()
+def test_the_docs_document_every_setting() -> None:
+    """docs/settings.md's table is exactly the one generated from Settings."""
+    assert settings_table() in (REPOSITORY / SETTINGS_PAGE).read_text()
 
 
 def test_a_bad_setting_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
