@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter
 from gateway.encoding import BodyTooLarge, UndecodableBody, decode, unsupported
 from gateway.signature import SIGNATURE_HEADER, is_valid_signature
 from service.events.ingest import Ingestor, InvalidWebhook, parse_webhook
-from service.events.model import EventLogError, InboxFull
+from service.events.model import AccountEventType, EventLogError, InboxFull
 from service.logs import REQUEST_ID, request_id_from
 from service.metrics import Metrics
 from service.tracing import OFF, Tracing
@@ -33,7 +33,7 @@ _log = logging.getLogger(__name__)
 WEBHOOK_PATH = "/webhooks/stackone"
 MAX_BODY_BYTES = 256 * 1024
 INBOX_FULL_RETRY_AFTER = 30  # seconds; StackOne keeps its own schedule, this is a hint
-KNOWN_TYPES = frozenset({"account.created", "account.updated", "account.deleted"})
+KNOWN_TYPES = frozenset(AccountEventType)
 
 
 @dataclass(slots=True)

@@ -19,6 +19,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from service.events.model import AccountEventType
+
 if TYPE_CHECKING:  # the state imports nothing from here; this avoids a cycle at run time
     from service.emulator.app import EmulatorState
 
@@ -99,7 +101,7 @@ def new_account(state: EmulatorState, spec: dict[str, Any]) -> dict[str, Any]:
     if state.config.sdk_shapes != "4.28":  # StackOne's SDK has had `shared` since 4.34.1
         account["shared"] = _checked_shared(spec.get("shared", False))
     state.accounts[account_id] = account
-    state.queue_webhook("account.created", account)
+    state.queue_webhook(AccountEventType.CREATED, account)
     return account
 
 
@@ -122,7 +124,7 @@ def update_account(state: EmulatorState, account: dict[str, Any], changes: dict[
         if key in changes:
             account[key] = changes[key]
     account["updated_at"] = iso(now())
-    state.queue_webhook("account.updated", account)
+    state.queue_webhook(AccountEventType.UPDATED, account)
 
 
 def _existing(

@@ -95,6 +95,7 @@ from service.emulator.accounts import (
 from service.emulator.accounts import iso as _iso
 from service.emulator.accounts import now as _now
 from service.emulator.origins import refusal
+from service.events.model import AccountEventType
 
 _log = logging.getLogger(__name__)
 # StackOne's, as its SDK (@stackone/stackone-client-ts 4.34) lists them.
@@ -544,7 +545,7 @@ async def delete_account(request: web.Request) -> web.Response:
     state = _state(request)
     del state.accounts[account["id"]]
     account.update(status="inactive", updated_at=_iso(_now()))
-    state.queue_webhook("account.deleted", account)
+    state.queue_webhook(AccountEventType.DELETED, account)
     return web.json_response(account)
 
 

@@ -22,7 +22,7 @@ from opentelemetry import trace
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.log import EventLog
-from service.events.model import ACCOUNT_EVENT_TYPE, Accepted, EventRecord, InboxEntry
+from service.events.model import ACCOUNT_EVENT_TYPE, STATE_TYPES, Accepted, EventRecord, InboxEntry
 from service.metrics import Metrics
 from service.stackone.models import MAX_ID, plausible_moment, usable_id
 from service.tracing import traceparent_of
@@ -36,7 +36,7 @@ MAX_TEXT = 1024
 _DIGEST_PREFIX = "sha256:"  # the id of a webhook StackOne sent none for
 _REPEAT_MARK = "~"
 # The types whose repeat a look-up can tell from a redelivery (the state they report).
-_CONFIRMABLE_TYPES = frozenset({"account.created", "account.updated"})
+_CONFIRMABLE_TYPES = STATE_TYPES
 
 
 class InvalidWebhook(ValueError):

@@ -5,12 +5,31 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 
 from service.owners import OwnerScope
 
-ACCOUNT_CREATED = "account.created"
-ACCOUNT_DELETED = "account.deleted"
+
+class AccountEventType(StrEnum):
+    """The account events StackOne sends and this service records and synthesizes: the
+    one place they are named (the gateway's metric labels, the verifier, reconciliation
+    and the emulator use these)."""
+
+    CREATED = "account.created"
+    UPDATED = "account.updated"
+    DELETED = "account.deleted"
+
+    @property
+    def reports_state(self) -> bool:
+        """True for the types whose webhook reports the account's state, which a look-up
+        at StackOne verifies (a deletion has no state left to look up)."""
+        return self is not AccountEventType.DELETED
+
+
+ACCOUNT_CREATED = AccountEventType.CREATED
+ACCOUNT_DELETED = AccountEventType.DELETED
+STATE_TYPES = frozenset(t.value for t in AccountEventType if t.reports_state)
+"""The types a look-up verifies and folds: created and updated."""
 ACCOUNT_EVENT_TYPE = re.compile(r"account\.[a-z_]{1,64}")
 """What an account event's type is: what the gateway records and a stream filter selects
 (`account.error` and other alerts StackOne may add included)."""

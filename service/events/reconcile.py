@@ -28,7 +28,13 @@ from service.api.convert import account_message, timestamp
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.ingest import event_record
 from service.events.log import EventLog
-from service.events.model import ACCOUNT_DELETED, EventRecord, KnownAccount, deletes_account
+from service.events.model import (
+    ACCOUNT_DELETED,
+    AccountEventType,
+    EventRecord,
+    KnownAccount,
+    deletes_account,
+)
 from service.events.registry import RegistryQuery
 from service.metrics import Metrics
 from service.stackone.budget import Priority
@@ -160,9 +166,9 @@ def _change(
     message = account_message(account)
     version = message.updated_at.ToJsonString() if message.HasField("updated_at") else ""
     if last is None or last.deleted:
-        return _synthesized("account.created", message, version)
+        return _synthesized(AccountEventType.CREATED, message, version)
     if (last.status, last.updated_at) != (message.raw_status, version):
-        return _synthesized("account.updated", message, version or message.raw_status)
+        return _synthesized(AccountEventType.UPDATED, message, version or message.raw_status)
     return None
 
 

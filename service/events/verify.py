@@ -39,7 +39,7 @@ from service.api.convert import account_message, timestamp
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.ingest import InvalidWebhook, event_record, is_repeat, parse_webhook
 from service.events.log import EventLog
-from service.events.model import EventLogUnavailable, EventRecord, InboxEntry
+from service.events.model import STATE_TYPES, EventLogUnavailable, EventRecord, InboxEntry
 from service.metrics import Metrics
 from service.stackone.budget import Priority
 from service.stackone.errors import (
@@ -52,7 +52,7 @@ from service.stackone.models import LinkedAccount
 from service.tracing import OFF, Tracing, current_traceparent, links_to, parent_of
 
 _log = logging.getLogger(__name__)
-VERIFIED_TYPES = frozenset({"account.created", "account.updated"})
+VERIFIED_TYPES = STATE_TYPES
 # Answers that retrying within the deadline cannot change.
 _FINAL_ERRORS = (StackOneNotFound, StackOneAuthError, StackOneBadRequest)
 _PAGE = 500
