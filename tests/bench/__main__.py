@@ -857,7 +857,7 @@ async def _first_start(workdir: Path, latency: float) -> Row:
     )  # fmt: skip
     if latency:
         figure = f"same, StackOne answering in {latency:g} s (as the burst's)"
-        target, met = "(context: 4 pages in flight, paced by the budget)", None if complete else False
+        target, met = "(context: 4 pages in flight)", None if complete else False
     else:
         figure = (
             f"first start against a StackOne of {FIRST_START_ACCOUNTS:,} accounts: serve "
