@@ -308,3 +308,27 @@ async def test_a_deeply_nested_body_is_400_not_a_crash(stackone: httpx.AsyncClie
     hub = await new_session(stackone)
     answer = await stackone.post("/hub/accounts", content=deep, headers={**hub, **json_type})
     assert answer.status_code == 400, answer.text
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "body", "named"),
+    [
+        ("/emulator/faults", "POST", {"status": "abc"}, "status"),
+        ("/emulator/faults", "POST", {"delay": -1}, "delay"),
+        ("/emulator/faults", "POST", {"stauts": 500}, "stauts"),
+        ("/emulator/behaviour", "PUT", {"latency": True}, "latency"),
+        ("/emulator/behaviour", "PUT", {"rate_limit": 0}, "rate_limit"),
+        ("/emulator/webhooks", "PUT", {"enabled": "no"}, "enabled"),
+    ],
+)
+async def test_an_emulator_action_body_it_does_not_take_is_400_naming_the_field(
+    stackone: httpx.AsyncClient, path: str, method: str, body: dict[str, Any], named: str
+) -> None:
+    """Typed bodies: a wrong type, a bound crossed or a misspelt key is refused whole (a
+    `Fault(**body)` once took `{"status": "abc"}`), and nothing changes."""
+    before = (await stackone.put("/emulator/behaviour", json={})).json()
+    answer = await stackone.request(method, path, json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["message"].split(": ", 1)[1].startswith(f"{named}: ")
+    assert (await stackone.put("/emulator/behaviour", json={})).json() == before
+    assert (await stackone.get("/accounts")).status_code == 200, "no fault was added"

@@ -94,6 +94,7 @@ from service.emulator.accounts import (
 )
 from service.emulator.accounts import iso as _iso
 from service.emulator.accounts import now as _now
+from service.emulator.bodies import BadBody, BehaviourBody, FaultBody, WebhooksBody, parsed
 from service.emulator.origins import refusal
 from service.events.model import AccountEventType
 
@@ -595,10 +596,14 @@ async def patch_account(request: web.Request) -> web.Response:
 async def configure_webhooks(request: web.Request) -> web.Response:
     """PUT /emulator/webhooks: changes where and whether webhooks are delivered."""
     config = _state(request).config
-    body = await _json_object(request)
-    config.webhook_url = body.get("url", config.webhook_url)
-    config.webhook_secret = body.get("secret", config.webhook_secret)
-    config.deliver_webhooks = bool(body.get("enabled", config.deliver_webhooks))
+    try:
+        body = parsed(WebhooksBody, await _json_object(request))
+    except BadBody as error:
+        return stackone_error(400, f"not a webhook setting: {error}")
+    given = body.model_fields_set
+    config.webhook_url = body.url if "url" in given else config.webhook_url
+    config.webhook_secret = body.secret if "secret" in given else config.webhook_secret
+    config.deliver_webhooks = body.enabled if "enabled" in given else config.deliver_webhooks
     return web.json_response({"url": config.webhook_url, "enabled": config.deliver_webhooks})
 
 
@@ -610,8 +615,8 @@ async def list_deliveries(request: web.Request) -> web.Response:
 async def add_fault(request: web.Request) -> web.Response:
     """POST /emulator/faults: injects a fault; DELETE /emulator/faults clears them."""
     try:
-        fault = Fault(**await _json_object(request))
-    except TypeError as error:
+        fault = Fault(**parsed(FaultBody, await _json_object(request)).model_dump())
+    except BadBody as error:
         return stackone_error(400, f"not a fault: {error}")
     _state(request).faults.append(fault)
     return web.json_response(asdict(fault), status=201)
@@ -623,33 +628,17 @@ async def clear_faults(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _behaviour_problem(body: dict[str, Any]) -> str | None:
-    unknown = set(body) - {"latency", "rate_limit", "rate_window"}
-    if unknown:
-        return f"unknown behaviour: {', '.join(sorted(unknown))}"
-    # bool is an int in Python; `true` is not a number of seconds or calls.
-    number = (int, float)
-    latency = body.get("latency", 0.0)
-    if isinstance(latency, bool) or not isinstance(latency, number) or latency < 0:
-        return "latency must be a number of seconds >= 0"
-    limit = body.get("rate_limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        return "rate_limit must be a whole number > 0, or null for no limit"
-    window = body.get("rate_window", 60.0)
-    if isinstance(window, bool) or not isinstance(window, number) or window <= 0:
-        return "rate_window must be a number of seconds > 0"
-    return None
-
-
 async def configure_behaviour(request: web.Request) -> web.Response:
     """PUT /emulator/behaviour: latency and rate limit of the StackOne endpoints."""
     config = _state(request).config
-    body = await _json_object(request)
-    if problem := _behaviour_problem(body):
-        return stackone_error(400, problem)
-    config.latency = float(body.get("latency", config.latency))
-    config.rate_limit = body.get("rate_limit", config.rate_limit)
-    config.rate_window = float(body.get("rate_window", config.rate_window))
+    try:
+        body = parsed(BehaviourBody, await _json_object(request))
+    except BadBody as error:
+        return stackone_error(400, f"not a behaviour: {error}")
+    given = body.model_fields_set
+    config.latency = body.latency if "latency" in given else config.latency
+    config.rate_limit = body.rate_limit if "rate_limit" in given else config.rate_limit
+    config.rate_window = body.rate_window if "rate_window" in given else config.rate_window
     return web.json_response(config.behaviour())
 
 
