@@ -12,8 +12,8 @@
   account in between, JetStream refuses the publish and the check runs again. Two
   replicas sweeping at once therefore record a change once.
 - Two key-value buckets hold what the stream's retention must not forget: the last state
-  of every account (for reconciliation) and the ids recorded within the dedup window
-  (for `contains`, which lets a redelivery skip the StackOne round trip).
+  of every account (for reconciliation and the registry) and the ids recorded within the
+  dedup window (so a redelivery of a recorded webhook is answered without a new event).
 - The inbox is a second stream, `<stream>_INBOX` on `<prefix>_inbox.<account token>`,
   limited to `inbox_limit` messages with new ones discarded (the gateway then answers
   503). Its `Nats-Msg-Id` is the event id, so a redelivery while pending is dropped at
@@ -333,13 +333,6 @@ class JetStreamEventLog:
     def stop_waits(self) -> None:
         """Ends every current and later `wait_for_append` at once (the server is draining)."""
         self._tail.stop_waits()
-
-    async def contains(self, event_id: str) -> bool:
-        """True when `event_id` was recorded (by any replica) within the dedup window."""
-        try:
-            return await self._recorded(event_id) is not None
-        except NATS_ERRORS as error:
-            raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
 
     async def known_accounts(self) -> dict[str, KnownAccount]:
         """Every account's last recorded state, from the accounts bucket."""

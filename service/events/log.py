@@ -63,10 +63,6 @@ class EventLog(Protocol):
         """Ends every current and later `wait_for_append` at once (the server is draining)."""
         ...
 
-    async def contains(self, event_id: str) -> bool:
-        """True when an event with this id was appended within the dedup window."""
-        ...
-
     async def known_accounts(self) -> dict[str, KnownAccount]:
         """The last recorded state of every account the log has seen an event for."""
         ...

@@ -456,18 +456,6 @@ class SqliteEventLog:
         """Ends every current and later `wait_for_append` at once (the server is draining)."""
         self._tail.stop_waits()
 
-    async def contains(self, event_id: str) -> bool:
-        """True when `event_id` was recorded within the dedup window."""
-        if self._closed:
-            raise EventLogUnavailable("the event log is closed")
-        try:
-            row = self._lookup_conn.execute(
-                "SELECT 1 FROM dedup WHERE event_id = ?", (event_id,)
-            ).fetchone()
-        except sqlite3.Error as error:
-            raise EventLogUnavailable(f"the event log at {self.path} failed: {error}") from error
-        return row is not None
-
     async def known_accounts(self) -> dict[str, KnownAccount]:
         """Every account's last recorded state."""
         rows = await self._on_reader(
