@@ -25,7 +25,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +161,60 @@ class _PendingWrite(Generic[_T]):
     stage: Callable[[float], _Staged[_T]]
     weight: int
     done: asyncio.Future[_T]
+
+
+class _PendingIndex:
+    """The webhooks waiting in the inbox, known in memory so that the door answers
+    "a redelivery of one still waiting", "the account has entries waiting" and "the inbox
+    is full" without a query: the committed entries (by id, and counted by account), and
+    those the transaction being staged adds, forgotten when it ends either way."""
+
+    __slots__ = ("_accounts", "_ids", "_staged_accounts", "_staged_ids")
+
+    def __init__(self, waiting: Iterable[tuple[str, str]] = ()) -> None:
+        waiting = list(waiting)  # (event id, account id) of each committed entry
+        self._ids = {event_id for event_id, _ in waiting}
+        self._accounts = Counter(account_id for _, account_id in waiting)
+        self._staged_ids: set[str] = set()
+        self._staged_accounts: set[str] = set()
+
+    def __len__(self) -> int:
+        """Committed entries waiting."""
+        return len(self._ids)
+
+    def holds(self, event_id: str) -> bool:
+        """True when the webhook waits, or is being added."""
+        return event_id in self._ids or event_id in self._staged_ids
+
+    def has_waiting(self, account_id: str) -> bool:
+        """True when the account has an entry waiting, or one being added."""
+        return account_id in self._accounts or account_id in self._staged_accounts
+
+    def is_full(self, limit: int) -> bool:
+        """True when `limit` entries wait or are being added."""
+        return len(self._ids) + len(self._staged_ids) >= limit
+
+    def stage(self, entry: InboxEntry) -> None:
+        """An entry the open transaction adds."""
+        self._staged_ids.add(entry.event_id)
+        self._staged_accounts.add(entry.account_id)
+
+    def end_transaction(self) -> None:
+        """Forgets what was staged: `committed` took what the commit kept."""
+        self._staged_ids.clear()
+        self._staged_accounts.clear()
+
+    def committed(self, added: Iterable[InboxEntry], removed: Iterable[InboxEntry]) -> None:
+        """Applies what a committed write added to and removed from the inbox."""
+        for entry in added:
+            self._ids.add(entry.event_id)
+            self._accounts[entry.account_id] += 1
+        for entry in removed:
+            if entry.event_id in self._ids:
+                self._ids.remove(entry.event_id)
+                self._accounts[entry.account_id] -= 1
+                if not self._accounts[entry.account_id]:
+                    del self._accounts[entry.account_id]
 
 
 def _connect(
@@ -352,10 +406,7 @@ class SqliteEventLog:
         self._max_batch = max_batch
         self._pending: asyncio.Queue[_PendingWrite[Any]] = asyncio.Queue()
         self._inbox_limit = inbox_limit
-        self._pending_ids: set[str] = set()  # event ids in the inbox (committed)
-        self._pending_accounts: Counter[str] = Counter()  # their entries, by account
-        self._staged_ids: set[str] = set()  # added by the transaction being staged
-        self._staged_accounts: set[str] = set()  # accounts of those
+        self._waiting = _PendingIndex()
         self._inbox_latest = Watermark()  # the newest inbox sequence committed
         self._write_lock = asyncio.Lock()
         self._pruned_through = 0
@@ -413,8 +464,7 @@ class SqliteEventLog:
         latest, log._pruned_through = await log._on_writer(log._load_positions)
         log._tail.start_at(latest)
         pending, log._inbox_latest.value = await log._on_writer(log._load_inbox_position)
-        log._pending_ids = {event_id for event_id, _ in pending}
-        log._pending_accounts = Counter(account_id for _, account_id in pending)
+        log._waiting = _PendingIndex(pending)
         log._registry_complete = await log._on_writer(log._load_registry_complete)
         log._tasks = [
             asyncio.create_task(log._write_loop(), name="eventlog-writer"),
@@ -568,7 +618,7 @@ class SqliteEventLog:
         row = self._lookup_conn.execute(
             "SELECT received_at FROM inbox ORDER BY seq LIMIT 1"
         ).fetchone()
-        return InboxStats(len(self._pending_ids), None if row is None else float(row[0]))
+        return InboxStats(len(self._waiting), None if row is None else float(row[0]))
 
     async def check_writable(self) -> None:
         """Writes and syncs as an append would; raises `EventLogUnavailable` if it fails."""
@@ -685,8 +735,7 @@ class SqliteEventLog:
                 self.commits += 1
                 self._committed(batch, staged)
             finally:
-                self._staged_ids.clear()
-                self._staged_accounts.clear()
+                self._waiting.end_transaction()
             for _ in batch:
                 self._pending.task_done()
 
@@ -730,15 +779,7 @@ class SqliteEventLog:
                 if not pending.done.done():
                     pending.done.set_exception(outcome)
                 continue
-            for added in outcome.pending_added:
-                self._pending_ids.add(added.event_id)
-                self._pending_accounts[added.account_id] += 1
-            for removed in outcome.pending_removed:
-                if removed.event_id in self._pending_ids:
-                    self._pending_ids.remove(removed.event_id)
-                    self._pending_accounts[removed.account_id] -= 1
-                    if not self._pending_accounts[removed.account_id]:
-                        del self._pending_accounts[removed.account_id]
+            self._waiting.committed(outcome.pending_added, outcome.pending_removed)
             inbox_latest = max(inbox_latest, outcome.inbox_latest)
             if not pending.done.done():
                 pending.done.set_result(outcome.result)
@@ -748,23 +789,19 @@ class SqliteEventLog:
         self, entry: InboxEntry, alone: EventRecord | None, now: float
     ) -> _Staged[Accepted]:
         event_id = entry.event_id
-        if event_id in self._pending_ids or event_id in self._staged_ids:
+        if self._waiting.holds(event_id):
             return _Staged(Accepted.DUPLICATE)  # a redelivery of a webhook still waiting
         conn = self._writer_conn
         if conn.execute("SELECT 1 FROM dedup WHERE event_id = ?", (event_id,)).fetchone():
             return _Staged(Accepted.REPEATED)  # recorded before
         account_id = entry.account_id
-        if (
-            alone is not None
-            and account_id not in self._pending_accounts
-            and account_id not in self._staged_accounts
-        ):
+        if alone is not None and not self._waiting.has_waiting(account_id):
             # Nothing of the account waits for the verifier, so recording it now keeps
             # the account's order; the same transaction the inbox row would have taken.
             return _Staged(Accepted.RECORDED, self._stage_records([alone], now).stored)
-        if len(self._pending_ids) + len(self._staged_ids) >= self._inbox_limit:
+        if self._waiting.is_full(self._inbox_limit):
             raise InboxFull(
-                f"{len(self._pending_ids)} webhooks are waiting for verification (the limit)"
+                f"{len(self._waiting)} webhooks are waiting for verification (the limit)"
             )
         inserted = conn.execute(
             "INSERT INTO inbox (event_id, type, account_id, received_at, body, traceparent)"
@@ -778,8 +815,7 @@ class SqliteEventLog:
                 entry.traceparent,
             ),
         )
-        self._staged_ids.add(event_id)
-        self._staged_accounts.add(account_id)
+        self._waiting.stage(entry)
         return _Staged(
             Accepted.QUEUED,
             inbox_latest=int(inserted.lastrowid or 0),
