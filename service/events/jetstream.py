@@ -458,19 +458,7 @@ class JetStreamEventLog:
         """
         if self._closed:
             raise EventLogUnavailable("the event log is closed")
-        headers = {
-            "Nats-Msg-Id": _msg_id(entry.event_id),
-            _INBOX_HEADER: orjson.dumps(
-                {
-                    "event_id": entry.event_id,
-                    "type": entry.type,
-                    "account_id": entry.account_id,
-                    "received_at": entry.received_at,
-                }
-            ).decode(),
-        }
-        if entry.traceparent:  # W3C's own header name, which NATS tooling shows as such
-            headers[_TRACEPARENT_HEADER] = entry.traceparent
+        headers = {"Nats-Msg-Id": _msg_id(entry.event_id), **_inbox_headers(entry)}
         try:
             if await self._recorded(entry.event_id) is not None:
                 return Accepted.REPEATED
@@ -807,23 +795,11 @@ class JetStreamEventLog:
                 previous = await self._registered(record.account_id)
             record = enriched(original, previous)
             recorded_at = time.time()
+            inbox_through = max(record.inbox_through, last.inbox_through)
             headers = {
                 "Nats-Msg-Id": _msg_id(record.event_id),
                 "Nats-Expected-Last-Subject-Sequence": str(last.sequence),
-                _HEADER: orjson.dumps(
-                    {
-                        "event_id": record.event_id,
-                        "type": record.type,
-                        "account_id": record.account_id,
-                        "provider": record.provider,
-                        "origin_owner_id": record.origin_owner_id,
-                        "recorded_at": recorded_at,
-                        "status": record.account_status,
-                        "updated_at": record.account_updated_at,
-                        "source": record.source,
-                        "inbox_through": max(record.inbox_through, last.inbox_through),
-                    }
-                ).decode(),
+                **_event_headers(record, recorded_at, inbox_through),
             }
             self._appended_ids[headers["Nats-Msg-Id"]] = None
             if len(self._appended_ids) > _APPENDED_IDS_KEPT:
@@ -1165,6 +1141,42 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
         await event.wait()
     finally:
         timer.cancel()
+
+
+# --- The headers' codec: what a message says besides its body, written and read here ---
+
+
+def _event_headers(record: EventRecord, recorded_at: float, inbox_through: int) -> dict[str, str]:
+    """An event message's index columns, as JSON in one header, so reads need not parse
+    the body (`_stored_event` and `_last_on` read them back)."""
+    fields = {
+        "event_id": record.event_id,
+        "type": record.type,
+        "account_id": record.account_id,
+        "provider": record.provider,
+        "origin_owner_id": record.origin_owner_id,
+        "recorded_at": recorded_at,
+        "status": record.account_status,
+        "updated_at": record.account_updated_at,
+        "source": record.source,
+        "inbox_through": inbox_through,
+    }
+    return {_HEADER: orjson.dumps(fields).decode()}
+
+
+def _inbox_headers(entry: InboxEntry) -> dict[str, str]:
+    """An inbox message's columns (`_inbox_entry` reads them back), and its trace context
+    under W3C's own header name, which NATS tooling shows as such."""
+    fields = {
+        "event_id": entry.event_id,
+        "type": entry.type,
+        "account_id": entry.account_id,
+        "received_at": entry.received_at,
+    }
+    headers = {_INBOX_HEADER: orjson.dumps(fields).decode()}
+    if entry.traceparent:
+        headers[_TRACEPARENT_HEADER] = entry.traceparent
+    return headers
 
 
 def _fields(headers: Mapping[str, object] | None, name: str) -> dict[str, Any]:
