@@ -201,6 +201,33 @@ async def test_a_webhook_burst_is_recorded_by_a_span_linked_to_each_and_its_even
     stream.cancel()
 
 
+async def test_a_webhook_the_emulator_sends_continues_the_trace_that_caused_it(
+    traced: Runtime, exported: InMemorySpanExporter
+) -> None:
+    """A traced request that links an account at the (emulated) StackOne: the signed
+    account.created it sends carries that trace, so the gateway's receipt of it, and so
+    the event, join the trace of the request (make demo's page to its event)."""
+    assert traced.emulator is not None
+    async with httpx.AsyncClient(base_url=traced.emulator.base_url, timeout=5) as emulator:
+        created = await emulator.post(
+            "/emulator/accounts",
+            json={"provider": "hibob", "origin_owner_id": "t-1", "origin_owner_name": "T"},
+            headers={"traceparent": CALLER_TRACEPARENT},
+        )
+    account_id = created.json()["id"]
+
+    def receipts() -> list[ReadableSpan]:
+        return [
+            span
+            for span in exported.get_finished_spans()
+            if span.kind == SpanKind.SERVER
+            and (span.attributes or {}).get("stackone.account_id") == account_id
+        ]
+
+    await eventually(lambda: bool(receipts()), timeout=10)
+    assert _trace(_one(receipts(), "the webhook's receipt")) == CALLER_TRACE
+
+
 class _JsonLines(logging.Handler):
     """Log lines as `serve` writes them, formatted when written (in the writer's context)."""
 

@@ -97,6 +97,7 @@ from service.emulator.accounts import now as _now
 from service.emulator.bodies import BadBody, BehaviourBody, FaultBody, WebhooksBody, parsed
 from service.emulator.origins import refusal
 from service.events.model import AccountEventType
+from service.tracing import current_traceparent
 
 _log = logging.getLogger(__name__)
 # StackOne's, as its SDK (@stackone/stackone-client-ts 4.34) lists them.
@@ -192,6 +193,14 @@ class Fault:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """A webhook waiting to be delivered, and the trace context it continues ('': none)."""
+
+    webhook: dict[str, Any]
+    traceparent: str
+
+
 @dataclass
 class EmulatorState:
     """Everything the emulator knows: sessions, accounts, deliveries, faults."""
@@ -207,7 +216,7 @@ class EmulatorState:
     rate_limited: int = 0
     arrivals: dict[str, deque[float]] = field(default_factory=dict)
     requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUESTS_KEPT))
-    outbox: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[_Delivery] = field(default_factory=asyncio.Queue)
     account_numbers: int = 0  # handed out so far: ids never repeat, even across restarts
 
     def new_account_id(self) -> str:
@@ -219,18 +228,18 @@ class EmulatorState:
         """Queues a webhook for `account` unless delivery is switched off."""
         if not (self.config.deliver_webhooks and self.config.webhook_url):
             return
-        self.outbox.put_nowait(
-            {
-                "event": event,
-                "account_id": account["id"],
-                "provider": account["provider"],
-                "origin_owner_id": account["origin_owner_id"],
-                "origin_owner_name": account["origin_owner_name"],
-                "origin_username": account.get("origin_username"),
-                "project_id": self.config.project_id,
-                "event_date": account["updated_at"],
-            }
-        )
+        webhook = {
+            "event": event,
+            "account_id": account["id"],
+            "provider": account["provider"],
+            "origin_owner_id": account["origin_owner_id"],
+            "origin_owner_name": account["origin_owner_name"],
+            "origin_username": account.get("origin_username"),
+            "project_id": self.config.project_id,
+            "event_date": account["updated_at"],
+        }
+        # The trace of the request that caused it (tracing on), continued by the delivery.
+        self.outbox.put_nowait(_Delivery(webhook, current_traceparent()))
 
     async def wait_for_deliveries(self) -> None:
         """Returns once every queued webhook was delivered or given up on."""
@@ -684,9 +693,8 @@ signed <code>account.created</code> webhook.</p>
     return web.Response(text=page, content_type="text/html")
 
 
-async def _deliver(
-    state: EmulatorState, http: aiohttp.ClientSession, event: dict[str, Any]
-) -> None:
+async def _deliver(state: EmulatorState, http: aiohttp.ClientSession, delivery: _Delivery) -> None:
+    event = delivery.webhook
     for attempt in range(1, DELIVERY_ATTEMPTS + 1):
         url, secret = state.config.webhook_url, state.config.webhook_secret or ""
         body = orjson.dumps({**event, "sent_at": _iso(_now())})
@@ -702,6 +710,8 @@ async def _deliver(
                 "content-type": "application/json",
                 "x-stackone-signature": sign_webhook(secret, body),
             }
+            if delivery.traceparent:
+                headers["traceparent"] = delivery.traceparent
             try:
                 async with http.post(url, data=body, headers=headers) as response:
                     record["status"] = response.status
@@ -720,9 +730,9 @@ async def _delivery_worker(app: web.Application) -> AsyncIterator[None]:
 
         async def work() -> None:
             while True:
-                event = await state.outbox.get()
+                delivery = await state.outbox.get()
                 try:
-                    await _deliver(state, http, event)
+                    await _deliver(state, http, delivery)
                 finally:
                     state.outbox.task_done()
 
