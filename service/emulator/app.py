@@ -602,6 +602,14 @@ async def patch_account(request: web.Request) -> web.Response:
     return web.json_response(account)
 
 
+# The config attribute each field of `PUT /emulator/webhooks` sets (only the fields given).
+_WEBHOOK_SETTINGS = {
+    "url": "webhook_url",
+    "secret": "webhook_secret",
+    "enabled": "deliver_webhooks",
+}
+
+
 async def configure_webhooks(request: web.Request) -> web.Response:
     """PUT /emulator/webhooks: changes where and whether webhooks are delivered."""
     config = _state(request).config
@@ -609,10 +617,8 @@ async def configure_webhooks(request: web.Request) -> web.Response:
         body = parsed(WebhooksBody, await _json_object(request))
     except BadBody as error:
         return stackone_error(400, f"not a webhook setting: {error}")
-    given = body.model_fields_set
-    config.webhook_url = body.url if "url" in given else config.webhook_url
-    config.webhook_secret = body.secret if "secret" in given else config.webhook_secret
-    config.deliver_webhooks = body.enabled if "enabled" in given else config.deliver_webhooks
+    for field_name, value in body.model_dump(exclude_unset=True).items():
+        setattr(config, _WEBHOOK_SETTINGS[field_name], value)
     return web.json_response({"url": config.webhook_url, "enabled": config.deliver_webhooks})
 
 
@@ -644,10 +650,8 @@ async def configure_behaviour(request: web.Request) -> web.Response:
         body = parsed(BehaviourBody, await _json_object(request))
     except BadBody as error:
         return stackone_error(400, f"not a behaviour: {error}")
-    given = body.model_fields_set
-    config.latency = body.latency if "latency" in given else config.latency
-    config.rate_limit = body.rate_limit if "rate_limit" in given else config.rate_limit
-    config.rate_window = body.rate_window if "rate_window" in given else config.rate_window
+    for field_name, value in body.model_dump(exclude_unset=True).items():
+        setattr(config, field_name, value)  # a field of BehaviourBody is one of the config's
     return web.json_response(config.behaviour())
 
 
