@@ -24,6 +24,14 @@ class Certificates:
     client_key: Path
     ca_key: Path | None = None
 
+    def mutual_tls(self) -> dict[str, Path]:
+        """The service's settings of mutual TLS with these files."""
+        return {
+            "tls_cert_file": self.server_cert,
+            "tls_key_file": self.server_key,
+            "tls_client_ca_file": self.ca,
+        }
+
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])

@@ -105,9 +105,7 @@ async def scoped_service(
     )
     settings = make_settings(
         tmp_path,
-        tls_cert_file=certificates.server_cert,
-        tls_key_file=certificates.server_key,
-        tls_client_ca_file=certificates.ca,
+        **certificates.mutual_tls(),
         clients_file=clients,
         reconcile_interval=0.2,
         reconcile_grace=0,
@@ -359,9 +357,7 @@ async def test_a_certificate_names_its_client_and_a_token_overrides_it(tmp_path:
     clients.write_bytes(orjson.dumps({"clients": [reader, writer]}))
     settings = make_settings(
         tmp_path,
-        tls_cert_file=certificates.server_cert,
-        tls_key_file=certificates.server_key,
-        tls_client_ca_file=certificates.ca,
+        **certificates.mutual_tls(),
         clients_file=clients,
     )
     listing = pb.ListAccountsRequest()
