@@ -12,16 +12,10 @@ secret at all, not UTF-8, unreadable) is logged and the previous secrets stay in
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-_log = logging.getLogger(__name__)
-RELOAD_EVERY = 1.0
-Reported = Callable[[str], None]
-"""Called with `loaded` or `rejected` each time a changed file is read."""
+from service.reloading import ReloadedFiles, Reported
 
 
 class InvalidSecretsFile(ValueError):
@@ -58,53 +52,26 @@ class WebhookSecrets:
         self, fixed: Sequence[str], path: Path | None, *, reported: Reported | None = None
     ) -> None:
         self._fixed = list(fixed)
-        self._path = path
-        self._reported = reported
-        self._current = list(fixed)
-        self._version: bytes | None = None
-        self._checked_at = time.monotonic()
-        self._last_error = ""
+        self._file: ReloadedFiles[list[str]] | None = None
         if path is not None:
-            self.reload()
+            self._file = ReloadedFiles(
+                "webhook secrets",
+                read=lambda: _read(path),
+                load=lambda raw: self._in_force(parse_secrets(raw, str(path)), path),
+                describe=lambda secrets: (
+                    f"{len(secrets) - len(self._fixed)} webhook secret(s) from {path}"
+                ),
+                errors=InvalidSecretsFile,
+                reported=reported,
+            )
 
     def __iter__(self) -> Iterator[str]:
-        if self._path is not None and time.monotonic() - self._checked_at >= RELOAD_EVERY:
-            self.reload()
-        return iter(self._current)
+        if self._file is None:
+            return iter(self._fixed)
+        self._file.refresh()
+        return iter(self._file.current)
 
-    def reload(self) -> None:
-        """Re-reads the file if its content changed; a bad new version keeps the old secrets.
-
-        Raises:
-            InvalidSecretsFile: the first version cannot be read or holds no secret at all.
-        """
-        if self._path is None:
-            return
-        self._checked_at = time.monotonic()
-        try:
-            raw = _read(self._path)
-            version = hashlib.sha256(raw).digest()
-            if version == self._version:
-                return
-            from_file = parse_secrets(raw, str(self._path))
-            if not (self._fixed or from_file):
-                raise InvalidSecretsFile(
-                    f"{self._path} holds no secret: every webhook would be refused"
-                )
-        except InvalidSecretsFile as error:
-            if self._version is None:
-                raise
-            if str(error) != self._last_error:  # once per problem, not every second
-                self._last_error = str(error)
-                _log.error("keeping the previous webhook secrets: %s", error)
-                self._report("rejected")
-            return
-        self._current = self._fixed + from_file
-        self._version = version
-        self._last_error = ""
-        _log.info("loaded %d webhook secret(s) from %s", len(from_file), self._path)
-        self._report("loaded")
-
-    def _report(self, outcome: str) -> None:
-        if self._reported is not None:
-            self._reported(outcome)
+    def _in_force(self, from_file: list[str], path: Path) -> list[str]:
+        if not (self._fixed or from_file):
+            raise InvalidSecretsFile(f"{path} holds no secret: every webhook would be refused")
+        return self._fixed + from_file

@@ -78,7 +78,7 @@ class Metrics:
         )  # fmt: skip
         self.credential_reloads = Counter(
             "stackone_connect_credential_reloads",
-            "Re-reads of a changed credentials file (webhook_secrets, tls) by outcome"
+            "Re-reads of a changed credentials file (clients, webhook_secrets, tls) by outcome"
             " (loaded; rejected: the previous version stays in force).",
             ["credential", "outcome"], registry=registry,
         )  # fmt: skip

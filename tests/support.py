@@ -179,6 +179,14 @@ async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout: f
             await asyncio.sleep(0.01)
 
 
+def reloads(credential: str, outcome: str) -> str:
+    """The metrics sample counting re-reads of a changed `credential` file with `outcome`."""
+    return (
+        f'stackone_connect_credential_reloads_total{{credential="{credential}",'
+        f'outcome="{outcome}"}}'
+    )
+
+
 async def metric(http: httpx.AsyncClient, sample: str) -> float:
     """One sample of the admin listener's /metrics page (`name{labels}` as exposed); 0 if absent."""
     for line in (await http.get("/metrics")).text.splitlines():

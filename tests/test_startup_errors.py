@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import grpc
+import httpx
 import orjson
 import pytest
 
@@ -19,7 +20,7 @@ from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.rpc.auth import InvalidClientsFile, parse_clients
 from tests.certificates import Certificates, make_certificates
 from tests.processes import SERVE, serve_env, serve_process
-from tests.support import eventually
+from tests.support import eventually, metric, reloads
 
 PREFIX = "stackone-connect: invalid configuration: STACKONE_CONNECT_"
 GOOD = "good-token-0123456789abcdef"
@@ -148,6 +149,9 @@ async def test_an_ambiguous_clients_file_at_run_time_keeps_the_previous_clients(
         with pytest.raises(grpc.aio.AioRpcError) as denied:
             await stub.CreateSession(request, metadata=(("authorization", f"Bearer {TAKEN}"),))
         assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        async with httpx.AsyncClient(base_url=serve.admin_url) as admin:
+            rejected = await metric(admin, reloads("clients", "rejected"))
+        assert rejected == 1
         assert await serve.stop() == 0
     assert TAKEN not in str(serve.log_lines)
 

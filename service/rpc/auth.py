@@ -24,11 +24,9 @@ open so probes and tools work without a token.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ import orjson
 from service.audit import CALLER
 from service.metrics import Metrics
 from service.owners import CALLER_OWNERS, InvalidOwners, OwnerScope
+from service.reloading import ReloadedFiles, Reported
 from service.rpc.interceptor import Context, MethodInterceptor, replace_behaviour
 from service.rpc.limits import MAX_FILTER_VALUES
 from service.rpc.methods import CONNECT_METHODS
@@ -51,7 +50,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 METHOD_SCOPES = {method.name: method.scope for method in CONNECT_METHODS}
 SCOPES = frozenset(METHOD_SCOPES.values())
-RELOAD_EVERY = 1.0
 
 
 class InvalidClientsFile(ValueError):
@@ -252,41 +250,22 @@ class ClientRegistry:
         *,
         max_calls_per_minute: int | None = None,
         metrics: Metrics | None = None,
+        reported: Reported | None = None,
     ) -> None:
-        self._path = path
-        self._max_calls_per_minute = max_calls_per_minute
         self._metrics = metrics
         self._clients: list[Client] = []
         self._by_certificate: dict[str, Client] = {}
         # By name, so that a re-read keeps counting the calls a client made.
         self._shares: dict[str, ClientShare] = {}
-        self._version: bytes | None = None
-        self._checked_at = 0.0
-        self.reload()
-
-    def reload(self) -> None:
-        """Re-reads the file if it changed; a broken new version keeps the old clients.
-
-        Raises:
-            InvalidClientsFile: the file cannot be read, or its first version is invalid.
-        """
-        # By content, not timestamps: a copy that keeps the old mtime and size (cp -p, a
-        # config-management tool, a second-granularity file system) is still noticed.
-        raw = _read(self._path)
-        version = hashlib.sha256(raw).digest()
-        if version == self._version:
-            return
-        try:
-            clients = parse_clients(raw, str(self._path), self._max_calls_per_minute)
-        except InvalidClientsFile as error:
-            if self._version is None:
-                raise
-            # Logged once per version; its message names the entry, never a token.
-            _log.error("keeping the previous clients: %s", error)
-        else:
-            self._use(clients)
-            _log.info("loaded %d client(s) from %s", len(clients), self._path)
-        self._version = version
+        self._file = ReloadedFiles(
+            "clients",
+            read=lambda: _read(path),
+            load=lambda raw: parse_clients(raw, str(path), max_calls_per_minute),
+            describe=lambda clients: f"{len(clients)} client(s) from {path}",
+            errors=InvalidClientsFile,
+            reported=reported,
+        )
+        self._use(self._file.current)
 
     def _use(self, clients: list[Client]) -> None:
         self._clients = clients
@@ -303,14 +282,8 @@ class ClientRegistry:
         self._shares = shares
 
     def _refresh(self) -> None:
-        """Re-reads the file if a second passed since the last look."""
-        now = time.monotonic()
-        if now - self._checked_at >= RELOAD_EVERY:
-            self._checked_at = now
-            try:
-                self.reload()
-            except InvalidClientsFile as error:  # unreadable: parse errors are handled in reload
-                _log.error("keeping the loaded clients: %s", error)
+        if self._file.refresh():
+            self._use(self._file.current)
 
     def find(self, token: bytes) -> Client | None:
         """The client holding `token`, comparing against every client in constant time."""

@@ -189,9 +189,13 @@ def build_grpc_server(
         *tracing.grpc_interceptors(),
         CallInterceptor(metrics, SERVICE_NAME, audit),
     ]
+    reloads = metrics.credential_reloads
     if settings.clients_file is not None:
         clients = ClientRegistry(
-            settings.clients_file, max_calls_per_minute=settings.rate_limit, metrics=metrics
+            settings.clients_file,
+            max_calls_per_minute=settings.rate_limit,
+            metrics=metrics,
+            reported=lambda outcome: reloads.labels("clients", outcome).inc(),
         )
         interceptors.append(AuthInterceptor(clients, SERVICE_NAME))
     server = grpc.aio.server(interceptors=interceptors, options=_options(settings))
@@ -206,7 +210,6 @@ def build_grpc_server(
         ],
         server,
     )
-    reloads = metrics.credential_reloads
     credentials = server_credentials(settings, lambda outcome: reloads.labels("tls", outcome).inc())
     try:
         if credentials is None:

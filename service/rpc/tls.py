@@ -14,22 +14,14 @@ after both are in place loads them.
 from __future__ import annotations
 
 import hashlib
-import logging
 import ssl
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from service.config import ENV_PREFIX, Settings
-
-_log = logging.getLogger(__name__)
-RELOAD_EVERY = 1.0
-Reported = Callable[[str], None]
-"""Called with `loaded` or `rejected` each time changed files are read."""
+from service.reloading import ReloadedFiles, Reported
 
 
 class TlsFileError(ValueError):
@@ -126,13 +118,21 @@ class ServerCertificates:
     def __init__(
         self, cert: Path, key: Path, client_ca: Path | None, *, reported: Reported | None = None
     ) -> None:
-        self._paths = (cert, key, client_ca)
-        self._reported = reported
-        self._lock = threading.Lock()
-        self.loaded = read_tls_files(cert, key, client_ca)
-        self._version = self.loaded.digest
-        self._checked_at = time.monotonic()
-        self._last_error = ""
+        self._requires_client_certificates = client_ca is not None
+        self._files = ReloadedFiles(
+            "TLS credentials",
+            read=lambda: _read_all(cert, key, client_ca).digest,
+            # Checked as a set, read again: what was just fingerprinted may be half-written.
+            load=lambda _digest: read_tls_files(cert, key, client_ca),
+            describe=lambda _files: f"new TLS credentials from {cert}",
+            errors=TlsFileError,
+            reported=reported,
+        )
+
+    @property
+    def loaded(self) -> TlsFiles:
+        """The credentials in force."""
+        return self._files.current
 
     def credentials(self) -> grpc.ServerCredentials:
         """Server credentials that pick up new versions of the files (mutual TLS when a
@@ -140,39 +140,12 @@ class ServerCertificates:
         return grpc.dynamic_ssl_server_credentials(
             self.loaded.configuration(),
             self.fetch,  # type: ignore[arg-type]  # grpc documents None: keep the current
-            require_client_authentication=self._paths[2] is not None,
+            require_client_authentication=self._requires_client_certificates,
         )
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """A new configuration when the files changed and check out; None keeps the current."""
-        now = time.monotonic()
-        if now - self._checked_at < RELOAD_EVERY or not self._lock.acquire(blocking=False):
-            return None
-        try:
-            self._checked_at = now
-            return self._reload()
-        finally:
-            self._lock.release()
-
-    def _reload(self) -> grpc.ServerCertificateConfiguration | None:
-        try:
-            if _read_all(*self._paths).digest == self._version:
-                return None  # unchanged: no need to check it again
-            files = read_tls_files(*self._paths)
-        except TlsFileError as error:
-            if str(error) != self._last_error:  # once per problem, not every second
-                self._last_error = str(error)
-                _log.error("keeping the previous TLS credentials: %s", error)
-                self._report("rejected")
-            return None
-        self.loaded, self._version, self._last_error = files, files.digest, ""
-        _log.info("loaded new TLS credentials from %s", self._paths[0])
-        self._report("loaded")
-        return files.configuration()
-
-    def _report(self, outcome: str) -> None:
-        if self._reported is not None:
-            self._reported(outcome)
+        return self.loaded.configuration() if self._files.refresh() else None
 
 
 def server_credentials(

@@ -1,0 +1,100 @@
+"""A value read from files and re-read when they change, so credentials rotate without a
+restart: the clients file, the webhook secrets file and the gRPC server's TLS files.
+
+The files are looked at once a second at most, and compared by content, not timestamps: a
+copy that keeps the old mtime and size (`cp -p`, a config-management tool, a file system
+with one-second timestamps) is still noticed. The first version must check out (the
+caller turns its error into a start-up error); a later version that does not is logged
+once per problem, counted as `rejected`, and the previous value stays in force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+_log = logging.getLogger(__name__)
+RELOAD_EVERY = 1.0
+Reported = Callable[[str], None]
+"""Called with `loaded` or `rejected` each time a changed version is read."""
+
+_Value = TypeVar("_Value")
+
+
+class ReloadedFiles(Generic[_Value]):
+    """The value of the last version of some files that checked out.
+
+    Args:
+        what: what the files hold, for log lines ("clients", "TLS credentials").
+        read: the files' contents, as bytes that change when any of them does.
+        load: the value of those contents; raises one of `errors` when they cannot be used.
+        describe: a log line's words for a loaded value ("3 client(s) from clients.json").
+        errors: what `read` and `load` raise for files that cannot be used (their message
+            names the file and the problem, never a secret).
+        reported: told `loaded` or `rejected` for each changed version read after the first.
+
+    Raises:
+        errors: the first version cannot be read or used.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        read: Callable[[], bytes],
+        load: Callable[[bytes], _Value],
+        describe: Callable[[_Value], str],
+        errors: type[Exception],
+        reported: Reported | None = None,
+    ) -> None:
+        self._what = what
+        self._read = read
+        self._load = load
+        self._describe = describe
+        self._errors = errors
+        self._reported = reported
+        # `refresh` may run on grpc's threads (TLS): one look at a time, none waited for.
+        self._lock = threading.Lock()
+        raw = read()
+        self.current = load(raw)
+        self._version = hashlib.sha256(raw).digest()
+        self._checked_at = time.monotonic()
+        self._last_error = ""
+
+    def refresh(self) -> bool:
+        """Re-reads the files if a second passed since the last look; True when a new
+        version was loaded (it is `current` now)."""
+        now = time.monotonic()
+        if now - self._checked_at < RELOAD_EVERY or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._checked_at = now
+            return self._reload()
+        finally:
+            self._lock.release()
+
+    def _reload(self) -> bool:
+        try:
+            raw = self._read()
+            version = hashlib.sha256(raw).digest()
+            if version == self._version:
+                return False
+            value = self._load(raw)
+        except self._errors as error:
+            if str(error) != self._last_error:  # once per problem, not every second
+                self._last_error = str(error)
+                _log.error("keeping the previous %s: %s", self._what, error)
+                self._report("rejected")
+            return False
+        self.current, self._version, self._last_error = value, version, ""
+        _log.info("loaded %s", self._describe(value))
+        self._report("loaded")
+        return True
+
+    def _report(self, outcome: str) -> None:
+        if self._reported is not None:
+            self._reported(outcome)
