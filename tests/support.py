@@ -196,7 +196,9 @@ async def metric(http: httpx.AsyncClient, sample: str) -> float:
     return 0.0
 
 
-async def more_sweeps(gateways: Iterable[httpx.AsyncClient], count: int = 2) -> None:
+async def more_sweeps(
+    gateways: Iterable[httpx.AsyncClient], count: int = 2, *, timeout: float = 10
+) -> None:
     """Returns once every service behind `gateways` completed `count` reconciliation
     sweeps begun after this call (the sweep in flight now may have begun before it)."""
     sweeps = 'stackone_connect_reconcile_sweeps_total{outcome="ok"}'
@@ -205,7 +207,7 @@ async def more_sweeps(gateways: Iterable[httpx.AsyncClient], count: int = 2) -> 
     async def all_swept() -> bool:
         return all([await metric(http, sweeps) >= target for http, target in targets])
 
-    await eventually(all_swept, timeout=10)
+    await eventually(all_swept, timeout=timeout)
 
 
 def loop_lag_counts(exposition: str, seconds: float) -> tuple[int, int]:

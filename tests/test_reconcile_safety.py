@@ -88,6 +88,7 @@ async def _has(service: Runtime, event_type: str, account_id: str) -> bool:
     return any(e.type == event_type and e.account.id == account_id for e in await recorded(service))
 
 
+@pytest.mark.timeout(120)
 async def test_a_long_listing_asks_for_several_pages_at_a_time(
     tmp_path: Path, backend: LogBackend
 ) -> None:
@@ -108,7 +109,8 @@ async def test_a_long_listing_asks_for_several_pages_at_a_time(
             httpx.AsyncClient(base_url=service.admin.base_url) as http,
         ):
             assert (await emulator.put("/emulator/behaviour", json={"latency": 0.3})).is_success
-            await more_sweeps([http], 1)
+            # Recording 1,500 events takes seconds on JetStream when the machine is busy.
+            await more_sweeps([http], 1, timeout=60)
             stats = (await emulator.get("/emulator/stats")).json()
         events = await recorded(service)
     assert 1 < stats["most_in_flight"]["GET /accounts"] <= PAGES_IN_FLIGHT
