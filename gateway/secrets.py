@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from service.reloading import ReloadedFiles, Reported
+from service.reloading import ReloadedFiles, Reported, read_file
 
 
 class InvalidSecretsFile(ValueError):
@@ -34,14 +34,7 @@ def parse_secrets(raw: bytes, source: str) -> list[str]:
 
 def read_secrets(path: Path) -> list[str]:
     """The secrets of the file at `path`; `InvalidSecretsFile` if it cannot be read."""
-    return parse_secrets(_read(path), str(path))
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise InvalidSecretsFile(f"cannot read {path}: {error.strerror}") from error
+    return parse_secrets(read_file(path, InvalidSecretsFile), str(path))
 
 
 class WebhookSecrets:
@@ -56,7 +49,7 @@ class WebhookSecrets:
         if path is not None:
             self._file = ReloadedFiles(
                 "webhook secrets",
-                read=lambda: _read(path),
+                read=lambda: read_file(path, InvalidSecretsFile),
                 load=lambda raw: self._in_force(parse_secrets(raw, str(path)), path),
                 describe=lambda secrets: (
                     f"{len(secrets) - len(self._fixed)} webhook secret(s) from {path}"

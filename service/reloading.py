@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Generic, TypeVar
 
 _log = logging.getLogger(__name__)
@@ -23,6 +24,14 @@ Reported = Callable[[str], None]
 """Called with `loaded` or `rejected` each time a changed version is read."""
 
 _Value = TypeVar("_Value")
+
+
+def read_file(path: Path, error: Callable[[str], Exception]) -> bytes:
+    """The bytes of the file at `path`; `error(why)` raised when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as problem:
+        raise error(f"cannot read {path}: {problem.strerror}") from problem
 
 
 class ReloadedFiles(Generic[_Value]):

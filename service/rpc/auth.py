@@ -38,7 +38,7 @@ import orjson
 from service.audit import CALLER
 from service.metrics import Metrics
 from service.owners import CALLER_OWNERS, InvalidOwners, OwnerScope
-from service.reloading import ReloadedFiles, Reported
+from service.reloading import ReloadedFiles, Reported, read_file
 from service.rpc.interceptor import Context, MethodInterceptor, replace_behaviour
 from service.rpc.limits import MAX_FILTER_VALUES
 from service.rpc.methods import CONNECT_METHODS
@@ -225,14 +225,7 @@ _Key = TypeVar("_Key", str, bytes)
 
 def read_clients(path: Path, max_calls_per_minute: int | None = None) -> list[Client]:
     """The clients of the file at `path`; `InvalidClientsFile` when it cannot be read or used."""
-    return parse_clients(_read(path), str(path), max_calls_per_minute)
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise InvalidClientsFile(f"cannot read {path}: {error.strerror}") from error
+    return parse_clients(read_file(path, InvalidClientsFile), str(path), max_calls_per_minute)
 
 
 class ClientRegistry:
@@ -259,7 +252,7 @@ class ClientRegistry:
         self._shares: dict[str, ClientShare] = {}
         self._file = ReloadedFiles(
             "clients",
-            read=lambda: _read(path),
+            read=lambda: read_file(path, InvalidClientsFile),
             load=lambda raw: parse_clients(raw, str(path), max_calls_per_minute),
             describe=lambda clients: f"{len(clients)} client(s) from {path}",
             errors=InvalidClientsFile,

@@ -200,8 +200,7 @@ class CallInterceptor(MethodInterceptor):
 
     def _stream(self, method: str, inner: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
         metrics = _MethodMetrics(method, self._metrics)
-        if self._audit is not None:
-            return _audited_stream(method, inner, metrics, self._audit)
+        audit = self._audit  # a stream is audited only when it is denied
 
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
             call = _Call(metrics, context)
@@ -212,10 +211,15 @@ class CallInterceptor(MethodInterceptor):
                 call.finish(grpc.StatusCode.CANCELLED, timed=False)
                 raise
             except grpc.aio.AbortError:
-                call.aborted()
+                code = call.aborted()
+                if audit is not None:
+                    await _ended(audit, None, code, method, request, context)
                 raise
             except Exception as error:  # every error becomes a status
-                await call.fail(error)
+                status = call.failure(error)
+                if audit is not None:
+                    await _ended(audit, None, status.code, method, request, context)
+                await call.end(status)
             call.finish(grpc.StatusCode.OK, timed=False)
 
         return stream
@@ -250,31 +254,6 @@ def _audited_unary(
         return response
 
     return unary
-
-
-def _audited_stream(
-    method: str, inner: Callable[..., Any], metrics: _MethodMetrics, audit: AuditTrail
-) -> Callable[..., AsyncIterator[Any]]:
-    """As `CallInterceptor._stream`, and a record of the call when it is denied."""
-
-    async def stream(request: bytes, context: Context) -> AsyncIterator[Any]:
-        call = _Call(metrics, context)
-        try:
-            async for item in inner(request, context):
-                yield item
-        except asyncio.CancelledError:
-            call.finish(grpc.StatusCode.CANCELLED, timed=False)
-            raise
-        except grpc.aio.AbortError:
-            await _ended(audit, None, call.aborted(), method, request, context)
-            raise
-        except Exception as error:  # every error becomes a status
-            status = call.failure(error)
-            await _ended(audit, None, status.code, method, request, context)
-            await call.end(status)
-        call.finish(grpc.StatusCode.OK, timed=False)
-
-    return stream
 
 
 async def _ended(
