@@ -1,27 +1,35 @@
 """Async client of the StackOne endpoints used here: connect sessions and accounts.
 
-Pooled httpx transports (one for callers, one for background work) that requests go to
-directly, HTTP Basic auth with the API key as the user name, explicit timeouts, and a
-`deadline` on every call (the seconds the caller has left) that bounds the whole call,
-retries included. Idempotent calls are retried on outages, 5xx, 408 and 429 with jittered
-exponential backoff, honouring `Retry-After` but never waiting past the deadline.
+Two layers: each public method builds one `StackOneRequest` for `_send`, which runs its
+attempts under the service's retry policy (`service.retry`); an attempt takes a slot of
+the `RateBudget` at the call's priority, is observed (metrics), and sends one request over
+pooled httpx transports (callers' and background), the API key as Basic auth user name.
 
-With a `RateBudget`, every HTTP attempt (retries included) first takes a slot of it at
-the call's `priority`, waiting at most the time left before the deadline, and a 429 from
-StackOne pauses the budget's background classes.
+Idempotent calls are retried on outages, timeouts, 5xx, 408 and 429 (not on our budget's
+refusal: it already waited as long as the deadline allows), after the policy's jittered
+exponential wait (0.1 s, 0.2 s, … at most BACKOFF_CAP, plus up to 0.1 s) or StackOne's
+`Retry-After` if longer; a 429 also pauses the budget's background classes. Worst case:
+
+- HTTP requests per call: `max_retries + 1` (3 by default), or the attempts of the policy
+  a call brings (a verifier look-up: 8, `service.events.verify.LOOKUP_ATTEMPTS`); creating
+  or authenticating a connect session sends one.
+- Time: the call's `deadline`, waits included: a wait that would pass it ends the call at
+  once with the last error, so the longest wait is min(MAX_RETRY_AFTER = 300 s, deadline);
+  `attempt_timeout` bounds each attempt within it. Without a deadline: each attempt's
+  DEFAULT_TIMEOUT and waits of at most MAX_RETRY_AFTER.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import random
+import math
 import string
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -31,6 +39,7 @@ import httpx
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from service.retry import RetryPolicy
 from service.stackone.budget import Priority, RateBudget
 from service.stackone.errors import (
     BudgetExhausted,
@@ -51,7 +60,6 @@ from service.stackone.models import (
 from service.tracing import OFF, Tracing, traced_budget_wait
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=3.0)
-BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
 BACKGROUND_CONNECTIONS = 16  # verification and reconciliation share these
 # What StackOne sends is untrusted too: every answer is bounded before it is parsed.
@@ -69,6 +77,22 @@ _RETRYABLE = (StackOneUnavailable, StackOneServerError, StackOneRateLimited)
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 Observer = Callable[[str, str, float], None]
 """Called after each HTTP attempt with (endpoint, HTTP status or error name, seconds)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StackOneRequest:
+    """One call, as the layers below the public methods see it."""
+
+    operation: str  # its name in metrics, "GET /accounts/{id}": the path without ids
+    method: str
+    path: str
+    priority: Priority
+    deadline: float | None  # seconds for the whole call, waits included (None: no bound)
+    attempt_timeout: float | None = None  # seconds for one attempt (None: the deadline's)
+    retry: RetryPolicy | None = None  # the call's own attempts and waits (None: the client's)
+    idempotent: bool = True  # retried; a call that creates something is sent once
+    json: Any = None
+    params: tuple[tuple[str, str | int], ...] = ()
 
 
 def retry_after_seconds(value: str, now: datetime | None = None) -> float | None:
@@ -161,7 +185,7 @@ class StackOneClient:
         self.base_url = base_url.rstrip("/")
         self._observer = observer
         self._budget = budget
-        self._max_retries = max_retries
+        self._policy = RetryPolicy(attempts=max_retries + 1, longest_wait=BACKOFF_CAP)
         self._tracer = tracing.tracer() if tracing.enabled else None
 
         def pool(connections: int) -> httpx.AsyncBaseTransport:
@@ -215,28 +239,26 @@ class StackOneClient:
         priority: Priority = Priority.CALLER,
     ) -> ConnectSession:
         """Creates a connect session (not retried: each call makes a new session)."""
-        data = await self._call(
-            "POST /connect_sessions",
-            "/connect_sessions",
-            json=request.body(),
-            deadline=deadline,
-            priority=priority,
-            idempotent=False,
-        )
+        data = await self._send(
+            StackOneRequest(
+                "POST /connect_sessions", "POST", "/connect_sessions", priority, deadline,
+                idempotent=False, json=request.body(),
+            )
+        )  # fmt: skip
         return self._parse(ConnectSession, data)
 
     async def authenticate_connect_session(
         self, token: str, *, deadline: float | None = None, priority: Priority = Priority.CALLER
     ) -> ConnectSession:
-        """Returns the connect session a token belongs to."""
-        data = await self._call(
-            "POST /connect_sessions/authenticate",
-            "/connect_sessions/authenticate",
-            json={"token": token},
-            deadline=deadline,
-            priority=priority,
-            idempotent=False,
-        )
+        """Returns the connect session a token belongs to (no RPC needs it; the contract
+        tests check that the client speaks StackOne's form of it)."""
+        path = "/connect_sessions/authenticate"
+        data = await self._send(
+            StackOneRequest(
+                f"POST {path}", "POST", path, priority, deadline,
+                idempotent=False, json={"token": token},
+            )
+        )  # fmt: skip
         return self._parse(ConnectSession, data)
 
     async def get_account(
@@ -245,14 +267,17 @@ class StackOneClient:
         *,
         deadline: float | None = None,
         priority: Priority = Priority.CALLER,
+        attempt_timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> LinkedAccount:
-        """Fetches one linked account."""
-        data = await self._call(
-            "GET /accounts/{id}",
-            self._account_path(account_id),
-            deadline=deadline,
-            priority=priority,
-        )
+        """Fetches one linked account (`retry`: its attempts and waits, None: the
+        client's; `attempt_timeout`: seconds each attempt may take, within `deadline`)."""
+        data = await self._send(
+            StackOneRequest(
+                "GET /accounts/{id}", "GET", self._account_path(account_id), priority, deadline,
+                attempt_timeout=attempt_timeout, retry=retry,
+            )
+        )  # fmt: skip
         return self._parse(LinkedAccount, data)
 
     async def delete_account(
@@ -263,11 +288,9 @@ class StackOneClient:
         priority: Priority = Priority.CALLER,
     ) -> LinkedAccount:
         """Deletes one linked account and returns it."""
-        data = await self._call(
-            "DELETE /accounts/{id}",
-            self._account_path(account_id),
-            deadline=deadline,
-            priority=priority,
+        path = self._account_path(account_id)
+        data = await self._send(
+            StackOneRequest("DELETE /accounts/{id}", "DELETE", path, priority, deadline)
         )
         return self._parse(LinkedAccount, data)
 
@@ -285,12 +308,10 @@ class StackOneClient:
         """
         if (size := list_target_bytes(query)) > MAX_REQUEST_TARGET_BYTES:
             raise ValueError(f"GET /accounts would take {size} bytes of URL")
-        data = await self._call(
-            "GET /accounts",
-            LIST_PATH,
-            params=query.params(),
-            deadline=deadline,
-            priority=priority,
+        data = await self._send(
+            StackOneRequest(
+                "GET /accounts", "GET", LIST_PATH, priority, deadline, params=tuple(query.params())
+            )
         )
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
@@ -319,121 +340,87 @@ class StackOneClient:
                 f"({error.error_count()} problem(s); {where}: {_bounded(first['msg'])})"
             ) from error
 
-    async def _call(
-        self,
-        endpoint: str,
-        path: str,
-        *,
-        deadline: float | None,
-        priority: Priority,
-        idempotent: bool = True,
-        json: Any = None,
-        params: Any = None,
-    ) -> Any:
+    async def _send(self, request: StackOneRequest) -> Any:
+        """The call: its attempts under the retry policy, within its deadline. The first
+        runs outside stamina's loop, which costs 60 µs a call; the loop starts from its
+        failure."""
         loop = asyncio.get_running_loop()
-        ends_at = None if deadline is None else loop.time() + deadline
-        attempt = 0
-        while True:
-            try:
-                return await self._budgeted(
-                    endpoint, path, ends_at, priority, json=json, params=params
-                )
-            except BudgetExhausted:
-                raise  # it already waited as long as the deadline allows
-            except _RETRYABLE as error:
-                if not idempotent or attempt >= self._max_retries:
-                    raise
-                delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
-                retry_after = getattr(error, "retry_after", None)
-                if retry_after is not None:
-                    delay = max(delay, retry_after)
-                if ends_at is not None and loop.time() + delay >= ends_at:
-                    raise  # waiting would pass the caller's deadline
-                await asyncio.sleep(delay)
-                attempt += 1
+        ends_at = None if request.deadline is None else loop.time() + request.deadline
+        policy = request.retry or self._policy
+        sent = 1
+        try:
+            return await self._attempt(request, ends_at)
+        except StackOneError as error:
+            error.attempts = 1
+            if not request.idempotent:
+                raise
+            failure: StackOneError | None = error
 
-    async def _budgeted(
-        self,
-        endpoint: str,
-        path: str,
-        ends_at: float | None,
-        priority: Priority,
-        *,
-        json: Any,
-        params: Any,
-    ) -> Any:
-        """One attempt, holding a slot of the budget from its start to its completion."""
-        loop = asyncio.get_running_loop()
-        remaining = None if ends_at is None else ends_at - loop.time()
-        if self._budget is None or (remaining is not None and remaining <= 0):
+        def retry_wait(error: Exception) -> bool | float:
+            if not isinstance(error, _RETRYABLE) or isinstance(error, BudgetExhausted):
+                return False  # final, or the budget already waited as long as it could
+            wait = policy.wait(sent)
+            if error.retry_after is not None:
+                wait = max(wait, error.retry_after)
+            if ends_at is not None and loop.time() + wait >= ends_at:
+                return False  # waiting would pass the caller's deadline
+            return wait
+
+        try:
+            async for attempt in policy.attempts_of(retry_wait):
+                with attempt:
+                    if failure is not None:  # the first attempt's, for the policy to judge
+                        first, failure = failure, None
+                        raise first
+                    sent += 1
+                    return await self._attempt(request, ends_at)
+        except StackOneError as error:
+            error.attempts = sent
+            raise
+        raise AssertionError("stamina ends with a result or the last error")
+
+    async def _attempt(self, request: StackOneRequest, ends_at: float | None) -> Any:
+        """One HTTP attempt, holding a slot of the budget from its start to its completion
+        (a traced slot's wait is a span of the call's trace)."""
+        budget = self._budget
+        if budget is None or (ends_at is not None and _left(ends_at) <= 0):
             # (With no time left the attempt fails before sending: it spends no slot.)
-            return await self._observed(
-                endpoint, path, remaining, priority, json=json, params=params
-            )
-        async with self._slot(self._budget, priority, remaining):
-            remaining = None if ends_at is None else ends_at - loop.time()
+            return await self._observed(request, ends_at)
+        slot = budget.slot(request.priority, None if ends_at is None else _left(ends_at))
+        if self._tracer is not None:
+            slot = traced_budget_wait(self._tracer, slot, request.priority.name.lower())
+        async with slot:
             try:
-                return await self._observed(
-                    endpoint, path, remaining, priority, json=json, params=params
-                )
+                return await self._observed(request, ends_at)
             except StackOneRateLimited as error:
-                self._budget.upstream_rate_limited(error.retry_after)
+                budget.upstream_rate_limited(error.retry_after)
                 raise
 
-    def _slot(
-        self, budget: RateBudget, priority: Priority, timeout: float | None
-    ) -> AbstractAsyncContextManager[None]:
-        """A slot of `budget`; traced, its wait is a span of the call's trace."""
-        slot = budget.slot(priority, timeout)
-        if self._tracer is None:
-            return slot
-        return traced_budget_wait(self._tracer, slot, priority.name.lower())
-
-    async def _observed(
-        self,
-        endpoint: str,
-        path: str,
-        remaining: float | None,
-        priority: Priority,
-        *,
-        json: Any,
-        params: Any,
-    ) -> Any:
+    async def _observed(self, request: StackOneRequest, ends_at: float | None) -> Any:
+        """The exchange, told to the observer as (operation, status or error, seconds)."""
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await self._attempt(
-                endpoint, path, remaining, priority, json=json, params=params
-            )
-        except StackOneAPIError as error:
-            outcome = str(error.status_code)
-            raise
+            return await self._exchange(request, ends_at)
         except StackOneError as error:
-            outcome = type(error).__name__
+            status = error.status_code if isinstance(error, StackOneAPIError) else None
+            outcome = type(error).__name__ if status is None else str(status)
             raise
         finally:
             if self._observer is not None:
-                self._observer(endpoint, outcome, time.perf_counter() - started)
+                self._observer(request.operation, outcome, time.perf_counter() - started)
 
-    async def _attempt(
-        self,
-        endpoint: str,
-        path: str,
-        remaining: float | None,
-        priority: Priority,
-        *,
-        json: Any,
-        params: Any,
-    ) -> Any:
-        method = endpoint.partition(" ")[0]
-        http = self._http if priority == Priority.CALLER else self._background_http
-        if remaining is not None and remaining <= 0:
+    async def _exchange(self, request: StackOneRequest, ends_at: float | None) -> Any:
+        """Sends the request and reads its answer (up to MAX_RESPONSE_BYTES) as JSON, or
+        raises the error it means."""
+        method, path = request.method, request.path
+        left = math.inf if ends_at is None else _left(ends_at)
+        if left <= 0:
             raise StackOneTimeout(f"no time left for {method} {path} before the deadline")
+        timeout = min(left, request.attempt_timeout or math.inf)
         try:
-            async with asyncio.timeout(remaining):
-                status, reason, headers, content = await self._exchange(
-                    http, method, path, json=json, params=params
-                )
+            async with asyncio.timeout(None if timeout == math.inf else timeout):
+                response, content = await self._read(request)
         except (TimeoutError, httpx.TimeoutException) as error:
             raise StackOneTimeout(
                 f"StackOne did not answer {method} {path} in time ({type(error).__name__})"
@@ -442,7 +429,7 @@ class StackOneClient:
             raise StackOneUnavailable(
                 f"could not reach StackOne at {self.base_url}: {type(error).__name__}: {error}"
             ) from error
-        if 200 <= status < 300:
+        if response.is_success:
             try:
                 return orjson.loads(content)
             except orjson.JSONDecodeError as error:  # also past orjson's nesting limit
@@ -450,41 +437,42 @@ class StackOneClient:
                     f"StackOne answered {method} {path} with a body that is not JSON "
                     f"this client reads ({_bounded(str(error))})"
                 ) from error
-        message, body = _error_message(status, reason, content)
+        message, body = _error_message(response.status_code, response.reason_phrase, content)
         raise error_for_status(
-            status,
+            response.status_code,
             message,
             body=body,
-            retry_after=retry_after_seconds(headers.get("retry-after", "")),
+            retry_after=retry_after_seconds(response.headers.get("retry-after", "")),
         )
 
-    def _request(self, method: str, path: str, *, json: Any, params: Any) -> httpx.Request:
-        """The request, from the headers, URLs and timeout merged once per client."""
-        url = self._urls.get(path) or httpx.URL(self.base_url + path)
-        return httpx.Request(
-            method,
-            url.copy_merge_params(params) if params else url,
-            content=None if json is None else orjson.dumps(json),
-            headers=self._headers if json is None else self._json_headers,
+    async def _read(self, request: StackOneRequest) -> tuple[httpx.Response, bytes]:
+        """One exchange, from the headers, URLs and timeout merged once per client; the
+        answer's body is read up to MAX_RESPONSE_BYTES and no further."""
+        url = self._urls.get(request.path) or httpx.URL(self.base_url + request.path)
+        sent = httpx.Request(
+            request.method,
+            url.copy_merge_params(request.params) if request.params else url,
+            content=None if request.json is None else orjson.dumps(request.json),
+            headers=self._headers if request.json is None else self._json_headers,
             extensions={"timeout": self._timeout},
         )
-
-    async def _exchange(
-        self, http: httpx.AsyncBaseTransport, method: str, path: str, *, json: Any, params: Any
-    ) -> tuple[int, str, httpx.Headers, bytes]:
-        """One request; the answer's body is read up to MAX_RESPONSE_BYTES and no further."""
-        request = self._request(method, path, json=json, params=params)
-        response = await http.handle_async_request(request)
-        response.request = request
+        http = self._http if request.priority == Priority.CALLER else self._background_http
+        response = await http.handle_async_request(sent)
+        response.request = sent
         try:
             content = bytearray()
             async for chunk in response.aiter_bytes():
                 content += chunk
                 if len(content) > MAX_RESPONSE_BYTES:
                     raise StackOneUnavailable(
-                        f"StackOne answered {method} {path} with more than "
+                        f"StackOne answered {request.method} {request.path} with more than "
                         f"{MAX_RESPONSE_BYTES} bytes; refusing to read on"
                     )
         finally:
             await response.aclose()
-        return response.status_code, response.reason_phrase, response.headers, bytes(content)
+        return response, bytes(content)
+
+
+def _left(ends_at: float) -> float:
+    """Seconds until `ends_at` on the loop's clock."""
+    return ends_at - asyncio.get_running_loop().time()

@@ -25,7 +25,17 @@ RATE_LIMIT_VARIABLE = "STACKONE_CONNECT_RATE_LIMIT"
 
 
 class StackOneError(Exception):
-    """Any failure of a StackOne call."""
+    """Any failure of a StackOne call.
+
+    Attributes:
+        retry_after: seconds StackOne (or our own budget) asked us to wait before the
+            next attempt (Retry-After); None when it said nothing.
+        attempts: tries the failed call made, set by the client (a try our own budget
+            refused sent nothing).
+    """
+
+    retry_after: float | None = None
+    attempts: int = 0
 
 
 class StackOneUnavailable(StackOneError):
@@ -47,7 +57,6 @@ class StackOneAPIError(StackOneError):
         status_code: the HTTP status.
         message: StackOne's own message, or the HTTP reason.
         body: the parsed error body, when it was JSON.
-        retry_after: seconds StackOne asked us to wait (Retry-After), if any.
     """
 
     def __init__(
