@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.emulator.app import CURRENT_SHAPES, SDK_428_SHAPES
+from service.emulator.state import CURRENT_SHAPES, SDK_428_SHAPES
 from service.stackone.client import StackOneClient
 from tests import stackone_434
 from tests.registries import Registry, registry_service

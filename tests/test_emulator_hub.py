@@ -294,7 +294,7 @@ async def test_linking_through_the_hub_delivers_the_signed_account_created_webho
     assert event.verification == pb.VERIFICATION_VERIFIED
     assert event.account.status == pb.ACCOUNT_STATUS_ACTIVE
     deliveries = service.emulator.runner.app[EMULATOR_STATE].deliveries
-    assert [(d["event"], d["status"]) for d in deliveries] == [("account.created", 200)]
+    assert [(d.event, d.status) for d in deliveries] == [("account.created", 200)]
 
 
 async def test_a_deeply_nested_body_is_400_not_a_crash(stackone: httpx.AsyncClient) -> None:

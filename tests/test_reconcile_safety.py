@@ -13,6 +13,7 @@ from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EMULATOR_STATE
 from service.emulator.accounts import new_account
+from service.emulator.bodies import AccountSpec
 from service.events.reconcile import PAGE_SIZE, PAGES_IN_FLIGHT
 from service.runtime import Runtime, running
 from tests.streams import replay_all
@@ -103,7 +104,7 @@ async def test_a_long_listing_asks_for_several_pages_at_a_time(
         state = service.emulator.runner.app[EMULATOR_STATE]
         state.config.deliver_webhooks = False
         for _ in range(15 * PAGE_SIZE):
-            new_account(state, OWNER)
+            new_account(state, AccountSpec.model_validate(OWNER))
         async with (
             httpx.AsyncClient(base_url=service.emulator.base_url) as emulator,
             httpx.AsyncClient(base_url=service.admin.base_url) as http,

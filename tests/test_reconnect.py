@@ -12,7 +12,7 @@ import pytest
 
 from service.api.convert import AUTH_LINK_SECONDS
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.emulator.mending import DEFAULT_REASONS
+from service.emulator.accounts import DEFAULT_REASONS
 from tests.registries import Registry, registry_service
 from tests.streams import attached, next_event
 from tests.support import LogBackend
@@ -52,7 +52,7 @@ async def test_the_emulator_breaks_and_mends_an_account_with_signed_webhooks(
             seen.append((event.previous_raw_status, event.account.raw_status, reasons))
         stream.cancel()
         await stackone.state.wait_for_deliveries()
-        deliveries = [d for d in stackone.state.deliveries if d["account_id"] == account_id]
+        deliveries = [d for d in stackone.state.deliveries if d.account_id == account_id]
     assert seen == [
         ("active", "error", [DEFAULT_REASONS["error"]["code"]]),
         ("error", "expired", [DEFAULT_REASONS["expired"]["code"]]),
@@ -60,7 +60,7 @@ async def test_the_emulator_breaks_and_mends_an_account_with_signed_webhooks(
         ("suspended", "active", []),
     ]
     # Accepted by the gateway, so signed as StackOne signs.
-    assert [(d["event"], d["status"]) for d in deliveries][-4:] == [("account.updated", 200)] * 4
+    assert [(d.event, d.status) for d in deliveries][-4:] == [("account.updated", 200)] * 4
 
 
 async def test_a_broken_account_is_refused_an_unknown_status(

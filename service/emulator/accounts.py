@@ -16,133 +16,140 @@ otherwise, its status reasons cleared) and sends `account.updated`; a new accoun
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
+from service.emulator.bodies import AccountChanges, AccountSpec, ReasonBody
+from service.emulator.state import Account, EmulatorState, Session, StatusReason, iso, now
 from service.events.model import AccountEventType
 
-if TYPE_CHECKING:  # the state imports nothing from here; this avoids a cycle at run time
-    from service.emulator.app import EmulatorState
-
-STATUSES = frozenset({"active", "inactive", "suspended", "archived", "expired", "error"})
 DEFAULT_PROVIDER = "bamboohr"
+# The reason each broken status gets when a break names none (the emulator's words;
+# StackOne's codes are free text).
+DEFAULT_REASONS: dict[str, dict[str, str]] = {
+    "error": {
+        "code": "token_refresh_failed",
+        "description": "The provider refused the stored credentials; reconnect the account.",
+    },
+    "expired": {
+        "code": "credentials_expired",
+        "description": "The account's credentials expired; reconnect the account.",
+    },
+    "suspended": {
+        "code": "account_suspended",
+        "description": "The account was suspended; it does not sync until it is re-enabled.",
+    },
+}
 
 
-class LinkError(ValueError):
-    """A session cannot be completed as asked; the message says why."""
-
-
-class AccountNotFound(LinkError):
+class AccountNotFound(LookupError):
     """The account a re-connect session is bound to no longer exists."""
 
 
 class Linked(NamedTuple):
     """The account a link produced, and whether it is new (else re-opened)."""
 
-    account: dict[str, Any]
+    account: Account
     created: bool
 
 
-def now() -> datetime:
-    """The emulator's clock."""
-    return datetime.now(UTC)
-
-
-def iso(moment: datetime) -> str:
-    """StackOne's date format: ISO-8601 in UTC with milliseconds and `Z`."""
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def status_reasons(reasons: object) -> list[dict[str, Any]] | None:
-    """Reasons in StackOne's shape: `code`, `description` and a `timestamp` (now if unset).
-
-    Raises LinkError when `reasons` is neither null nor a list of objects.
-    """
+def stamped(reasons: Sequence[ReasonBody] | None) -> list[StatusReason] | None:
+    """Reasons as given, timestamped now where they have no timestamp."""
     if reasons is None:
         return None
-    if not isinstance(reasons, list) or not all(isinstance(r, dict) for r in reasons):
-        raise LinkError("status_reasons must be a list of {code, description, timestamp}")
     stamp = iso(now())
-    return [
-        {
-            "code": reason.get("code"),
-            "description": reason.get("description"),
-            "timestamp": reason.get("timestamp") or stamp,
-        }
-        for reason in reasons
-    ]
+    return [StatusReason(r.code, r.description, r.timestamp or stamp) for r in reasons]
 
 
-def _checked_status(status: object) -> str:
-    if status not in STATUSES:
-        raise LinkError(f"status must be one of {', '.join(sorted(STATUSES))}")
-    return str(status)
+def default_reasons(status: str) -> list[StatusReason]:
+    """The reason a break to `status` gets when it names none."""
+    reason = DEFAULT_REASONS[status]
+    return [StatusReason(reason["code"], reason["description"], iso(now()))]
 
 
-def new_account(state: EmulatorState, spec: dict[str, Any]) -> dict[str, Any]:
+def new_account(state: EmulatorState, spec: AccountSpec) -> Account:
     """Creates an account from `spec` and sends `account.created`."""
     stamp = iso(now())
-    provider = str(spec.get("provider") or DEFAULT_PROVIDER)
-    account_id = state.new_account_id()
-    account: dict[str, Any] = {
-        "id": account_id,
-        "provider": provider,
-        "provider_name": provider.title(),
-        "status": _checked_status(spec.get("status") or "active"),
-        "status_reasons": status_reasons(spec.get("status_reasons")),
-        "origin_owner_id": spec.get("origin_owner_id") or "owner",
-        "origin_owner_name": spec.get("origin_owner_name") or "Owner",
-        "origin_username": spec.get("origin_username"),
-        "label": spec.get("label"),
-        "type": spec.get("type") or "production",
-        "created_at": stamp,
-        "updated_at": stamp,
-    }
-    if state.config.sdk_shapes != "4.28":  # StackOne's SDK has had `shared` since 4.34.1
-        account["shared"] = _checked_shared(spec.get("shared", False))
-    state.accounts[account_id] = account
+    provider = spec.provider or DEFAULT_PROVIDER
+    return _created(
+        state,
+        Account(
+            id=state.new_account_id(),
+            provider=provider,
+            provider_name=provider.title(),
+            status=spec.status or "active",
+            status_reasons=stamped(spec.status_reasons),
+            origin_owner_id=spec.origin_owner_id or "owner",
+            origin_owner_name=spec.origin_owner_name or "Owner",
+            origin_username=spec.origin_username,
+            label=spec.label,
+            type=spec.type or "production",
+            created_at=stamp,
+            updated_at=stamp,
+            shared=spec.shared,
+        ),
+    )
+
+
+def _created(state: EmulatorState, account: Account) -> Account:
+    state.accounts[account.id] = account
+    state.changed()
     state.queue_webhook(AccountEventType.CREATED, account)
     return account
 
 
-def _checked_shared(shared: object) -> bool:
-    if not isinstance(shared, bool):
-        raise LinkError("shared must be true or false")
-    return shared
-
-
-def update_account(state: EmulatorState, account: dict[str, Any], changes: dict[str, Any]) -> None:
-    """Applies `changes` (status, status_reasons, label, provider, shared) and sends
-    `account.updated`."""
-    if "shared" in changes and "shared" in account:
-        account["shared"] = _checked_shared(changes["shared"])
-    if "status" in changes:
-        account["status"] = _checked_status(changes["status"])
-    if "status_reasons" in changes:
-        account["status_reasons"] = status_reasons(changes["status_reasons"])
-    for key in ("label", "provider"):
-        if key in changes:
-            account[key] = changes[key]
-    account["updated_at"] = iso(now())
+def updated(state: EmulatorState, account: Account) -> None:
+    """Stamps a change of `account` and sends `account.updated`."""
+    account.updated_at = iso(now())
+    state.changed()
     state.queue_webhook(AccountEventType.UPDATED, account)
 
 
-def _existing(
-    state: EmulatorState, session: dict[str, Any], provider: str
-) -> dict[str, Any] | None:
-    if session.get("account_id"):
-        account = state.accounts.get(str(session["account_id"]))
+def update_account(state: EmulatorState, account: Account, changes: AccountChanges) -> None:
+    """Applies the fields `changes` gives and sends `account.updated`."""
+    given = changes.model_fields_set
+    if "shared" in given:
+        account.shared = changes.shared
+    if "status" in given:
+        account.status = changes.status
+    if "status_reasons" in given:
+        account.status_reasons = stamped(changes.status_reasons)
+    if "label" in given:
+        account.label = changes.label
+    if "provider" in given:
+        account.provider = changes.provider
+    updated(state, account)
+
+
+def set_status(
+    state: EmulatorState, account: Account, status: str, reasons: list[StatusReason] | None
+) -> None:
+    """Moves `account` to `status` with `reasons` and sends `account.updated`."""
+    account.status, account.status_reasons = status, reasons
+    updated(state, account)
+
+
+def delete_account(state: EmulatorState, account: Account) -> None:
+    """Removes `account`, answered from now on as inactive, and sends `account.deleted`."""
+    del state.accounts[account.id]
+    account.status, account.updated_at = "inactive", iso(now())
+    state.changed()
+    state.queue_webhook(AccountEventType.DELETED, account)
+
+
+def _existing(state: EmulatorState, session: Session, provider: str) -> Account | None:
+    if session.account_id:
+        account = state.accounts.get(session.account_id)
         if account is None:
-            raise AccountNotFound(f"Account {session['account_id']} not found")
+            raise AccountNotFound(f"Account {session.account_id} not found")
         return account
-    if session.get("multiple"):
+    if session.multiple:
         return None
     return next(
         (
             account
             for account in state.accounts.values()
-            if account["origin_owner_id"] == session["origin_owner_id"]
-            and account["provider"] == provider
+            if account.origin_owner_id == session.origin_owner_id and account.provider == provider
         ),
         None,
     )
@@ -150,37 +157,46 @@ def _existing(
 
 def link_account(
     state: EmulatorState,
-    session: dict[str, Any],
+    session: Session,
     provider: str | None = None,
     *,
     status: str = "active",
-    reasons: list[dict[str, Any]] | None = None,
+    reasons: list[StatusReason] | None = None,
 ) -> Linked:
     """Completes `session` as a person finishing the Hub or an Auth Link would.
 
     Args:
         state: the emulator's state.
-        session: the connect session being completed (as `POST /connect_sessions` made it).
+        session: the connect session being completed.
         provider: the provider the person chose; the session's, else bamboohr, if None.
         status: the account's status after linking (`error`: the link worked but the
-            provider refused access, say).
+            provider refused access, say); one of `bodies.STATUSES`.
         reasons: the account's status reasons after linking.
 
-    Raises AccountNotFound when the session's account no longer exists, LinkError when
-    `status` or `reasons` are not StackOne's.
+    Raises AccountNotFound when the session's account no longer exists.
     """
-    _checked_status(status)
-    reasons = status_reasons(reasons)
-    chosen = str(provider or session.get("provider") or DEFAULT_PROVIDER)
+    chosen = provider or session.provider or DEFAULT_PROVIDER
     existing = _existing(state, session, chosen)
     if existing is None:
-        spec = {**session, "provider": chosen, "status": status, "status_reasons": reasons}
-        return Linked(new_account(state, spec), created=True)
-    changes: dict[str, Any] = {"status": status, "status_reasons": reasons}
-    if session.get("label"):
-        changes["label"] = session["label"]
-    for key in ("origin_owner_name", "origin_username"):
-        if session.get(key):
-            existing[key] = session[key]
-    update_account(state, existing, changes)
+        stamp = iso(now())
+        account = Account(
+            id=state.new_account_id(),
+            provider=chosen,
+            provider_name=chosen.title(),
+            status=status,
+            status_reasons=reasons,
+            origin_owner_id=session.origin_owner_id,
+            origin_owner_name=session.origin_owner_name,
+            origin_username=session.origin_username,
+            label=session.label,
+            type=session.type,
+            created_at=stamp,
+            updated_at=stamp,
+        )
+        return Linked(_created(state, account), created=True)
+    if session.label:
+        existing.label = session.label
+    existing.origin_owner_name = session.origin_owner_name or existing.origin_owner_name
+    existing.origin_username = session.origin_username or existing.origin_username
+    set_status(state, existing, status, reasons)
     return Linked(existing, created=False)

@@ -1,14 +1,49 @@
-"""The emulator's own request bodies (faults, behaviour, webhook delivery), validated by
-pydantic: a body that is not what an action takes is a 400 naming each field at fault,
-never a half-applied change or a 500."""
+"""Every JSON request body the emulator takes, validated by pydantic: a body that is not
+what an endpoint takes is a 400 naming each field at fault, never a half-applied change
+or a 500.
+
+The emulator's own actions (faults, behaviour, webhooks) refuse a misspelt key; the bodies
+StackOne's clients send (sessions, the Hub's forms) ignore keys they do not know, as
+StackOne does.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# StackOne's, as its SDK (@stackone/stackone-client-ts 4.34) lists them.
+CATEGORIES = frozenset(
+    {
+        *("ats", "hris", "hris-legacy", "crm", "iam", "marketing", "lms", "stackone"),
+        *("documents", "ticketing", "screening", "messaging", "accounting", "scheduling"),
+    }
+)
+SESSION_TYPES = frozenset({"production", "test"})
+STATUSES = frozenset({"active", "inactive", "suspended", "archived", "expired", "error"})
+BROKEN_STATUSES = frozenset({"error", "expired", "suspended"})
+
+
+def _one_of(allowed: Iterable[str]) -> AfterValidator:
+    """A check that the value is one of `allowed`, naming them all when it is not."""
+    choices = frozenset(allowed)
+
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(sorted(choices))}")
+        return value
+
+    return AfterValidator(check)
+
+
+Status = Annotated[str, _one_of(STATUSES)]
+BrokenStatus = Annotated[str, _one_of(BROKEN_STATUSES)]
+Category = Annotated[str, _one_of(CATEGORIES)]
+SessionType = Annotated[str, _one_of(SESSION_TYPES)]
+Text = Annotated[str, Field(min_length=1)]
 
 
 class _Body(BaseModel):
@@ -16,8 +51,13 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class _ClientBody(BaseModel):
+    # What StackOne's clients send: typed as strictly, but keys StackOne ignores are ignored.
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+
 class FaultBody(_Body):
-    """`POST /emulator/faults` (see `Fault` for what each field does)."""
+    """`POST /emulator/faults` (see `state.Fault` for what each field does)."""
 
     path_prefix: str = "/"
     path: str | None = None
@@ -48,11 +88,91 @@ class WebhooksBody(_Body):
     enabled: bool = True
 
 
+class SessionBody(_ClientBody):
+    """`POST /connect_sessions`."""
+
+    origin_owner_id: Text
+    origin_owner_name: Text
+    origin_username: str | None = None
+    provider: str | None = None
+    provider_version: str | None = None
+    account_id: str | None = None
+    label: str | None = None
+    integration_id: str | None = None
+    categories: list[Category] | None = None
+    expires_in: Annotated[int, Field(ge=0)] | None = None  # 0 or null: the default
+    type: SessionType | None = None
+    multiple: bool | None = None
+    metadata: dict[str, JsonValue] | None = None
+
+
+class TokenBody(_ClientBody):
+    """`POST /connect_sessions/authenticate`: a token that is not a live session's is a 401."""
+
+    token: JsonValue = None
+
+
+class ReasonBody(_ClientBody):
+    """A status reason as given; the timestamp is now when it is missing."""
+
+    code: str | None = None
+    description: str | None = None
+    timestamp: str | None = None
+
+
+class LinkBody(_ClientBody):
+    """`POST /emulator/link`: "the user completed the Hub" for a session."""
+
+    token: JsonValue = None
+    provider: str | None = None
+    status: Status | None = None
+    status_reasons: list[ReasonBody] | None = None
+
+
+class AccountSpec(_ClientBody):
+    """`POST /emulator/accounts`: an account made without a session."""
+
+    provider: str | None = None
+    status: Status | None = None
+    status_reasons: list[ReasonBody] | None = None
+    origin_owner_id: str | None = None
+    origin_owner_name: str | None = None
+    origin_username: str | None = None
+    label: str | None = None
+    type: str | None = None
+    shared: bool = False
+
+
+class AccountChanges(_ClientBody):
+    """`PATCH /emulator/accounts/{id}`: only the fields given change (`model_fields_set`;
+    the defaults below are never applied)."""
+
+    status: Status = "active"
+    status_reasons: list[ReasonBody] | None = None
+    label: str | None = None
+    provider: str = ""
+    shared: bool = False
+
+
+class BreakBody(_ClientBody):
+    """`POST /emulator/accounts/{id}/break`."""
+
+    status: BrokenStatus = "error"
+    status_reasons: list[ReasonBody] | None = None
+
+
+class CredentialsBody(_ClientBody):
+    """`POST` and `PATCH /hub/accounts`: the Hub's submitted form."""
+
+    integration_id: str | None = None
+    credentials: dict[str, JsonValue]
+
+
 class BadBody(ValueError):
-    """A body an action does not take; the message names each field and what is wrong."""
+    """A body an endpoint does not take; the message names each field and what is wrong."""
 
 
-_B = TypeVar("_B", bound=_Body)
+_B = TypeVar("_B", bound=BaseModel)
 
 
 def parsed(kind: type[_B], body: dict[str, Any]) -> _B:

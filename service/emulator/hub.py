@@ -41,20 +41,26 @@ import html
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
+from pydantic import JsonValue
 
-from service.emulator.accounts import AccountNotFound, LinkError, iso, link_account, now
-from service.emulator.app import (
-    EMULATOR_STATE,
-    Handler,
-    _live_session,
-    stackone_error,
-)
+from service.emulator.accounts import AccountNotFound, link_account
+from service.emulator.answers import Handler, base_url, body_as, emulator_state, stackone_error
+from service.emulator.bodies import CredentialsBody
 from service.emulator.origins import is_loopback_origin
+from service.emulator.state import (
+    Account,
+    AttemptError,
+    ConnectionAttempt,
+    Json,
+    Session,
+    StatusReason,
+    iso,
+    now,
+)
 
 HUB_VERSION = "1.11.4"
 SESSION_HEADER = "x-hub-session-token"
@@ -72,7 +78,7 @@ class FormField:
     placeholder: str = ""
     description: str = ""
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> Json:
         """The field in the Hub's `ConnectorConfigField` shape."""
         return {
             "key": self.key,
@@ -106,7 +112,7 @@ class Connector:
         """True when the provider signs in with OAuth rather than a form."""
         return not self.fields
 
-    def integration(self, base_url: str) -> dict[str, Any]:
+    def integration(self, base: str) -> Json:
         """The connector in the Hub's `Integration` shape (an entry of the list)."""
         return {
             "active": True,
@@ -117,12 +123,12 @@ class Connector:
             "authentication_config_key": "oauth2" if self.oauth else "api_key",
             "environment": "production",
             "integration_id": self.integration_id,
-            "logo_url": _logo_url(base_url, self.key),
+            "logo_url": _logo_url(base, self.key),
         }
 
-    def config(self, base_url: str) -> dict[str, Any]:
+    def config(self, base: str) -> Json:
         """The connector's form in the Hub's `FalconConnectorConfig` shape."""
-        notices = []
+        notices: list[JsonValue] = []
         if self.oauth:
             notices.append(
                 {
@@ -140,7 +146,7 @@ class Connector:
             **({"grantType": "authorization_code"} if self.oauth else {}),
             "configFields": [form_field.as_json() for form_field in self.fields],
             "configNotices": notices,
-            "assets": {"icon": _logo_url(base_url, self.key)},
+            "assets": {"icon": _logo_url(base, self.key)},
             "support": {"link": None, "description": None},
         }
 
@@ -204,27 +210,11 @@ def _generic_connector(key: str, category: str) -> Connector:
     return Connector(key, name, category, "#5b6b7f", (_api_key_field(f"Your {name} API key."),))
 
 
-@dataclass
-class HubState:
-    """What the Hub's endpoints keep besides the emulator's accounts."""
-
-    # OAuth connection attempts by id: the token that made it, status, account, error.
-    attempts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Non-secret credentials of accounts linked through the Hub, shown when re-opened.
-    setup_information: dict[str, dict[str, str]] = field(default_factory=dict)
+SessionHandler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 
 
-HUB_STATE = web.AppKey("hub_state", HubState)
-SessionHandler = Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
-
-
-def _base_url(request: web.Request) -> str:
-    configured = request.app[EMULATOR_STATE].config.public_base_url
-    return configured or f"{request.scheme}://{request.host}"
-
-
-def _logo_url(base_url: str, key: str) -> str:
-    return f"{base_url}/emulator/logos/{key}.svg"
+def _logo_url(base: str, key: str) -> str:
+    return f"{base}/emulator/logos/{key}.svg"
 
 
 def _with_session(handler: SessionHandler) -> Handler:
@@ -232,8 +222,7 @@ def _with_session(handler: SessionHandler) -> Handler:
 
     @functools.wraps(handler)
     async def authenticated(request: web.Request) -> web.StreamResponse:
-        state = request.app[EMULATOR_STATE]
-        session = _live_session(state, request.headers.get(SESSION_HEADER))
+        session = emulator_state(request).live_session(request.headers.get(SESSION_HEADER))
         if session is None:
             return stackone_error(401, "Invalid or expired connect session token")
         return await handler(request, session)
@@ -241,11 +230,11 @@ def _with_session(handler: SessionHandler) -> Handler:
     return authenticated
 
 
-def offered_connectors(session: dict[str, Any], provider: str | None = None) -> list[Connector]:
+def offered_connectors(session: Session, provider: str | None = None) -> list[Connector]:
     """The connectors a session may link: its categories and provider filter them; a
     provider the catalogue lacks gets a generic API-key form."""
-    categories = set(session.get("categories") or [])
-    wanted = {name for name in (session.get("provider"), provider) if name}
+    categories = set(session.categories)
+    wanted = {name for name in (session.provider, provider) if name}
     category = min(categories, default="hris")
     unknown = [_generic_connector(key, category) for key in wanted - _BY_KEY.keys()]
     catalogue = [*CONNECTORS, *unknown]
@@ -257,13 +246,13 @@ def offered_connectors(session: dict[str, Any], provider: str | None = None) -> 
     ]
 
 
-def _connector(session: dict[str, Any], integration_id: object) -> Connector | None:
+def _connector(session: Session, integration_id: str | None) -> Connector | None:
     return next(
         (c for c in offered_connectors(session) if c.integration_id == integration_id), None
     )
 
 
-def _refusal(connector: Connector, credentials: dict[str, Any]) -> web.Response | None:
+def _refusal(connector: Connector, credentials: dict[str, JsonValue]) -> web.Response | None:
     """The emulated provider's answer to credentials it does not accept, or None."""
     for form_field in connector.fields:
         value = credentials.get(form_field.key)
@@ -281,121 +270,107 @@ def _refusal(connector: Connector, credentials: dict[str, Any]) -> web.Response 
     return None
 
 
-def _outcome(connector: Connector, credentials: dict[str, Any]) -> dict[str, Any]:
-    """The status the account gets with accepted credentials."""
-    secrets_given = [credentials[f.key] for f in connector.fields if f.secret]
+def _outcome(
+    connector: Connector, credentials: dict[str, JsonValue]
+) -> tuple[str, list[StatusReason] | None]:
+    """The status and reasons the account gets with accepted (string) credentials."""
+    secrets_given = [str(credentials[f.key]) for f in connector.fields if f.secret]
     if any(value.startswith("limited") for value in secrets_given):
-        reason = {
-            "code": "insufficient_permissions",
-            "description": f"The {connector.name} credentials cannot read employees: "
+        reason = StatusReason(
+            code="insufficient_permissions",
+            description=f"The {connector.name} credentials cannot read employees: "
             "grant that permission at the provider, then link again.",
-            "timestamp": iso(now()),
-        }
-        return {"status": "error", "status_reasons": [reason]}
-    return {"status": "active", "status_reasons": None}
+            timestamp=iso(now()),
+        )
+        return "error", [reason]
+    return "active", None
 
 
-async def _credentials_body(request: web.Request) -> tuple[object, dict[str, Any]] | None:
-    try:
-        body = orjson.loads(await request.read())  # as app._json_object: no recursion
-    except (ValueError, RecursionError):
-        return None
-    credentials = body.get("credentials") if isinstance(body, dict) else None
-    if not isinstance(credentials, dict):
-        return None
-    return body.get("integration_id"), credentials
-
-
-async def _link(request: web.Request, session: dict[str, Any]) -> web.Response:
+async def _link(request: web.Request, session: Session) -> web.Response:
     """Checks the form the Hub submitted and links the account."""
-    parsed = await _credentials_body(request)
-    if parsed is None:
-        return stackone_error(400, "Expected {integration_id, credentials}")
-    integration_id, credentials = parsed
-    connector = _connector(session, integration_id)
+    body = await body_as(request, CredentialsBody, "Expected {integration_id, credentials}")
+    credentials = body.credentials
+    connector = _connector(session, body.integration_id)
     if connector is None or connector.oauth:
         return stackone_error(400, "This session cannot link that integration with a form")
     if (refusal := _refusal(connector, credentials)) is not None:
         return refusal
-    outcome = _outcome(connector, credentials)
+    status, reasons = _outcome(connector, credentials)
+    state = emulator_state(request)
     try:
         # The emulator's one set of linking rules: a re-connect or re-link re-opens the
         # existing account (account.updated), anything else creates one (account.created).
         account, created = link_account(
-            request.app[EMULATOR_STATE],
-            session,
-            connector.key,
-            status=outcome["status"],
-            reasons=outcome["status_reasons"],
+            state, session, connector.key, status=status, reasons=reasons
         )
     except AccountNotFound as error:
         return stackone_error(404, str(error))
-    except LinkError as error:
-        return stackone_error(400, str(error))
     secret_keys = {f.key for f in connector.fields if f.secret}
-    request.app[HUB_STATE].setup_information[account["id"]] = {
-        key: value for key, value in credentials.items() if key not in secret_keys
+    state.lasting.hub_setup_information[account.id] = {
+        key: str(value) for key, value in credentials.items() if key not in secret_keys
     }
-    answer = {"id": account["id"], "provider": account["provider"]}
+    state.changed()
+    answer = {"id": account.id, "provider": account.provider}
     return web.json_response(answer, status=201 if created else 200)
 
 
 @_with_session
-async def settings(request: web.Request, session: dict[str, Any]) -> web.Response:
+async def hub_settings(request: web.Request, session: Session) -> web.Response:
     """GET /hub/settings: feature flags, and the account a re-connect session re-opens."""
-    answer: dict[str, Any] = {"enabled_features": []}
-    if session.get("account_id"):
-        answer["existing_account_id"] = session["account_id"]
+    answer: Json = {"enabled_features": []}
+    if session.account_id:
+        answer["existing_account_id"] = session.account_id
     return web.json_response(answer)
 
 
 @_with_session
-async def connectors(request: web.Request, session: dict[str, Any]) -> web.Response:
+async def list_connectors(request: web.Request, session: Session) -> web.Response:
     """GET /hub/connectors: the integrations the session offers."""
     offered = offered_connectors(session, request.query.get("provider"))
-    base_url = _base_url(request)
-    return web.json_response({"integrations": [c.integration(base_url) for c in offered]})
+    base = base_url(request)
+    return web.json_response({"integrations": [c.integration(base) for c in offered]})
 
 
 @_with_session
-async def connector_config(request: web.Request, session: dict[str, Any]) -> web.Response:
+async def connector_config(request: web.Request, session: Session) -> web.Response:
     """GET /hub/connectors/{integration_id}: the connector's form."""
     connector = _connector(session, request.match_info["integration_id"])
     if connector is None:
         return stackone_error(404, "Integration not found")
-    hub_settings: dict[str, Any] = {"configured_webhook_events": {}, "project_settings": {}}
+    settings: Json = {"configured_webhook_events": {}, "project_settings": {}}
     return web.json_response(
-        {"config": connector.config(_base_url(request)), "hub_settings": hub_settings}
+        {"config": connector.config(base_url(request)), "hub_settings": settings}
     )
 
 
 @_with_session
-async def create_account(request: web.Request, session: dict[str, Any]) -> web.Response:
+async def link_through_hub(request: web.Request, session: Session) -> web.Response:
     """POST /hub/accounts: links the account with the submitted credentials."""
     return await _link(request, session)
 
 
-def _own_account(request: web.Request, session: dict[str, Any]) -> dict[str, Any] | None:
+def _own_account(request: web.Request, session: Session) -> Account | None:
     """The path's account when it is the one the session re-opens (a session sees no other)."""
     account_id = request.match_info["account_id"]
-    if account_id != session.get("account_id"):
+    if account_id != session.account_id:
         return None
-    return request.app[EMULATOR_STATE].accounts.get(account_id)
+    return emulator_state(request).accounts.get(account_id)
 
 
 @_with_session
-async def account_data(request: web.Request, session: dict[str, Any]) -> web.Response:
+async def account_data(request: web.Request, session: Session) -> web.Response:
     """GET /hub/accounts/{id}: the account a re-connect session re-opens, without secrets."""
     account = _own_account(request, session)
     if account is None:
         return stackone_error(404, f"Account {request.match_info['account_id']} not found")
-    connector = offered_connectors(session, account["provider"])
+    connector = offered_connectors(session, account.provider)
     integration_id = connector[0].integration_id if connector else None
+    setup = emulator_state(request).lasting.hub_setup_information.get(account.id, {})
     return web.json_response(
         {
-            "secureId": account["id"],
-            "provider": account["provider"],
-            "setupInformation": request.app[HUB_STATE].setup_information.get(account["id"], {}),
+            "secureId": account.id,
+            "provider": account.provider,
+            "setupInformation": setup,
             "version": "1.0.0",
             "environment": "production",
             "integrationId": integration_id,
@@ -404,7 +379,7 @@ async def account_data(request: web.Request, session: dict[str, Any]) -> web.Res
 
 
 @_with_session
-async def update_account(request: web.Request, session: dict[str, Any]) -> web.Response:
+async def relink_through_hub(request: web.Request, session: Session) -> web.Response:
     """PATCH /hub/accounts/{id}: re-links the session's account with new credentials."""
     if _own_account(request, session) is None:
         return stackone_error(404, f"Account {request.match_info['account_id']} not found")
@@ -412,48 +387,47 @@ async def update_account(request: web.Request, session: dict[str, Any]) -> web.R
 
 
 @_with_session
-async def create_attempt(request: web.Request, session: dict[str, Any]) -> web.Response:
+async def create_attempt(request: web.Request, session: Session) -> web.Response:
     """POST /hub/connection_attempts: an OAuth attempt the Hub then polls."""
     attempt_id = "ca_" + secrets.token_urlsafe(12)
-    request.app[HUB_STATE].attempts[attempt_id] = {
-        "token": session["token"],
-        "status": "pending",
-        "account": None,
-        "error": None,
-    }
+    state = emulator_state(request)
+    state.lasting.hub_attempts[attempt_id] = ConnectionAttempt(token=session.token)
+    state.changed()
     return web.json_response({"id": attempt_id}, status=201)
 
 
-def _attempt(request: web.Request, session: dict[str, Any]) -> dict[str, Any] | None:
-    attempt = request.app[HUB_STATE].attempts.get(request.match_info["attempt_id"])
-    return attempt if attempt is not None and attempt["token"] == session["token"] else None
+def _attempt(request: web.Request, session: Session, attempt_id: str) -> ConnectionAttempt | None:
+    """The attempt `attempt_id` when `session` made it."""
+    attempt = emulator_state(request).lasting.hub_attempts.get(attempt_id)
+    return attempt if attempt is not None and attempt.token == session.token else None
 
 
 @_with_session
-async def poll_attempt(request: web.Request, session: dict[str, Any]) -> web.Response:
+async def poll_attempt(request: web.Request, session: Session) -> web.Response:
     """GET /hub/connection_attempts/{id}: pending, authenticated, error, cancelled."""
-    attempt = _attempt(request, session)
+    attempt = _attempt(request, session, request.match_info["attempt_id"])
     if attempt is None:
         return stackone_error(404, "Connection attempt not found")
-    return web.json_response({k: attempt[k] for k in ("status", "account", "error")})
+    return web.json_response(attempt.to_json())
 
 
 @_with_session
-async def cancel_attempt(request: web.Request, session: dict[str, Any]) -> web.Response:
+async def cancel_attempt(request: web.Request, session: Session) -> web.Response:
     """DELETE /hub/connection_attempts/{id}."""
-    attempt = _attempt(request, session)
+    attempt = _attempt(request, session, request.match_info["attempt_id"])
     if attempt is None:
         return stackone_error(404, "Connection attempt not found")
-    if attempt["status"] == "pending":
-        attempt["status"] = "cancelled"
+    if attempt.status == "pending":
+        attempt.status = "cancelled"
+        emulator_state(request).changed()
     return web.Response(status=204)
 
 
 async def oauth_popup(request: web.Request) -> web.Response:
     """GET /connect/oauth2/{integration_id}: where the Hub sends OAuth sign-ins. The
     emulator cannot reach the provider, so it says so and fails the attempt."""
-    state = request.app[EMULATOR_STATE]
-    session = _live_session(state, request.query.get("token"))
+    state = emulator_state(request)
+    session = state.live_session(request.query.get("token"))
     connector = None if session is None else _connector(session, request.match_info["id"])
     if session is None or connector is None:
         return web.Response(status=404, text="This sign-in link has expired or does not exist.")
@@ -461,10 +435,11 @@ async def oauth_popup(request: web.Request) -> web.Response:
         f"{connector.name} signs in with OAuth on its own site, which the StackOne emulator "
         "cannot reach. Set STACKONE_CONNECT_API_KEY to link it through the real StackOne."
     )
-    attempt = request.app[HUB_STATE].attempts.get(request.query.get("connection_attempt_id", ""))
-    if attempt is not None and attempt["token"] == session["token"]:
-        attempt["status"] = "error"
-        attempt["error"] = {"code": "OAuth needs the real StackOne", "description": explanation}
+    attempt = _attempt(request, session, request.query.get("connection_attempt_id", ""))
+    if attempt is not None:
+        attempt.status = "error"
+        attempt.error = AttemptError("OAuth needs the real StackOne", explanation)
+        state.changed()
     page = f"""<!doctype html><title>StackOne emulator</title>
 <h1>{html.escape(connector.name)}: OAuth is not emulated</h1><p>{html.escape(explanation)}</p>
 <button onclick="window.close()">Close</button>"""
@@ -517,15 +492,14 @@ async def hub_cors(request: web.Request, handler: Handler) -> web.StreamResponse
 
 def add_hub(app: web.Application) -> None:
     """Adds the Hub's endpoints and their CORS to the emulator `app`."""
-    app[HUB_STATE] = HubState()
     # Outermost, so the emulator's own answers (429s, faults) are readable cross-origin too.
     app.middlewares.insert(0, hub_cors)
-    app.router.add_get("/hub/settings", settings)
-    app.router.add_get("/hub/connectors", connectors)
+    app.router.add_get("/hub/settings", hub_settings)
+    app.router.add_get("/hub/connectors", list_connectors)
     app.router.add_get("/hub/connectors/{integration_id}", connector_config)
-    app.router.add_post("/hub/accounts", create_account)
+    app.router.add_post("/hub/accounts", link_through_hub)
     app.router.add_get("/hub/accounts/{account_id}", account_data)
-    app.router.add_patch("/hub/accounts/{account_id}", update_account)
+    app.router.add_patch("/hub/accounts/{account_id}", relink_through_hub)
     app.router.add_post("/hub/connection_attempts", create_attempt)
     app.router.add_get("/hub/connection_attempts/{attempt_id}", poll_attempt)
     app.router.add_delete("/hub/connection_attempts/{attempt_id}", cancel_attempt)
