@@ -22,7 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter
 
 from gateway.encoding import BodyTooLarge, UndecodableBody, decode, unsupported
 from gateway.signature import SIGNATURE_HEADER, is_valid_signature
-from service.events.ingest import Ingestor, InvalidWebhook, parse_webhook
+from gateway.webhook import InvalidWebhook, parse_webhook
+from service.events.ingest import Ingestor
 from service.events.model import AccountEventType, EventLogError, InboxFull
 from service.logs import REQUEST_ID, request_id_from
 from service.metrics import Metrics
@@ -109,8 +110,8 @@ async def receive_webhook(request: web.Request) -> web.Response:
             state, 401, "unauthorized", f"the {SIGNATURE_HEADER} header does not match the body"
         )
     try:
-        event = parse_webhook(body)
-        result = await state.ingestor.ingest(event, body)
+        webhook = parse_webhook(body)  # the one parse: it travels on with the entry
+        result = await state.ingestor.ingest(webhook, body)
     except InvalidWebhook as error:
         return _problem(state, 400, "malformed", str(error))
     except InboxFull as error:
@@ -122,13 +123,13 @@ async def receive_webhook(request: web.Request) -> web.Response:
     except EventLogError as error:
         _log.error("webhook not recorded, asking StackOne to retry: %s", error)
         return _problem(state, 503, "unavailable", "the event could not be recorded; retry")
-    state.count(_type_label(event.type), result.value)
+    state.count(_type_label(webhook.type), result.value)
     if _log.isEnabledFor(logging.DEBUG):
         _log.debug(
-            "webhook %s %s", event.type, result.value,
-            extra={"event_id": event.event_id, "account_id": event.account_id},
+            "webhook %s %s", webhook.type, result.value,
+            extra={"event_id": webhook.event_id, "account_id": webhook.account_id},
         )  # fmt: skip
-    body = orjson.dumps({"result": result.value, "event_id": event.event_id})
+    body = orjson.dumps({"result": result.value, "event_id": webhook.event_id})
     return web.Response(body=body, content_type="application/json")
 
 

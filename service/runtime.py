@@ -26,15 +26,21 @@ from grpc_health.v1 import health_pb2
 
 from gateway.app import WEBHOOK_PATH, GatewayState, init_admin_app, init_app
 from gateway.secrets import InvalidSecretsFile, WebhookSecrets, read_secrets
+from gateway.webhook import upgraded
 from service.aio import cancel_all
 from service.audit import AuditTrail, open_sink
 from service.config import ENV_PREFIX, Settings, split_address
 from service.emulator import EMULATOR_STATE, EmulatorConfig, build_emulator_app
 from service.emulator.memory import remember
-from service.events import sqlite
-from service.events.backends import open_event_log
+from service.events import jetstream, sqlite
+from service.events.backends import (
+    EventLogOptions,
+    UnsupportedEventLogUrl,
+    backend_for,
+    open_event_log,
+)
 from service.events.ingest import Ingestor
-from service.events.log import EventLog, ReportsBackgroundFailures
+from service.events.log import EventLog
 from service.events.model import EventLogError, EventLogUnavailable
 from service.events.reconcile import Reconciler
 from service.events.registry import RegistryQuery
@@ -244,18 +250,39 @@ async def _audit_trail(settings: Settings, metrics: Metrics) -> AsyncIterator[Au
         await trail.close()
 
 
+def event_log_options(settings: Settings) -> EventLogOptions:
+    """The options of the log `STACKONE_CONNECT_EVENT_LOG_URL` names, for its backend;
+    `UnsupportedEventLogUrl` when no backend opens that URL (the settings cannot tell:
+    they know no backend)."""
+    url = settings.event_log_url
+    if backend_for(url) is sqlite.BACKEND:
+        return sqlite.SqliteOptions(
+            sqlite.path_of(urlparse(url)), settings.retention, inbox_limit=settings.inbox_limit
+        )
+    return jetstream.JetStreamOptions(
+        url,
+        stream=settings.jetstream_stream,
+        subject_prefix=settings.jetstream_subject_prefix,
+        storage=settings.jetstream_storage,
+        replicas=settings.jetstream_replicas,
+        retention=settings.retention,
+        inbox_limit=settings.inbox_limit,
+        # A webhook stays pending until the verifier's deadline at most.
+        inbox_duplicate_window=max(120.0, 2 * settings.verify_deadline),
+    )
+
+
 @asynccontextmanager
 async def _event_log(settings: Settings, metrics: Metrics) -> AsyncIterator[EventLog]:
     """The log `STACKONE_CONNECT_EVENT_LOG_URL` names, closed (flushed) at the end; a log
     that cannot be opened (in use, damaged, cannot be created) is a one-line start-up error."""
     try:
-        event_log = await open_event_log(settings)
-    except EventLogUnavailable as error:
-        raise ConfigurationError(f"{error} (STACKONE_CONNECT_EVENT_LOG_URL)") from error
-    if isinstance(event_log, ReportsBackgroundFailures):
-        event_log.report_background_failures(
-            lambda task: metrics.background_failures.labels(task).inc()
+        event_log = await open_event_log(
+            event_log_options(settings),
+            report_failure=lambda task: metrics.background_failures.labels(task).inc(),
         )
+    except (UnsupportedEventLogUrl, EventLogUnavailable) as error:
+        raise ConfigurationError(f"{error} ({ENV_PREFIX}EVENT_LOG_URL)") from error
     try:
         yield event_log
     finally:
@@ -379,6 +406,7 @@ async def _background(
         quiet=settings.verify_quiet,
         lookup_timeout=settings.upstream_timeout,
         tracing=tracing,
+        upgrade=upgraded,  # entries an earlier release left in the inbox
     )
     tasks = [
         asyncio.create_task(

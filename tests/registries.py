@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +21,31 @@ from service.runtime import Runtime, running
 from tests.support import LogBackend, eventually, make_settings
 
 
-class Registry:
-    """A running service that reconciles often, its stub, and its emulator."""
+@dataclass
+class EmulatedStackOne:
+    """A running service and a client of its emulated StackOne."""
 
-    def __init__(
-        self, service: Runtime, stub: pb_grpc.ConnectServiceAsyncStub, emulator: httpx.AsyncClient
-    ) -> None:
-        self.service = service
-        self.stub = stub
-        self.emulator = emulator
-        assert service.emulator is not None
-        self.state: EmulatorState = service.emulator.runner.app[EMULATOR_STATE]
+    service: Runtime
+    emulator: httpx.AsyncClient
+
+    @property
+    def state(self) -> EmulatorState:
+        """The emulator's state, read in-process."""
+        assert self.service.emulator is not None
+        return self.service.emulator.runner.app[EMULATOR_STATE]
 
     async def account(self, owner: str = "tenant-1", provider: str = "hibob") -> str:
-        """A new account at StackOne (its account.created webhook is delivered)."""
+        """A new account at StackOne (its account.created webhook is delivered, unless the
+        emulator's webhooks are switched off)."""
         spec = {"provider": provider, "origin_owner_id": owner, "origin_owner_name": owner}
         return str((await self.emulator.post("/emulator/accounts", json=spec)).json()["id"])
+
+
+@dataclass
+class Registry(EmulatedStackOne):
+    """A running service that reconciles often, its stub, and its emulator."""
+
+    stub: pb_grpc.ConnectServiceAsyncStub
 
     async def set_status(self, account_id: str, status: str) -> None:
         """Changes an account's status at StackOne (account.updated is delivered)."""
@@ -129,4 +139,4 @@ async def registry_service(
             grpc.aio.insecure_channel(service.grpc_target) as channel,
             httpx.AsyncClient(base_url=service.emulator.base_url, timeout=10) as emulator,
         ):
-            yield Registry(service, pb_grpc.ConnectServiceStub(channel), emulator)
+            yield Registry(service, emulator, stub=pb_grpc.ConnectServiceStub(channel))

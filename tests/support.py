@@ -7,7 +7,7 @@ import itertools
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from service.config import ENV_PREFIX, Settings
 from service.events.backends import open_event_log
 from service.events.log import EventLog
 from service.events.tail import DEFAULT_TAIL_BYTES
+from service.runtime import event_log_options
 
 WEBHOOK_SECRET = "whsec-test-secret"
 _numbers = itertools.count()
@@ -82,7 +83,8 @@ class LogBackend:
     ) -> EventLog:
         """Opens (or reopens) the log, as `serve` does with these settings."""
         settings = Settings(**self.settings(retention_max_count=max_count))
-        return await open_event_log(settings, tail_bytes=tail_bytes)
+        options = replace(event_log_options(settings), tail_bytes=tail_bytes)
+        return await open_event_log(options)
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -20,8 +21,9 @@ from service.events.model import (
     EventRecord,
     InboxEntry,
     StoredEvent,
+    Webhook,
 )
-from service.events.sqlite import SqliteEventLog
+from service.events.sqlite import SqliteEventLog, SqliteOptions
 from service.events.verify import record_alone
 from tests.support import LogBackend
 
@@ -223,7 +225,7 @@ async def test_concurrent_appends_all_get_distinct_cursors(event_log: EventLog) 
 
 async def test_concurrent_appends_are_group_committed(tmp_path: Path) -> None:
     """300 concurrent single-event appends to SQLite share a handful of transactions."""
-    log = await SqliteEventLog.open(tmp_path / "events.db")
+    log = await SqliteEventLog.open(SqliteOptions(tmp_path / "events.db"))
     try:
         before = log.commits
         outcomes = await asyncio.gather(*(log.append([record(n)]) for n in range(300)))
@@ -254,7 +256,7 @@ async def test_a_change_already_recorded_by_another_source_is_not_recorded_again
 def webhook_entry(event_id: str, type_: str, account_id: str) -> InboxEntry:
     """An inbox entry for a webhook of `type_` (its body as the gateway would keep it)."""
     body = orjson.dumps({"event": type_, "account_id": account_id, "provider": "hibob"})
-    return InboxEntry(0, event_id, type_, account_id, time.time(), body)
+    return InboxEntry(0, Webhook(event_id, type_, account_id, "hibob"), time.time(), body)
 
 
 def accept_alone(log: SqliteEventLog, entry: InboxEntry) -> Awaitable[Accepted]:
@@ -267,7 +269,7 @@ async def test_a_webhook_needing_no_look_up_is_recorded_in_its_own_transaction(
 ) -> None:
     """A deletion with nothing of its account pending is recorded by the one commit that
     accepts it, not queued for the verifier; its redelivery is a duplicate."""
-    log = await SqliteEventLog.open(tmp_path / "events.db")
+    log = await SqliteEventLog.open(SqliteOptions(tmp_path / "events.db"))
     try:
         commits = log.commits
         deleted = webhook_entry("evt-del", "account.deleted", "acct-1")
@@ -294,7 +296,7 @@ async def test_a_webhook_behind_pending_ones_of_its_account_waits_in_the_inbox(
     the two in order; other accounts are not held back, and once the account's entries
     are settled its next deletion is recorded at once again."""
     path = tmp_path / "events.db"
-    log = await SqliteEventLog.open(path)
+    log = await SqliteEventLog.open(SqliteOptions(path))
     try:
         updated = webhook_entry("evt-upd-1", "account.updated", "acct-1")
         assert await log.accept(updated) is Accepted.QUEUED
@@ -309,7 +311,7 @@ async def test_a_webhook_behind_pending_ones_of_its_account_waits_in_the_inbox(
         assert list(same_transaction) == [Accepted.QUEUED, Accepted.QUEUED, Accepted.RECORDED]
     finally:
         await log.close()
-    log = await SqliteEventLog.open(path)
+    log = await SqliteEventLog.open(SqliteOptions(path))
     try:
         again = webhook_entry("evt-del-1b", "account.deleted", "acct-1")
         assert await accept_alone(log, again) is Accepted.QUEUED, "pending after a restart"
@@ -326,3 +328,30 @@ async def test_a_webhook_behind_pending_ones_of_its_account_waits_in_the_inbox(
         assert await accept_alone(log, later) is Accepted.RECORDED
     finally:
         await log.close()
+
+
+async def test_an_inbox_entry_keeps_its_parsed_webhook_and_an_older_one_only_its_body(
+    event_log: EventLog,
+) -> None:
+    """The inbox hands back the parsed webhook it was given, every field (the verifier
+    builds the event from it, parsing nothing); an entry written as an earlier release
+    wrote it, raw body only, reads back marked so, for the upgrade path to parse."""
+    webhook = Webhook(
+        "evt-parsed", "account.updated", "acct-1", "hibob", "tenant-1",
+        "Tenant Ünø\u2028\x85\r\n<b>One</b>",  # line breaks of every kind, escaped or not
+        "admin@tenant.example", datetime(2026, 11, 24, 14, 6, 49, 120_000, tzinfo=UTC),
+    )  # fmt: skip
+    parsed = InboxEntry(0, webhook, time.time(), b'{"event": "account.updated"}')
+    older = InboxEntry(
+        0, Webhook("evt-older", "account.deleted", "acct-2"), time.time(), b"{}",
+        from_raw_body_only=True,
+    )  # fmt: skip
+    for entry in (parsed, older):
+        assert await event_log.accept(entry) is Accepted.QUEUED
+    read = await event_log.pending(0, 10)
+    assert [(e.webhook, e.body, e.from_raw_body_only) for e in read] == [
+        (webhook, parsed.body, False),
+        (older.webhook, b"{}", True),
+    ]
+    # As read again by the account (JetStream: one message at a time).
+    assert [e.webhook for e in await event_log.unsettled(read[:1])] == [webhook]

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import httpx
 import orjson
@@ -90,7 +91,8 @@ async def gateway(event_log: SqliteEventLog) -> AsyncIterator[Gateway]:
 
 
 async def test_a_signed_account_event_is_in_the_inbox_then_acknowledged(gateway: Gateway) -> None:
-    """A validly signed account.created gets 200 and is in the inbox, raw body and all."""
+    """A validly signed account.created gets 200 and is in the inbox, parsed, with its raw
+    body kept beside."""
     body = orjson.dumps(CREATED)
     response = await gateway.post(body, signed_headers(body))
     assert response.status_code == 200
@@ -102,6 +104,14 @@ async def test_a_signed_account_event_is_in_the_inbox_then_acknowledged(gateway:
         body,
     )
     assert entry.event_id == response.json()["event_id"]
+    webhook = entry.webhook
+    assert (webhook.provider, webhook.origin_owner_id, webhook.origin_owner_name) == (
+        "hibob",
+        "tenant-5521",
+        "Bluefin Logistics",
+    )
+    assert webhook.occurred_at == datetime(2026, 11, 24, 14, 6, 49, 120_000, tzinfo=UTC)
+    assert not entry.from_raw_body_only
 
 
 async def test_redeliveries_are_recorded_once_even_with_a_new_sent_at(gateway: Gateway) -> None:

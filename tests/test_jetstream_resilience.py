@@ -24,7 +24,7 @@ from google.protobuf.empty_pb2 import Empty
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.jetstream import JetStreamEventLog, JetStreamOptions
-from service.events.model import Accepted, EventLogUnavailable, EventRecord, InboxEntry
+from service.events.model import Accepted, EventLogUnavailable, EventRecord, InboxEntry, Webhook
 from tests.nats import NatsProxy, NatsServer
 from tests.processes import serve_env, serve_process
 from tests.streams import StreamCall, events_covering, next_item, subscribed
@@ -62,7 +62,7 @@ def record(event_id: str, account_id: str) -> EventRecord:
 
 def entry(event_id: str, account_id: str) -> InboxEntry:
     """A webhook for the inbox (its sequence is assigned by the inbox)."""
-    return InboxEntry(0, event_id, "account.updated", account_id, time.time(), b"{}")
+    return InboxEntry(0, Webhook(event_id, "account.updated", account_id), time.time(), b"{}")
 
 
 async def test_a_very_long_account_id_is_recorded_and_the_connection_stays_up(

@@ -16,11 +16,11 @@ import orjson
 import pytest
 from google.protobuf.empty_pb2 import Empty
 
+from service.api.convert import event_record
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
-from service.events.ingest import event_record
 from service.events.registry import RegistryQuery
-from service.events.sqlite import SqliteEventLog
+from service.events.sqlite import SqliteEventLog, SqliteOptions
 from service.owners import OwnerScope
 from service.rpc.auth import AuthInterceptor, ClientRegistry
 from service.rpc.owned import OwnedAccounts
@@ -130,7 +130,7 @@ async def scoped_service(
             scoped_channel,
             httpx.AsyncClient(base_url=service.emulator.base_url, timeout=10) as emulator,
         ):
-            registry = Registry(service, pb_grpc.ConnectServiceStub(admin_channel), emulator)
+            registry = Registry(service, emulator, stub=pb_grpc.ConnectServiceStub(admin_channel))
             accounts = {owner: await registry.account(owner) for owner in ALLOWED + OTHERS}
             await registry.holds(list(accounts.values()))
             yield Scoped(registry, pb_grpc.ConnectServiceStub(scoped_channel), accounts)
@@ -423,7 +423,7 @@ async def test_a_scoped_registry_listing_reads_a_bounded_number_of_accounts_a_pa
     so among many other customers' accounts a page may hold fewer (even none), and its
     next page goes on after the last account read; the pages still hold every account of
     the caller's owners once, and only those."""
-    log = await SqliteEventLog.open(tmp_path / "events.db")
+    log = await SqliteEventLog.open(SqliteOptions(tmp_path / "events.db"))
     owners = [("acme-1" if n in (0, 13, 14, 29) else f"other-{n}") for n in range(30)]
     records = []
     for n, owner in enumerate(owners):

@@ -9,6 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from service.config import MAX_SECONDS, SETTINGS_PAGE, Settings, settings_table
+from service.events.jetstream import JetStreamOptions
+from service.events.sqlite import SqliteOptions
+from service.runtime import event_log_options
 
 REPOSITORY = Path(__file__).parent.parent
 
@@ -83,3 +86,38 @@ def test_durations_reach_ten_years_and_counts_int64() -> None:
         retention_max_age=MAX_SECONDS, dedup_window=MAX_SECONDS, retention_max_count=2**63 - 1
     )
     assert settings.retention.max_age == 10 * 365 * 24 * 3600
+
+
+def test_each_backend_gets_its_own_options_from_the_settings(tmp_path: Path) -> None:
+    """The composition root builds the options of the backend the URL names: SQLite's file,
+    retention and inbox limit; JetStream's server, stream, subjects, storage, replicas,
+    and a duplicate window covering a webhook's wait for the verifier (twice its
+    deadline, at least two minutes)."""
+    sqlite = Settings(event_log_url=f"sqlite:///{tmp_path}/e.db", inbox_limit=7)
+    assert event_log_options(sqlite) == SqliteOptions(
+        tmp_path / "e.db", sqlite.retention, inbox_limit=7
+    )
+    nats = Settings(
+        event_log_url="nats://nats:4222",
+        jetstream_stream="S",
+        jetstream_subject_prefix="s.p",
+        jetstream_storage="memory",
+        jetstream_replicas=3,
+        retention_max_count=9,
+        inbox_limit=7,
+        verify_deadline=300,
+    )
+    assert event_log_options(nats) == JetStreamOptions(
+        "nats://nats:4222",
+        stream="S",
+        subject_prefix="s.p",
+        storage="memory",
+        replicas=3,
+        retention=nats.retention,
+        inbox_limit=7,
+        inbox_duplicate_window=600,
+    )
+    brief = Settings(event_log_url="tls://nats:4222", verify_deadline=1)
+    assert event_log_options(brief) == JetStreamOptions(
+        "tls://nats:4222", retention=brief.retention
+    )

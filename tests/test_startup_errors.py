@@ -175,6 +175,28 @@ def test_a_duration_or_count_out_of_range_is_named(
     assert refusal(tmp_path, **{setting: value}) == f"{PREFIX}{setting}: {problem}"
 
 
+@pytest.mark.parametrize("url", ["mysql://db/events", "sqlite://", "nats://"])
+def test_an_event_log_url_no_backend_opens_is_named(tmp_path: Path, url: str) -> None:
+    """A URL of no backend's scheme, or one saying too little to open (no path, no host),
+    is refused naming the variable and the URLs that would do, by `serve` and by the
+    commands that read the settings, although the settings know no backend."""
+    expected = (
+        f"{PREFIX}EVENT_LOG_URL (--event-log-url): '{url}' is not a supported event log URL "
+        "(sqlite:///path.db or nats://host:port)"
+    )
+    assert refusal(tmp_path, EVENT_LOG_URL=url) == expected
+    env = serve_env(tmp_path, "whsec-test", STACKONE_CONNECT_EVENT_LOG_URL=url)
+    backup = subprocess.run(
+        [*SERVE[:-1], "backup", str(tmp_path / "copy.db")],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (backup.returncode, backup.stderr.splitlines()) == (2, [expected])
+
+
 def _entry(name: object = "app", token: object = GOOD, **more: object) -> dict[str, object]:
     return {"name": name, "token": token, "scopes": ["accounts:read"], **more}
 

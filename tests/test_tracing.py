@@ -29,8 +29,9 @@ from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EMULATOR_STATE
 from service.emulator.accounts import new_account
-from service.events.model import InboxEntry
-from service.events.sqlite import SqliteEventLog
+from service.emulator.bodies import AccountSpec
+from service.events.model import InboxEntry, Webhook
+from service.events.sqlite import SqliteEventLog, SqliteOptions
 from service.logs import JsonFormatter
 from service.runtime import Runtime, running
 from service.tracing import TracingConfigError, from_environment, span_context_of, with_processors
@@ -67,10 +68,11 @@ def exported() -> InMemorySpanExporter:
 
 
 @pytest_asyncio.fixture
-async def traced(
+async def service(
     tmp_path: Path, backend: LogBackend, exported: InMemorySpanExporter
 ) -> AsyncIterator[Runtime]:
-    """The whole service with tracing on, every trace sampled, into `exported`."""
+    """The whole service with tracing on, every trace sampled, into `exported` (in this
+    module, conftest's `stub` and the fixtures below are clients of it)."""
     tracing = with_processors([SimpleSpanProcessor(exported)])
     # A longer quiet period: a burst's webhooks share one look-up and one event.
     settings = make_settings(tmp_path, verify_quiet=0.5, **backend.settings())
@@ -80,16 +82,9 @@ async def traced(
 
 
 @pytest_asyncio.fixture
-async def traced_stub(traced: Runtime) -> AsyncIterator[pb_grpc.ConnectServiceAsyncStub]:
-    """A gRPC client of the traced service."""
-    async with grpc.aio.insecure_channel(traced.grpc_target) as channel:
-        yield pb_grpc.ConnectServiceStub(channel)
-
-
-@pytest_asyncio.fixture
-async def gateway_http(traced: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+async def gateway_http(service: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of the traced service's webhook gateway."""
-    async with httpx.AsyncClient(base_url=traced.gateway.base_url, timeout=5) as client:
+    async with httpx.AsyncClient(base_url=service.gateway.base_url, timeout=5) as client:
         yield client
 
 
@@ -113,13 +108,13 @@ def _trace(span: ReadableSpan) -> int:
 
 
 async def test_a_callers_trace_holds_the_rpc_the_budget_wait_and_the_stackone_call(
-    traced_stub: pb_grpc.ConnectServiceAsyncStub, exported: InMemorySpanExporter
+    stub: pb_grpc.ConnectServiceAsyncStub, exported: InMemorySpanExporter
 ) -> None:
     """CreateSession with a caller's traceparent: its RPC span is the caller's child and
     holds the budget wait (class, seconds) and the StackOne call, whose context reaches
     StackOne (the emulator's span is that call's child)."""
     request = pb.CreateSessionRequest(origin_owner_id="tenant-1", origin_owner_name="Tenant One")
-    await traced_stub.CreateSession(request, metadata=(("traceparent", CALLER_TRACEPARENT),))
+    await stub.CreateSession(request, metadata=(("traceparent", CALLER_TRACEPARENT),))
 
     def of_trace() -> list[ReadableSpan]:
         return [span for span in exported.get_finished_spans() if _trace(span) == CALLER_TRACE]
@@ -156,15 +151,15 @@ async def test_a_callers_trace_holds_the_rpc_the_budget_wait_and_the_stackone_ca
 
 
 async def test_a_webhook_burst_is_recorded_by_a_span_linked_to_each_and_its_event_carries_it(
-    traced: Runtime,
-    traced_stub: pb_grpc.ConnectServiceAsyncStub,
+    service: Runtime,
+    stub: pb_grpc.ConnectServiceAsyncStub,
     gateway_http: httpx.AsyncClient,
     exported: InMemorySpanExporter,
 ) -> None:
     """Three webhooks of one account: each receipt is a span; the look-up, the folding and
     the recording of their one event are linked to all three; the event a subscriber
     receives carries the recording's trace, which continues the first webhook's."""
-    stream = traced_stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
+    stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
     await attached(stream)
     bodies = [
         webhook("account.updated", account_id="acct-burst", id=f"evt-burst-{n}") for n in range(3)
@@ -202,13 +197,13 @@ async def test_a_webhook_burst_is_recorded_by_a_span_linked_to_each_and_its_even
 
 
 async def test_a_webhook_the_emulator_sends_continues_the_trace_that_caused_it(
-    traced: Runtime, exported: InMemorySpanExporter
+    service: Runtime, exported: InMemorySpanExporter
 ) -> None:
     """A traced request that links an account at the (emulated) StackOne: the signed
     account.created it sends carries that trace, so the gateway's receipt of it, and so
     the event, join the trace of the request (make demo's page to its event)."""
-    assert traced.emulator is not None
-    async with httpx.AsyncClient(base_url=traced.emulator.base_url, timeout=5) as emulator:
+    assert service.emulator is not None
+    async with httpx.AsyncClient(base_url=service.emulator.base_url, timeout=5) as emulator:
         created = await emulator.post(
             "/emulator/accounts",
             json={"provider": "hibob", "origin_owner_id": "t-1", "origin_owner_name": "T"},
@@ -364,10 +359,13 @@ async def test_tracing_is_off_without_otel_variables_and_installs_nothing() -> N
         assert tracing.http_transport(transport, httpx.Limits()) is transport
 
 
-async def test_a_service_without_otel_variables_has_no_tracing_layer(service: Runtime) -> None:
+async def test_a_service_without_otel_variables_has_no_tracing_layer(
+    tmp_path: Path, backend: LogBackend
+) -> None:
     """`running` as `serve` runs it, with no OTEL_* variable: its gateway has no tracing
     middleware."""
-    middlewares = service.gateway.runner.app.middlewares
+    async with running(make_settings(tmp_path, **backend.settings())) as untraced:
+        middlewares = untraced.gateway.runner.app.middlewares
     assert middlewares
     assert not [m for m in middlewares if m.__module__.startswith("opentelemetry")]
 
@@ -415,12 +413,12 @@ async def test_serve_stops_with_one_line_naming_an_unusable_otel_variable(tmp_pa
 
 
 async def test_the_example_app_carries_the_pages_trace_to_the_service(
-    traced: Runtime, exported: InMemorySpanExporter
+    service: Runtime, exported: InMemorySpanExporter
 ) -> None:
     """A page's request with a traceparent: the example app's span is its child, and the
     app's ListAccounts call carries it on, so the service's RPC span is in the same trace."""
     app_tracing = with_processors([SimpleSpanProcessor(exported)])
-    runner = web.AppRunner(build_app(Config(grpc_target=traced.grpc_target), app_tracing))
+    runner = web.AppRunner(build_app(Config(grpc_target=service.grpc_target), app_tracing))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
@@ -445,13 +443,13 @@ async def test_the_example_app_carries_the_pages_trace_to_the_service(
 
 @pytest.mark.slow
 async def test_the_cli_sends_its_commands_trace_to_the_service(
-    traced: Runtime, exported: InMemorySpanExporter
+    service: Runtime, exported: InMemorySpanExporter
 ) -> None:
     """`sessions create` with OTEL_* variables: the command is a trace (exported over OTLP)
     whose gRPC call carries it, so the service's RPC span is its child."""
     async with otlp_http_receiver() as (receiver, endpoint):
         process = await asyncio.create_subprocess_exec(
-            *SERVE[:-1], "sessions", "create", "--target", traced.grpc_target,
+            *SERVE[:-1], "sessions", "create", "--target", service.grpc_target,
             "--owner-id", "t-1", "--owner-name", "T One", "--json",
             env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
@@ -501,7 +499,9 @@ async def test_a_sweep_is_a_trace_and_its_events_carry_it(
         assert service.emulator is not None
         state = service.emulator.runner.app[EMULATOR_STATE]
         state.config.deliver_webhooks = False
-        account_id = new_account(state, {"origin_owner_id": "t-1", "origin_owner_name": "T"})["id"]
+        account_id = new_account(
+            state, AccountSpec(origin_owner_id="t-1", origin_owner_name="T")
+        ).id
         async with grpc.aio.insecure_channel(service.grpc_target) as channel:
             stream = pb_grpc.ConnectServiceStub(channel).StreamAccountEvents(
                 pb.StreamAccountEventsRequest(from_earliest=Empty())
@@ -530,17 +530,17 @@ async def test_an_inbox_from_before_tracing_gains_the_context_column_at_open(
     """A SQLite log whose inbox has no `traceparent` column (written before tracing) is
     brought to it at open: its waiting entries read with no context, new ones keep theirs."""
     path = tmp_path / "events.db"
-    log = await SqliteEventLog.open(path)
-    await log.accept(InboxEntry(0, "evt-old", "account.updated", "acct-1", time.time(), b"{}"))
+    log = await SqliteEventLog.open(SqliteOptions(path))
+    old = Webhook("evt-old", "account.updated", "acct-1")
+    await log.accept(InboxEntry(0, old, time.time(), b"{}"))
     await log.close()
     with closing(sqlite3.connect(path)) as conn:  # the inbox as the release before had it
         conn.execute("ALTER TABLE inbox DROP COLUMN traceparent")
         conn.commit()
-    log = await SqliteEventLog.open(path)
+    log = await SqliteEventLog.open(SqliteOptions(path))
     try:
-        new = InboxEntry(
-            0, "evt-new", "account.updated", "acct-1", time.time(), b"{}", CALLER_TRACEPARENT
-        )
+        webhook = Webhook("evt-new", "account.updated", "acct-1")
+        new = InboxEntry(0, webhook, time.time(), b"{}", CALLER_TRACEPARENT)
         await log.accept(new)
         pending = await log.pending(0, 10)
     finally:
@@ -552,13 +552,13 @@ async def test_an_inbox_from_before_tracing_gains_the_context_column_at_open(
 
 
 async def test_health_checks_make_no_spans(
-    traced: Runtime, exported: InMemorySpanExporter, traced_stub: pb_grpc.ConnectServiceAsyncStub
+    service: Runtime, exported: InMemorySpanExporter, stub: pb_grpc.ConnectServiceAsyncStub
 ) -> None:
     """gRPC health probes, every few seconds from each prober, are not traced; the RPCs
     around them are."""
-    async with grpc.aio.insecure_channel(traced.grpc_target) as channel:
+    async with grpc.aio.insecure_channel(service.grpc_target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         await health.Check(health_pb2.HealthCheckRequest())
-    await traced_stub.ListAccounts(pb.ListAccountsRequest())
+    await stub.ListAccounts(pb.ListAccountsRequest())
     await eventually(lambda: bool(_rpc_spans(exported, "ListAccounts")))
     assert not [s for s in exported.get_finished_spans() if "Health" in s.name]

@@ -11,6 +11,8 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,13 +24,16 @@ import pytest
 import pytest_asyncio
 from google.protobuf.empty_pb2 import Empty
 
+from gateway.webhook import PARSES
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
-from service.emulator import EMULATOR_STATE, EmulatorConfig, EmulatorState, build_emulator_app
+from service.emulator import EMULATOR_STATE, EmulatorConfig, build_emulator_app
+from service.events.model import InboxEntry, Webhook
 from service.events.sqlite import SqliteEventLog
-from service.runtime import Runtime, running
+from service.runtime import running
 from service.web import listening
 from tests.processes import serve_env, serve_process
+from tests.registries import EmulatedStackOne
 from tests.streams import StreamCall, events_covering, next_event, next_item, subscribed
 from tests.support import (
     WEBHOOK_SECRET,
@@ -60,28 +65,22 @@ def webhook(event: str, account_id: str) -> bytes:
     )
 
 
-class Harness:
-    """A running service, clients of its gateway and emulator, and a live stream."""
+def event_date(body: bytes) -> datetime:
+    """The moment a webhook body says its event occurred."""
+    return datetime.fromisoformat(orjson.loads(body)["event_date"])
 
-    def __init__(
-        self, service: Runtime, http: httpx.AsyncClient, emulator: httpx.AsyncClient
-    ) -> None:
-        self.service = service
-        self.http = http
-        self.emulator = emulator
-        assert service.emulator is not None
-        self.state: EmulatorState = service.emulator.runner.app[EMULATOR_STATE]
+
+@dataclass
+class Harness(EmulatedStackOne):
+    """A running service, clients of its emulator and gateway (`http`)."""
+
+    http: httpx.AsyncClient
 
     async def deliver(self, body: bytes) -> httpx.Response:
         """Posts one signed webhook to the gateway."""
         return await self.http.post(
             "/webhooks/stackone", content=body, headers=signed_headers(body)
         )
-
-    async def account(self) -> str:
-        """A new account in the emulator (its own webhooks are switched off)."""
-        spec = {"provider": "hibob", "origin_owner_id": "tenant-1", "origin_owner_name": "One"}
-        return str((await self.emulator.post("/emulator/accounts", json=spec)).json()["id"])
 
     async def slow_look_ups(self, delay: float, times: int | None = None) -> None:
         """Makes StackOne's account look-ups take `delay` seconds."""
@@ -111,7 +110,7 @@ async def running_harness(
             httpx.AsyncClient(base_url=service.emulator.base_url, timeout=5) as emulator,
         ):
             await emulator.put("/emulator/webhooks", json={"enabled": False})
-            yield Harness(service, http, emulator)
+            yield Harness(service, emulator, http=http)
 
 
 @pytest_asyncio.fixture
@@ -430,3 +429,37 @@ async def test_the_same_content_again_is_a_new_change_when_stackone_says_so(
     log = harness.service.event_log
     await eventually(partial(inbox_is_empty, log))
     assert (await log.bounds(exact=True)).latest == int(event.cursor), "nothing new recorded"
+
+
+async def test_a_webhook_is_parsed_once_from_the_gateway_to_its_recorded_event(
+    harness: Harness, stream: StreamCall
+) -> None:
+    """One signed webhook, through the gateway, the inbox and the verifier's look-up to
+    its event, is parsed once: the event still carries what only the body said (its
+    `event_date`), taken from the parsed webhook its inbox entry kept."""
+    account_id = await harness.account()
+    body = webhook("account.updated", account_id)
+    parses = PARSES.value
+    answer = (await harness.deliver(body)).json()
+    (event,) = await events_covering(stream, {answer["event_id"]})
+    assert event.verification == pb.VERIFICATION_VERIFIED
+    assert event.occurred_at.ToDatetime(UTC) == event_date(body)
+    assert PARSES.value - parses == 1
+
+
+async def test_an_entry_an_earlier_release_left_in_the_inbox_is_parsed_once_and_verified(
+    harness: Harness, stream: StreamCall
+) -> None:
+    """The upgrade path: an inbox entry stored as the release before stored it (the raw
+    body only, no parsed webhook) is parsed once by the verifier and recorded with what
+    its body says, as a webhook the gateway parsed would be."""
+    account_id = await harness.account()
+    body = webhook("account.updated", account_id)
+    stored = Webhook("evt-from-before", "account.updated", account_id)
+    older = InboxEntry(0, stored, time.time(), body, from_raw_body_only=True)
+    parses = PARSES.value
+    await harness.service.event_log.accept(older)
+    (event,) = await events_covering(stream, {"evt-from-before"})
+    assert event.verification == pb.VERIFICATION_VERIFIED
+    assert event.occurred_at.ToDatetime(UTC) == event_date(body)
+    assert PARSES.value - parses == 1

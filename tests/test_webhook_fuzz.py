@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from gateway.app import WEBHOOK_PATH, GatewayState, init_app
 from gateway.signature import sign
 from service.events.ingest import Ingestor
-from service.events.sqlite import SqliteEventLog
+from service.events.sqlite import SqliteEventLog, SqliteOptions
 from service.events.verify import record_alone
 from service.metrics import Metrics
 from service.web import listening
@@ -81,7 +81,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 
     @asynccontextmanager
     async def serving() -> AsyncIterator[tuple[str, SqliteEventLog]]:
-        log = await SqliteEventLog.open(path)
+        log = await SqliteEventLog.open(SqliteOptions(path))
         state = GatewayState(
             ingestor=Ingestor(log, record_alone=record_alone),
             secrets=[WEBHOOK_SECRET],

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import uvloop
 from pydantic import ValidationError
@@ -21,9 +22,10 @@ from service.cli.backup import add_backup_command, backup_main
 from service.cli.check import add_check_command, check_main
 from service.cli.commands import add_client_commands, run_client_command
 from service.config import ENV_PREFIX, Settings
+from service.events.backends import UnsupportedEventLogUrl
 from service.rpc.auth import InvalidClientsFile
 from service.rpc.server import TlsFileError, check_files
-from service.runtime import ConfigurationError, running
+from service.runtime import ConfigurationError, event_log_options, running
 from service.web import CannotListen, check_free
 
 _log = logging.getLogger("service.cli")
@@ -54,23 +56,42 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     return warnings
 
 
-def _settings_error(error: ValidationError) -> str:
+def _read_settings(**overrides: Any) -> Settings:
+    """The service's settings, the event log's URL checked against the backends (which the
+    settings do not know): raises `ValidationError` or `UnsupportedEventLogUrl`."""
+    settings = Settings(**overrides)
+    event_log_options(settings)
+    return settings
+
+
+def _settings_error(error: ValidationError | UnsupportedEventLogUrl) -> str:
     """One line per problem, naming the setting (model-wide checks name theirs)."""
+    if isinstance(error, UnsupportedEventLogUrl):
+        return _invalid(f"{_setting('event_log_url')}: {error}")
     lines = []
     for problem in error.errors(include_url=False):
         message = problem["msg"].removeprefix("Value error, ")
         if problem["loc"]:
-            name = str(problem["loc"][0])
-            flag = f" (--{name.replace('_', '-')})" if name in SERVE_FLAGS else ""
-            message = f"{ENV_PREFIX}{name.upper()}{flag}: {message}"
-        lines.append(f"stackone-connect: invalid configuration: {message}")
+            message = f"{_setting(str(problem['loc'][0]))}: {message}"
+        lines.append(_invalid(message))
     return "\n".join(lines)
+
+
+def _setting(name: str) -> str:
+    """A setting's variable, and its `serve` flag if it has one."""
+    flag = f" (--{name.replace('_', '-')})" if name in SERVE_FLAGS else ""
+    return f"{ENV_PREFIX}{name.upper()}{flag}"
+
+
+def _invalid(message: str) -> str:
+    """The line refusing a configuration."""
+    return f"stackone-connect: invalid configuration: {message}"
 
 
 def _file_error(error: TlsFileError | InvalidClientsFile) -> str:
     """One line naming the setting of the file at fault."""
     named = str(error) if isinstance(error, TlsFileError) else f"{ENV_PREFIX}CLIENTS_FILE: {error}"
-    return f"stackone-connect: invalid configuration: {named}"
+    return _invalid(named)
 
 
 async def serve(settings: Settings) -> None:
@@ -104,10 +125,10 @@ def _listeners(settings: Settings) -> dict[str, str]:
 def _serve_command(args: argparse.Namespace) -> int:
     overrides = {name: value for name in SERVE_FLAGS if (value := getattr(args, name)) is not None}
     try:
-        settings = Settings(**overrides)
+        settings = _read_settings(**overrides)
         check_files(settings)  # before anything starts (and logs)
         check_free(_listeners(settings))
-    except ValidationError as error:
+    except (ValidationError, UnsupportedEventLogUrl) as error:
         print(_settings_error(error), file=sys.stderr)
         return 2
     except (TlsFileError, InvalidClientsFile) as error:
@@ -136,8 +157,8 @@ def _with_settings(
 
     def handler(args: argparse.Namespace) -> int:
         try:
-            settings = Settings()
-        except ValidationError as error:
+            settings = _read_settings()
+        except (ValidationError, UnsupportedEventLogUrl) as error:
             print(_settings_error(error), file=sys.stderr)
             return 2
         return command(settings, args)

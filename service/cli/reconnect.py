@@ -11,10 +11,10 @@ import grpc
 from service.api.convert import AUTH_LINK_SECONDS
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.cli.errors import CommandFailed
+from service.cli.output import Output
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
-    from service.cli.commands import Output
 
 
 class NothingToReconnect(CommandFailed):

@@ -1,22 +1,19 @@
-"""Which backend an event log URL names: the one place a URL scheme picks a backend.
+"""Which backend an event log URL names, and opening a log from its backend's options.
 
-A new backend is a module that builds a `Backend` (see `service.events.log`) and one line
-here; nothing else asks which backend is in use.
+A new backend is a module with its options, its log and a `Backend` (see
+`service.events.log`), a line in the scheme table here, a case in `open_event_log`, and
+the composition root's case building its options from the settings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final
+from typing import Final, TypeAlias, assert_never
 from urllib.parse import urlparse
 
 from service.events import jetstream, sqlite
-from service.events.log import Backend, EventLog
-from service.events.tail import DEFAULT_TAIL_BYTES
-
-if TYPE_CHECKING:
-    from service.config import Settings
+from service.events.log import Backend, EventLog, ReportFailure, ignore_failure
 
 _BY_SCHEME: Final[Mapping[str, Backend]] = MappingProxyType(
     {
@@ -25,20 +22,36 @@ _BY_SCHEME: Final[Mapping[str, Backend]] = MappingProxyType(
         "tls": jetstream.BACKEND,  # NATS over TLS
     }
 )
+EventLogOptions: TypeAlias = sqlite.SqliteOptions | jetstream.JetStreamOptions
+
+
+class UnsupportedEventLogUrl(ValueError):
+    """No backend opens the URL; the message lists URLs that would do."""
 
 
 def backend_for(url: str) -> Backend:
-    """The backend `url` names; a ValueError, listing what would do, when none does."""
+    """The backend `url` names; `UnsupportedEventLogUrl` when none does."""
     parsed = urlparse(url)
     backend = _BY_SCHEME.get(parsed.scheme)
     if backend is None or not backend.accepts(parsed):
         examples = dict.fromkeys(backend.example for backend in _BY_SCHEME.values())
-        raise ValueError(f"'{url}' is not a supported event log URL ({' or '.join(examples)})")
+        raise UnsupportedEventLogUrl(
+            f"'{url}' is not a supported event log URL ({' or '.join(examples)})"
+        )
     return backend
 
 
-async def open_event_log(settings: Settings, *, tail_bytes: int = DEFAULT_TAIL_BYTES) -> EventLog:
-    """Opens the log `settings.event_log_url` names, its background work started;
-    `EventLog.close` stops it. Raises `EventLogUnavailable` when the storage cannot be
+async def open_event_log(
+    options: EventLogOptions, *, report_failure: ReportFailure = ignore_failure
+) -> EventLog:
+    """Opens the log `options` describe, its background work (group commit, retention,
+    following) started; `EventLog.close` stops it. `report_failure` hears of each failure
+    of that work the log survives. Raises `EventLogUnavailable` when the storage cannot be
     reached."""
-    return await backend_for(settings.event_log_url).open(settings, tail_bytes)
+    match options:
+        case sqlite.SqliteOptions():
+            return await sqlite.SqliteEventLog.open(options, report_failure=report_failure)
+        case jetstream.JetStreamOptions():
+            return await jetstream.JetStreamEventLog.open(options, report_failure=report_failure)
+        case _:
+            assert_never(options)

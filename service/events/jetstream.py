@@ -45,7 +45,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from email.header import Header, decode_header
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -68,8 +68,9 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from service.aio import cancel_all
+from service.api.convert import event_source
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.events.log import Backend
+from service.events.log import Backend, ReportFailure, ignore_failure
 from service.events.model import (
     Accepted,
     AppendOutcome,
@@ -83,6 +84,7 @@ from service.events.model import (
     Retention,
     Settlement,
     StoredEvent,
+    Webhook,
     already_known,
     deletes_account,
 )
@@ -94,9 +96,7 @@ from service.events.registry import (
     registered,
 )
 from service.events.tail import DEFAULT_TAIL_BYTES, Tail, Watermark
-
-if TYPE_CHECKING:
-    from service.config import Settings
+from service.retry import RetryPolicy
 
 _log = logging.getLogger(__name__)
 
@@ -119,8 +119,9 @@ _MAX_TOKEN_BYTES = 1020
 _MAX_MSG_ID = 255
 _RECONNECT_WAIT = 0.5  # between nats-py's own attempts after a drop
 _RECONNECT_ATTEMPTS = 10  # then it closes for good and the log opens a fresh connection
-_REOPEN_BACKOFF = (0.1, 5.0)  # the log's first and longest wait between fresh connections
-_FOLLOW_BACKOFF = (0.5, 5.0)
+# The log's waits between fresh connections, and between the follower's failed reads.
+_REOPENING = RetryPolicy(attempts=None, first_wait=0.1, longest_wait=5.0)
+_FOLLOWING = RetryPolicy(attempts=None, first_wait=0.5, longest_wait=5.0)
 NATS_ERRORS: tuple[type[Exception], ...] = (
     nats.errors.Error,
     nats.js.errors.Error,
@@ -131,35 +132,35 @@ NATS_ERRORS: tuple[type[Exception], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class JetStreamOptions:
-    """The stream and buckets a replica uses (all replicas must agree)."""
+    """What opening the JetStream event log takes: the NATS server, and the stream and
+    buckets a replica uses (all replicas must agree on them).
+
+    Attributes:
+        url: the NATS server (`nats://` or `tls://`).
+        stream: the events' stream; its buckets and inbox stream are named after it.
+        subject_prefix: subjects of the stream are `<prefix>.<account token>`.
+        storage: "file" or "memory", for the streams and buckets.
+        replicas: copies JetStream keeps of each (a NATS cluster's size).
+        retention: the stream's max age and count and the dedup window, which JetStream
+            enforces itself (no sweep runs).
+        request_timeout: seconds a request to the server may take.
+        inbox_limit: most webhooks waiting for verification (`InboxFull` past it).
+        inbox_duplicate_window: seconds JetStream drops the redeliveries of a pending
+            webhook itself; later ones are recognised by the ids bucket or by
+            `inbox_through`. Cover the time a webhook may stay pending.
+        tail_bytes: memory the newest events may take, shared by every stream.
+    """
 
     url: str
     stream: str = "STACKONE_CONNECT_EVENTS"
     subject_prefix: str = "stackone_connect.events"
     storage: str = "file"
     replicas: int = 1
-    # JetStream enforces max age and count itself; no sweep runs.
     retention: Retention = field(default_factory=Retention)
     request_timeout: float = 2.0
     inbox_limit: int = 100_000
-    # Redeliveries of a pending webhook are dropped by JetStream within this window;
-    # later ones are recognised by the ids bucket or by `inbox_through`.
     inbox_duplicate_window: float = 120.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> JetStreamOptions:
-        """The options the service's settings name."""
-        return cls(
-            url=settings.event_log_url,
-            stream=settings.jetstream_stream,
-            subject_prefix=settings.jetstream_subject_prefix,
-            storage=settings.jetstream_storage,
-            replicas=settings.jetstream_replicas,
-            retention=settings.retention,
-            inbox_limit=settings.inbox_limit,
-            # Covers a pending webhook's redeliveries until the verifier's deadline.
-            inbox_duplicate_window=max(120.0, 2 * settings.verify_deadline),
-        )
+    tail_bytes: int = DEFAULT_TAIL_BYTES
 
     @property
     def inbox_stream(self) -> str:
@@ -214,11 +215,11 @@ class _Binding:
 class JetStreamEventLog:
     """An `EventLog` in a JetStream stream. Create it with `JetStreamEventLog.open`."""
 
-    def __init__(self, options: JetStreamOptions, *, tail_bytes: int) -> None:
+    def __init__(self, options: JetStreamOptions, *, report_failure: ReportFailure) -> None:
         self._options = options
         self._binding: _Binding | None = None
         self._wildcard = f"{options.subject_prefix}.>"
-        self._tail = Tail(tail_bytes)
+        self._tail = Tail(options.tail_bytes)
         self._pruned_through = 0
         self._poke = asyncio.Event()
         # `Nats-Msg-Id`s of this replica's latest appends: their notifications wake no one
@@ -248,14 +249,16 @@ class JetStreamEventLog:
         self._registered_here: set[int] = set()
         self._complete = False
         self.background_failures: Counter[str] = Counter()  # by task; each was retried
-        self._report_failure: Callable[[str], None] = lambda task: None
+        self._report_failure = report_failure
 
     @classmethod
     async def open(
-        cls, options: JetStreamOptions, *, tail_bytes: int = DEFAULT_TAIL_BYTES
+        cls, options: JetStreamOptions, *, report_failure: ReportFailure = ignore_failure
     ) -> JetStreamEventLog:
-        """Connects, creates or updates the stream and buckets, and starts following."""
-        log = cls(options, tail_bytes=tail_bytes)
+        """Connects, creates or updates the stream and buckets, and starts following;
+        `report_failure` hears of each failure the follower or the reconnection survives,
+        as `background_failures` counts them."""
+        log = cls(options, report_failure=report_failure)
         log._binding, info = await log._bind()
         log._pruned_through = max(0, info.state.first_seq - 1)
         await log._load_registry()
@@ -712,22 +715,21 @@ class JetStreamEventLog:
 
     async def _keep_connected(self) -> None:
         """Opens a fresh connection whenever nats-py has closed the current one for good,
-        with backoff; every failed attempt is logged and counted."""
-        delay = _REOPEN_BACKOFF[0]
+        retried under the retry policy; every failed attempt is logged and counted."""
+
+        def failed(error: Exception) -> bool:
+            self._background_failed("event_log_connection", error)
+            return True  # until it opens: `close` cancels this task
+
         while not self._closed:
             self._connection_lost.clear()
             if not self._nc.is_closed:
-                delay = _REOPEN_BACKOFF[0]
                 # closed_cb wakes this; the timer covers a close that ran no callbacks.
                 await _wait(self._connection_lost, 1.0)
                 continue
-            try:
-                self._binding, _ = await self._bind()
-            except Exception as error:
-                self._background_failed("event_log_connection", error)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, _REOPEN_BACKOFF[1])
-                continue
+            async for attempt in _REOPENING.attempts_of(failed):
+                with attempt:
+                    self._binding, _ = await self._bind()
             _log.warning("opened a fresh connection to NATS at %s", self._options.url)
             self._connected_again()
             self.reopens += 1
@@ -754,11 +756,6 @@ class JetStreamEventLog:
 
     async def _on_closed(self) -> None:
         self._connection_lost.set()
-
-    def report_background_failures(self, report: Callable[[str], None]) -> None:
-        """Calls `report(task)` after each failure the follower or the reconnection
-        survives, as `background_failures` counts them."""
-        self._report_failure = report
 
     def _background_failed(self, task: str, error: Exception) -> None:
         self.background_failures[task] += 1
@@ -889,18 +886,17 @@ class JetStreamEventLog:
 
     async def _follow(self) -> None:
         """Brings the tail up to the stream whenever woken (or every second) until the
-        log closes; any failure is logged, counted and retried with backoff."""
-        failures = 0
+        log closes; any failure is logged, counted and retried under the retry policy."""
+
+        def failed(error: Exception) -> bool:
+            self._background_failed("event_log_follow", error)
+            return True  # until it reads: `close` cancels this task
+
         while not self._closed:
-            self._poke.clear()  # before reading, so a poke meanwhile is not lost
-            try:
-                behind = await self._catch_up()
-            except Exception as error:
-                failures += 1
-                self._background_failed("event_log_follow", error)
-                await asyncio.sleep(min(_FOLLOW_BACKOFF[0] * failures, _FOLLOW_BACKOFF[1]))
-                continue
-            failures = 0
+            async for attempt in _FOLLOWING.attempts_of(failed):
+                with attempt:
+                    self._poke.clear()  # before reading, so a poke meanwhile is not lost
+                    behind = await self._catch_up()
             if not behind:
                 await _wait(self._poke, 1.0)
 
@@ -1165,14 +1161,17 @@ def _event_headers(record: EventRecord, recorded_at: float, inbox_through: int) 
 
 
 def _inbox_headers(entry: InboxEntry) -> dict[str, str]:
-    """An inbox message's columns (`_inbox_entry` reads them back), and its trace context
-    under W3C's own header name, which NATS tooling shows as such."""
-    fields = {
+    """An inbox message's columns and its parsed webhook (`_inbox_entry` reads them back;
+    the body stays the raw webhook), and its trace context under W3C's own header name,
+    which NATS tooling shows as such."""
+    fields: dict[str, object] = {
         "event_id": entry.event_id,
         "type": entry.type,
         "account_id": entry.account_id,
         "received_at": entry.received_at,
     }
+    if (details := entry.stored_details()) is not None:
+        fields["webhook"] = details
     headers = {_INBOX_HEADER: orjson.dumps(fields).decode()}
     if entry.traceparent:
         headers[_TRACEPARENT_HEADER] = entry.traceparent
@@ -1191,15 +1190,18 @@ def _fields(headers: Mapping[str, object] | None, name: str) -> dict[str, Any]:
 
 
 def _inbox_entry(seq: int, headers: Mapping[str, object] | None, body: bytes) -> InboxEntry:
+    """An inbox message as `_inbox_headers` wrote it; one an earlier release wrote has
+    no parsed webhook, only its raw body (see `InboxEntry.from_raw_body_only`)."""
     fields = _fields(headers, _INBOX_HEADER)
+    webhook = Webhook(fields["event_id"], fields["type"], fields["account_id"])
+    details = fields.get("webhook")
     return InboxEntry(
         seq,
-        fields["event_id"],
-        fields["type"],
-        fields["account_id"],
+        webhook if details is None else webhook.with_details(details),
         float(fields["received_at"]),
         body,
         str((headers or {}).get(_TRACEPARENT_HEADER, "")),
+        from_raw_body_only=details is None,
     )
 
 
@@ -1215,7 +1217,7 @@ def _state_of(event: StoredEvent) -> tuple[KnownAccount, RegisteredAccount]:
         account.raw_status,
         account.updated_at.ToJsonString() if account.HasField("updated_at") else "",
         deletes_account(event.type),
-        "reconciliation" if message.source == pb.EVENT_SOURCE_RECONCILIATION else "webhook",
+        event_source(message.source),
     )
     return known, registered(event)
 
@@ -1368,15 +1370,7 @@ async def _ensure_stream(js: JetStreamContext, options: JetStreamOptions, *, aft
     return await _create_or_update(js, options.stream, config, after=after)
 
 
-async def open_configured(settings: Settings, tail_bytes: int) -> JetStreamEventLog:
-    """The stream the settings name, created or brought to their limits."""
-    return await JetStreamEventLog.open(
-        JetStreamOptions.from_settings(settings), tail_bytes=tail_bytes
-    )
-
-
 BACKEND = Backend(
     example="nats://host:port",
     accepts=lambda url: bool(url.hostname),
-    open=open_configured,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol
 from urllib.parse import ParseResult
 
 from service.events.model import (
@@ -20,8 +20,13 @@ from service.events.model import (
 )
 from service.events.registry import RegistryPage, RegistryQuery
 
-if TYPE_CHECKING:
-    from service.config import Settings
+# Called with the name of a background task after each failure the log survives (logged,
+# retried at its next interval), for a metric.
+ReportFailure = Callable[[str], None]
+
+
+def ignore_failure(task: str) -> None:
+    """A `ReportFailure` for a log whose failures nobody counts."""
 
 
 class EventLog(Protocol):
@@ -128,16 +133,6 @@ class EventLog(Protocol):
         ...
 
 
-@runtime_checkable
-class ReportsBackgroundFailures(Protocol):
-    """A log with background work of its own that survives each failure of it (logged,
-    retried at its next interval) and can report them, for a metric."""
-
-    def report_background_failures(self, report: Callable[[str], None]) -> None:
-        """Calls `report(task)` after each failure, naming the task that failed."""
-        ...
-
-
 @dataclass(frozen=True, slots=True)
 class Backend:
     """One kind of event log, as `service.events.backends` offers it for a URL scheme.
@@ -145,10 +140,7 @@ class Backend:
     Attributes:
         example: a URL naming this backend, shown when a URL is refused.
         accepts: whether a URL of its scheme says enough to open it (a path, a host).
-        open: opens the log the settings name; it starts the log's own background work
-            (group commit, retention, following), which `EventLog.close` stops.
     """
 
     example: str
     accepts: Callable[[ParseResult], bool]
-    open: Callable[[Settings, int], Awaitable[EventLog]]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum, StrEnum
 
 from service.owners import OwnerScope
@@ -33,6 +34,14 @@ STATE_TYPES = frozenset(t.value for t in AccountEventType if t.reports_state)
 ACCOUNT_EVENT_TYPE = re.compile(r"account\.[a-z_]{1,64}")
 """What an account event's type is: what the gateway records and a stream filter selects
 (`account.error` and other alerts StackOne may add included)."""
+
+
+class EventSource(StrEnum):
+    """What an event was recorded from: the one place the sources are named (the
+    registry and the JetStream headers store these values)."""
+
+    WEBHOOK = "webhook"
+    RECONCILIATION = "reconciliation"
 
 
 def deletes_account(event_type: str) -> bool:
@@ -69,7 +78,7 @@ class EventRecord:
     body: bytes
     account_status: str = ""
     account_updated_at: str = ""
-    source: str = "webhook"
+    source: EventSource = EventSource.WEBHOOK
     # The webhook ids this event records (its own first); each is a duplicate afterwards.
     covered_ids: tuple[str, ...] = ()
     # The highest inbox sequence this event settles (0: none), so that a verifier that
@@ -141,27 +150,97 @@ def already_known(record: EventRecord, known: KnownAccount | None) -> bool:
         record.account_status,
         record.account_updated_at,
     )
-    if record.source == "reconciliation" or record.repeat:
+    if record.source == EventSource.RECONCILIATION or record.repeat:
         return same_state
-    return same_state and known.source == "reconciliation"
+    return same_state and known.source == EventSource.RECONCILIATION
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """A StackOne webhook as the gateway parsed it, once: the fields its event carries.
+
+    It travels inward with its inbox entry, so nothing below the gateway reads the raw
+    body again. `event_id` is StackOne's id, or a digest of the content where it sent none.
+    """
+
+    event_id: str
+    type: str
+    account_id: str
+    provider: str = ""
+    origin_owner_id: str = ""
+    origin_owner_name: str = ""
+    origin_username: str = ""
+    occurred_at: datetime | None = None
+
+    @property
+    def is_account_event(self) -> bool:
+        """True for `account.*` events, the only ones recorded."""
+        return self.type.startswith("account.")
+
+    def details(self) -> dict[str, str]:
+        """What the inbox stores beside its id, type and account id columns (read back
+        by `with_details`); the one form both backends keep it in."""
+        return {
+            "provider": self.provider,
+            "origin_owner_id": self.origin_owner_id,
+            "origin_owner_name": self.origin_owner_name,
+            "origin_username": self.origin_username,
+            "occurred_at": self.occurred_at.isoformat() if self.occurred_at else "",
+        }
+
+    def with_details(self, details: Mapping[str, str]) -> Webhook:
+        """This webhook with the fields `details` wrote (as stored, not parsed again)."""
+        occurred_at = details.get("occurred_at", "")
+        return Webhook(
+            self.event_id,
+            self.type,
+            self.account_id,
+            details.get("provider", ""),
+            details.get("origin_owner_id", ""),
+            details.get("origin_owner_name", ""),
+            details.get("origin_username", ""),
+            datetime.fromisoformat(occurred_at) if occurred_at else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
     """A webhook accepted at the door, waiting in the inbox for verification.
 
-    `seq` orders the inbox (arrival order, never reused); `body` is the raw webhook;
-    `traceparent` the W3C trace context of its receipt ('' with tracing off), so that the
-    verifier's spans link to it.
+    `seq` orders the inbox (arrival order, never reused); `webhook` is the parsed
+    webhook, `body` the raw one as signed (kept for audit and backups, never parsed
+    again); `traceparent` the W3C trace context of its receipt ('' with tracing off), so
+    that the verifier's spans link to it. `from_raw_body_only` marks an entry written by
+    a release that stored only the raw body: its `webhook` has only the id, type and
+    account id until the upgrade path (`gateway.webhook.upgraded`) parses the body.
     """
 
     seq: int
-    event_id: str
-    type: str
-    account_id: str
+    webhook: Webhook
     received_at: float
     body: bytes
     traceparent: str = ""
+    from_raw_body_only: bool = False
+
+    @property
+    def event_id(self) -> str:
+        """The id the inbox and the log know this webhook by."""
+        return self.webhook.event_id
+
+    @property
+    def type(self) -> str:
+        """The webhook's event type."""
+        return self.webhook.type
+
+    @property
+    def account_id(self) -> str:
+        """The account the webhook is about."""
+        return self.webhook.account_id
+
+    def stored_details(self) -> dict[str, str] | None:
+        """The parsed webhook's fields as the inbox stores them; None for an entry with
+        only its raw body, stored as an earlier release stored it."""
+        return None if self.from_raw_body_only else self.webhook.details()
 
 
 class Accepted(Enum):

@@ -24,9 +24,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from service.aio import cancel_all
-from service.api.convert import account_message, timestamp
+from service.api.convert import account_message, event_record, timestamp
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.events.ingest import event_record
 from service.events.log import EventLog
 from service.events.model import (
     ACCOUNT_DELETED,
@@ -109,7 +108,7 @@ async def all_accounts(source: AccountSource, *, deadline: float) -> list[Linked
     raise StackOneUnavailable(f"StackOne's account listing did not end within {MAX_PAGES} pages")
 
 
-def _synthesized(event_type: str, account: pb.Account, version: str) -> EventRecord:
+def _synthesized(event_type: AccountEventType, account: pb.Account, version: str) -> EventRecord:
     now = datetime.now(UTC)
     message = pb.AccountEvent(
         event_id=f"reconcile:{event_type}:{account.id}:{version}",

@@ -29,11 +29,13 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
-from urllib.parse import ParseResult, urlparse
+from typing import Any, Generic, TypeVar
+from urllib.parse import ParseResult
+
+import orjson
 
 from service.aio import cancel_all
-from service.events.log import Backend
+from service.events.log import Backend, ReportFailure, ignore_failure
 from service.events.model import (
     Accepted,
     AppendOutcome,
@@ -47,6 +49,7 @@ from service.events.model import (
     Retention,
     Settlement,
     StoredEvent,
+    Webhook,
     already_known,
 )
 from service.events.registry import (
@@ -57,9 +60,6 @@ from service.events.registry import (
     registered,
 )
 from service.events.tail import DEFAULT_TAIL_BYTES, Tail, Watermark
-
-if TYPE_CHECKING:
-    from service.config import Settings
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -122,9 +122,13 @@ _REGISTRY_COLUMNS = {
 }
 _REGISTERED = "account_id, cursor, deleted, account, provider, origin_owner_id, status, recorded_at"
 _ONE_REGISTERED = f"SELECT {_REGISTERED} FROM accounts WHERE account_id = ?"  # noqa: S608 - constant column list
-_INBOX_COLUMNS = "seq, event_id, type, account_id, received_at, body, traceparent"
-# Columns the inbox gained after its first release; a log written before gains them at open.
-_LATER_INBOX_COLUMNS = {"traceparent": "TEXT NOT NULL DEFAULT ''"}
+_INBOX_COLUMNS = "seq, event_id, type, account_id, received_at, body, traceparent, webhook"
+# Columns the inbox gained after its first release; a log written before gains them at open
+# (`webhook`, the parsed webhook as JSON, is '' in the entries written before it).
+_LATER_INBOX_COLUMNS = {
+    "traceparent": "TEXT NOT NULL DEFAULT ''",
+    "webhook": "TEXT NOT NULL DEFAULT ''",
+}
 DEFAULT_INBOX_LIMIT = 100_000
 # Start-up checks the file's structure for at most this long (about 250 MB read cold).
 INTEGRITY_CHECK_SECONDS = 5.0
@@ -271,11 +275,40 @@ def _add_registry_columns(conn: sqlite3.Connection) -> None:
 
 
 def _add_inbox_columns(conn: sqlite3.Connection) -> None:
-    """Brings an inbox written before tracing to its columns (its entries keep no trace)."""
+    """Brings an inbox written by an earlier release to its columns (its entries keep no
+    trace, and only their raw body: see `InboxEntry.from_raw_body_only`)."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(inbox)")}
     for name, declaration in _LATER_INBOX_COLUMNS.items():
         if name not in have:
             conn.execute(f"ALTER TABLE inbox ADD COLUMN {name} {declaration}")
+
+
+def _stored_details(entry: InboxEntry) -> str:
+    """The `webhook` column of an inbox row ('' for an entry with only its raw body)."""
+    details = entry.stored_details()
+    return "" if details is None else orjson.dumps(details).decode()
+
+
+def _inbox_entry(
+    seq: int,
+    event_id: str,
+    event_type: str,
+    account_id: str,
+    received_at: float,
+    body: bytes,
+    traceparent: str,
+    details: str,
+) -> InboxEntry:
+    """An inbox row as `_stage_accept` wrote it (`details` '': an earlier release's)."""
+    webhook = Webhook(event_id, event_type, account_id)
+    return InboxEntry(
+        seq,
+        webhook.with_details(orjson.loads(details)) if details else webhook,
+        received_at,
+        body,
+        traceparent,
+        from_raw_body_only=not details,
+    )
 
 
 def _one_owner_only(query: RegistryQuery) -> bool:
@@ -375,8 +408,23 @@ def _probe_space(db: Path) -> None:
     os.replace(fresh, probe)
 
 
-def _ignore_failure(task: str) -> None:
-    """The failure report of a log nobody asked to report (it still logs each one)."""
+@dataclass(frozen=True, slots=True)
+class SqliteOptions:
+    """What opening a SQLite event log takes.
+
+    Attributes:
+        path: the database file (created with its folder when missing).
+        retention: how long events and dedup keys are kept (swept by the log).
+        inbox_limit: most webhooks waiting for verification (`InboxFull` past it).
+        tail_bytes: memory the newest events may take, shared by every stream.
+        max_batch: most writes one group commit carries.
+    """
+
+    path: Path
+    retention: Retention = field(default_factory=Retention)
+    inbox_limit: int = DEFAULT_INBOX_LIMIT
+    tail_bytes: int = DEFAULT_TAIL_BYTES
+    max_batch: int = 1024
 
 
 class SqliteEventLog:
@@ -384,56 +432,50 @@ class SqliteEventLog:
 
     def __init__(
         self,
-        path: Path,
+        options: SqliteOptions,
         lock: _WriterLock,
         writer: sqlite3.Connection,
         reader: sqlite3.Connection,
         lookup: sqlite3.Connection,
-        retention: Retention,
         *,
-        tail_bytes: int,
-        max_batch: int,
-        inbox_limit: int,
+        report_failure: ReportFailure,
     ) -> None:
-        self.path = path
+        self.path = options.path
         self._lock = lock
         self._writer_conn = writer
         self._reader_conn = reader
         self._lookup_conn = lookup
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="eventlog-write")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="eventlog-read")
-        self._retention = retention
-        self._max_batch = max_batch
+        self._retention = options.retention
+        self._max_batch = options.max_batch
         self._pending: asyncio.Queue[_PendingWrite[Any]] = asyncio.Queue()
-        self._inbox_limit = inbox_limit
+        self._inbox_limit = options.inbox_limit
         self._waiting = _PendingIndex()
         self._inbox_latest = Watermark()  # the newest inbox sequence committed
         self._write_lock = asyncio.Lock()
         self._pruned_through = 0
         self._registry_complete = False
-        self._tail = Tail(tail_bytes)
+        self._tail = Tail(options.tail_bytes)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        self._report_failure: Callable[[str], None] = _ignore_failure
+        self._report_failure = report_failure
         # Transactions the writer committed for appends, inbox writes and settles: with
         # group commit, far fewer than the writes they carried.
         self.commits = 0
 
     @classmethod
     async def open(
-        cls,
-        path: Path,
-        retention: Retention | None = None,
-        *,
-        tail_bytes: int = DEFAULT_TAIL_BYTES,
-        max_batch: int = 1024,
-        inbox_limit: int = DEFAULT_INBOX_LIMIT,
+        cls, options: SqliteOptions, *, report_failure: ReportFailure = ignore_failure
     ) -> SqliteEventLog:
-        """Opens (creating if needed) the log at `path` and starts its writer.
+        """Opens (creating if needed) the log at `options.path` and starts its writer;
+        `report_failure` hears of each failure the writer or the retention sweep survives
+        ("event_log_writer", "event_log_retention").
 
         Raises `EventLogUnavailable` when another open log holds the file, or the file
         cannot be created or is not an intact SQLite database.
         """
+        path = options.path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             lock = await asyncio.to_thread(_WriterLock.take, path)
@@ -450,17 +492,7 @@ class SqliteEventLog:
         except BaseException:
             lock.release()
             raise
-        log = cls(
-            path,
-            lock,
-            writer,
-            reader,
-            lookup,
-            retention or Retention(),
-            tail_bytes=tail_bytes,
-            max_batch=max_batch,
-            inbox_limit=inbox_limit,
-        )
+        log = cls(options, lock, writer, reader, lookup, report_failure=report_failure)
         latest, log._pruned_through = await log._on_writer(log._load_positions)
         log._tail.start_at(latest)
         pending, log._inbox_latest.value = await log._on_writer(log._load_inbox_position)
@@ -588,7 +620,7 @@ class SqliteEventLog:
                 (after, limit),
             ).fetchall()
         )
-        return [InboxEntry(*row) for row in rows]
+        return [_inbox_entry(*row) for row in rows]
 
     async def unsettled(self, entries: Sequence[InboxEntry]) -> list[InboxEntry]:
         """All of them: settling records and clears in one transaction, so an entry still
@@ -642,11 +674,6 @@ class SqliteEventLog:
             probe.unlink(missing_ok=True)
         self._lock.release()
         self._tail.wake_waiters()
-
-    def report_background_failures(self, report: Callable[[str], None]) -> None:
-        """Calls `report(task)` after each failure the writer or the retention sweep
-        survives ("event_log_writer", "event_log_retention")."""
-        self._report_failure = report
 
     # --- Retention ----------------------------------------------------------------
 
@@ -804,8 +831,8 @@ class SqliteEventLog:
                 f"{len(self._waiting)} webhooks are waiting for verification (the limit)"
             )
         inserted = conn.execute(
-            "INSERT INTO inbox (event_id, type, account_id, received_at, body, traceparent)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO inbox (event_id, type, account_id, received_at, body, traceparent,"
+            " webhook) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 event_id,
                 entry.type,
@@ -813,6 +840,7 @@ class SqliteEventLog:
                 entry.received_at,
                 entry.body,
                 entry.traceparent,
+                _stored_details(entry),
             ),
         )
         self._waiting.stage(entry)
@@ -1029,18 +1057,7 @@ def path_of(url: ParseResult) -> Path:
     return Path(path[1:]) if path.startswith("/") else Path(path)
 
 
-async def open_configured(settings: Settings, tail_bytes: int) -> SqliteEventLog:
-    """The log at the settings' URL, with their retention and inbox limit."""
-    return await SqliteEventLog.open(
-        path_of(urlparse(settings.event_log_url)),
-        settings.retention,
-        tail_bytes=tail_bytes,
-        inbox_limit=settings.inbox_limit,
-    )
-
-
 BACKEND = Backend(
     example="sqlite:///path.db",
     accepts=lambda url: bool(url.path.lstrip("/")),
-    open=open_configured,
 )

@@ -25,7 +25,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -35,12 +35,13 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
 from service.aio import cancel_all
-from service.api.convert import account_message, timestamp
+from service.api.convert import account_message, event_record, webhook_event
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.events.ingest import InvalidWebhook, event_record, is_repeat, parse_webhook
+from service.events.ingest import is_repeat
 from service.events.log import EventLog
 from service.events.model import STATE_TYPES, EventLogUnavailable, EventRecord, InboxEntry
 from service.metrics import Metrics
+from service.retry import RetryPolicy
 from service.stackone.budget import Priority
 from service.stackone.errors import (
     StackOneAuthError,
@@ -58,15 +59,33 @@ _FINAL_ERRORS = (StackOneNotFound, StackOneAuthError, StackOneBadRequest)
 _PAGE = 500
 # Rounds of recording what other replicas left of an account's entries before retrying.
 _SETTLE_ROUNDS = 5
+LOOKUP_ATTEMPTS = 8
+"""HTTP requests one look-up makes at most (`lookup_policy`)."""
+
+
+def lookup_policy(deadline: float) -> RetryPolicy:
+    """A look-up's attempts: their waits double from 1/256 of the verification deadline,
+    so the 8 attempts span about half of it (0.23 s, 0.47 s, … 15 s for the default 60 s):
+    a StackOne outage that ends within that still verifies, and the event of one that
+    does not is recorded then, not at the deadline."""
+    first_wait = deadline / 2**LOOKUP_ATTEMPTS
+    return RetryPolicy(LOOKUP_ATTEMPTS, first_wait=first_wait, longest_wait=deadline / 4)
 
 
 class AccountSource(Protocol):
     """Where verified account state comes from (the StackOne client)."""
 
     async def get_account(
-        self, account_id: str, *, deadline: float | None = None, priority: Priority = ...
+        self,
+        account_id: str,
+        *,
+        deadline: float | None = None,
+        priority: Priority = ...,
+        attempt_timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> LinkedAccount:
-        """Fetches one account."""
+        """Fetches one account in the attempts of `retry` (None: the client's own) of at
+        most `attempt_timeout` seconds each, within `deadline`."""
         ...
 
 
@@ -79,9 +98,9 @@ class _Waiting:
     newest: float = 0.0
     ready_at: float = 0.0
 
-    def add(self, entries: list[InboxEntry], *, first: bool) -> None:
-        """Adds entries (`first`: in front of the others, which arrived later)."""
-        self.entries = entries + self.entries if first else self.entries + entries
+    def add(self, entries: list[InboxEntry]) -> None:
+        """Adds entries, which arrived after those already here."""
+        self.entries += entries
         for entry in entries:
             self.oldest = min(self.oldest, entry.received_at)
             self.newest = max(self.newest, entry.received_at)
@@ -113,6 +132,9 @@ class Verifier:
         read_ahead: inbox entries held in memory at most.
         tracing: where the spans of look-ups, folds and recordings go; each continues the
             trace of its account's first webhook and links to every webhook it covers.
+        upgrade: the upgrade path for entries an earlier release wrote with only their
+            raw body (`gateway.webhook.upgraded`, which parses it); without it they are
+            recorded with the id, type and account id they were stored under.
     """
 
     def __init__(
@@ -128,17 +150,22 @@ class Verifier:
         read_ahead: int = 10_000,
         retry_interval: float = 1.0,
         tracing: Tracing = OFF,
+        upgrade: Callable[[InboxEntry], InboxEntry] | None = None,
     ) -> None:
         self._log = log
+        self._upgrade = upgrade
         self._tracer = tracing.tracer() if tracing.enabled else None
         self._accounts = accounts
         self._metrics = metrics
         self._deadline = deadline
         self._lookup_timeout = lookup_timeout
+        self._lookup_policy = lookup_policy(deadline)
         self._concurrency = concurrency
         self._quiet = quiet
         self._read_ahead = read_ahead
-        self._retry_interval = retry_interval
+        self._surviving = RetryPolicy(
+            attempts=None, first_wait=retry_interval, longest_wait=max(5.0, retry_interval)
+        )
         self._queued: dict[str, _Waiting] = {}
         # (ready_at, tie-break, account): an account's newest entry is the current one;
         # older ones (and those of accounts dispatched since) are skipped when popped.
@@ -153,21 +180,13 @@ class Verifier:
 
     async def run(self) -> None:
         """Verifies inbox entries until cancelled; a failure is logged, counted and
-        retried after `retry_interval`, so the stage never dies."""
+        retried under the retry policy (waits from `retry_interval` doubling to 5 s at
+        most), so the stage never dies."""
         inbox_wait: asyncio.Task[None] | None = None
         must_read = True
         try:
             while True:
-                try:
-                    await self._refresh_stats()
-                    if must_read:
-                        await self._read_more()
-                    next_ready = self._dispatch()
-                except Exception as error:  # the stage must outlive any failure
-                    self._metrics.background_failures.labels("verifier").inc()
-                    _log.exception("verifier step failed, retrying: %s", error)
-                    await asyncio.sleep(self._retry_interval)
-                    continue
+                next_ready = await self._step(must_read)
                 if inbox_wait is None or inbox_wait.done():
                     inbox_wait = asyncio.create_task(
                         self._log.wait_for_inbox(self._read_through, 1.0)
@@ -182,6 +201,23 @@ class Verifier:
                 must_read = inbox_wait.done() or (self._capped and self._held < self._read_ahead)
         finally:
             await cancel_all([*self._busy.values(), *([inbox_wait] if inbox_wait else [])])
+
+    async def _step(self, must_read: bool) -> float | None:
+        """Reads the inbox (if `must_read`) and starts the accounts that are ready;
+        returns the seconds until the next one is. Retried until it succeeds: the stage
+        must outlive any failure."""
+        async for attempt in self._surviving.attempts_of(self._step_failed):
+            with attempt:
+                await self._refresh_stats()
+                if must_read:
+                    await self._read_more()
+                return self._dispatch()
+        raise AssertionError("retried until it succeeds")
+
+    def _step_failed(self, error: Exception) -> bool:
+        self._metrics.background_failures.labels("verifier").inc()
+        _log.error("verifier step failed, retrying: %s", error, exc_info=error)
+        return True
 
     async def _refresh_stats(self) -> None:
         now = time.monotonic()
@@ -212,12 +248,12 @@ class Verifier:
             if len(entries) < limit:
                 return
 
-    def _enqueue(self, account_id: str, entries: list[InboxEntry], *, first: bool = False) -> None:
-        """Adds entries of an account (`first`: before those already waiting)."""
+    def _enqueue(self, account_id: str, entries: list[InboxEntry]) -> None:
+        """Adds entries of an account, after those already waiting."""
         waiting = self._queued.get(account_id)
         if waiting is None:
             waiting = self._queued[account_id] = _Waiting()
-        waiting.add(entries, first=first)
+        waiting.add(entries)
         waiting.ready_at = self._ready_at(waiting)
         heapq.heappush(self._ready, (waiting.ready_at, next(self._pushes), account_id))
 
@@ -257,14 +293,19 @@ class Verifier:
         )
 
     async def _verify_account(self, account_id: str, entries: list[InboxEntry]) -> None:
-        try:
-            await self._settle_all(account_id, entries)
-            self._held -= len(entries)
-        except Exception as error:  # put them back in order; the next step retries
+        """Records the account's entries, retried until it succeeds (its later entries
+        wait for these: the account stays busy)."""
+
+        def failed(error: Exception) -> bool:
             self._metrics.background_failures.labels("verifier").inc()
             _log.warning("verifying account %s failed, will retry: %s", account_id, error)
-            self._enqueue(account_id, entries, first=True)
-            await asyncio.sleep(self._retry_interval)
+            return True
+
+        try:
+            async for attempt in self._surviving.attempts_of(failed):
+                with attempt:
+                    await self._settle_all(account_id, entries)
+            self._held -= len(entries)
         finally:
             del self._busy[account_id]
 
@@ -309,6 +350,8 @@ class Verifier:
 
     async def records(self, entries: Sequence[InboxEntry]) -> list[EventRecord]:
         """The events recording `entries` (one account's, in arrival order)."""
+        if self._upgrade is not None:
+            entries = [self._upgrade(entry) for entry in entries]
         groups: list[list[InboxEntry]] = []
         for entry in entries:
             folds = entry.type in VERIFIED_TYPES
@@ -349,28 +392,31 @@ class Verifier:
                 error="no StackOne client is configured",
                 outcome="no_client",
             )
-        ends_at = self._deadline_of(group)
-        last_error = "its turn for a look-up came after the deadline (a backlog of look-ups)"
-        backoff = 0.1
-        while (remaining := ends_at - time.time()) > 0:
-            try:
-                account = await self._accounts.get_account(
-                    account_id,
-                    deadline=min(remaining, self._lookup_timeout),
-                    priority=Priority.VERIFY,
-                )
-            except _FINAL_ERRORS as error:
-                return Verification(pb.VERIFICATION_UNVERIFIED, error=str(error), outcome="error")
-            except StackOneError as error:
-                last_error = str(error)
-                await asyncio.sleep(min(backoff, max(0.0, ends_at - time.time())))
-                backoff = min(backoff * 2, 5.0)
-                continue
-            return Verification(pb.VERIFICATION_VERIFIED, account=account_message(account))
-        _log.warning("account %s not verified within the deadline: %s", account_id, last_error)
+        remaining = self._deadline_of(group) - time.time()
+        if remaining <= 0:
+            why = "its turn for a look-up came after the deadline (a backlog of look-ups)"
+            return self._unverified_in_time(account_id, why)
+        try:
+            # One call: the client retries it, under the look-up's policy, within the deadline.
+            account = await self._accounts.get_account(
+                account_id,
+                deadline=remaining,
+                priority=Priority.VERIFY,
+                attempt_timeout=self._lookup_timeout,
+                retry=self._lookup_policy,
+            )
+        except _FINAL_ERRORS as error:
+            return Verification(pb.VERIFICATION_UNVERIFIED, error=str(error), outcome="error")
+        except StackOneError as error:
+            tries = f"after {error.attempts} of at most {LOOKUP_ATTEMPTS} attempts"
+            return self._unverified_in_time(account_id, f"{error} ({tries})")
+        return Verification(pb.VERIFICATION_VERIFIED, account=account_message(account))
+
+    def _unverified_in_time(self, account_id: str, why: str) -> Verification:
+        _log.warning("account %s not verified within the deadline: %s", account_id, why)
         return Verification(
             pb.VERIFICATION_UNVERIFIED,
-            error=f"not verified within {self._deadline:g}s of receipt: {last_error}",
+            error=f"not verified within {self._deadline:g}s of receipt: {why}",
             outcome="deadline",
         )
 
@@ -396,8 +442,8 @@ def record_alone(entry: InboxEntry) -> EventRecord | None:
 
 def _record_of(group: Sequence[InboxEntry], verification: Verification) -> EventRecord:
     """The one event recording a group of an account's webhooks, as `verification` says."""
-    # Only the newest webhook of a group is read again: it carries the state.
-    message = _folded(group, _parsed(group[-1]), verification)
+    # The newest webhook of a group carries the state.
+    message = _folded(group, webhook_event(group[-1]), verification)
     return event_record(
         message,
         inbox_through=max(entry.seq for entry in group),
@@ -409,30 +455,6 @@ def _timestamp(seconds: float) -> Timestamp:
     stamp = Timestamp()
     stamp.FromNanoseconds(int(seconds * 1e9))
     return stamp
-
-
-def _parsed(entry: InboxEntry) -> pb.AccountEvent:
-    """The event a stored webhook describes (validated at the door), unverified."""
-    message = pb.AccountEvent(
-        event_id=entry.event_id,
-        type=entry.type,
-        account=pb.Account(id=entry.account_id),
-        source=pb.EVENT_SOURCE_WEBHOOK,
-    )
-    try:
-        webhook = parse_webhook(entry.body, event_id=entry.event_id)
-    except InvalidWebhook as error:  # only if the rules changed since it was accepted
-        _log.error(
-            "inbox entry %s no longer parses, recording its id only: %s", entry.event_id, error
-        )
-        return message
-    message.account.provider = webhook.provider
-    message.account.origin_owner_id = webhook.origin_owner_id
-    message.account.origin_owner_name = webhook.origin_owner_name
-    message.account.origin_username = webhook.origin_username
-    if (occurred_at := timestamp(webhook.occurred_at)) is not None:
-        message.occurred_at.CopyFrom(occurred_at)
-    return message
 
 
 def _folded(

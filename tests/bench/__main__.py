@@ -16,7 +16,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -26,11 +26,11 @@ from typing import Any
 import httpx
 import orjson
 
+from service.api.convert import event_record
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.config import Settings
-from service.events.ingest import event_record
 from service.events.reconcile import PAGE_SIZE
-from service.events.sqlite import SqliteEventLog
+from service.events.sqlite import SqliteEventLog, SqliteOptions
 from service.stackone.budget import RateBudget
 from tests.bench.roles import bench_account
 from tests.processes import ServeProcess, rss_kib, serve_env, serve_process
@@ -638,23 +638,31 @@ async def bench_tracing(workdir: Path, seconds: float, runs: int) -> list[Row]:
     return rows
 
 
+async def _append_events(
+    log: SqliteEventLog, count: int, batch: int, event_of: Callable[[int], pb.AccountEvent]
+) -> None:
+    """Appends the events `event_of(0)` to `event_of(count - 1)`, `batch` to an append."""
+    for start in range(0, count, batch):
+        events = map(event_of, range(start, min(count, start + batch)))
+        await log.append([event_record(event) for event in events])
+
+
+def _updated_event(n: int) -> pb.AccountEvent:
+    """The `n`th event `_seed` writes: an account.updated of one of 5,000 accounts."""
+    account = pb.Account(
+        id=f"acc-{n % 5000}", provider="hibob", origin_owner_id=f"owner-{n % 97}",
+        origin_owner_name="Acme", status=pb.ACCOUNT_STATUS_ACTIVE, raw_status="active",
+    )  # fmt: skip
+    message = pb.AccountEvent(event_id=f"seed-{n}", type="account.updated", account=account)
+    message.occurred_at.GetCurrentTime()
+    message.received_at.GetCurrentTime()
+    return message
+
+
 async def _seed(path: Path, count: int) -> None:
-    log = await SqliteEventLog.open(path)
+    log = await SqliteEventLog.open(SqliteOptions(path))
     try:
-        for start in range(0, count, 1000):
-            records = []
-            for n in range(start, min(count, start + 1000)):
-                account = pb.Account(
-                    id=f"acc-{n % 5000}", provider="hibob", origin_owner_id=f"owner-{n % 97}",
-                    origin_owner_name="Acme", status=pb.ACCOUNT_STATUS_ACTIVE, raw_status="active",
-                )  # fmt: skip
-                message = pb.AccountEvent(
-                    event_id=f"seed-{n}", type="account.updated", account=account
-                )
-                message.occurred_at.GetCurrentTime()
-                message.received_at.GetCurrentTime()
-                records.append(event_record(message))
-            await log.append(records)
+        await _append_events(log, count, 1000, _updated_event)
     finally:
         await log.close()
 
@@ -795,20 +803,20 @@ async def bench_burst(workdir: Path) -> list[Row]:
 async def _seed_registry(path: Path, count: int, owners: int) -> float:
     """Writes `count` account.created events (`bench_account`) to a new SQLite log, which
     fills the registry, and marks it complete; returns the seconds it took."""
+
+    def created(n: int) -> pb.AccountEvent:
+        message = pb.AccountEvent(
+            event_id=f"seed-{n}", type="account.created", account=bench_account(n, owners),
+            source=pb.EVENT_SOURCE_RECONCILIATION, verification=pb.VERIFICATION_VERIFIED,
+        )  # fmt: skip
+        message.occurred_at.CopyFrom(message.account.updated_at)
+        message.received_at.GetCurrentTime()
+        return message
+
     started = time.perf_counter()
-    log = await SqliteEventLog.open(path)
+    log = await SqliteEventLog.open(SqliteOptions(path))
     try:
-        for start in range(0, count, 5000):
-            records = []
-            for n in range(start, min(count, start + 5000)):
-                message = pb.AccountEvent(
-                    event_id=f"seed-{n}", type="account.created", account=bench_account(n, owners),
-                    source=pb.EVENT_SOURCE_RECONCILIATION, verification=pb.VERIFICATION_VERIFIED,
-                )  # fmt: skip
-                message.occurred_at.CopyFrom(message.account.updated_at)
-                message.received_at.GetCurrentTime()
-                records.append(event_record(message))
-            await log.append(records)
+        await _append_events(log, count, 5000, created)
         await log.mark_registry_complete()
     finally:
         await log.close()
