@@ -27,11 +27,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service.aio import cancel_all
 from service.events.log import EventLog
 from service.events.model import EventLogUnavailable, EventRecord, Retention
-from service.events.sqlite import SqliteEventLog
+from service.events.sqlite import SqliteEventLog, SqliteOptions
 from service.metrics import Metrics
 from service.rpc.server import new_health_servicer
 from service.runtime import ConfigurationError, Runtime, _watch_readiness, running
-from tests.processes import SERVE, serve_env, serve_process
+from tests.processes import SERVE, run_to_end, serve_env, serve_process
 from tests.support import (
     WEBHOOK_SECRET,
     deliver,
@@ -175,6 +175,7 @@ async def test_a_full_database_is_not_serving_until_it_has_room_again(tmp_path: 
     assert "database or disk is full" in refused.json()["error"]
 
 
+@pytest.mark.needs_root
 async def test_a_full_filesystem_is_not_serving_until_space_is_freed(tmp_path: Path) -> None:
     """With the log on a real filesystem that fills up, health is NOT_SERVING and /readyz
     503 (no space left), though SQLite alone could still write for a while (its WAL reuses
@@ -197,6 +198,7 @@ async def test_a_full_filesystem_is_not_serving_until_space_is_freed(tmp_path: P
     assert "No space left on device" in refused.json()["error"]
 
 
+@pytest.mark.needs_root
 async def test_an_unwritable_log_is_not_serving_until_it_is_writable_again(
     tmp_path: Path,
 ) -> None:
@@ -227,21 +229,8 @@ async def test_an_unwritable_log_is_not_serving_until_it_is_writable_again(
 
 async def serve_until_it_exits(env: dict[str, str]) -> tuple[int, str]:
     """Runs `serve` expecting it to refuse to start; returns its exit code and stderr."""
-    process = await asyncio.create_subprocess_exec(
-        *SERVE,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(30):
-            _, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return process.returncode, err.decode()
+    code, _, err = await run_to_end(SERVE, env=env, timeout=30)
+    return code, err
 
 
 @pytest.mark.slow
@@ -266,13 +255,13 @@ async def test_one_open_log_per_file_until_it_is_closed(tmp_path: Path) -> None:
     """A second open of a file in use fails at once, in the same process too; once the
     first log is closed the file opens again."""
     path = tmp_path / "events.db"
-    log = await SqliteEventLog.open(path)
+    log = await SqliteEventLog.open(SqliteOptions(path))
     try:
         with pytest.raises(EventLogUnavailable, match=f"{path} is in use by another process"):
-            await SqliteEventLog.open(path)
+            await SqliteEventLog.open(SqliteOptions(path))
     finally:
         await log.close()
-    reopened = await SqliteEventLog.open(path)
+    reopened = await SqliteEventLog.open(SqliteOptions(path))
     await reopened.close()
 
 
@@ -298,7 +287,7 @@ async def test_a_damaged_page_is_found_at_start_up(tmp_path: Path) -> None:
     """A log whose header is intact but one page is garbage is refused at start-up, in one
     line naming the file, before anything reads the damaged page."""
     database = tmp_path / "events.db"
-    log = await SqliteEventLog.open(database)
+    log = await SqliteEventLog.open(SqliteOptions(database))
     await log.append([record(n, bytes(1000)) for n in range(300)])
     await log.close()
     pages = database.stat().st_size // 4096
@@ -327,13 +316,16 @@ async def test_an_empty_file_where_a_log_was_expected_is_a_warning(tmp_path: Pat
 # --- Background work never dies -----------------------------------------------------
 
 
+@pytest.mark.needs_root
 async def test_the_retention_sweep_survives_a_storage_failure(tmp_path: Path) -> None:
     """Sweeps that fail (the files immutable) are reported and retried; once the files
     are writable a sweep prunes again."""
     path = tmp_path / "events.db"
-    log = await SqliteEventLog.open(path, Retention(max_count=1, sweep_interval=0.02))
     failures: list[str] = []
-    log.report_background_failures(failures.append)
+    log = await SqliteEventLog.open(
+        SqliteOptions(path, Retention(max_count=1, sweep_interval=0.02)),
+        report_failure=failures.append,
+    )
     try:
         with immutable([path, path.with_name("events.db-wal")]):
             await eventually(lambda: len(failures) >= 2)
@@ -352,9 +344,10 @@ async def test_the_writer_survives_a_write_it_cannot_make(tmp_path: Path) -> Non
     """A write failing with something other than a storage error (an id SQLite cannot
     bind, which no typed caller sends) fails alone and is reported; the writer commits
     the next one."""
-    log = await SqliteEventLog.open(tmp_path / "events.db")
     failures: list[str] = []
-    log.report_background_failures(failures.append)
+    log = await SqliteEventLog.open(
+        SqliteOptions(tmp_path / "events.db"), report_failure=failures.append
+    )
     unbindable = replace(record(0), covered_ids=(2**70,))  # type: ignore[arg-type]
     try:
         async with asyncio.timeout(5):
@@ -402,6 +395,7 @@ async def test_the_readiness_watch_survives_a_probe_that_raises_the_unexpected()
     assert counted == faults
 
 
+@pytest.mark.needs_root
 async def test_reconciliation_survives_a_storage_failure(tmp_path: Path) -> None:
     """Sweeps that cannot record are counted as failed, and the next sweep after the
     storage recovers records what they could not."""
@@ -431,6 +425,7 @@ async def test_reconciliation_survives_a_storage_failure(tmp_path: Path) -> None
             await eventually(recorded, timeout=10)
 
 
+@pytest.mark.needs_root
 async def test_the_verifier_survives_a_storage_failure(tmp_path: Path) -> None:
     """A webhook in the inbox whose event cannot be written is retried, counted, and
     recorded once the storage recovers."""

@@ -106,7 +106,11 @@ async def serve(settings: Settings) -> None:
         # enough to be the p99 of sending one event to 1,000 streams).
         gc.collect()
         gc.freeze()
-        _log.debug("gc.freeze: %d objects out of the collector's reach", gc.get_freeze_count())
+        _log.debug(
+            "gc.freeze: %d objects out of the collector's reach",
+            gc.get_freeze_count(),
+            extra={"event_loop": f"{type(loop).__module__}.{type(loop).__qualname__}"},
+        )
         await stop.wait()
 
 

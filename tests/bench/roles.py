@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import re
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -31,9 +32,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from gateway.signature import sign
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
-from service.emulator import EMULATOR_STATE
-from service.emulator.accounts import iso, new_account
-from service.emulator.app import EmulatorConfig, build_emulator_app
+from service.emulator import EMULATOR_STATE, EmulatorConfig, build_emulator_app
+from service.emulator.accounts import new_account
+from service.emulator.bodies import AccountSpec
+from service.emulator.state import iso
+from service.events.model import StoredEvent
 from service.events.registry import RegisteredAccount
 from service.rpc import wire
 from stackone_connect_client import Client
@@ -269,6 +272,29 @@ async def bare_broadcast(_: dict[str, Any]) -> None:
             {"StreamAccountEvents": grpc.unary_stream_rpc_method_handler(follow)}),
         also=f"{publications.sockets[0].getsockname()[1]} {intake_port}",
     )  # fmt: skip
+
+
+async def bare_replay(args: dict[str, Any]) -> None:
+    """Baseline replay: bare grpc.aio sending, on StreamAccountEvents' method name, every
+    event of the SQLite log at `db` in batches of `per_message`, framed by the service's own
+    `wire` before serving (the same bytes a replay from the earliest sends, none of the
+    reading), then staying open."""
+    with contextlib.closing(sqlite3.connect(f"file:{args['db']}?mode=ro", uri=True)) as conn:
+        rows = conn.execute(
+            "SELECT cursor, event_id, type, account_id, provider, origin_owner_id,"
+            " recorded_at, body FROM events ORDER BY cursor"
+        ).fetchall()
+    events = [StoredEvent(*row) for row in rows]
+    frames = wire.event_frames(events, args["per_message"], wire.FrameCache())
+
+    async def replay_all(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        for frame in frames:
+            yield frame
+        await asyncio.Event().wait()
+
+    await _serve_grpc(grpc.method_handlers_generic_handler(SERVICE, {
+        "StreamAccountEvents": grpc.unary_stream_rpc_method_handler(replay_all),
+    }))  # fmt: skip
 
 
 def _broadcast_event(account_id: str, cursor: int) -> pb.AccountEvent:
@@ -552,19 +578,25 @@ async def subscribers(args: dict[str, Any]) -> None:
     }).decode())  # fmt: skip
 
 
-async def replay(args: dict[str, Any]) -> None:
-    """Reads `count` events from the earliest, in batches; reports events per second."""
-    request = pb.StreamAccountEventsRequest(max_events_per_message=args["per_message"])
+async def read_from_earliest(target: str, count: int, per_message: int) -> tuple[int, float]:
+    """Reads `count` events from the earliest, `per_message` a message at most; returns
+    the events read and the seconds it took."""
+    request = pb.StreamAccountEventsRequest(max_events_per_message=per_message)
     request.from_earliest.SetInParent()
-    async with grpc.aio.insecure_channel(args["target"]) as channel:
+    async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.ConnectServiceStub(channel)
         seen = 0
         started = time.perf_counter()
         async for item in stub.StreamAccountEvents(request):
             seen += 1 if item.HasField("event") else len(item.events.events)
-            if seen >= args["count"]:
+            if seen >= count:
                 break
-        elapsed = time.perf_counter() - started
+        return seen, time.perf_counter() - started
+
+
+async def replay(args: dict[str, Any]) -> None:
+    """Reads `count` events from the earliest, in batches; reports events per second."""
+    seen, elapsed = await read_from_earliest(args["target"], args["count"], args["per_message"])
     print(orjson.dumps({"events_per_s": seen / elapsed, "events": seen}).decode())
 
 
@@ -975,9 +1007,10 @@ async def registry_emulator(args: dict[str, Any]) -> None:
     linked = iso(datetime.now(UTC) - timedelta(days=1))
     for n in range(args["count"]):
         owner = bench_owner(n, max(1, args["count"] // 10))
-        spec = {"provider": _PROVIDERS[n % len(_PROVIDERS)], "origin_owner_id": owner,
-                "origin_owner_name": owner.title()}  # fmt: skip
-        new_account(state, spec).update(created_at=linked, updated_at=linked)
+        spec = AccountSpec(provider=_PROVIDERS[n % len(_PROVIDERS)], origin_owner_id=owner,
+                           origin_owner_name=owner.title())  # fmt: skip
+        account = new_account(state, spec)
+        account.created_at = account.updated_at = linked
     await _serve_app(app)
 
 
@@ -1022,7 +1055,7 @@ ROLES = {
     "http_load": http_load, "paced_post": paced_post, "grpc_load": grpc_load,
     "httpx_latency": httpx_latency, "subscribers": subscribers, "replay": replay,
     "client_shares": client_shares,
-    "bare_stream": bare_stream, "flood_read": flood_read,
+    "bare_stream": bare_stream, "flood_read": flood_read, "bare_replay": bare_replay,
     "bare_broadcast": bare_broadcast, "paced_publish": paced_publish,
     "seed_accounts": seed_accounts, "burst": burst, "bare_registry": bare_registry,
     "registry_reads": registry_reads, "snapshot_read": snapshot_read,
