@@ -1,4 +1,5 @@
-"""Runs the real `stackone-connect serve` console script as a separate OS process."""
+"""Runs the real `stackone-connect serve` console script, and other commands tests check,
+as separate OS processes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,3 +119,51 @@ def serve_env(tmp_path: Path, secret: str, **extra: str) -> dict[str, str]:
         "STACKONE_CONNECT_RECONCILE_INTERVAL": "0",
         **extra,
     }
+
+
+async def run_to_end(
+    command: Sequence[str],
+    *,
+    timeout: float,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[int, str, str]:
+    """Runs `command` (with `env` added to the environment) until it exits; returns its
+    exit code, stdout and stderr (`ended`)."""
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    return await ended(process, timeout)
+
+
+async def ended(process: asyncio.subprocess.Process, timeout: float) -> tuple[int, str, str]:
+    """Waits for a process started with piped output to exit, killing it (and failing the
+    test) if it outlasts `timeout` s; returns its exit code and the rest of its stdout and
+    stderr."""
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def lines_until(
+    process: asyncio.subprocess.Process, prefix: str, timeout: float = 20
+) -> tuple[list[str], str]:
+    """Reads the process's output up to the first line starting with `prefix`; returns the
+    lines before it and that line, failing the test if the output ends first."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    async with asyncio.timeout(timeout):
+        while not (line := (await process.stdout.readline()).decode()).startswith(prefix):
+            assert line, f"the output ended before a line starting {prefix!r}: {lines}"
+            lines.append(line)
+    return lines, line

@@ -15,6 +15,7 @@ import pytest
 
 from service.cli.check import CHECK_OWNER_ID, secret_problems
 from service.runtime import Runtime, running
+from tests.processes import ended, lines_until
 from tests.support import (
     WEBHOOK_SECRET,
     deliver,
@@ -56,12 +57,7 @@ async def link_printed_auth_link(
 ) -> tuple[list[str], str]:
     """Reads `check`'s output up to its Auth Link, then (after `before_linking`) links it
     as a person would; returns the output before the link and the linked account's id."""
-    assert process.stdout is not None
-    lines: list[str] = []
-    async with asyncio.timeout(20):
-        while not (line := (await process.stdout.readline()).decode()).startswith("  http"):
-            assert line, f"check ended before printing an Auth Link: {lines}"
-            lines.append(line)
+    lines, line = await lines_until(process, "  http")
     token = parse_qs(urlsplit(line.strip()).query)["token"][0]
     if before_linking is not None:
         await before_linking()
@@ -72,10 +68,8 @@ async def link_printed_auth_link(
 
 async def finished(process: asyncio.subprocess.Process) -> tuple[int, str]:
     """The exit code and the rest of the output."""
-    async with asyncio.timeout(30):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode() + err.decode()
+    code, out, err = await ended(process, timeout=30)
+    return code, out + err
 
 
 @pytest.mark.asyncio

@@ -17,6 +17,7 @@ import pytest
 
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.runtime import Runtime, running
+from tests.processes import lines_until, run_to_end
 from tests.registries import Registry, registry_service
 from tests.support import LogBackend, make_settings, signed_headers
 
@@ -26,14 +27,7 @@ CLI = [sys.executable, "-m", "service.cli"]
 
 async def cli(target: str, *args: str, timeout: float = 20) -> tuple[int, str, str]:
     """Runs `stackone-connect ARGS --target TARGET`; returns exit code, stdout, stderr."""
-    process = await asyncio.create_subprocess_exec(
-        *CLI, *args, "--target", target,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    async with asyncio.timeout(timeout):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_to_end([*CLI, *args, "--target", target], timeout=timeout)
 
 
 async def link(service: Runtime, token: str) -> str:
@@ -220,12 +214,7 @@ async def test_events_watch_from_a_snapshot_prints_the_accounts_then_the_end_the
             "--target", accounts.service.grpc_target,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        assert process.stdout is not None
-        lines: list[str] = []
-        async with asyncio.timeout(20):
-            while not (line := (await process.stdout.readline()).decode()).startswith("--"):
-                assert line, f"watch ended before its initial state did: {lines}"
-                lines.append(line)
+        lines, line = await lines_until(process, "--")  # up to the initial state's end
         await accounts.set_status(linked[0], "error")
         async with asyncio.timeout(20):
             rest, err = await process.communicate()
@@ -249,7 +238,7 @@ async def test_events_watch_shows_the_status_before_each_event(service: Runtime)
         grpc.aio.insecure_channel(service.grpc_target) as channel,
         httpx.AsyncClient(base_url=service.emulator.base_url, timeout=10) as emulator,
     ):
-        accounts = Registry(service, pb_grpc.ConnectServiceStub(channel), emulator)
+        accounts = Registry(service, emulator, stub=pb_grpc.ConnectServiceStub(channel))
         process = await asyncio.create_subprocess_exec(
             *CLI, "events", "watch", "--from-earliest", "--max-events", "2",
             "--target", service.grpc_target,

@@ -12,7 +12,7 @@ from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events.model import LogBounds
 from service.runtime import Runtime
-from tests.streams import attached, events_until_caught_up, next_event
+from tests.streams import attached, events_until_caught_up, next_event, subscribed
 
 pytestmark = pytest.mark.asyncio
 BACKENDS = ["sqlite", "jetstream"]  # the service fixture runs on each
@@ -89,13 +89,11 @@ async def test_a_resumed_subscriber_gets_exactly_the_missed_events_in_order(
     service: Runtime, stub: pb_grpc.ConnectServiceAsyncStub, emulator_http: httpx.AsyncClient
 ) -> None:
     """Disconnect after two events, miss three, resume with the last cursor: those three."""
-    first = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
-    await attached(first)
-    seen = [await link_account(stub, emulator_http, f"owner-a{i}", "hibob") for i in range(2)]
-    received = [await next_event(first) for _ in range(2)]
+    async with subscribed(service.grpc_target) as first:
+        seen = [await link_account(stub, emulator_http, f"owner-a{i}", "hibob") for i in range(2)]
+        received = [await next_event(first) for _ in range(2)]
     assert [event.account.id for event in received] == seen
     last_cursor = received[-1].cursor
-    first.cancel()
 
     missed = [await link_account(stub, emulator_http, f"owner-b{i}", "personio") for i in range(2)]
     # Recorded before the update, or the verifier would fold it into the creation.
@@ -128,9 +126,6 @@ async def test_filtered_streams_get_only_matching_events_and_advancing_bookmarks
     event = await next_event(filtered)
     assert (event.account.id, event.account.provider) == (wanted, "personio")
     await link_account(stub, emulator_http, "o3", "hibob")
-    bounds = await service.event_log.bounds()
-    while bounds.latest < int(start) + 3:
-        await service.event_log.wait_for_append(bounds.latest, timeout=5)
-        bounds = await service.event_log.bounds()
+    bounds = await recorded_through(service, int(start) + 3)
     assert await events_until_caught_up(filtered, str(bounds.latest)) == []
     filtered.cancel()

@@ -13,17 +13,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from playwright.async_api import Page, Route, async_playwright, expect
+from playwright.async_api import Locator, Page, Route, async_playwright, expect
 
 from examples.web.app import HUB_SCRIPT, Config, build_app
-from service.emulator import EMULATOR_STATE
+from service.emulator import EMULATOR_STATE, EmulatorState
 from service.emulator.accounts import new_account
+from service.emulator.bodies import AccountSpec
 from service.runtime import Runtime
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.browser]
@@ -39,10 +39,12 @@ class Browser:
     screenshots: Path
     outside: list[str] = field(default_factory=list)
 
-    async def shot(self, step: str, page: Page | None = None) -> None:
-        """Saves a screenshot of the step, numbered in order."""
+    async def shot(self, step: str, page: Page | None = None, full_page: bool = False) -> None:
+        """Saves a screenshot of the step, numbered in order (`full_page`: below the fold
+        too)."""
         number = len(list(self.screenshots.iterdir())) + 1
-        await (page or self.page).screenshot(path=self.screenshots / f"{number:02d}-{step}.png")
+        path = self.screenshots / f"{number:02d}-{step}.png"
+        await (page or self.page).screenshot(path=path, full_page=full_page)
 
     async def keep_on_loopback(self, route: Route) -> None:
         """Lets loopback requests through; refuses and records any other."""
@@ -84,7 +86,7 @@ async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
         await chromium.close()
 
 
-def emulator_state(service: Runtime) -> Any:
+def emulator_state(service: Runtime) -> EmulatorState:
     """The emulator's accounts and deliveries, read in-process."""
     assert service.emulator is not None
     return service.emulator.runner.app[EMULATOR_STATE]
@@ -105,6 +107,31 @@ async def choose_bamboohr(browser: Browser, api_key: str) -> None:
     await hub.get_by_label("Subdomain").fill("acme")
     await hub.get_by_label("API Key").fill(api_key)
     await browser.shot("form")
+
+
+async def link_bamboohr(browser: Browser, url: str, api_key: str) -> Locator:
+    """Opens the page and links BambooHR in the Hub with `api_key`; returns the page's
+    account."""
+    await open_page(browser, url)
+    await choose_bamboohr(browser, api_key)
+    await browser.page.locator("stackone-hub").get_by_role("button", name="Connect").click()
+    return browser.page.locator("#account")
+
+
+async def create_auth_link(browser: Browser, url: str) -> Locator:
+    """Opens the page and creates an Auth Link; returns the link once it is shown."""
+    await open_page(browser, url)
+    await browser.page.get_by_role("button", name="Create an Auth Link").click()
+    link = browser.page.locator("#auth-link")
+    await expect(link).to_be_visible()
+    return link
+
+
+async def follow(link: Locator) -> Page:
+    """Clicks the Auth Link; returns the hosted page it opens."""
+    async with link.page.context.expect_page() as opening:
+        await link.click()
+    return await opening.value
 
 
 async def test_the_hub_links_bamboohr_and_the_page_shows_it_verified_and_its_event(
@@ -133,7 +160,7 @@ async def test_the_hub_links_bamboohr_and_the_page_shows_it_verified_and_its_eve
     await expect(event).to_contain_text("verified")
     await browser.shot("event")
     linked = emulator_state(service).accounts[success["id"]]
-    assert (success["provider"], linked["origin_owner_id"]) == ("bamboohr", "acme")
+    assert (success["provider"], linked.origin_owner_id) == ("bamboohr", "acme")
     assert browser.outside == []
 
 
@@ -143,14 +170,9 @@ async def test_an_auth_link_opened_and_completed_shows_the_account_and_its_event
     """Create an Auth Link, open it, link: the page learns of the account from its event
     (an Auth Link has no success callback) and shows it verified."""
     page = browser.page
-    await open_page(browser, example_url)
-    await page.get_by_role("button", name="Create an Auth Link").click()
-    link = page.locator("#auth-link")
-    await expect(link).to_be_visible()
+    link = await create_auth_link(browser, example_url)
     await browser.shot("auth-link")
-    async with page.context.expect_page() as opening:
-        await link.click()
-    hosted = await opening.value
+    hosted = await follow(link)
     await expect(hosted.get_by_role("button", name="Link")).to_be_visible()
     await browser.shot("hosted-page", hosted)
     await hosted.get_by_role("button", name="Link").click()
@@ -177,23 +199,18 @@ async def test_an_auth_link_that_reopens_an_account_shows_it_and_lasts_five_days
     state = emulator_state(service)
     state.config.deliver_webhooks = False  # linked before: no event of it on this page
     existing = new_account(
-        state, {"provider": "bamboohr", "origin_owner_id": "acme", "origin_owner_name": "Acme"}
+        state, AccountSpec(provider="bamboohr", origin_owner_id="acme", origin_owner_name="Acme")
     )
     state.config.deliver_webhooks = True
     page = browser.page
-    await open_page(browser, example_url)
-    await page.get_by_role("button", name="Create an Auth Link").click()
-    link = page.locator("#auth-link")
-    await expect(link).to_be_visible()
+    link = await create_auth_link(browser, example_url)
     token = parse_qs(urlsplit(str(await link.get_attribute("href"))).query)["token"][0]
-    lasts = state.sessions[token]["expires_at"] - datetime.now(UTC)
+    lasts = state.sessions[token].expires_at - datetime.now(UTC)
     assert lasts > timedelta(days=5) - timedelta(minutes=5), lasts
-    async with page.context.expect_page() as opening:
-        await link.click()
-    hosted = await opening.value
+    hosted = await follow(link)
     await hosted.get_by_role("button", name="Link").click()
-    await expect(hosted.get_by_text(f"Linked account {existing['id']}")).to_be_visible()
-    event = page.locator(f'#events li[data-account-id="{existing["id"]}"]')
+    await expect(hosted.get_by_text(f"Linked account {existing.id}")).to_be_visible()
+    event = page.locator(f'#events li[data-account-id="{existing.id}"]')
     await expect(event).to_have_attribute("data-type", "account.updated")
     await expect(page.locator("#account")).to_have_attribute("data-learned-from", "relinked")
     await expect(page.locator("#account")).to_have_attribute("data-status", "active")
@@ -229,11 +246,7 @@ async def test_an_account_linked_in_error_is_shown_with_its_reason_explained(
 ) -> None:
     """A key lacking a permission links an account StackOne reports in error: the page
     shows the status, what it means and the reason."""
-    page = browser.page
-    await open_page(browser, example_url)
-    await choose_bamboohr(browser, "limited-key")
-    await page.locator("stackone-hub").get_by_role("button", name="Connect").click()
-    account = page.locator("#account")
+    account = await link_bamboohr(browser, example_url, "limited-key")
     await expect(account).to_have_attribute("data-status", "error")
     await expect(account).to_contain_text("insufficient_permissions")
     await expect(account).to_contain_text("lack a permission at the provider")

@@ -16,20 +16,13 @@ from playwright.async_api import expect
 
 from service.runtime import Runtime
 from tests import test_hub_browser as hub_browser
-from tests.test_hub_browser import Browser, choose_bamboohr, emulator_state, open_page
+from tests.test_hub_browser import Browser, emulator_state, link_bamboohr
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.browser]
-# The same page, service and browser as the Hub's own browser tests.
+# The same page, service and browser as the Hub's own browser tests; screenshots of the
+# whole page (`full_page`): the events are below the fold.
 example_url = hub_browser.example_url
 browser = hub_browser.browser
-
-
-async def shot(browser: Browser, step: str) -> None:
-    """A screenshot of the whole page (the events are below the fold), numbered in order."""
-    number = len(list(browser.screenshots.iterdir())) + 1
-    await browser.page.screenshot(
-        path=browser.screenshots / f"{number:02d}-{step}.png", full_page=True
-    )
 
 
 async def test_an_account_in_error_is_reconnected_through_the_hub_and_shown_active_again(
@@ -38,13 +31,10 @@ async def test_an_account_in_error_is_reconnected_through_the_hub_and_shown_acti
     """Link, break (emulator), Reconnect, the Hub for that account, credentials: active
     again on the page and on the stream, the event saying `error -> active`."""
     page = browser.page
-    await open_page(browser, example_url)
-    await choose_bamboohr(browser, "bamboo-key-1")
-    await page.locator("stackone-hub").get_by_role("button", name="Connect").click()
-    account = page.locator("#account")
+    account = await link_bamboohr(browser, example_url, "bamboo-key-1")
     await expect(account).to_have_attribute("data-status", "active")
     account_id = str(await account.get_attribute("data-account-id"))
-    await shot(browser, "linked")
+    await browser.shot("linked", full_page=True)
 
     # StackOne finds the credentials refused: the account goes to error (account.updated).
     assert service.emulator is not None
@@ -55,15 +45,15 @@ async def test_an_account_in_error_is_reconnected_through_the_hub_and_shown_acti
     await expect(listed).to_have_attribute("data-status", "error")
     broke = page.locator(f'#events li[data-account-id="{account_id}"][data-type="account.updated"]')
     await expect(broke).to_have_attribute("data-status", "active -> error")
-    await shot(browser, "broken")
+    await browser.shot("broken", full_page=True)
 
     await listed.get_by_role("button", name="Reconnect").click()
     hub = page.locator("stackone-hub")
     await expect(hub).to_have_attribute("account-id", account_id)
     await expect(hub.get_by_label("API Key")).to_be_visible()
-    await shot(browser, "hub-reconnect-mode")
+    await browser.shot("hub-reconnect-mode", full_page=True)
     await hub.get_by_label("API Key").fill("bamboo-key-2")
-    await shot(browser, "new-credentials")
+    await browser.shot("new-credentials", full_page=True)
     await hub.get_by_role("button", name="Connect").click()
 
     recovered = page.locator("#recovery")
@@ -73,8 +63,8 @@ async def test_an_account_in_error_is_reconnected_through_the_hub_and_shown_acti
     await expect(listed.get_by_role("button", name="Reconnect")).to_have_count(0)
     mended = page.locator(f'#events li[data-account-id="{account_id}"]').last
     await expect(mended).to_have_attribute("data-status", "error -> active")
-    await shot(browser, "active-again")
+    await browser.shot("active-again", full_page=True)
     state = emulator_state(service)
     assert list(state.accounts) == [account_id]  # re-opened, not another account
-    assert state.accounts[account_id]["status"] == "active"
+    assert state.accounts[account_id].status == "active"
     assert browser.outside == []

@@ -8,7 +8,6 @@ contract would go unchecked.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -22,11 +21,12 @@ import pytest_asyncio
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EmulatorConfig, build_emulator_app
-from service.emulator.app import SDK_428_SHAPES
+from service.emulator.state import SDK_428_SHAPES
 from service.rpc.validation import CATEGORIES
 from service.runtime import Runtime
 from service.stackone.client import StackOneClient
 from service.web import ListeningApp, listening
+from tests.processes import run_to_end
 from tests.support import every_field_session
 
 pytestmark = pytest.mark.asyncio
@@ -46,14 +46,10 @@ async def conformance(mode: str, base_url: str, api_key: str) -> tuple[str, int]
         pytest.fail("Node.js is needed for the SDK conformance suite (node not on PATH)")
     if not SDK_PACKAGE.is_dir():
         pytest.fail(f"StackOne's SDK is not installed in {SDK_DIR}: run `make install`")
-    process = await asyncio.create_subprocess_exec(
-        node, "conformance.mjs", mode, base_url, api_key,
-        cwd=SDK_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    async with asyncio.timeout(60):
-        out, _ = await process.communicate()
-    report = out.decode()
-    assert process.returncode == 0, report
+    command = [node, "conformance.mjs", mode, base_url, api_key]
+    code, out, err = await run_to_end(command, cwd=SDK_DIR, timeout=60)
+    report = out + err
+    assert code == 0, report
     closing = re.search(r"^(\d+) passed, 0 failed$", report, re.MULTILINE)
     assert closing is not None, report
     return report, int(closing[1])

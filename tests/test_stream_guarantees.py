@@ -16,9 +16,9 @@ from google.rpc import error_details_pb2
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
-from service.emulator import EMULATOR_STATE
 from service.runtime import Runtime, running
 from tests.processes import ServeProcess, serve_env, serve_process
+from tests.registries import registry_service
 from tests.streams import (
     StreamCall,
     attached,
@@ -303,27 +303,17 @@ async def test_reconciliation_alone_reports_created_updated_and_deleted(
     tmp_path: Path, backend: LogBackend
 ) -> None:
     """With webhook delivery off, sweeps turn emulator changes into marked events."""
-    settings = make_settings(
-        tmp_path, reconcile_interval=0.1, reconcile_grace=0, **backend.settings()
-    )
-    async with (
-        running(settings) as service,
-        grpc.aio.insecure_channel(service.grpc_target) as channel,
-    ):
-        assert service.emulator is not None
-        async with httpx.AsyncClient(base_url=service.emulator.base_url) as emulator:
-            await emulator.put("/emulator/webhooks", json={"enabled": False})
-            stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
-            stream = stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
-            await attached(stream)
-            spec = {"provider": "hibob", "origin_owner_id": "t-1", "origin_owner_name": "One"}
-            account_id = (await emulator.post("/emulator/accounts", json=spec)).json()["id"]
-            created = await next_event(stream)
-            await emulator.patch(f"/emulator/accounts/{account_id}", json={"status": "error"})
-            updated = await next_event(stream)
-            await stub.DeleteAccount(pb.DeleteAccountRequest(account_id=account_id))
-            deleted = await next_event(stream)
-            assert (await emulator.get("/emulator/deliveries")).json() == []
+    async with registry_service(tmp_path, backend, reconcile_interval=0.1) as accounts:
+        await accounts.emulator.put("/emulator/webhooks", json={"enabled": False})
+        stream = accounts.stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
+        await attached(stream)
+        account_id = await accounts.account("t-1")
+        created = await next_event(stream)
+        await accounts.set_status(account_id, "error")
+        updated = await next_event(stream)
+        await accounts.stub.DeleteAccount(pb.DeleteAccountRequest(account_id=account_id))
+        deleted = await next_event(stream)
+        assert (await accounts.emulator.get("/emulator/deliveries")).json() == []
         stream.cancel()
     assert [e.type for e in (created, updated, deleted)] == [
         "account.created",
@@ -339,29 +329,16 @@ async def test_reconciliation_never_repeats_a_change_a_webhook_delivered(
     tmp_path: Path, backend: LogBackend
 ) -> None:
     """Webhooks and fast sweeps racing each other still give one event per change."""
-    settings = make_settings(
-        tmp_path, reconcile_interval=0.05, reconcile_grace=0, **backend.settings()
-    )
-    async with (
-        running(settings) as service,
-        grpc.aio.insecure_channel(service.grpc_target) as channel,
-    ):
-        assert service.emulator is not None
-        emulator_state = service.emulator.runner.app[EMULATOR_STATE]
-        async with httpx.AsyncClient(base_url=service.emulator.base_url) as emulator:
-            stub: pb_grpc.ConnectServiceAsyncStub = pb_grpc.ConnectServiceStub(channel)
-            spec = {"provider": "hibob", "origin_owner_id": "t-2", "origin_owner_name": "Two"}
-            ids = [
-                (await emulator.post("/emulator/accounts", json=spec)).json()["id"]
-                for _ in range(3)
-            ]
-            await emulator.patch(f"/emulator/accounts/{ids[1]}", json={"status": "error"})
-            await stub.DeleteAccount(pb.DeleteAccountRequest(account_id=ids[2]))
-            await emulator_state.wait_for_deliveries()
-            await eventually(lambda: inbox_is_empty(service.event_log))  # webhooks recorded
-            async with httpx.AsyncClient(base_url=service.admin.base_url) as admin:
-                await more_sweeps([admin], 3)  # each sweeping after every webhook landed
-        events = await replay_all(stub)
+    async with registry_service(tmp_path, backend, reconcile_interval=0.05) as accounts:
+        ids = [await accounts.account("t-2") for _ in range(3)]
+        await accounts.set_status(ids[1], "error")
+        await accounts.stub.DeleteAccount(pb.DeleteAccountRequest(account_id=ids[2]))
+        await accounts.state.wait_for_deliveries()
+        log = accounts.service.event_log
+        await eventually(lambda: inbox_is_empty(log))  # webhooks recorded
+        async with httpx.AsyncClient(base_url=accounts.service.admin.base_url) as admin:
+            await more_sweeps([admin], 3)  # each sweeping after every webhook landed
+        events = await replay_all(accounts.stub)
     by_account = {
         account_id: [e.type for e in events if e.account.id == account_id] for account_id in ids
     }

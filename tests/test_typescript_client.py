@@ -8,14 +8,14 @@ tests fail, rather than skip, without Node or the build: the client would go unc
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.processes import run_to_end
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 CLIENT_DIR = Path(__file__).parent.parent / "clients" / "typescript"
@@ -31,19 +31,12 @@ async def test_the_typescript_client_passes_its_suite_against_the_real_service()
         pytest.fail("Node.js is needed for the TypeScript client's suite (node not on PATH)")
     if not SUITE.is_file():
         pytest.fail(f"The TypeScript client is not built in {CLIENT_DIR}: run `make install`")
-    process = await asyncio.create_subprocess_exec(
-        node, "--test", str(SUITE.relative_to(CLIENT_DIR)),
-        cwd=CLIENT_DIR, env={**os.environ, "STACKONE_CONNECT_PYTHON": sys.executable},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    code, out, err = await run_to_end(
+        [node, "--test", str(SUITE.relative_to(CLIENT_DIR))],
+        cwd=CLIENT_DIR, env={"STACKONE_CONNECT_PYTHON": sys.executable}, timeout=150,
     )  # fmt: skip
-    try:
-        async with asyncio.timeout(150):
-            out, _ = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-    report = out.decode()
-    assert process.returncode == 0, report
+    report = out + err
+    assert code == 0, report
     passed = re.search(r"^# pass (\d+)$", report, re.MULTILINE)
     assert passed is not None, report
     assert int(passed[1]) == 3, report

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+import pytest_asyncio
 from google.rpc import error_details_pb2
 
 from service.api.v1 import stackone_connect_pb2 as pb
@@ -17,6 +18,7 @@ from tests.support import details_of
 
 pytestmark = pytest.mark.asyncio
 SESSION = pb.CreateSessionRequest(origin_owner_id="t-1", origin_owner_name="Acme")
+LOOK_UPS = {"path_prefix": "/accounts/", "method": "GET"}  # a fault on GET /accounts/{id}
 
 
 async def inject(emulator: httpx.AsyncClient, **fault: Any) -> None:
@@ -25,11 +27,12 @@ async def inject(emulator: httpx.AsyncClient, **fault: Any) -> None:
     assert response.status_code == 201, response.text
 
 
-async def linked_account(emulator: httpx.AsyncClient) -> str:
+@pytest_asyncio.fixture
+async def account_id(emulator_http: httpx.AsyncClient) -> str:
     """An account that exists in the emulator."""
     spec = {"provider": "hibob", "origin_owner_id": "t-1", "origin_owner_name": "Acme"}
-    account_id: str = (await emulator.post("/emulator/accounts", json=spec)).json()["id"]
-    return account_id
+    created: str = (await emulator_http.post("/emulator/accounts", json=spec)).json()["id"]
+    return created
 
 
 async def failure(call: Any) -> tuple[grpc.aio.AioRpcError, float]:
@@ -40,12 +43,20 @@ async def failure(call: Any) -> tuple[grpc.aio.AioRpcError, float]:
     return caught.value, time.monotonic() - started
 
 
+async def session_failure(
+    stub: pb_grpc.ConnectServiceAsyncStub, emulator: httpx.AsyncClient, **fault: Any
+) -> tuple[grpc.aio.AioRpcError, float]:
+    """CreateSession (5 s deadline) with `fault` on POST /connect_sessions, which must fail;
+    returns the error and the seconds it took."""
+    await inject(emulator, path_prefix="/connect_sessions", **fault)
+    return await failure(stub.CreateSession(SESSION, timeout=5))
+
+
 async def test_429_is_resource_exhausted_with_retry_info(
     stub: pb_grpc.ConnectServiceAsyncStub, emulator_http: httpx.AsyncClient
 ) -> None:
     """A rate limit with Retry-After 30 s comes back at once with RetryInfo of 30 s."""
-    await inject(emulator_http, path_prefix="/connect_sessions", status=429, retry_after=30)
-    error, elapsed = await failure(stub.CreateSession(SESSION, timeout=5))
+    error, elapsed = await session_failure(stub, emulator_http, status=429, retry_after=30)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     (retry,) = details_of(error, error_details_pb2.RetryInfo)
     assert retry.retry_delay.seconds == 30  # type: ignore[attr-defined]
@@ -53,11 +64,10 @@ async def test_429_is_resource_exhausted_with_retry_info(
 
 
 async def test_a_transient_5xx_on_a_read_is_retried_away(
-    stub: pb_grpc.ConnectServiceAsyncStub, emulator_http: httpx.AsyncClient
+    stub: pb_grpc.ConnectServiceAsyncStub, emulator_http: httpx.AsyncClient, account_id: str
 ) -> None:
     """One 503 on GET /accounts/{id} is absorbed by a retry; the caller sees the account."""
-    account_id = await linked_account(emulator_http)
-    await inject(emulator_http, path_prefix="/accounts/", method="GET", status=503, times=1)
+    await inject(emulator_http, **LOOK_UPS, status=503, times=1)
     account = await stub.GetAccount(pb.GetAccountRequest(account_id=account_id), timeout=5)
     assert account.id == account_id
 
@@ -66,8 +76,7 @@ async def test_session_creation_is_not_retried(
     stub: pb_grpc.ConnectServiceAsyncStub, emulator_http: httpx.AsyncClient
 ) -> None:
     """POST /connect_sessions is not idempotent: one 502 reaches the caller as UNAVAILABLE."""
-    await inject(emulator_http, path_prefix="/connect_sessions", status=502, times=1)
-    error, _ = await failure(stub.CreateSession(SESSION, timeout=5))
+    error, _ = await session_failure(stub, emulator_http, status=502, times=1)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -85,11 +94,11 @@ async def test_session_creation_is_not_retried(
 async def test_outages_are_unavailable(
     stub: pb_grpc.ConnectServiceAsyncStub,
     emulator_http: httpx.AsyncClient,
+    account_id: str,
     fault: dict[str, Any],
 ) -> None:
     """Persistent server errors, resets and unreadable answers give UNAVAILABLE in time."""
-    account_id = await linked_account(emulator_http)
-    await inject(emulator_http, path_prefix="/accounts/", method="GET", **fault)
+    await inject(emulator_http, **LOOK_UPS, **fault)
     error, elapsed = await failure(
         stub.GetAccount(pb.GetAccountRequest(account_id=account_id), timeout=5)
     )
@@ -109,11 +118,10 @@ async def test_latency_beyond_the_deadline_ends_at_the_deadline(
 
 
 async def test_retries_stop_when_waiting_would_pass_the_deadline(
-    stub: pb_grpc.ConnectServiceAsyncStub, emulator_http: httpx.AsyncClient
+    stub: pb_grpc.ConnectServiceAsyncStub, emulator_http: httpx.AsyncClient, account_id: str
 ) -> None:
     """503 with Retry-After 5 s and a 2 s deadline: one attempt, then UNAVAILABLE at once."""
-    account_id = await linked_account(emulator_http)
-    await inject(emulator_http, path_prefix="/accounts/", method="GET", status=503, retry_after=5)
+    await inject(emulator_http, **LOOK_UPS, status=503, retry_after=5)
     error, elapsed = await failure(
         stub.GetAccount(pb.GetAccountRequest(account_id=account_id), timeout=2)
     )

@@ -212,18 +212,19 @@ class WatchState {
   /** The items of one message; a bookmark yields one only when it ends a snapshot. */
   *items(response: StreamAccountEventsResponse): Generator<WatchItem> {
     const item = response.item;
+    // A message holds one event (or account) or a batch of them: the same items.
     switch (item.case) {
       case "event":
-        yield { kind: "event", event: item.value };
-        break;
       case "events":
-        for (const event of item.value.events) yield { kind: "event", event };
+        for (const event of item.case === "event" ? [item.value] : item.value.events) {
+          yield { kind: "event", event };
+        }
         break;
       case "account":
-        yield { kind: "account", account: item.value };
-        break;
       case "accounts":
-        for (const account of item.value.accounts) yield { kind: "account", account };
+        for (const account of item.case === "account" ? [item.value] : item.value.accounts) {
+          yield { kind: "account", account };
+        }
         break;
       case "bookmark":
         if (item.value.initialStateEnd) yield { kind: "snapshotEnd", cursor: item.value.cursor };

@@ -186,10 +186,17 @@ describe("the TypeScript client", () => {
       await nextEvent(recorded);
       await nextEvent(recorded);
       await recorded.return(undefined);
+      // Both recorded: from the earliest, two to a message, they arrive as one batch.
+      const batched = watch(client, { start: "earliest", maxEventsPerMessage: 2, signal: t.signal });
+      const caughtUp = [await nextEvent(batched), await nextEvent(batched)];
+      assert.deepEqual(caughtUp.map((event) => event.account?.id).sort(), linked);
+      await batched.return(undefined);
       // A cursor of another log (e.g. before a restore from backup): ahead of this one.
+      // Two to a message: the snapshot's accounts arrive as one batch.
       const items = watch(client, {
         originOwnerIds: ["tenant-resync"],
         afterCursor: "1000",
+        maxEventsPerMessage: 2,
         signal: t.signal,
       });
 
