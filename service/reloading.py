@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -34,10 +35,11 @@ def read_file(path: Path, error: Callable[[str], Exception]) -> bytes:
         raise error(f"cannot read {path}: {problem.strerror}") from problem
 
 
+@dataclass(eq=False)
 class ReloadedFiles(Generic[_Value]):
     """The value of the last version of some files that checked out.
 
-    Args:
+    Attributes:
         what: what the files hold, for log lines ("clients", "TLS credentials").
         read: the files' contents, as bytes that change when any of them does.
         load: the value of those contents; raises one of `errors` when they cannot be used.
@@ -45,34 +47,31 @@ class ReloadedFiles(Generic[_Value]):
         errors: what `read` and `load` raise for files that cannot be used (their message
             names the file and the problem, never a secret).
         reported: told `loaded` or `rejected` for each changed version read after the first.
+        current: the value in force.
 
     Raises:
         errors: the first version cannot be read or used.
     """
 
-    def __init__(
-        self,
-        what: str,
-        *,
-        read: Callable[[], bytes],
-        load: Callable[[bytes], _Value],
-        describe: Callable[[_Value], str],
-        errors: type[Exception],
-        reported: Reported | None = None,
-    ) -> None:
-        self._what = what
-        self._read = read
-        self._load = load
-        self._describe = describe
-        self._errors = errors
-        self._reported = reported
-        # `refresh` may run on grpc's threads (TLS): one look at a time, none waited for.
-        self._lock = threading.Lock()
-        raw = read()
-        self.current = load(raw)
+    what: str
+    _: KW_ONLY
+    read: Callable[[], bytes]
+    load: Callable[[bytes], _Value]
+    describe: Callable[[_Value], str]
+    errors: type[Exception]
+    reported: Reported | None = None
+    current: _Value = field(init=False)
+    _version: bytes = field(init=False)
+    _checked_at: float = field(init=False)
+    _last_error: str = ""
+    # `refresh` may run on grpc's threads (TLS): one look at a time, none waited for.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        raw = self.read()
+        self.current = self.load(raw)
         self._version = hashlib.sha256(raw).digest()
         self._checked_at = time.monotonic()
-        self._last_error = ""
 
     def refresh(self) -> bool:
         """Re-reads the files if a second passed since the last look; True when a new
@@ -88,22 +87,22 @@ class ReloadedFiles(Generic[_Value]):
 
     def _reload(self) -> bool:
         try:
-            raw = self._read()
+            raw = self.read()
             version = hashlib.sha256(raw).digest()
             if version == self._version:
                 return False
-            value = self._load(raw)
-        except self._errors as error:
+            value = self.load(raw)
+        except self.errors as error:
             if str(error) != self._last_error:  # once per problem, not every second
                 self._last_error = str(error)
-                _log.error("keeping the previous %s: %s", self._what, error)
+                _log.error("keeping the previous %s: %s", self.what, error)
                 self._report("rejected")
             return False
         self.current, self._version, self._last_error = value, version, ""
-        _log.info("loaded %s", self._describe(value))
+        _log.info("loaded %s", self.describe(value))
         self._report("loaded")
         return True
 
     def _report(self, outcome: str) -> None:
-        if self._reported is not None:
-            self._reported(outcome)
+        if self.reported is not None:
+            self.reported(outcome)

@@ -80,24 +80,21 @@ async def timed(call: Awaitable[object]) -> float:
     return loop.time() - started
 
 
-async def test_retry_after_in_seconds_is_waited_before_the_next_attempt(
-    stackone: Rig,
-) -> None:
-    """503 with `Retry-After: 1`, then the account: the retry comes a second later."""
-    client, scripted = stackone(failing(503, retry_after="1", then_ok=2))
-    seconds = await timed(client.get_account("acc-1", deadline=5))
-    assert 1.0 <= seconds < 5  # waited as asked, and answered within the deadline
-    assert scripted.requests == 2
+def _in_two_seconds() -> str:
+    return format_datetime(datetime.now(UTC) + timedelta(seconds=2), usegmt=True)
 
 
-async def test_retry_after_as_an_http_date_is_waited_until(
-    stackone: Rig,
+@pytest.mark.parametrize(
+    ("status", "retry_after"),
+    [(503, lambda: "1"), (429, _in_two_seconds)],
+    ids=["seconds", "http-date"],
+)
+async def test_retry_after_is_waited_before_the_next_attempt(
+    stackone: Rig, status: int, retry_after: Callable[[], str]
 ) -> None:
-    """429 with Retry-After 2 s from now as an HTTP date (whole seconds, so 1-2 s)."""
-    at = datetime.now(UTC) + timedelta(seconds=2)
-    client, scripted = stackone(
-        failing(429, retry_after=format_datetime(at, usegmt=True), then_ok=2)
-    )
+    """503 with `Retry-After: 1`, or 429 with a date 2 s ahead (whole seconds, so 1-2 s
+    from now), then the account: the retry comes after at least a second."""
+    client, scripted = stackone(failing(status, retry_after=retry_after(), then_ok=2))
     seconds = await timed(client.get_account("acc-1", deadline=5))
     assert 1.0 <= seconds < 5  # waited as asked, and answered within the deadline
     assert scripted.requests == 2
