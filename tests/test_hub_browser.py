@@ -134,6 +134,17 @@ async def follow(link: Locator) -> Page:
     return await opening.value
 
 
+async def shows_the_account_active(browser: Browser, *, learned_from: str, step: str) -> None:
+    """The example page shows the account active, learned from `learned_from`; a screenshot
+    of it is `step`, and no request of the whole test left loopback."""
+    account = browser.page.locator("#account")
+    await expect(account).to_have_attribute("data-status", "active")
+    await expect(account).to_have_attribute("data-learned-from", learned_from)
+    await browser.page.bring_to_front()
+    await browser.shot(step)
+    assert browser.outside == []
+
+
 async def test_the_hub_links_bamboohr_and_the_page_shows_it_verified_and_its_event(
     service: Runtime, example_url: str, browser: Browser
 ) -> None:
@@ -182,12 +193,8 @@ async def test_an_auth_link_opened_and_completed_shows_the_account_and_its_event
     await expect(event).to_be_visible()
     account_id = await event.get_attribute("data-account-id")
     assert account_id in emulator_state(service).accounts
-    await expect(page.locator("#account")).to_have_attribute("data-status", "active")
-    await expect(page.locator("#account")).to_have_attribute("data-learned-from", "event")
     await expect(page.locator("#account")).to_contain_text(str(account_id))
-    await page.bring_to_front()
-    await browser.shot("event-and-account")
-    assert browser.outside == []
+    await shows_the_account_active(browser, learned_from="event", step="event-and-account")
 
 
 async def test_an_auth_link_that_reopens_an_account_shows_it_and_lasts_five_days(
@@ -212,11 +219,7 @@ async def test_an_auth_link_that_reopens_an_account_shows_it_and_lasts_five_days
     await expect(hosted.get_by_text(f"Linked account {existing.id}")).to_be_visible()
     event = page.locator(f'#events li[data-account-id="{existing.id}"]')
     await expect(event).to_have_attribute("data-type", "account.updated")
-    await expect(page.locator("#account")).to_have_attribute("data-learned-from", "relinked")
-    await expect(page.locator("#account")).to_have_attribute("data-status", "active")
-    await page.bring_to_front()
-    await browser.shot("relinked")
-    assert browser.outside == []
+    await shows_the_account_active(browser, learned_from="relinked", step="relinked")
 
 
 async def test_refused_credentials_show_the_hubs_error_and_link_nothing(

@@ -276,22 +276,6 @@ class JetStreamEventLog:
             raise EventLogUnavailable(f"not connected to NATS at {self._options.url}")
         return self._binding
 
-    @property
-    def _nc(self) -> NatsClient:
-        return self._nats.connection
-
-    @property
-    def _js(self) -> JetStreamContext:
-        return self._nats.js
-
-    @property
-    def _accounts(self) -> KeyValue:
-        return self._nats.accounts
-
-    @property
-    def _ids(self) -> KeyValue:
-        return self._nats.ids
-
     # --- EventLog interface -------------------------------------------------------
 
     async def append(self, records: Sequence[EventRecord]) -> list[AppendOutcome]:
@@ -322,7 +306,7 @@ class JetStreamEventLog:
         """Pruned-through and latest cursors; `exact` asks the server, not this replica."""
         if exact:
             try:
-                info = await self._js.stream_info(self._options.stream)
+                info = await self._nats.js.stream_info(self._options.stream)
             except NATS_ERRORS as error:
                 raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
             self._pruned_through = max(self._pruned_through, info.state.first_seq - 1)
@@ -340,7 +324,7 @@ class JetStreamEventLog:
     async def known_accounts(self) -> dict[str, KnownAccount]:
         """Every account's last recorded state, from the accounts bucket."""
         try:
-            keys = await self._accounts.keys()
+            keys = await self._nats.accounts.keys()
         except nats.js.errors.NoKeysError:
             return {}
         except NATS_ERRORS as error:
@@ -350,7 +334,7 @@ class JetStreamEventLog:
             if key in _META_KEYS:
                 continue
             with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-                entry = await self._accounts.get(key)
+                entry = await self._nats.accounts.get(key)
                 if entry.value:
                     account, _ = _from_registry_value(entry.value)
                     known[account.account_id] = account
@@ -389,7 +373,7 @@ class JetStreamEventLog:
 
         async def value_of(account_id: str) -> bytes | None:
             try:
-                return (await self._accounts.get(_token(account_id))).value
+                return (await self._nats.accounts.get(_token(account_id))).value
             except nats.js.errors.KeyNotFoundError:
                 return None
 
@@ -404,7 +388,7 @@ class JetStreamEventLog:
         if self._complete:
             return  # it never turns false again
         try:
-            await self._accounts.put(_REGISTRY_COMPLETE_KEY, b"1")
+            await self._nats.accounts.put(_REGISTRY_COMPLETE_KEY, b"1")
         except NATS_ERRORS as error:
             raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
         self._complete = True
@@ -414,7 +398,7 @@ class JetStreamEventLog:
         a key rewritten while it is read moves to a later message, which is read too."""
         stream = f"KV_{self._options.stream}_ACCOUNTS"
         prefix = f"$KV.{self._options.stream}_ACCOUNTS."
-        start, last = 1, (await self._js.stream_info(stream)).state.last_seq
+        start, last = 1, (await self._nats.js.stream_info(stream)).state.last_seq
         while start <= last:
             try:
                 messages = await self._fetch_from(stream, prefix + ">", start, 1024)
@@ -425,7 +409,7 @@ class JetStreamEventLog:
             if not messages:
                 return
             start = messages[-1].metadata.sequence.stream + 1
-            last = max(last, (await self._js.stream_info(stream)).state.last_seq)
+            last = max(last, (await self._nats.js.stream_info(stream)).state.last_seq)
 
     def _load_value(self, message: Msg, prefix: str) -> None:
         if (message.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not message.data:
@@ -490,7 +474,7 @@ class JetStreamEventLog:
         """Inbox entries after `after`, through a short-lived consumer."""
         stream = self._options.inbox_stream
         try:
-            info = await self._js.stream_info(stream)
+            info = await self._nats.js.stream_info(stream)
             self._inbox_latest = max(self._inbox_latest, info.state.last_seq)
             if info.state.messages == 0 or info.state.last_seq <= after:
                 return []
@@ -529,7 +513,7 @@ class JetStreamEventLog:
         found: list[InboxEntry] = []
         while len(found) < _MAX_ENTRIES_PER_SETTLE:
             try:
-                message = await self._js.get_msg(
+                message = await self._nats.js.get_msg(
                     self._options.inbox_stream, seq=after + 1, subject=subject, next=True
                 )
             except nats.js.errors.NotFoundError:
@@ -573,11 +557,11 @@ class JetStreamEventLog:
         """Messages in the inbox stream and the receipt time of the first."""
         stream = self._options.inbox_stream
         try:
-            info = await self._js.stream_info(stream)
+            info = await self._nats.js.stream_info(stream)
             if info.state.messages == 0:
                 return InboxStats(0, None)
             # The first entry may be settled meanwhile: the first still there, if any.
-            first = await self._js.get_msg(
+            first = await self._nats.js.get_msg(
                 stream,
                 seq=info.state.first_seq,
                 subject=f"{self._options.inbox_prefix}.>",
@@ -594,7 +578,7 @@ class JetStreamEventLog:
         """What became of inbox entry `seq` of the account: still waiting (DUPLICATE),
         covered by a recorded event (REPEATED), or neither (None)."""
         try:
-            await self._js.get_msg(self._options.inbox_stream, seq=seq)
+            await self._nats.js.get_msg(self._options.inbox_stream, seq=seq)
         except nats.js.errors.NotFoundError:
             if (await self._last_on(self._subject(account_id))).inbox_through >= seq:
                 return Accepted.REPEATED
@@ -603,7 +587,7 @@ class JetStreamEventLog:
 
     async def _clear_inbox(self, account_id: str, through: int) -> None:
         # Purges the account's subject below `through + 1`: entries up to it are recorded.
-        await self._js.purge_stream(
+        await self._nats.js.purge_stream(
             self._options.inbox_stream, seq=through + 1, subject=self._inbox_subject(account_id)
         )
 
@@ -620,11 +604,11 @@ class JetStreamEventLog:
         """Raises `EventLogUnavailable` unless NATS is connected and the streams answer;
         streams or buckets found missing (a NATS server back with memory storage, or a
         replaced store) are created again first, as at start-up."""
-        if self._closed or not self._nc.is_connected:
+        if self._closed or not self._nats.connection.is_connected:
             raise EventLogUnavailable(f"not connected to NATS at {self._options.url}")
         try:
-            await self._js.stream_info(self._options.stream)
-            await self._js.stream_info(self._options.inbox_stream)
+            await self._nats.js.stream_info(self._options.stream)
+            await self._nats.js.stream_info(self._options.inbox_stream)
         except nats.js.errors.NotFoundError:
             await self._restore()
         except NATS_ERRORS as error:
@@ -638,7 +622,7 @@ class JetStreamEventLog:
         async with self._restoring:
             try:
                 created, _, _ = await _ensure_all(
-                    self._js,
+                    self._nats.js,
                     self._options,
                     events_after=self._tail.latest,
                     inbox_after=self._inbox_latest,
@@ -723,7 +707,7 @@ class JetStreamEventLog:
 
         while not self._closed:
             self._connection_lost.clear()
-            if not self._nc.is_closed:
+            if not self._nats.connection.is_closed:
                 # closed_cb wakes this; the timer covers a close that ran no callbacks.
                 await _wait(self._connection_lost, 1.0)
                 continue
@@ -820,16 +804,17 @@ class JetStreamEventLog:
         """Publishes to `stream`, refusing here what the server would refuse by closing
         the connection: a message (headers included) over its `max_payload`."""
         size = len(body) + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items()) + 14
-        if size > self._nc.max_payload:
+        nats = self._nats
+        if size > (most := nats.connection.max_payload):
             raise EventLogUnavailable(
-                f"a message of {size} bytes is over NATS's max_payload ({self._nc.max_payload})"
+                f"a message of {size} bytes is over NATS's max_payload ({most})"
             )
-        return await self._js.publish(subject, body, headers=headers, stream=stream)
+        return await nats.js.publish(subject, body, headers=headers, stream=stream)
 
     async def _last_on(self, subject: str) -> _LastEvent:
         """What the last event on `subject` (one account's) says."""
         try:
-            message = await self._js.get_last_msg(self._options.stream, subject)
+            message = await self._nats.js.get_last_msg(self._options.stream, subject)
         except nats.js.errors.NotFoundError:
             return _LastEvent(0, None, "", 0, None)
         fields = _fields(message.headers, _HEADER)
@@ -852,7 +837,7 @@ class JetStreamEventLog:
     async def _recorded(self, event_id: str) -> _Recorded | None:
         """Where `event_id` was recorded (within the dedup window), if it was."""
         try:
-            entry = await self._ids.get(_id_key(event_id))
+            entry = await self._nats.ids.get(_id_key(event_id))
         except nats.js.errors.KeyNotFoundError:
             return None
         return _Recorded.parse(entry.value or b"0")
@@ -860,7 +845,7 @@ class JetStreamEventLog:
     async def _remember_ids(self, record: EventRecord, cursor: int) -> None:
         value = f"{cursor} {record.inbox_through}".encode()
         for event_id in record.ids:
-            await self._ids.put(_id_key(event_id), value)
+            await self._nats.ids.put(_id_key(event_id), value)
 
     async def _remember(self, record: EventRecord, cursor: int, recorded_at: float) -> None:
         entry = registered(record.stored(cursor, recorded_at))
@@ -870,7 +855,7 @@ class JetStreamEventLog:
     async def _registered(self, account_id: str) -> RegisteredAccount | None:
         """The bucket's registry entry of an account whose events are all pruned."""
         try:
-            value = (await self._accounts.get(_token(account_id))).value
+            value = (await self._nats.accounts.get(_token(account_id))).value
         except nats.js.errors.KeyNotFoundError:
             return None
         entry = _from_registry_value(value)[1] if value else None
@@ -902,7 +887,7 @@ class JetStreamEventLog:
 
     async def _catch_up(self) -> bool:
         """Reads one batch of newer events into the tail; True while more may wait."""
-        info = await self._js.stream_info(self._options.stream)
+        info = await self._nats.js.stream_info(self._options.stream)
         self._pruned_through = max(self._pruned_through, info.state.first_seq - 1)
         if info.state.last_seq <= self._tail.latest:
             await self._advance_registry_watermark()
@@ -941,7 +926,7 @@ class JetStreamEventLog:
         key = _token(entry.account_id)
         if entry.account_id not in self._index:  # most likely a new account: no read first
             with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-                await self._accounts.create(key, value)
+                await self._nats.accounts.create(key, value)
                 self._keep(entry)
                 return
         kept = await self._set_if(key, newer)
@@ -970,7 +955,7 @@ class JetStreamEventLog:
         the value the key holds after."""
         for _ in range(_MAX_CONFLICT_RETRIES):
             try:
-                current = await self._accounts.get(key)
+                current = await self._nats.accounts.get(key)
             except nats.js.errors.KeyNotFoundError:
                 current = None
             held = current.value if current is not None else None
@@ -979,9 +964,9 @@ class JetStreamEventLog:
                 return held or b""
             try:
                 if current is None:
-                    await self._accounts.create(key, value)
+                    await self._nats.accounts.create(key, value)
                 else:
-                    await self._accounts.update(key, value, last=current.revision)
+                    await self._nats.accounts.update(key, value, last=current.revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue  # written meanwhile: compare again
             return value
@@ -991,7 +976,7 @@ class JetStreamEventLog:
         """At open: folds into the registry the events after the watermark (those whose
         appender may have died before writing their entries, with every replica down)."""
         try:
-            value = (await self._accounts.get(_REGISTRY_THROUGH_KEY)).value
+            value = (await self._nats.accounts.get(_REGISTRY_THROUGH_KEY)).value
             after = int(value or b"0")
         except nats.js.errors.KeyNotFoundError:
             after = 0
@@ -1018,7 +1003,7 @@ class JetStreamEventLog:
             mem_storage=True,
             inactive_threshold=5.0,
         )
-        subscription = await self._js.pull_subscribe(
+        subscription = await self._nats.js.pull_subscribe(
             subjects, durable=None, stream=stream, config=config
         )
         try:
