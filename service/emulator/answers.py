@@ -12,10 +12,11 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from service.emulator.bodies import BadBody, parsed
-from service.emulator.state import EMULATOR_STATE, Account, EmulatorState, iso, now
+from service.emulator.state import EMULATOR_STATE, Account, EmulatorState, Session, iso, now
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _B = TypeVar("_B", bound=BaseModel)
+_Refusal = TypeVar("_Refusal", bound=web.HTTPClientError)
 
 
 def stackone_error(status: int, message: str, **headers: str) -> web.Response:
@@ -26,8 +27,23 @@ def stackone_error(status: int, message: str, **headers: str) -> web.Response:
 
 def bad_request(message: str) -> web.HTTPBadRequest:
     """A 400 to raise, with StackOne's error body."""
-    body = {"statusCode": 400, "message": message, "timestamp": iso(now())}
-    return web.HTTPBadRequest(text=orjson.dumps(body).decode(), content_type="application/json")
+    return refusal(web.HTTPBadRequest, message)
+
+
+def refusal(kind: type[_Refusal], message: str) -> _Refusal:
+    """An HTTP error of `kind` to raise, with StackOne's error body."""
+    body = {"statusCode": kind.status_code, "message": message, "timestamp": iso(now())}
+    return kind(text=orjson.dumps(body).decode(), content_type="application/json")
+
+
+def live_session_of(
+    request: web.Request, token: object, missing: type[web.HTTPClientError], why: str
+) -> Session:
+    """The live session `token` names; else a `missing` error saying `why` (raised)."""
+    session = emulator_state(request).live_session(token)
+    if session is None:
+        raise refusal(missing, why)
+    return session
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:

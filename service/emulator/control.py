@@ -48,7 +48,13 @@ from service.emulator.accounts import (
     stamped,
     update_account,
 )
-from service.emulator.answers import body_as, emulator_state, stackone_error, with_account
+from service.emulator.answers import (
+    body_as,
+    emulator_state,
+    live_session_of,
+    stackone_error,
+    with_account,
+)
 from service.emulator.bodies import (
     AccountChanges,
     AccountSpec,
@@ -65,9 +71,8 @@ async def link_session(request: web.Request) -> web.Response:
     """POST /emulator/link: plays "the user completed the Hub" for a session token."""
     state = emulator_state(request)
     body = await body_as(request, LinkBody, "not a link")
-    session = state.live_session(body.token)
-    if session is None:
-        return stackone_error(404, "No live connect session has this token")
+    missing = "No live connect session has this token"
+    session = live_session_of(request, body.token, web.HTTPNotFound, missing)
     try:
         linked = link_account(
             state,

@@ -43,6 +43,7 @@ from service.emulator.answers import (
     base_url,
     body_as,
     emulator_state,
+    live_session_of,
     stackone_error,
     with_account,
 )
@@ -212,13 +213,12 @@ def _new_session(state: EmulatorState, body: SessionBody, base: str) -> Session:
 
 async def authenticate_session(request: web.Request) -> web.Response:
     """POST /connect_sessions/authenticate."""
-    state = emulator_state(request)
     body = await body_as(request, TokenBody, "not a session token")
-    session = state.live_session(body.token)
-    if session is None:
-        return stackone_error(401, "Invalid or expired connect session token")
+    expired = "Invalid or expired connect session token"
+    session = live_session_of(request, body.token, web.HTTPUnauthorized, expired)
     return web.json_response(
-        session.to_json(state.config.legacy_shapes, with_token=False), status=201
+        session.to_json(emulator_state(request).config.legacy_shapes, with_token=False),
+        status=201,
     )
 
 

@@ -1276,13 +1276,26 @@ async def _ensure_all(
     return created, accounts, ids
 
 
-async def _ensure_inbox(js: JetStreamContext, options: JetStreamOptions, *, after: int) -> bool:
-    """Creates the inbox stream, or updates it to the configured limit; True if created."""
-    config = StreamConfig(
-        name=options.inbox_stream,
-        subjects=[f"{options.inbox_prefix}.>"],
+def _stream_config(
+    options: JetStreamOptions, name: str, subject_prefix: str, **limits: Any
+) -> StreamConfig:
+    """A stream of ours: its subjects under `subject_prefix`, on the configured storage and
+    replicas, with its own `limits` (StreamConfig's fields)."""
+    return StreamConfig(
+        name=name,
+        subjects=[f"{subject_prefix}.>"],
         storage=_storage(options.storage),
         num_replicas=options.replicas,
+        **limits,
+    )
+
+
+async def _ensure_inbox(js: JetStreamContext, options: JetStreamOptions, *, after: int) -> bool:
+    """Creates the inbox stream, or updates it to the configured limit; True if created."""
+    config = _stream_config(
+        options,
+        options.inbox_stream,
+        options.inbox_prefix,
         max_msgs=options.inbox_limit,
         discard=DiscardPolicy.NEW,
         duplicate_window=options.inbox_duplicate_window,
@@ -1343,11 +1356,10 @@ async def _ensure_stream(js: JetStreamContext, options: JetStreamOptions, *, aft
             retention.max_age,
             retention.dedup_window,
         )
-    config = StreamConfig(
-        name=options.stream,
-        subjects=[f"{options.subject_prefix}.>"],
-        storage=_storage(options.storage),
-        num_replicas=options.replicas,
+    config = _stream_config(
+        options,
+        options.stream,
+        options.subject_prefix,
         max_age=retention.max_age,
         max_msgs=retention.max_count or -1,
         duplicate_window=min(retention.dedup_window, retention.max_age),

@@ -615,8 +615,7 @@ async def bare_watch(args: dict[str, Any]) -> None:
                 seen += 1
             if seen >= args["count"]:
                 break
-        elapsed = time.perf_counter() - started
-    print(orjson.dumps({"events_per_s": seen / elapsed, "events": seen, "last": cursor}).decode())
+        _print_watched(seen, cursor, started)
 
 
 async def client_watch(args: dict[str, Any]) -> None:
@@ -631,7 +630,12 @@ async def client_watch(args: dict[str, Any]) -> None:
                 seen += 1
                 if seen >= args["count"]:
                     break
-        elapsed = time.perf_counter() - started
+        _print_watched(seen, cursor, started)
+
+
+def _print_watched(seen: int, cursor: str, started: float) -> None:
+    """Reports a watch's pace: events per second since `started`, and the last cursor."""
+    elapsed = time.perf_counter() - started
     print(orjson.dumps({"events_per_s": seen / elapsed, "events": seen, "last": cursor}).decode())
 
 
