@@ -21,7 +21,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 from service.aio import cancel_all
 from service.api.convert import account_message, event_record, timestamp
@@ -37,6 +36,7 @@ from service.events.model import (
 from service.events.registry import RegistryQuery
 from service.metrics import Metrics
 from service.stackone.budget import Priority
+from service.stackone.client import StackOneClient
 from service.stackone.errors import StackOneError, StackOneNotFound, StackOneUnavailable
 from service.stackone.models import AccountListQuery, LinkedAccount
 from service.tracing import OFF, Tracing, current_traceparent
@@ -52,27 +52,7 @@ MAX_CONFIRMATIONS = 100  # look-ups of missing accounts per sweep; the rest wait
 SWEEP_SECONDS = 300.0
 
 
-class AccountSource(Protocol):
-    """Lists and looks up accounts (the StackOne client)."""
-
-    async def list_accounts(
-        self,
-        query: AccountListQuery,
-        *,
-        deadline: float | None = None,
-        priority: Priority = Priority.CALLER,
-    ) -> list[LinkedAccount]:
-        """One page of accounts, spending the StackOne budget at `priority`."""
-        ...
-
-    async def get_account(
-        self, account_id: str, *, deadline: float | None = None, priority: Priority = ...
-    ) -> LinkedAccount:
-        """One account; raises StackOneNotFound when StackOne has none of that id."""
-        ...
-
-
-async def all_accounts(source: AccountSource, *, deadline: float) -> list[LinkedAccount]:
+async def all_accounts(source: StackOneClient, *, deadline: float) -> list[LinkedAccount]:
     """Every account StackOne lists within `deadline` seconds, page by page.
 
     Ends at a short page or at a page with no account not seen before (a listing that
@@ -187,7 +167,7 @@ class Reconciler:
     def __init__(
         self,
         log: EventLog,
-        source: AccountSource,
+        source: StackOneClient,
         *,
         interval: float,
         grace: float,
