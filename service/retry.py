@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import stamina
 from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 RetryOn = type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool | float]
 """What is retried: exception types, or a hook saying True (retry after the policy's
@@ -59,6 +61,23 @@ class RetryPolicy:
                 wait_jitter=self.first_wait,
             )
         )
+
+    async def call(self, attempt: Callable[[], Awaitable[_T]], on: RetryOn) -> _T:
+        """`attempt()`, retried under this policy. The first try runs outside stamina's
+        loop, which costs tens of µs to enter: a step that runs many times a second and
+        seldom fails (the verifier's) pays nothing for the policy until it fails, and its
+        failure is then the loop's first attempt, judged by `on` like any other."""
+        try:
+            return await attempt()
+        except Exception as error:  # a cancellation is not retried: it propagates
+            first: Exception | None = error
+        async for retry in self.attempts_of(on):
+            with retry:
+                if first is not None:
+                    failed, first = first, None
+                    raise failed
+                return await attempt()
+        raise AssertionError("stamina ends with a result or the last error")
 
 
 def _never_on_cancellation(

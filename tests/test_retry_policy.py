@@ -46,3 +46,42 @@ async def test_a_cancelled_attempt_ends_the_loop_even_when_the_hook_retries_ever
     assert done == {task}
     assert task.cancelled()
     assert shown == [], "the hook never saw the cancellation"
+
+
+async def test_call_counts_the_direct_first_try_as_the_policys_first_attempt() -> None:
+    """`call` tries once outside stamina's loop; its failure is the loop's first attempt,
+    so a policy of 3 attempts makes 3 tries in all, and a success ends it at once."""
+    tries: list[int] = []
+
+    async def fails() -> None:
+        tries.append(len(tries) + 1)
+        raise ConnectionError(f"try {len(tries)}")
+
+    with pytest.raises(ConnectionError, match="try 3"):
+        await RetryPolicy(attempts=3, first_wait=0.001).call(fails, ConnectionError)
+    assert tries == [1, 2, 3]
+
+    async def second_time_lucky() -> str:
+        tries.append(len(tries) + 1)
+        if len(tries) < 5:
+            raise ConnectionError("not yet")
+        return "done"
+
+    assert (
+        await RetryPolicy(attempts=3, first_wait=0.001).call(second_time_lucky, ConnectionError)
+        == "done"
+    )
+    assert tries == [1, 2, 3, 4, 5]
+
+
+async def test_call_retries_nothing_its_hook_refuses() -> None:
+    """A failure the hook answers False to is raised from the first try, unretried."""
+    tries: list[str] = []
+
+    async def final() -> None:
+        tries.append("try")
+        raise LookupError("final")
+
+    with pytest.raises(LookupError):
+        await RetryPolicy(attempts=None, first_wait=0.001).call(final, lambda error: False)
+    assert tries == ["try"]

@@ -877,11 +877,12 @@ class JetStreamEventLog:
             self._background_failed("event_log_follow", error)
             return True  # until it reads: `close` cancels this task
 
+        async def catch_up() -> bool:
+            self._poke.clear()  # before reading, so a poke meanwhile is not lost
+            return await self._catch_up()
+
         while not self._closed:
-            async for attempt in _FOLLOWING.attempts_of(failed):
-                with attempt:
-                    self._poke.clear()  # before reading, so a poke meanwhile is not lost
-                    behind = await self._catch_up()
+            behind = await _FOLLOWING.call(catch_up, failed)
             if not behind:
                 await _wait(self._poke, 1.0)
 

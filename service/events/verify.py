@@ -206,13 +206,14 @@ class Verifier:
         """Reads the inbox (if `must_read`) and starts the accounts that are ready;
         returns the seconds until the next one is. Retried until it succeeds: the stage
         must outlive any failure."""
-        async for attempt in self._surviving.attempts_of(self._step_failed):
-            with attempt:
-                await self._refresh_stats()
-                if must_read:
-                    await self._read_more()
-                return self._dispatch()
-        raise AssertionError("retried until it succeeds")
+
+        async def step() -> float | None:
+            await self._refresh_stats()
+            if must_read:
+                await self._read_more()
+            return self._dispatch()
+
+        return await self._surviving.call(step, self._step_failed)
 
     def _step_failed(self, error: Exception) -> bool:
         self._metrics.background_failures.labels("verifier").inc()
@@ -302,9 +303,7 @@ class Verifier:
             return True
 
         try:
-            async for attempt in self._surviving.attempts_of(failed):
-                with attempt:
-                    await self._settle_all(account_id, entries)
+            await self._surviving.call(lambda: self._settle_all(account_id, entries), failed)
             self._held -= len(entries)
         finally:
             del self._busy[account_id]
