@@ -1179,11 +1179,10 @@ def _inbox_entry(seq: int, headers: Mapping[str, object] | None, body: bytes) ->
     """An inbox message as `_inbox_headers` wrote it; one an earlier release wrote has
     no parsed webhook, only its raw body (see `InboxEntry.from_raw_body_only`)."""
     fields = _fields(headers, _INBOX_HEADER)
-    webhook = Webhook(fields["event_id"], fields["type"], fields["account_id"])
     details = fields.get("webhook")
     return InboxEntry(
         seq,
-        webhook if details is None else webhook.with_details(details),
+        Webhook.stored(fields["event_id"], fields["type"], fields["account_id"], details),
         float(fields["received_at"]),
         body,
         str((headers or {}).get(_TRACEPARENT_HEADER, "")),

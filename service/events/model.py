@@ -179,7 +179,7 @@ class Webhook:
 
     def details(self) -> dict[str, str]:
         """What the inbox stores beside its id, type and account id columns (read back
-        by `with_details`); the one form both backends keep it in."""
+        by `stored`); the one form both backends keep it in."""
         return {
             "provider": self.provider,
             "origin_owner_id": self.origin_owner_id,
@@ -188,13 +188,20 @@ class Webhook:
             "occurred_at": self.occurred_at.isoformat() if self.occurred_at else "",
         }
 
-    def with_details(self, details: Mapping[str, str]) -> Webhook:
-        """This webhook with the fields `details` wrote (as stored, not parsed again)."""
+    @classmethod
+    def stored(
+        cls, event_id: str, type: str, account_id: str, details: Mapping[str, str] | None
+    ) -> Webhook:
+        """A webhook as an inbox stored it: its id, type and account id columns and the
+        fields `details` wrote (as stored, not parsed again); None for an entry of an
+        earlier release, which stored only the raw body."""
+        if details is None:
+            return cls(event_id, type, account_id)
         occurred_at = details.get("occurred_at", "")
-        return Webhook(
-            self.event_id,
-            self.type,
-            self.account_id,
+        return cls(
+            event_id,
+            type,
+            account_id,
             details.get("provider", ""),
             details.get("origin_owner_id", ""),
             details.get("origin_owner_name", ""),

@@ -300,10 +300,10 @@ def _inbox_entry(
     details: str,
 ) -> InboxEntry:
     """An inbox row as `_stage_accept` wrote it (`details` '': an earlier release's)."""
-    webhook = Webhook(event_id, event_type, account_id)
+    stored = orjson.loads(details) if details else None
     return InboxEntry(
         seq,
-        webhook.with_details(orjson.loads(details)) if details else webhook,
+        Webhook.stored(event_id, event_type, account_id, stored),
         received_at,
         body,
         traceparent,
