@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 
 from service.config import ENV_PREFIX, Settings
-from service.reloading import ReloadedFiles, Reported
+from service.reloading import ReloadedFiles, Reported, read_file
 
 
 class TlsFileError(ValueError):
@@ -29,12 +29,7 @@ class TlsFileError(ValueError):
 
 
 def _read(path: Path, setting: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise TlsFileError(
-            f"{ENV_PREFIX}{setting}: cannot read {path}: {error.strerror}"
-        ) from error
+    return read_file(path, lambda why: TlsFileError(f"{ENV_PREFIX}{setting}: {why}"))
 
 
 def _check_certificates(pem: bytes, path: Path, setting: str) -> None:
