@@ -108,16 +108,10 @@ def updated(state: EmulatorState, account: Account) -> None:
 def update_account(state: EmulatorState, account: Account, changes: AccountChanges) -> None:
     """Applies the fields `changes` gives and sends `account.updated`."""
     given = changes.model_fields_set
-    if "shared" in given:
-        account.shared = changes.shared
-    if "status" in given:
-        account.status = changes.status
-    if "status_reasons" in given:
+    for name in given - {"status_reasons"}:  # the account's fields of the same names
+        setattr(account, name, getattr(changes, name))
+    if "status_reasons" in given:  # dated as StackOne dates them
         account.status_reasons = stamped(changes.status_reasons)
-    if "label" in given:
-        account.label = changes.label
-    if "provider" in given:
-        account.provider = changes.provider
     updated(state, account)
 
 
