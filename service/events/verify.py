@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.context import Context
@@ -43,13 +42,13 @@ from service.events.model import STATE_TYPES, EventLogUnavailable, EventRecord, 
 from service.metrics import Metrics
 from service.retry import RetryPolicy
 from service.stackone.budget import Priority
+from service.stackone.client import StackOneClient
 from service.stackone.errors import (
     StackOneAuthError,
     StackOneBadRequest,
     StackOneError,
     StackOneNotFound,
 )
-from service.stackone.models import LinkedAccount
 from service.tracing import OFF, Tracing, current_traceparent, links_to, parent_of
 
 _log = logging.getLogger(__name__)
@@ -70,23 +69,6 @@ def lookup_policy(deadline: float) -> RetryPolicy:
     does not is recorded then, not at the deadline."""
     first_wait = deadline / 2**LOOKUP_ATTEMPTS
     return RetryPolicy(LOOKUP_ATTEMPTS, first_wait=first_wait, longest_wait=deadline / 4)
-
-
-class AccountSource(Protocol):
-    """Where verified account state comes from (the StackOne client)."""
-
-    async def get_account(
-        self,
-        account_id: str,
-        *,
-        deadline: float | None = None,
-        priority: Priority = ...,
-        attempt_timeout: float | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> LinkedAccount:
-        """Fetches one account in the attempts of `retry` (None: the client's own) of at
-        most `attempt_timeout` seconds each, within `deadline`."""
-        ...
 
 
 @dataclass(slots=True)
@@ -140,7 +122,7 @@ class Verifier:
     def __init__(
         self,
         log: EventLog,
-        accounts: AccountSource | None,
+        accounts: StackOneClient | None,
         *,
         metrics: Metrics,
         deadline: float = 60.0,
