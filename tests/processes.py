@@ -73,6 +73,12 @@ class ServeProcess:
             await self._drain
         return code
 
+    def print_log(self) -> None:
+        """Prints every line the process logged so far, as it wrote them."""
+        print(f"--- serve (pid {self.pid}) log, {len(self.log_lines)} lines ---")
+        for entry in self.log_lines:
+            print(orjson.dumps(entry).decode())
+
     def rss_kib(self) -> int:
         """Resident memory of the process in KiB, from /proc."""
         return rss_kib(self.pid)
@@ -98,6 +104,10 @@ async def serve_process(env: Mapping[str, str]) -> AsyncIterator[ServeProcess]:
     try:
         await serve._read_until_ready()
         yield serve
+    except BaseException:
+        # pytest shows a failed test's output: the server's log says why it failed.
+        serve.print_log()
+        raise
     finally:
         if process.returncode is None:
             process.kill()

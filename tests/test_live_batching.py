@@ -114,3 +114,28 @@ async def test_waits_on_one_watermark_each_keep_their_own_timeout() -> None:
     mark.advance(1)
     async with asyncio.timeout(5):
         await long
+
+
+async def test_a_watermark_on_a_late_uvloop_loop_sets_its_timer_without_error() -> None:
+    """uvloop's call_at answers a plain Handle, with no when(), for a time already past
+    or under a millisecond away, which happens when the loop runs late: the next wait
+    must not ask that handle for its time (a live stream ended INTERNAL when it did)."""
+    import time
+
+    import uvloop
+
+    async def late_waits() -> list[bool]:
+        mark = Watermark()
+        loop = asyncio.get_running_loop()
+        # A deadline already past when the wait is set, as a late loop computes one.
+        first = mark.wait_past(0, timeout=-0.05)
+        assert mark._timer is not None
+        assert not isinstance(mark._timer, asyncio.TimerHandle)
+        time.sleep(0.03)  # noqa: ASYNC251 - the loop runs late: the timer's tick is past
+        later = [mark.wait_past(0, timeout=t) for t in (-0.1, 0.05, 0.0, 0.02)]
+        await asyncio.wait_for(asyncio.gather(first, *later), timeout=5)
+        assert loop.time() > 0
+        return [w.done() for w in (first, *later)]
+
+    # On a loop of its own (the tests' loop is asyncio's), in a thread of its own.
+    assert await asyncio.to_thread(uvloop.run, late_waits()) == [True] * 5

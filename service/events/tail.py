@@ -39,7 +39,10 @@ class Watermark:
         self.value = value
         self._ticks: list[int] = []  # a heap of the ticks in `_waiting`
         self._waiting: dict[int, list[asyncio.Future[None]]] = {}  # by their deadline's tick
-        self._timer: asyncio.TimerHandle | None = None
+        # The timer and the tick it was set for: uvloop's call_at returns a plain Handle,
+        # with no when(), for a time already past or under a millisecond away.
+        self._timer: asyncio.Handle | None = None
+        self._timer_tick = 0
         self._waits_stopped = False
 
     def advance(self, value: int) -> None:
@@ -65,7 +68,7 @@ class Watermark:
         if same_tick is None:
             same_tick = self._waiting[tick] = []
             heapq.heappush(self._ticks, tick)
-            if self._timer is None or tick * _TICK < self._timer.when():
+            if self._timer is None or tick < self._timer_tick:
                 self._set_timer(loop, tick)
         same_tick.append(waiter)
         return waiter
@@ -74,6 +77,7 @@ class Watermark:
         if self._timer is not None:
             self._timer.cancel()
         self._timer = loop.call_at(tick * _TICK, self._expire, loop)
+        self._timer_tick = tick
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wakes the waiters whose deadline passed; sets the timer for the next ones."""
