@@ -6,8 +6,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol, TypeAlias
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2_grpc
 
 from service.audit import AuditTrail
 from service.config import ENV_PREFIX, MAX_COUNT, Settings
@@ -15,6 +14,7 @@ from service.events.model import TooManyStreams
 from service.metrics import Metrics
 from service.rpc.auth import AuthInterceptor, ClientRegistry, InvalidClientsFile, read_clients
 from service.rpc.interceptor import CallInterceptor, Context
+from service.rpc.introspection import ListingHealthServicer, enable_reflection
 from service.rpc.limits import (
     GRPC_MAX_RECEIVE_BYTES,
     MAX_REQUEST_BYTES,
@@ -86,8 +86,8 @@ class HealthReporter(Protocol):
 
 
 def new_health_servicer() -> HealthReporter:
-    """grpcio's async health servicer (grpc-stubs only describe the sync one)."""
-    servicer: HealthReporter = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    """grpcio's async health servicer, with `List` (grpc-stubs only describe the sync one)."""
+    servicer: HealthReporter = ListingHealthServicer()
     return servicer
 
 
@@ -202,14 +202,7 @@ def build_grpc_server(
     handlers = connect_service_handlers(servicer, streams=StreamSlots(settings.max_streams))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    enable_reflection(server, [SERVICE_NAME])
     credentials = server_credentials(settings, lambda outcome: reloads.labels("tls", outcome).inc())
     try:
         if credentials is None:
