@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
+from opentelemetry.trace import StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, Counter
 
 from gateway.encoding import BodyTooLarge, UndecodableBody, decode, unsupported
@@ -27,7 +29,7 @@ from service.events.ingest import Ingestor
 from service.events.model import AccountEventType, EventLogError, InboxFull
 from service.logs import REQUEST_ID, request_id_from
 from service.metrics import Metrics
-from service.tracing import OFF, Tracing
+from service.tracing import OFF, Tracing, remote_parent
 from service.web import RAW_BODIES
 
 _log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class GatewayState:
 
 
 GATEWAY_STATE = web.AppKey("gateway_state", GatewayState)
+TRACING = web.AppKey("tracing", Tracing)
 
 
 def _problem(
@@ -72,16 +75,51 @@ def _problem(
     return web.json_response({"error": reason}, status=status, headers=headers)
 
 
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """Why a webhook is refused before it is known to come from StackOne."""
+
+    status: int
+    outcome: str
+    reason: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 async def receive_webhook(request: web.Request) -> web.Response:
-    """Verifies, parses and records one StackOne webhook."""
+    """Verifies, parses and records one StackOne webhook, as one server span."""
+    started_ns = time.time_ns()
     state = request.app[GATEWAY_STATE]
+    admitted = await _admitted(state, request)
+    # Its span begins at arrival but is made once the sender is known: only a signed
+    # webhook's trace headers are continued; anyone else's choose neither the parent nor
+    # the sampling (the span is a root, sampled as this service's sampler says).
+    signed = isinstance(admitted, bytes)
+    with request.app[TRACING].server_span(
+        f"POST {WEBHOOK_PATH}",
+        started_ns=started_ns,
+        parent=remote_parent(request.headers) if signed else None,
+        attributes={"http.request.method": "POST", "http.route": WEBHOOK_PATH},
+    ) as span:
+        if isinstance(admitted, _Refusal):
+            response = _refused(state, admitted)
+        else:
+            response = await _recorded(state, admitted)
+        if span is not None:
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.set_status(StatusCode.ERROR)
+        return response
+
+
+async def _admitted(state: GatewayState, request: web.Request) -> bytes | _Refusal:
+    """The decoded body of a webhook signed by StackOne, or why it is refused."""
     if not state.accepting:
-        return _problem(state, 503, "draining", "shutting down; retry")
+        return _Refusal(503, "draining", "shutting down; retry")
     if request.content_type != "application/json":
-        return _problem(state, 415, "unsupported_media_type", "the body must be application/json")
+        return _Refusal(415, "unsupported_media_type", "the body must be application/json")
     content_encoding = request.headers.get("content-encoding", "")
     if problem := unsupported(content_encoding):
-        return _problem(state, 400, "malformed", problem)
+        return _Refusal(400, "malformed", problem)
     if (request.content_length or 0) > state.max_body_bytes:
         return _too_large(state)  # before reading: the wire size alone is over the limit
     try:
@@ -91,24 +129,33 @@ async def receive_webhook(request: web.Request) -> web.Response:
     except (web.HTTPRequestEntityTooLarge, BodyTooLarge):
         return _too_large(state)
     except TimeoutError:
-        reason = f"the body did not arrive within {state.body_timeout:g}s"
-        return _problem(state, 408, "timeout", reason)
+        return _Refusal(408, "timeout", f"the body did not arrive within {state.body_timeout:g}s")
     except UndecodableBody:
-        reason = "the body cannot be decoded as its Content-Encoding says"
-        return _problem(state, 400, "malformed", reason)
+        return _Refusal(400, "malformed", "the body cannot be decoded as its Content-Encoding says")
     except web.RequestPayloadError:
-        return _problem(state, 400, "malformed", "the body's chunked framing is malformed")
+        return _Refusal(400, "malformed", "the body's chunked framing is malformed")
     except ConnectionResetError:
         # The sender went away mid-body: nobody reads an answer, and nothing was recorded.
-        return _problem(state, 400, "disconnected", "the client disconnected mid-body")
+        return _Refusal(400, "disconnected", "the client disconnected mid-body")
     if state.url_token is not None and not hmac.compare_digest(
         request.query.get("token", "").encode(), state.url_token.encode()
     ):
-        return _problem(state, 401, "unauthorized", "the webhook URL token is missing or wrong")
+        return _Refusal(401, "unauthorized", "the webhook URL token is missing or wrong")
     if not is_valid_signature(state.secrets, body, request.headers.get(SIGNATURE_HEADER)):
-        return _problem(
-            state, 401, "unauthorized", f"the {SIGNATURE_HEADER} header does not match the body"
-        )
+        reason = f"the {SIGNATURE_HEADER} header does not match the body"
+        return _Refusal(401, "unauthorized", reason)
+    return body
+
+
+def _refused(state: GatewayState, refusal: _Refusal) -> web.Response:
+    response = _problem(state, refusal.status, refusal.outcome, refusal.reason, **refusal.headers)
+    if refusal.status == 413:
+        response.force_close()  # a sender past the limit gets no further requests in
+    return response
+
+
+async def _recorded(state: GatewayState, body: bytes) -> web.Response:
+    """Parses a signed webhook's body and puts it in the inbox."""
     try:
         webhook = parse_webhook(body)  # the one parse: it travels on with the entry
         result = await state.ingestor.ingest(webhook, body)
@@ -129,16 +176,12 @@ async def receive_webhook(request: web.Request) -> web.Response:
             "webhook %s %s", webhook.type, result.value,
             extra={"event_id": webhook.event_id, "account_id": webhook.account_id},
         )  # fmt: skip
-    body = orjson.dumps({"result": result.value, "event_id": webhook.event_id})
-    return web.Response(body=body, content_type="application/json")
+    answer = orjson.dumps({"result": result.value, "event_id": webhook.event_id})
+    return web.Response(body=answer, content_type="application/json")
 
 
-def _too_large(state: GatewayState) -> web.Response:
-    """413, closing the connection: a sender past the limit gets no further requests in."""
-    reason = f"the body is over the {state.max_body_bytes}-byte limit"
-    response = _problem(state, 413, "too_large", reason)
-    response.force_close()
-    return response
+def _too_large(state: GatewayState) -> _Refusal:
+    return _Refusal(413, "too_large", f"the body is over the {state.max_body_bytes}-byte limit")
 
 
 def _type_label(event_type: str) -> str:
@@ -210,13 +253,14 @@ def _end_if_unread(request: web.Request, response: web.StreamResponse) -> None:
 
 def init_app(state: GatewayState, tracing: Tracing = OFF) -> web.Application:
     """The public webhook listener: the webhook path and liveness, nothing else; with
-    `tracing` on, each request is a span (its log lines carry it)."""
+    `tracing` on, each webhook is a span (its log lines carry it)."""
     app = web.Application(
         client_max_size=state.max_body_bytes,
-        middlewares=[*tracing.aiohttp_middlewares(), unread_body_ends_connection, request_id],
+        middlewares=[unread_body_ends_connection, request_id],
     )
     app[RAW_BODIES] = True  # decoded by the handler, within the body limit
     app[GATEWAY_STATE] = state
+    app[TRACING] = tracing
     app.router.add_post(WEBHOOK_PATH, receive_webhook)
     app.router.add_get("/healthz", healthz)
     return app

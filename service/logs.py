@@ -8,8 +8,10 @@ import re
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 from opentelemetry import trace
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -57,6 +59,30 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
+
+
+MAX_PEER_REASON = 200
+
+
+class PeerFaultsQuiet(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log (give it to the server as `logger`), where a request that is
+    not HTTP it can parse (a header line over the limit, a bad chunk, a TLS or HTTP/2
+    hello) is one INFO line with no traceback: the sender's fault, which anyone on the
+    internet can cause at will, is no error of ours. Anything else passes as it is."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"))
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        """Logs as the server asks, but a malformed request as one quiet line."""
+        error = kwargs.get("exc_info")
+        if level >= logging.ERROR and isinstance(error, HttpProcessingError):
+            lines = str(error.message).strip().splitlines() or [""]
+            reason = lines[0][:MAX_PEER_REASON]
+            kwargs["exc_info"] = None
+            level, msg = logging.INFO, "refused a malformed HTTP request (%d): %s"
+            args = (error.code, reason)
+        super().log(level, msg, *args, **kwargs)
 
 
 def configure(level: str) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from service.logs import PeerFaultsQuiet
+
 _TURNED_AWAY = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
     b"Content-Length: 0\r\n\r\n"
@@ -146,6 +148,7 @@ async def listening(
         keepalive_timeout=keepalive_timeout,
         lingering_time=0,
         auto_decompress=not app.get(RAW_BODIES, False),
+        logger=PeerFaultsQuiet(),  # a request that is not HTTP is the sender's fault
     )
     await runner.setup()
     listening_app = ListeningApp(runner=runner, host=host, port=0)

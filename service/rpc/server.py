@@ -8,11 +8,17 @@ from typing import Any, Protocol, TypeAlias
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from service.audit import AuditTrail
+from service.audit import CALLER, AuditTrail
 from service.config import ENV_PREFIX, MAX_COUNT, Settings
 from service.events.model import TooManyStreams
 from service.metrics import Metrics
-from service.rpc.auth import AuthInterceptor, ClientRegistry, InvalidClientsFile, read_clients
+from service.rpc.auth import (
+    PEER_URI,
+    AuthInterceptor,
+    ClientRegistry,
+    InvalidClientsFile,
+    read_clients,
+)
 from service.rpc.interceptor import CallInterceptor, Context
 from service.rpc.introspection import ListingHealthServicer, enable_reflection
 from service.rpc.limits import (
@@ -170,6 +176,18 @@ def _parsing_stream(
     return stream
 
 
+def _known_caller(clients: ClientRegistry | None) -> Callable[[Context], bool]:
+    """Whether a call comes from a known client, asked as its span starts (after the auth
+    interceptor has found a token's client; a certificate is looked up here): only such
+    a caller's trace is continued. Without a clients file every caller is one."""
+    if clients is None:
+        return lambda context: True
+    return lambda context: (
+        CALLER.get() is not None
+        or (clients.find_by_certificate(context.auth_context().get(PEER_URI, ())) is not None)
+    )
+
+
 def build_grpc_server(
     servicer: ConnectServicer,
     health_servicer: HealthReporter,
@@ -183,13 +201,8 @@ def build_grpc_server(
 
     Returns the server (not yet started) and the bound port.
     """
-    # Tracing's first: the calls' log lines, written by the interceptors after it, are
-    # made inside its span.
-    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
-        *tracing.grpc_interceptors(),
-        CallInterceptor(metrics, SERVICE_NAME, audit),
-    ]
     reloads = metrics.credential_reloads
+    clients = None
     if settings.clients_file is not None:
         clients = ClientRegistry(
             settings.clients_file,
@@ -197,6 +210,13 @@ def build_grpc_server(
             metrics=metrics,
             reported=lambda outcome: reloads.labels("clients", outcome).inc(),
         )
+    # Tracing's first: the calls' log lines, written by the interceptors after it, are
+    # made inside its span.
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
+        *tracing.grpc_interceptors(_known_caller(clients)),
+        CallInterceptor(metrics, SERVICE_NAME, audit),
+    ]
+    if clients is not None:
         interceptors.append(AuthInterceptor(clients, SERVICE_NAME))
     server = grpc.aio.server(interceptors=interceptors, options=_options(settings))
     handlers = connect_service_handlers(servicer, streams=StreamSlots(settings.max_streams))
