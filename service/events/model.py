@@ -411,11 +411,11 @@ class CursorOutOfRange(EventLogError):
 class NotInRegistry(EventLogError):
     """The complete registry holds no live account with this id."""
 
-    def __init__(self, account_id: str, cursor: int) -> None:
+    def __init__(self, account_id: str) -> None:
+        # The lookup reads the account's newest entry, not the registry as of one cursor.
         super().__init__(
-            f"account {account_id!r} is not in the registry as of cursor {cursor}: no event "
-            "recorded it, or the last one deleted it (read_from READ_FROM_STACKONE asks "
-            "StackOne itself)"
+            f"account {account_id!r} is not in the registry: no event recorded it, or the "
+            "last one deleted it (read_from READ_FROM_STACKONE asks StackOne itself)"
         )
 
 

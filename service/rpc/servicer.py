@@ -89,7 +89,7 @@ class ConnectServicer:
             if page.complete:
                 found = owned.kept_entries(scope, page.accounts)
                 if not found:  # another customer's account is answered as a missing one
-                    raise NotInRegistry(account_id, page.cursor)
+                    raise NotInRegistry(account_id)
                 return found[0].message()
         try:
             account = await self._stackone.get_account(account_id, deadline=self._deadline(context))
