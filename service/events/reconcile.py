@@ -140,7 +140,7 @@ def changes(
 def _change(
     account: LinkedAccount, last: KnownAccount | None, settled_before: datetime
 ) -> EventRecord | None:
-    if account.updated_at is not None and _aware(account.updated_at) > settled_before:
+    if account.updated_at is not None and _recent(_aware(account.updated_at), settled_before):
         return None
     message = account_message(account)
     version = message.updated_at.ToJsonString() if message.HasField("updated_at") else ""
@@ -154,6 +154,13 @@ def _change(
 def _deleted(account_id: str, last: KnownAccount) -> EventRecord:
     gone = pb.Account(id=account_id, raw_status=last.status)
     return _synthesized(ACCOUNT_DELETED, gone, last.updated_at)
+
+
+def _recent(updated_at: datetime, settled_before: datetime) -> bool:
+    """Whether a change may still have its webhook in flight. A time later than now is
+    StackOne's clock running ahead, which says nothing of when the change was: waiting
+    for it would keep the change out of the log until that time."""
+    return settled_before < updated_at <= datetime.now(UTC)
 
 
 def _aware(moment: datetime) -> datetime:

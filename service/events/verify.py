@@ -83,9 +83,13 @@ class _Waiting:
     def add(self, entries: list[InboxEntry]) -> None:
         """Adds entries, which arrived after those already here."""
         self.entries += entries
+        now = time.time()
         for entry in entries:
-            self.oldest = min(self.oldest, entry.received_at)
-            self.newest = max(self.newest, entry.received_at)
+            # Another replica's clock may be ahead: a receipt is never later than now,
+            # so no look-up waits for a time that has not come.
+            received_at = min(entry.received_at, now)
+            self.oldest = min(self.oldest, received_at)
+            self.newest = max(self.newest, received_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +214,8 @@ class Verifier:
         stats = await self._log.inbox_stats()
         self._metrics.inbox_depth.set(stats.depth)
         oldest = stats.oldest_received_at
-        self._metrics.inbox_oldest_age.set(0.0 if oldest is None else time.time() - oldest)
+        age = 0.0 if oldest is None else max(0.0, time.time() - oldest)  # clocks differ
+        self._metrics.inbox_oldest_age.set(age)
 
     async def _read_more(self) -> None:
         self._capped = False
@@ -406,7 +411,8 @@ class Verifier:
         counted while a verifier runs here. Webhooks accepted before this process started
         (a stop, a deploy, an outage) get their whole deadline from the start, so each
         gets its look-up after a restart however long the service was down."""
-        return max(min(entry.received_at for entry in group), self._started_at) + self._deadline
+        received_at = min(min(entry.received_at for entry in group), time.time())
+        return max(received_at, self._started_at) + self._deadline
 
 
 _NOT_NEEDED = Verification(pb.VERIFICATION_NOT_APPLICABLE, outcome="not_needed")
