@@ -2,8 +2,12 @@
 
 Every `CreateSession` and `DeleteAccount`, and every call denied by authentication or
 authorization, leaves one record (`AuditRecord`): time, client (null: anonymous), peer,
-method, owner ids, account ids, outcome code and request id. Never a token, a session
-token, a secret or any other field of the request.
+method, owner ids, account ids, outcome code, what StackOne was asked to change and
+answered (`service.stackone.change`), and request id. Never a token, a session token, a
+secret or any other field of the request. A mutating call is recorded whatever happens to
+its caller: the code is the one the caller saw (CANCELLED, DEADLINE_EXCEEDED included),
+and `upstream` says whether StackOne made the change anyway (see
+`service.rpc.interceptor`, which waits for StackOne's answer to a change already sent).
 
 The sink (`STACKONE_CONNECT_AUDIT_SINK`) is a JSON-lines file, `AuditFile`, whose records
 are written and fsync'd before the call answers, so a record outlives a crash of the
@@ -35,6 +39,7 @@ from google.protobuf.message import DecodeError, Message
 from service.logs import REQUEST_ID
 from service.metrics import Metrics
 from service.rpc.methods import CONNECT_METHODS
+from service.stackone.change import UpstreamChange
 
 _log = logging.getLogger(__name__)
 
@@ -68,9 +73,10 @@ class AuditRecord:
     client: str | None
     owner_ids: list[str] = field(default_factory=list)
     account_ids: list[str] = field(default_factory=list)
+    upstream: UpstreamChange = field(default_factory=UpstreamChange)
 
     def line(self, stage: str, code: grpc.StatusCode | None) -> dict[str, Any]:
-        """The record as written, stamped now."""
+        """The record as written, stamped now (a start record says nothing of StackOne yet)."""
         return {
             "time": datetime.now(UTC).isoformat(timespec="microseconds"),
             "stage": stage,
@@ -80,6 +86,7 @@ class AuditRecord:
             "owner_ids": self.owner_ids,
             "account_ids": self.account_ids,
             "code": None if code is None else code.name,
+            "upstream": None if code is None else self.upstream.line(),
             "request_id": self.request_id,
         }
 

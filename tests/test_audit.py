@@ -71,7 +71,8 @@ async def stream_code(stub: pb_grpc.ConnectServiceAsyncStub, token: str) -> grpc
 
 async def test_the_audit_file_holds_exactly_the_mutating_and_denied_calls(tmp_path: Path) -> None:
     """Sessions and deletions (any outcome) and denied calls are recorded, in order, with
-    client, peer, owners, accounts, code and request id; reads are not; no token is."""
+    client, peer, owners, accounts, code, StackOne's answer and request id; reads are not;
+    no token is."""
     audit = tmp_path / "audit.jsonl"
     settings = make_settings(
         tmp_path, clients_file=write_clients(tmp_path / "c.json"), audit_sink=str(audit)
@@ -117,6 +118,13 @@ async def test_the_audit_file_holds_exactly_the_mutating_and_denied_calls(tmp_pa
     assert first["peer"].startswith(("ipv4:127.0.0.1:", "ipv6:"))
     assert first["stage"] == "ended"
     assert written[1]["account_ids"] == ["acc-missing"]
+    # What StackOne was asked and answered: a session made, a deletion of a missing
+    # account, and nothing for a denied call.
+    assert [r["upstream"] for r in written[:3]] == [
+        {"asked": True, "answers": ["201"]},
+        {"asked": True, "answers": ["404"]},
+        {"asked": False, "answers": []},
+    ]
     raw = audit.read_bytes()
     for secret in (ADMIN, READER, WRONG, session.token, WEBHOOK_SECRET):
         assert secret.encode() not in raw
@@ -181,7 +189,10 @@ async def test_fail_closed_writes_a_start_record_before_the_call(tmp_path: Path)
         grpc.aio.insecure_channel(service.grpc_target) as channel,
     ):
         await pb_grpc.ConnectServiceStub(channel).CreateSession(SESSION)
-    assert [(r["stage"], r["code"]) for r in records(audit)] == [("started", None), ("ended", "OK")]
+    assert [(r["stage"], r["code"], r["upstream"]) for r in records(audit)] == [
+        ("started", None, None),
+        ("ended", "OK", {"asked": True, "answers": ["201"]}),
+    ]
 
 
 async def test_the_log_sink_writes_records_as_log_lines(

@@ -7,6 +7,7 @@ gRPC statuses (`service.rpc.status`), and records the call's code and latency.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,12 +28,17 @@ from service.logs import REQUEST_ID, request_id_from
 from service.metrics import Metrics
 from service.rpc.grpc_typing import ServerInterceptor
 from service.rpc.status import status_for
+from service.stackone.change import UPSTREAM_CHANGE
 
 if TYPE_CHECKING:
     from service.rpc.grpc_typing import Continuation, Handler
 
 Context = grpc.aio.ServicerContext[Any, Any]
 REQUEST_ID_HEADER = "x-request-id"
+CANCEL_MARGIN = 0.05
+"""Seconds before its deadline within which a cancelled call is taken to have been ended by
+its deadline: the caller's own timer fires first, and its cancellation can reach the server
+before the server's deadline (the caller's as it arrived, so a little later) passes."""
 
 
 class MethodInterceptor(ServerInterceptor, ABC):
@@ -229,31 +235,86 @@ def _audited_unary(
     method: str, inner: Callable[..., Any], metrics: _MethodMetrics, audit: AuditTrail
 ) -> Callable[..., Awaitable[Any]]:
     """As `CallInterceptor._unary`, and the call's audit record written before it answers
-    (after its start record, for a mutating call of a fail-closed trail)."""
+    (after its start record, for a mutating call of a fail-closed trail). A mutating call
+    is recorded whatever happens to its caller, cancelled or past its deadline included:
+    `asyncio.CancelledError` is no `Exception`, so it has a branch of its own."""
     mutating = method in MUTATING_METHODS
 
     async def unary(request: bytes, context: Context) -> Any:
         call = _Call(metrics, context)
         record = new_record(method, request, context) if mutating else None
         try:
-            if record is not None:
+            if record is None:
+                response = await inner(request, context)
+            else:
                 await audit.started(record)  # fail-closed: nothing done without a record
-            response = await inner(request, context)
+                response = await _mutation(inner, request, context, record)
+        except asyncio.CancelledError:
+            code = _seen(context, grpc.StatusCode.CANCELLED, margin=CANCEL_MARGIN)
+            call.finish(code)
+            # Shielded: cancelled again (the server stopping), the record is written still.
+            await asyncio.shield(_ended(audit, record, code, method, request, context))
+            raise
         except grpc.aio.AbortError:
             await _ended(audit, record, call.aborted(), method, request, context)
             raise
         except Exception as error:  # every error becomes a status
             status = call.failure(error)
-            await _ended(audit, record, status.code, method, request, context)
+            await _ended(audit, record, _seen(context, status.code), method, request, context)
             await call.end(status)
-        owner = getattr(response, "origin_owner_id", "")
-        if record is not None and owner and owner not in record.owner_ids:
-            record.owner_ids = [*record.owner_ids, owner]  # a deleted account's owner
-        await _ended(audit, record, grpc.StatusCode.OK, method, request, context)
+        if record is not None:
+            _name_owner(record, response)
+        await _ended(audit, record, _seen(context, grpc.StatusCode.OK), method, request, context)
         call.finish(grpc.StatusCode.OK)
         return response
 
     return unary
+
+
+async def _mutation(
+    inner: Callable[..., Any], request: bytes, context: Context, record: AuditRecord
+) -> Any:
+    """Runs a mutating call's handler in a task of its own, its StackOne requests recorded
+    in `record.upstream`, so that the caller giving up does not cut short a change StackOne
+    was already asked for. Cancelled then, it waits for the handler (whose StackOne call
+    the call's deadline or the upstream timeout bounds) and StackOne's answer; cancelled
+    before StackOne was asked, it cancels the handler, so that nothing is asked after."""
+    work_context = contextvars.copy_context()
+    work_context.run(UPSTREAM_CHANGE.set, record.upstream)
+    work = asyncio.get_running_loop().create_task(inner(request, context), context=work_context)
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        if not record.upstream.asked:
+            work.cancel()
+        try:
+            await asyncio.wait([work])
+        except asyncio.CancelledError:
+            work.cancel()  # cancelled again (the server stopping): stop waiting for StackOne
+        if work.done() and not work.cancelled() and work.exception() is None:
+            _name_owner(record, work.result())
+        raise
+    finally:
+        # A certificate's client is only known once the handler has run, in its task.
+        record.client = record.client or work_context.get(CALLER)
+
+
+def _name_owner(record: AuditRecord, response: Any) -> None:
+    """Adds a deleted account's owner, as StackOne returned it, to the record's owners."""
+    owner = getattr(response, "origin_owner_id", "")
+    if owner and owner not in record.owner_ids:
+        record.owner_ids = [*record.owner_ids, owner]
+
+
+def _seen(context: Context, code: grpc.StatusCode, *, margin: float = 0.0) -> grpc.StatusCode:
+    """The code the caller sees for a call the server ends with `code`: once the call's
+    deadline has passed (or is `margin` seconds away), DEADLINE_EXCEEDED, whatever the
+    server sends (the caller's own timer has ended the call: the server's deadline,
+    learnt from the caller's, is the later)."""
+    remaining: float | None = context.time_remaining()  # None: no deadline; never below 0
+    if remaining is not None and remaining <= margin:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return code
 
 
 async def _ended(

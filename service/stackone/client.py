@@ -41,6 +41,7 @@ from pydantic import BaseModel, ValidationError
 
 from service.retry import RetryPolicy
 from service.stackone.budget import Priority, RateBudget
+from service.stackone.change import UPSTREAM_CHANGE, NoAnswer
 from service.stackone.errors import (
     BudgetExhausted,
     StackOneAPIError,
@@ -404,23 +405,37 @@ class StackOneClient:
 
     async def _exchange(self, request: StackOneRequest, ends_at: float | None) -> Any:
         """Sends the request and reads its answer (up to MAX_RESPONSE_BYTES) as JSON, or
-        raises the error it means."""
+        raises the error it means; a request that changes something is marked sent, with
+        its answer, in the call's `UPSTREAM_CHANGE` (for the audit trail)."""
         method, path = request.method, request.path
         left = math.inf if ends_at is None else _left(ends_at)
         if left <= 0:
             raise StackOneTimeout(f"no time left for {method} {path} before the deadline")
         timeout = min(left, request.attempt_timeout or math.inf)
+        change = UPSTREAM_CHANGE.get() if method != "GET" else None
+        if change is not None:
+            change.asked = True
+        answer: str = NoAnswer.CANCELLED.value
         try:
             async with asyncio.timeout(None if timeout == math.inf else timeout):
                 response, content = await self._read(request)
+            answer = str(response.status_code)
         except (TimeoutError, httpx.TimeoutException) as error:
+            answer = NoAnswer.TIMEOUT.value
             raise StackOneTimeout(
                 f"StackOne did not answer {method} {path} in time ({type(error).__name__})"
             ) from error
         except httpx.TransportError as error:
+            answer = NoAnswer.UNREACHABLE.value
             raise StackOneUnavailable(
                 f"could not reach StackOne at {self.base_url}: {type(error).__name__}: {error}"
             ) from error
+        except StackOneUnavailable:
+            answer = NoAnswer.UNREADABLE.value
+            raise
+        finally:
+            if change is not None:
+                change.answers.append(answer)
         if response.is_success:
             try:
                 return orjson.loads(content)
