@@ -97,6 +97,13 @@ class Settings(BaseSettings):
         None,
         description="Optional second check: webhooks must carry `?token=<this>` in their URL.",
     )
+    page_token_key: SecretStr | None = Field(
+        None,
+        description="Key that seals `ListAccounts` page tokens (encrypted, authenticated, bound"
+        " to their client), at least 32 characters; replicas behind one address must share it."
+        " Unset: derived from the API key (shared by every replica), or random per process"
+        " with the emulator.",
+    )
     # Checked against the backends by the composition root (`runtime.event_log_options`),
     # with the same one-line error: the settings know no backend.
     event_log_url: str = Field(
@@ -295,6 +302,13 @@ class Settings(BaseSettings):
     def _split_secrets(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("page_token_key")
+    @classmethod
+    def _check_page_token_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (a random key, not a password)")
         return value
 
     @field_validator("log_level")

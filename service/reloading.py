@@ -85,6 +85,10 @@ class ReloadedFiles(Generic[_Value]):
         finally:
             self._lock.release()
 
+    def next_look_in(self) -> float:
+        """Seconds until `refresh` would look at the files again."""
+        return max(0.0, self._checked_at + RELOAD_EVERY - time.monotonic())
+
     def _reload(self) -> bool:
         try:
             raw = self.read()

@@ -46,6 +46,7 @@ from service.events.reconcile import Reconciler
 from service.events.registry import RegistryQuery
 from service.events.verify import Verifier, record_alone
 from service.metrics import Metrics
+from service.rpc.page_tokens import PageTokens, page_token_key
 from service.rpc.server import (
     REGISTRY_HEALTH,
     SERVICE_NAME,
@@ -364,6 +365,7 @@ async def _serving(
             stop=draining,
             upstream_timeout=settings.upstream_timeout,
             metrics=metrics,
+            page_tokens=PageTokens(page_token_key(settings)),
         )
         health = new_health_servicer()
         server, grpc_port = build_grpc_server(

@@ -64,8 +64,9 @@ class Feed:
     `Bookmark` with the position read so far comes whenever `bookmark_interval` seconds
     pass without anything sent, so idle and filtered subscribers can resume exactly and
     dead connections are noticed. Iteration ends when `stop` is set (followed by
-    `log.stop_waits()`, so that waiting feeds notice at once). Raises `CursorOutOfRange`
-    when retention removes events this feed has not read yet.
+    `log.stop_waits()`, so that waiting feeds notice at once), or at once when the feed is
+    `interrupt`ed. Raises `CursorOutOfRange` when retention removes events this feed has
+    not read yet.
 
     The log is read when the next item is asked for, so everything that matches and is
     ready then comes in one list (up to `batch_size` read): a subscriber that keeps up
@@ -75,8 +76,8 @@ class Feed:
     live async generator besides its frame.
     """
 
-    __slots__ = ("_batch_size", "_filter", "_interval", "_last_sent", "_log", "_position",
-                 "_started", "_stop", "_up_to_date")  # fmt: skip
+    __slots__ = ("_batch_size", "_filter", "_interrupted", "_interval", "_last_sent", "_log",
+                 "_position", "_started", "_stop", "_up_to_date", "_waiting")  # fmt: skip
 
     def __init__(
         self,
@@ -97,6 +98,8 @@ class Feed:
         self._last_sent = 0.0
         self._started = False
         self._up_to_date = False  # the last read found less than a batch: wait first
+        self._waiting: asyncio.Future[None] | None = None  # the wait `interrupt` ends
+        self._interrupted = False
 
     def __aiter__(self) -> Feed:
         return self
@@ -106,22 +109,40 @@ class Feed:
         """The cursor read up to: each matching event up to it was returned."""
         return self._position
 
+    @property
+    def interrupted(self) -> bool:
+        """True once `interrupt` was called: the feed returns nothing more."""
+        return self._interrupted
+
+    def interrupt(self) -> None:
+        """Ends the iteration now, from outside (its subscriber may no longer read what
+        it follows): a wait in progress ends, and nothing read after this is returned."""
+        self._interrupted = True
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(None)
+
     async def __anext__(self) -> list[StoredEvent] | Bookmark:
         """The next events or bookmark."""
-        if not self._started:
+        if not self._started and not self._interrupted:
             # The first message says the stream is attached and where it starts.
             self._started = True
             self._last_sent = time.monotonic()
             return Bookmark(self._position)
         log = self._log
-        while self._stop is None or not self._stop.is_set():
+        while (self._stop is None or not self._stop.is_set()) and not self._interrupted:
             if self._up_to_date:
                 idle_for = time.monotonic() - self._last_sent
                 # No extra task races `stop`: the lifecycle calls `log.stop_waits()` after
-                # setting it, which ends this wait (a task per idle stream costs memory).
-                await log.wait_for_append(self._position, self._interval - idle_for)
+                # setting it, which ends this wait (a task per idle stream costs memory);
+                # `interrupt` ends it through the future itself.
+                waiting = log.wait_for_append(self._position, self._interval - idle_for)
+                self._waiting = waiting if isinstance(waiting, asyncio.Future) else None
+                await waiting
+                self._waiting = None
             batch = await log.read(self._position, self._batch_size)
             bounds = await log.bounds()
+            if self.interrupted:  # while reading: what was read is no longer this feed's
+                break
             if self._position < bounds.pruned_through:
                 raise CursorOutOfRange(self._position, bounds)
             self._up_to_date = len(batch) < self._batch_size

@@ -20,6 +20,12 @@ without a restart: list the new token beside the old one (an entry of its own na
 and tokens are unique), move clients over, then remove the old one. Tokens are compared in
 constant time against every client and never logged. Health checking and reflection stay
 open so probes and tools work without a token.
+
+An open stream answers to the entry it was opened under: while streams are open the file
+is looked at every second even without calls, and when a new version withdraws the
+stream's credential it ends `UNAUTHENTICATED`; when it changes the entry's owners or takes
+its `events:read` away, `PERMISSION_DENIED` (reconnect for the new scope). Streams of an
+entry the new version leaves as it was go on undisturbed.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import hmac
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -39,6 +46,7 @@ from service.audit import CALLER
 from service.metrics import Metrics
 from service.owners import CALLER_OWNERS, InvalidOwners, OwnerScope
 from service.reloading import ReloadedFiles, Reported, read_file
+from service.rpc.held_streams import Ending, HeldStreams, Interruptible, Standing
 from service.rpc.interceptor import Context, MethodInterceptor, replace_behaviour
 from service.rpc.limits import MAX_FILTER_VALUES
 from service.rpc.methods import CONNECT_METHODS
@@ -248,6 +256,7 @@ class ClientRegistry:
         self._metrics = metrics
         self._clients: list[Client] = []
         self._by_certificate: dict[str, Client] = {}
+        self._by_token: dict[bytes, Client] = {}  # for open streams only: calls use `find`
         # By name, so that a re-read keeps counting the calls a client made.
         self._shares: dict[str, ClientShare] = {}
         self._file = ReloadedFiles(
@@ -258,11 +267,13 @@ class ClientRegistry:
             errors=InvalidClientsFile,
             reported=reported,
         )
+        self._streams = HeldStreams(self._verdict, self._refresh, self._file.next_look_in)
         self._use(self._file.current)
 
     def _use(self, clients: list[Client]) -> None:
         self._clients = clients
         self._by_certificate = {c.certificate_uri: c for c in clients if c.certificate_uri}
+        self._by_token = {c.token: c for c in clients if c.token}
         shares: dict[str, ClientShare] = {}
         for client in clients:
             if client.calls_per_minute is None:
@@ -273,6 +284,7 @@ class ClientRegistry:
             share.calls_per_minute = client.calls_per_minute
             shares[client.name] = share
         self._shares = shares
+        self._streams.judge()
 
     def _refresh(self) -> None:
         if self._file.refresh():
@@ -307,6 +319,59 @@ class ClientRegistry:
     def share(self, client: Client) -> ClientShare | None:
         """The client's own share of the callers' StackOne calls, if it has one."""
         return self._shares.get(client.name) if client.calls_per_minute is not None else None
+
+    def hold(self, client: Client, by_certificate: bool, feed: Interruptible) -> Standing[Client]:
+        """Holds an open stream of `client`, known by its certificate or its token: its
+        `feed` is interrupted when a new version of the file withdraws or re-scopes it."""
+        return self._streams.hold(client, by_certificate, feed)
+
+    def _verdict(self, was: Client, by_certificate: bool) -> Client | Ending:
+        """The entry a stream opened as `was` goes on under in the version in force while
+        what it may read is unchanged (a name, calls_per_minute or another scope may
+        differ), or the status that ends it."""
+        current = (
+            self._by_certificate.get(was.certificate_uri or "")
+            if by_certificate
+            else self._by_token.get(was.token or b"")
+        )
+        if current is None:
+            credential = "certificate URI" if by_certificate else "token"
+            return (
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"the {credential} this stream was opened with (client '{was.name}') was "
+                "withdrawn from the clients file; reconnect with a current credential",
+            )
+        if current.owners == was.owners and _STREAM_SCOPE in current.scopes:
+            return current
+        return (
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"the clients file changed the scope (owners or scopes) of client '{was.name}' "
+            "after this stream opened; reconnect to continue with the new scope",
+        )
+
+
+_STREAM_SCOPE = "events:read"
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamCaller:
+    registry: ClientRegistry
+    client: Client
+    by_certificate: bool
+
+
+STREAM_CALLER: ContextVar[_StreamCaller | None] = ContextVar("STREAM_CALLER", default=None)
+"""The client a stream serves, set by `AuthInterceptor` for a streaming call."""
+
+
+def hold_caller(feed: Interruptible) -> Standing[Client] | None:
+    """Registers the stream following `feed` under its caller's entry of the clients file,
+    so that a change to that entry interrupts it; None without a clients file. The stream
+    calls `Standing.remove` when it ends."""
+    caller = STREAM_CALLER.get()
+    if caller is None:
+        return None
+    return caller.registry.hold(caller.client, caller.by_certificate, feed)
 
 
 def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bytes | None:
@@ -372,12 +437,14 @@ class AuthInterceptor(MethodInterceptor):
         CALLER.set(client.name)  # for the audit record, denied or not
         if scope not in client.scopes:
             return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, _lacks(client, scope))
-        self._act_as(client)
+        self._act_as(client, by_certificate=False, streaming=handler.unary_stream is not None)
         return handler
 
-    def _act_as(self, client: Client) -> None:
+    def _act_as(self, client: Client, *, by_certificate: bool, streaming: bool) -> None:
         CALLER_OWNERS.set(client.owners)
         CALLER_SHARE.set(self._registry.share(client))
+        if streaming:
+            STREAM_CALLER.set(_StreamCaller(self._registry, client, by_certificate))
 
     def _certificate_handler(self, method: str, handler: Handler) -> Handler:
         wrapped = self._certificate_handlers.get(method)
@@ -387,14 +454,15 @@ class AuthInterceptor(MethodInterceptor):
         return wrapped[1]
 
     def _checking_certificate(self, scope: str, handler: Handler) -> Handler:
-        admit = self._admitter(scope)
         if handler.unary_stream is not None:
+            admit = self._admitter(scope, streaming=True)
             return replace_behaviour(handler, stream=_admitted_stream(admit, handler.unary_stream))
         if handler.unary_unary is not None:
+            admit = self._admitter(scope, streaming=False)
             return replace_behaviour(handler, unary=_admitted_unary(admit, handler.unary_unary))
         return handler  # ConnectService has no client-streaming methods
 
-    def _admitter(self, scope: str) -> Callable[[Context], Awaitable[None]]:
+    def _admitter(self, scope: str, *, streaming: bool) -> Callable[[Context], Awaitable[None]]:
         async def admit(context: Context) -> None:
             uris = context.auth_context().get(PEER_URI, ())
             client = self._registry.find_by_certificate(uris)
@@ -404,7 +472,7 @@ class AuthInterceptor(MethodInterceptor):
             if scope not in client.scopes:
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, _lacks(client, scope))
             else:
-                self._act_as(client)
+                self._act_as(client, by_certificate=True, streaming=streaming)
 
         return admit
 

@@ -3,8 +3,11 @@
 The servicer asks these before and after its StackOne and registry calls when the
 caller has owners: an account of another customer is answered as a missing one, a
 session for another customer is refused, and listings and snapshots keep only the
-caller's customers. Where an account's owner must be known first, the registry answers
-without a StackOne call when it holds the account.
+caller's customers. Before a mutation the account's owner is StackOne's current answer,
+never the registry's copy (which may predate a change of owner): another customer's
+account and a missing one then take the same path, one `GET /accounts/{id}` from the
+caller's share, and get the same answer. Whether a listing has another page is decided on
+the caller's accounts alone.
 """
 
 from __future__ import annotations
@@ -16,19 +19,19 @@ from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.log import EventLog
 from service.events.model import EventFilter
 from service.events.registry import (
-    NEWEST,
     REGISTRY_PAGE_LIMIT,
     RegisteredAccount,
     RegistryPage,
     RegistryQuery,
 )
 from service.owners import AccountNotAllowed, OwnerNotAllowed, OwnerScope
+from service.rpc.limits import MAX_PAGE_SIZE
 from service.stackone.client import StackOneClient
 from service.stackone.errors import StackOneNotFound
-from service.stackone.models import LinkedAccount
+from service.stackone.models import AccountListQuery, LinkedAccount
 
-MAX_SCANNED = 10 * REGISTRY_PAGE_LIMIT
-"""Registry accounts one scoped listing page reads at most, looking for the caller's."""
+STACKONE_SCAN_PAGE = MAX_PAGE_SIZE
+"""StackOne accounts read at once by a scoped listing that StackOne cannot filter."""
 
 
 def account_not_found(account_id: str) -> StackOneNotFound:
@@ -49,29 +52,18 @@ class OwnedAccounts:
 
     Args:
         scan_page: registry accounts read at once by a scoped listing.
-        max_scanned: registry accounts one scoped listing page reads at most.
     """
 
     def __init__(
-        self,
-        log: EventLog,
-        stackone: StackOneClient,
-        *,
-        scan_page: int = REGISTRY_PAGE_LIMIT,
-        max_scanned: int = MAX_SCANNED,
+        self, log: EventLog, stackone: StackOneClient, *, scan_page: int = REGISTRY_PAGE_LIMIT
     ) -> None:
         self._log = log
         self._stackone = stackone
         self._scan_page = scan_page
-        self._max_scanned = max_scanned
 
     async def owner_of(self, account_id: str, deadline: float) -> str | None:
-        """The account's `origin_owner_id`: the registry's when it holds the account (no
-        StackOne call), else StackOne's; None when StackOne has no such account."""
-        query = RegistryQuery(account_ids=frozenset({account_id}), as_of=NEWEST, limit=1)
-        page = await self._log.registry(query)
-        if page.accounts and page.accounts[0].origin_owner_id:
-            return page.accounts[0].origin_owner_id
+        """The account's `origin_owner_id` as StackOne reports it now; None when StackOne
+        has no such account. Never the registry's: it may not have recorded a new owner."""
         try:
             account = await self._stackone.get_account(account_id, deadline=deadline)
         except StackOneNotFound:
@@ -92,29 +84,42 @@ class OwnedAccounts:
         if owner is None or not scope.allows(owner):
             raise AccountNotAllowed(account_id)
 
-    async def registry_page(
-        self, scope: OwnerScope, query: RegistryQuery
-    ) -> tuple[RegistryPage, str]:
-        """A registry page of the caller's customers' accounts only, and the account id the
-        next page starts after. A prefix is no index: registry pages are read on until
-        `query.limit` are found, the registry ends, or `MAX_SCANNED` accounts were read
-        (then the page holds fewer, and the next one goes on from there)."""
-        scan = replace(query, limit=max(query.limit, self._scan_page))
+    async def registry_page(self, scope: OwnerScope, query: RegistryQuery) -> RegistryPage:
+        """A registry page of the caller's customers' accounts only. A prefix is no index:
+        registry pages are read on until one more than `query.limit` are found or the
+        registry ends, so that `more` says whether another of the caller's accounts
+        follows, and the next page starts after the last account returned (its own)."""
+        scan = replace(query, limit=max(query.limit + 1, self._scan_page))
         page = await self._log.registry(scan)
         kept = [entry for entry in page.accounts if scope.allows(entry.origin_owner_id)]
-        scanned = len(page.accounts)
-        while (
-            page.more and page.accounts and len(kept) < query.limit and scanned < self._max_scanned
-        ):
+        while page.more and page.accounts and len(kept) <= query.limit:
             after = page.accounts[-1].account_id
             page = await self._log.registry(replace(scan, after_account=after, as_of=page.cursor))
             kept += [entry for entry in page.accounts if scope.allows(entry.origin_owner_id)]
-            scanned += len(page.accounts)
-        if len(kept) > query.limit:
-            kept = kept[: query.limit]
-            return RegistryPage(kept, page.cursor, page.complete, True), kept[-1].account_id
-        last_read = page.accounts[-1].account_id if page.accounts else ""
-        return RegistryPage(kept, page.cursor, page.complete, page.more), last_read
+        more = len(kept) > query.limit
+        return RegistryPage(kept[: query.limit], page.cursor, page.complete, more)
+
+    async def stackone_page(
+        self, scope: OwnerScope, query: AccountListQuery, start: int, deadline: float
+    ) -> tuple[list[LinkedAccount], int | None]:
+        """Up to `query.page_size` of the caller's accounts among StackOne's listing from
+        its `start`th account (StackOne's filters but owners, which it cannot match by
+        prefix), and the index of the caller's next one (None: there is none). StackOne is
+        read on until one more is found or its listing ends."""
+        kept: list[LinkedAccount] = []
+        page, skip = divmod(start, STACKONE_SCAN_PAGE)
+        while True:
+            scan = query.model_copy(update={"page": page, "page_size": STACKONE_SCAN_PAGE})
+            accounts = await self._stackone.list_accounts(scan, deadline=deadline)
+            for index in range(skip, len(accounts)):
+                if not scope.allows(accounts[index].origin_owner_id or ""):
+                    continue
+                if len(kept) == query.page_size:
+                    return kept, page * STACKONE_SCAN_PAGE + index
+                kept.append(accounts[index])
+            if len(accounts) < STACKONE_SCAN_PAGE:
+                return kept, None
+            page, skip = page + 1, 0
 
 
 def narrowed_filter(scope: OwnerScope, event_filter: EventFilter) -> EventFilter:

@@ -15,6 +15,7 @@ import grpc
 
 from service.api import convert
 from service.api.v1 import stackone_connect_pb2 as pb
+from service.audit import CALLER
 from service.events.feed import Feed, resolve_start
 from service.events.log import EventLog
 from service.events.model import (
@@ -27,7 +28,8 @@ from service.events.model import (
 from service.events.registry import NEWEST, REGISTRY_PAGE_LIMIT, RegistryPage, RegistryQuery
 from service.metrics import Metrics
 from service.owners import CALLER_OWNERS
-from service.rpc import owned, validation, wire
+from service.rpc import owned, page_tokens, validation, wire
+from service.rpc.page_tokens import PageTokens
 from service.stackone.client import StackOneClient
 from service.stackone.errors import StackOneNotFound
 
@@ -47,6 +49,7 @@ class ConnectServicer:
         stop: asyncio.Event,
         upstream_timeout: float,
         metrics: Metrics,
+        page_tokens: PageTokens,
     ) -> None:
         self._metrics = metrics
         self._stackone = stackone
@@ -56,6 +59,7 @@ class ConnectServicer:
         self._stop = stop
         self._frames = wire.FrameCache()
         self._owned = owned.OwnedAccounts(log, stackone)
+        self._page_tokens = page_tokens
 
     def _deadline(self, context: Context) -> float:
         """Seconds an upstream call may take: the caller's deadline, capped by the setting."""
@@ -108,26 +112,67 @@ class ConnectServicer:
             owned.refuse_other_owners(scope, request.origin_owner_ids)
             if not request.origin_owner_ids and scope.exact_only:
                 request.origin_owner_ids.extend(sorted(scope.exact_only))
-        if request.read_from == pb.READ_FROM_REGISTRY:
+        # StackOne matches exact owners only: a prefix scope naming none is scanned here.
+        scanned = scope is not None and not request.origin_owner_ids
+        request.page_token, scan_from = self._opened(request.page_token, scanned)
+        if request.read_from == pb.READ_FROM_REGISTRY and scan_from is None:
             registry_query = validation.registry_list(request)
             if registry_query is not None:
-                page, resume_after = (
-                    (await self._log.registry(registry_query), "")
+                page = (
+                    await self._log.registry(registry_query)
                     if scope is None
                     else await self._owned.registry_page(scope, registry_query)
                 )
                 if page.complete:
-                    return _registry_response(page, resume_after)
+                    return self._registry_response(page)
             request.page_token = ""  # a listing that falls back starts at StackOne's first page
         query = validation.list_query(request)
-        accounts = await self._stackone.list_accounts(query, deadline=self._deadline(context))
-        full_page = len(accounts) >= query.page_size
-        if scope is not None:  # a page may hold fewer: prefixes are not StackOne filters
-            accounts = owned.kept_accounts(scope, accounts)
+        deadline = self._deadline(context)
+        if scope is not None and scanned:
+            if request.page_token:  # StackOne's page number: no position in a scan
+                raise page_tokens.not_ours()
+            accounts, next_index = await self._owned.stackone_page(
+                scope, query, scan_from or 0, deadline
+            )
+            following = "" if next_index is None else page_tokens.scan_position(next_index)
+        else:
+            accounts = await self._stackone.list_accounts(query, deadline=deadline)
+            full_page = len(accounts) >= query.page_size
+            following = validation.page_token(query.page + 1) if full_page else ""
         return pb.ListAccountsResponse(
             accounts=[convert.account_message(account) for account in accounts],
-            next_page_token=validation.page_token(query.page + 1) if full_page else "",
+            next_page_token=self._sealed(following),
             answered_from=pb.READ_FROM_STACKONE,
+        )
+
+    def _opened(self, token: str, scanned: bool) -> tuple[str, int | None]:
+        """A sealed page token's plain one for validation, or where a scan goes on (then
+        the plain token is empty); refused when it is not the caller's or not this kind."""
+        if not token:
+            return "", None
+        position = self._page_tokens.open(CALLER.get() or "", token)
+        start = page_tokens.scan_start(position)
+        if start is not None and not scanned:
+            raise page_tokens.not_ours()
+        return ("", start) if start is not None else (position, None)
+
+    def _sealed(self, position: str) -> str:
+        """The caller's sealed token of `position` ("" for no next page)."""
+        return self._page_tokens.seal(CALLER.get() or "", position) if position else ""
+
+    def _registry_response(self, page: RegistryPage) -> pb.ListAccountsResponse:
+        """A page of a registry listing, with the cursor all its pages reflect; the next
+        page starts after its last account."""
+        following = (
+            validation.registry_page_token(page.cursor, page.accounts[-1].account_id)
+            if page.more and page.accounts
+            else ""
+        )
+        return pb.ListAccountsResponse(
+            accounts=[entry.message() for entry in page.accounts],
+            next_page_token=self._sealed(following),
+            cursor=str(page.cursor),
+            answered_from=pb.READ_FROM_REGISTRY,
         )
 
     async def DeleteAccount(self, request: pb.DeleteAccountRequest, context: Context) -> pb.Account:
@@ -212,20 +257,4 @@ def _snapshot_query(
         as_of=as_of,
         after_account=after,
         limit=REGISTRY_PAGE_LIMIT,
-    )
-
-
-def _registry_response(page: RegistryPage, resume_after: str = "") -> pb.ListAccountsResponse:
-    """A page of a registry listing, with the cursor all its pages reflect; the next page
-    starts after its last account (or `resume_after`, the last account read for it)."""
-    resume_after = resume_after or (page.accounts[-1].account_id if page.accounts else "")
-    return pb.ListAccountsResponse(
-        accounts=[entry.message() for entry in page.accounts],
-        next_page_token=(
-            validation.registry_page_token(page.cursor, resume_after)
-            if page.more and resume_after
-            else ""
-        ),
-        cursor=str(page.cursor),
-        answered_from=pb.READ_FROM_REGISTRY,
     )
