@@ -28,7 +28,7 @@ from service.events.model import (
 from service.events.registry import NEWEST, REGISTRY_PAGE_LIMIT, RegistryPage, RegistryQuery
 from service.metrics import Metrics
 from service.owners import CALLER_OWNERS
-from service.rpc import owned, page_tokens, validation, wire
+from service.rpc import auth, owned, page_tokens, validation, wire
 from service.rpc.page_tokens import PageTokens
 from service.stackone.client import StackOneClient
 from service.stackone.errors import StackOneNotFound
@@ -215,6 +215,7 @@ class ConnectServicer:
             bookmark_interval=self._bookmark_interval,
             stop=self._stop,
         )
+        standing = auth.hold_caller(feed)  # ends the feed when the caller's entry changes
         self._metrics.subscribers.inc()
         try:
             async for item in feed:
@@ -223,9 +224,15 @@ class ConnectServicer:
                     continue
                 self._metrics.delivery_lag_seconds.observe(time.time() - item[0].recorded_at)
                 for frame in self._frames.frames(item, per_message, event_filter):
+                    if feed.interrupted:  # not one more event under the caller's old entry
+                        break
                     yield frame
         finally:
             self._metrics.subscribers.dec()
+            if standing is not None:
+                standing.remove(feed)
+        if standing is not None and standing.ended is not None:
+            await context.abort(*standing.ended)
         # Everything up to the feed's position was sent or filtered out: a filtered
         # subscriber resumes past the events it skipped, not at its last bookmark.
         raise ServerDraining(feed.position)
