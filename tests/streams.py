@@ -12,6 +12,7 @@ from google.protobuf.empty_pb2 import Empty
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.events import cursors
 
 StreamCall = grpc.aio.UnaryStreamCall[Any, pb.StreamAccountEventsResponse]
 
@@ -33,6 +34,14 @@ async def next_event(stream: StreamCall, timeout: float = 5.0) -> pb.AccountEven
                 return item.event
 
 
+def position(cursor: str) -> int:
+    """The position a cursor names in its log: `latest` may be a public cursor or the
+    log's own number for it (`bounds().latest`)."""
+    parsed = cursors.parse(cursor)
+    assert parsed is not None, f"not a cursor: {cursor!r}"
+    return parsed.sequence
+
+
 async def events_until_caught_up(stream: StreamCall, latest: str) -> list[pb.AccountEvent]:
     """Every event until a bookmark (or event) at cursor `latest` shows the stream caught up.
 
@@ -42,12 +51,12 @@ async def events_until_caught_up(stream: StreamCall, latest: str) -> list[pb.Acc
     while True:
         item = await next_item(stream)
         if item.HasField("bookmark"):
-            if int(item.bookmark.cursor) >= int(latest):
+            if position(item.bookmark.cursor) >= position(latest):
                 return events
             continue
         arrived = [item.event] if item.HasField("event") else list(item.events.events)
         events.extend(arrived)
-        if arrived[-1].cursor == latest:
+        if position(arrived[-1].cursor) == position(latest):
             return events
 
 

@@ -1,5 +1,5 @@
 """`stackone-connect backup` under webhook load: the copy restores to a log that replays
-every webhook acknowledged before the backup began, each event at its original cursor."""
+every webhook acknowledged before the backup began, each event at its original position."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.events import cursors
 from tests.processes import serve_env, serve_process
 from tests.streams import replay_all
 from tests.support import WEBHOOK_SECRET, deliver, eventually, webhook
@@ -31,6 +32,13 @@ async def events_of(grpc_target: str) -> list[pb.AccountEvent]:
         return await replay_all(pb_grpc.ConnectServiceStub(channel))
 
 
+def sequence(cursor: str) -> int:
+    """The position a cursor names in its log incarnation."""
+    parsed = cursors.parse(cursor)
+    assert parsed is not None, cursor
+    return parsed.sequence
+
+
 def covered(events: list[pb.AccountEvent]) -> set[str]:
     """The webhook ids the events record."""
     return {event.event_id for event in events} | {
@@ -43,7 +51,7 @@ async def test_a_backup_under_load_restores_every_acknowledged_webhook_at_its_cu
 ) -> None:
     """Webhooks flow before, during and after the backup; the copy, started as a new
     service, replays each webhook acknowledged before the backup began (recorded then, or
-    waiting in the copied inbox and recorded after the restore), at unchanged cursors."""
+    waiting in the copied inbox and recorded after the restore), at unchanged positions."""
     (tmp_path / "live").mkdir()
     env = serve_env(tmp_path / "live", WEBHOOK_SECRET)
     acknowledged: list[str] = []
@@ -77,7 +85,8 @@ async def test_a_backup_under_load_restores_every_acknowledged_webhook_at_its_cu
         await asyncio.gather(*senders)
         original = await events_of(live.grpc_target)
     summary = orjson.loads(out)
-    assert summary["latest_cursor"] > 0, "events were recorded before the backup"
+    through = sequence(summary["latest_cursor"])
+    assert through > 0, "events were recorded before the backup"
 
     (tmp_path / "restored").mkdir()
     shutil.copy(tmp_path / "copy.db", tmp_path / "restored" / "events.db")
@@ -88,8 +97,10 @@ async def test_a_backup_under_load_restores_every_acknowledged_webhook_at_its_cu
 
         await eventually(all_recorded, timeout=30)
         replayed = await events_of(restored.grpc_target)
-    at_cursor = {event.cursor: event.event_id for event in original}
-    copied = [event for event in replayed if int(event.cursor) <= summary["latest_cursor"]]
-    assert len(copied) == summary["latest_cursor"] - (int(replayed[0].cursor) - 1)
-    assert all(at_cursor[event.cursor] == event.event_id for event in copied)
+    # The copy is an incarnation of its own: its cursors carry another tag, and name
+    # the same positions (the live log's cursors up to the backup resume in it).
+    at_position = {sequence(event.cursor): event.event_id for event in original}
+    copied = [event for event in replayed if sequence(event.cursor) <= through]
+    assert len(copied) == through - (sequence(replayed[0].cursor) - 1)
+    assert all(at_position[sequence(event.cursor)] == event.event_id for event in copied)
     assert len(acknowledged) > len(before_backup), "webhooks kept flowing past the backup"

@@ -27,6 +27,7 @@ from service.api.convert import event_record
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events import verify
+from service.events.cursors import UNTAGGED, Incarnation
 from service.events.feed import Feed
 from service.events.model import Accepted, EventRecord, StoredEvent
 from service.events.registry import RegistryQuery
@@ -121,10 +122,10 @@ async def test_live_streams_of_a_running_service_encode_each_recorded_event_once
     encodes = 0
     event_payload = wire.event_payload
 
-    def counting_event_payload(event: StoredEvent) -> bytes:
+    def counting_event_payload(event: StoredEvent, incarnation: Incarnation = UNTAGGED) -> bytes:
         nonlocal encodes
         encodes += 1
-        return event_payload(event)
+        return event_payload(event, incarnation)
 
     monkeypatch.setattr(wire, "event_payload", counting_event_payload)
     async with AsyncExitStack() as stack:

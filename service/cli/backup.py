@@ -1,7 +1,9 @@
 """`stackone-connect backup PATH`: a consistent copy of the SQLite event log, taken while
 `serve` runs (or not). Restore by stopping `serve`, putting the copy at
-`STACKONE_CONNECT_EVENT_LOG_URL`'s path, and starting it: every cursor resumes, and the
-webhooks that were waiting are verified and recorded."""
+`STACKONE_CONNECT_EVENT_LOG_URL`'s path (its old -wal and -shm files removed), and
+starting it: the copy is a new incarnation of the log, every cursor up to the copy's last
+one resumes, later ones get OUT_OF_RANGE (resync), and the webhooks that were waiting are
+verified and recorded."""
 
 from __future__ import annotations
 
@@ -26,7 +28,10 @@ def add_backup_command(commands: Any) -> argparse.ArgumentParser:
         description=__doc__,
     )
     parser.add_argument("path", type=Path, help="where to write the copy (replaced if present)")
-    parser.add_argument("--json", action="store_true", help="one JSON object")
+    # Unset here, it keeps a `--json` given before `backup`.
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object"
+    )
     return parser
 
 
@@ -40,10 +45,21 @@ def backup_main(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.path.is_dir():  # the copy would be written beside it, then fail to replace it
+        print(
+            f"stackone-connect: backup: {args.path} is a folder: name the file to write",
+            file=sys.stderr,
+        )
+        return 2
     try:
         copy = sqlite.backup(sqlite.path_of(url), args.path)
     except EventLogUnavailable as error:
         print(f"stackone-connect: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the copy's folder is missing or not writable
+        print(
+            f"stackone-connect: backup: cannot write {args.path}: {error.strerror}", file=sys.stderr
+        )
         return 2
     if args.json:
         summary = {

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from service.events.cursors import SEQUENCE_BITS, Cursor
 from service.events.log import EventLog
 from service.events.model import Bookmark, CursorOutOfRange, EventFilter, StoredEvent
 
@@ -22,6 +23,7 @@ class StartPosition:
 
     kind: Literal["now", "earliest", "after", "snapshot"]
     cursor: int = 0
+    tag: int | None = None  # the incarnation a client's cursor names (None: this log's)
 
     @classmethod
     def now(cls) -> StartPosition:
@@ -39,9 +41,9 @@ class StartPosition:
         return cls("snapshot")
 
     @classmethod
-    def after(cls, cursor: int) -> StartPosition:
-        """Events after `cursor`."""
-        return cls("after", cursor)
+    def after(cls, cursor: int, tag: int | None = None) -> StartPosition:
+        """Events after sequence `cursor` (of the incarnation `tag`, when a client says)."""
+        return cls("after", cursor, tag)
 
 
 async def resolve_start(log: EventLog, start: StartPosition) -> int:
@@ -51,8 +53,12 @@ async def resolve_start(log: EventLog, start: StartPosition) -> int:
         return bounds.latest
     if start.kind == "earliest":
         return bounds.pruned_through
+    incarnation = log.incarnation
+    if start.tag is not None and not incarnation.admits(Cursor(start.tag, start.cursor)):
+        public = str(start.tag << SEQUENCE_BITS | start.cursor)
+        raise CursorOutOfRange.of_another_log(public, bounds, incarnation)
     if start.cursor < bounds.pruned_through or start.cursor > bounds.latest:
-        raise CursorOutOfRange(start.cursor, bounds)
+        raise CursorOutOfRange(start.cursor, bounds, incarnation)
     return start.cursor
 
 
@@ -144,7 +150,7 @@ class Feed:
             if self.interrupted:  # while reading: what was read is no longer this feed's
                 break
             if self._position < bounds.pruned_through:
-                raise CursorOutOfRange(self._position, bounds)
+                raise CursorOutOfRange(self._position, bounds, log.incarnation)
             self._up_to_date = len(batch) < self._batch_size
             event_filter = self._filter
             matching = (

@@ -44,6 +44,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from email.header import Header, decode_header
 from typing import Any
 
@@ -70,6 +71,8 @@ from nats.js.kv import KeyValue
 from service.aio import cancel_all
 from service.api.convert import event_source
 from service.api.v1 import stackone_connect_pb2 as pb
+from service.events import cursors
+from service.events.cursors import UNTAGGED, Incarnation
 from service.events.log import Backend, ReportFailure, ignore_failure
 from service.events.model import (
     Accepted,
@@ -112,7 +115,10 @@ _TRACEPARENT_HEADER = "traceparent"
 # A key no account token can be: tokens are base64url or "=" and hex, never with a dot.
 _REGISTRY_COMPLETE_KEY = "meta.registry-complete"
 _REGISTRY_THROUGH_KEY = "meta.registry-through"  # every event up to it is in the registry
-_META_KEYS = frozenset({_REGISTRY_COMPLETE_KEY, _REGISTRY_THROUGH_KEY})
+# The stream incarnation whose cursors the replicas hand out, and the last sequence a
+# bare cursor of the previous release may name in it ("<tag> <bare_through>").
+_INCARNATION_KEY = "meta.incarnation"
+_META_KEYS = frozenset({_REGISTRY_COMPLETE_KEY, _REGISTRY_THROUGH_KEY, _INCARNATION_KEY})
 # base64url of 1,020 bytes (1,360 characters): every id of up to 255 characters, the
 # gateway's bound, keeps its token; subjects stay far below the server's control line.
 _MAX_TOKEN_BYTES = 1020
@@ -248,6 +254,8 @@ class JetStreamEventLog:
         # Own appends the follower will read (others came in between): already written.
         self._registered_here: set[int] = set()
         self._complete = False
+        self._incarnation = UNTAGGED  # until `open` reads the stream's
+        self._created: datetime | None = None  # the stream's creation time, which names it
         self.background_failures: Counter[str] = Counter()  # by task; each was retried
         self._report_failure = report_failure
 
@@ -260,6 +268,7 @@ class JetStreamEventLog:
         as `background_failures` counts them."""
         log = cls(options, report_failure=report_failure)
         log._binding, info = await log._bind()
+        await log._establish_incarnation(info)
         log._pruned_through = max(0, info.state.first_seq - 1)
         await log._load_registry()
         await log._fold_since_watermark(info.state.last_seq)
@@ -302,6 +311,35 @@ class JetStreamEventLog:
         """The newest cursor this replica has seen."""
         return self._tail.latest
 
+    @property
+    def incarnation(self) -> Incarnation:
+        """The stream's incarnation, named by its creation time: a stream created again
+        (by a replica after NATS lost it, or by hand) is another."""
+        return self._incarnation
+
+    async def _establish_incarnation(self, info: StreamInfo) -> None:
+        """Takes the incarnation of the stream `info` describes, unless it is the one
+        known. The first replica of this release to see a stream lets bare cursors (of
+        the previous release, which had no tag) name its events; a stream that replaced
+        one known before takes none, since they named the old stream's events."""
+        if self._created is not None and info.created == self._created:
+            return
+        created = info.created.isoformat() if info.created is not None else ""
+        tag = cursors.tag_of(f"{self._options.stream}@{created}")
+
+        def taken(current: bytes | None) -> bytes | None:
+            held = (current or b"").split()
+            if held and int(held[0]) == tag:
+                return None
+            return f"{tag} {-1 if held else cursors.MAX_SEQUENCE}".encode()
+
+        try:
+            held = (await self._set_if(_INCARNATION_KEY, taken)).split()
+        except NATS_ERRORS as error:
+            raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
+        self._incarnation = Incarnation(tag, bare_through=int(held[1]))
+        self._created = info.created
+
     async def bounds(self, *, exact: bool = False) -> LogBounds:
         """Pruned-through and latest cursors; `exact` asks the server, not this replica."""
         if exact:
@@ -310,6 +348,7 @@ class JetStreamEventLog:
             except NATS_ERRORS as error:
                 raise EventLogUnavailable(f"JetStream is unavailable: {error!r}") from error
             self._pruned_through = max(self._pruned_through, info.state.first_seq - 1)
+            await self._establish_incarnation(info)
             return LogBounds(self._pruned_through, max(self._tail.latest, info.state.last_seq))
         return LogBounds(self._pruned_through, self._tail.latest)
 
@@ -640,6 +679,10 @@ class JetStreamEventLog:
                 self._tail.latest + 1,
             )
             self.restores += 1
+            with contextlib.suppress(*NATS_ERRORS, EventLogUnavailable):
+                await self._establish_incarnation(
+                    await self._nats.js.stream_info(self._options.stream)
+                )
             self._connected_again()
 
     async def enforce_retention(self, now: float | None = None) -> int:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import ParseResult
 
+from service.events.cursors import Incarnation
 from service.events.model import (
     Accepted,
     AppendOutcome,
@@ -48,6 +49,12 @@ class EventLog(Protocol):
     @property
     def latest_cursor(self) -> int:
         """The newest cursor this process has seen (for metrics; may trail other replicas)."""
+        ...
+
+    @property
+    def incarnation(self) -> Incarnation:
+        """This log's incarnation: the tag its cursors carry, and which cursors of the
+        logs it replaced still name its events (see `service.events.cursors`)."""
         ...
 
     async def bounds(self, *, exact: bool = False) -> LogBounds:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum, StrEnum
 
+from service.events.cursors import Incarnation
 from service.owners import OwnerScope
 
 
@@ -393,19 +394,42 @@ class InboxFull(EventLogError):
 
 
 class CursorOutOfRange(EventLogError):
-    """A cursor points before what retention keeps, or past the end of the log."""
+    """A cursor points before what retention keeps, past the end of the log, or into
+    another incarnation of it (a log since restored from a backup or replaced).
 
-    def __init__(self, cursor: int, bounds: LogBounds) -> None:
-        self.cursor = cursor
+    `earliest` and `latest` are the cursors a client may resume after, as clients see
+    them (with the log's incarnation when one is given)."""
+
+    def __init__(
+        self, cursor: int, bounds: LogBounds, incarnation: Incarnation | None = None
+    ) -> None:
+        public = str if incarnation is None else incarnation.public
         self.bounds = bounds
+        self.earliest = public(bounds.pruned_through)
+        self.latest = public(bounds.latest)
         if cursor > bounds.latest:
-            reason = f"cursor {cursor} is ahead of the log, whose latest cursor is {bounds.latest}"
+            reason = (
+                f"cursor {public(cursor)} is ahead of the log, whose latest cursor is {self.latest}"
+            )
         else:
             reason = (
-                f"cursor {cursor} is older than the retained events; the earliest valid "
-                f"cursor is {bounds.pruned_through} (or start from the earliest retained event)"
+                f"cursor {public(cursor)} is older than the retained events; the earliest "
+                f"valid cursor is {self.earliest} (or start from the earliest retained event)"
             )
         super().__init__(reason)
+
+    @classmethod
+    def of_another_log(
+        cls, cursor: str, bounds: LogBounds, incarnation: Incarnation
+    ) -> CursorOutOfRange:
+        """For `cursor`, of a log this one replaced: what it named may not be here."""
+        error = cls(bounds.latest, bounds, incarnation)
+        error.args = (
+            f"cursor {cursor} is from another incarnation of the event log (it was since "
+            "restored from a backup or replaced), so resuming after it could skip events: "
+            "resync from a snapshot (from_snapshot), then follow from the bookmark that ends it",
+        )
+        return error
 
 
 class NotInRegistry(EventLogError):
@@ -446,8 +470,8 @@ class TooManyStreams(Exception):
 class ServerDraining(EventLogError):
     """The server is shutting down; the stream should reconnect (to another replica)."""
 
-    def __init__(self, cursor: int) -> None:
-        self.cursor = cursor
+    def __init__(self, cursor: str) -> None:
+        self.cursor = cursor  # as clients see it
         super().__init__(
             f"the server is shutting down; reconnect with after_cursor={cursor} to resume"
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from google.protobuf.message import DecodeError
 
 from service.api.v1 import stackone_connect_pb2 as pb
+from service.events.cursors import UNTAGGED, Incarnation
 from service.events.model import EventRecord, StoredEvent, deletes_account
 
 REGISTRY_PAGE_LIMIT = 1000
@@ -55,10 +56,10 @@ class RegisteredAccount:
     status: str = ""
     recorded_at: float = 0.0
 
-    def message(self) -> pb.Account:
-        """The account as the API returns it, with its `registry_cursor`."""
+    def message(self, incarnation: Incarnation = UNTAGGED) -> pb.Account:
+        """The account as the API returns it, with its `registry_cursor` (of `incarnation`)."""
         message = pb.Account.FromString(self.account)
-        message.registry_cursor = str(self.cursor)
+        message.registry_cursor = incarnation.public(self.cursor)
         return message
 
 

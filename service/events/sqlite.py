@@ -35,6 +35,8 @@ from urllib.parse import ParseResult
 import orjson
 
 from service.aio import cancel_all
+from service.events import sqlite_incarnation
+from service.events.cursors import UNTAGGED, Incarnation
 from service.events.log import Backend, ReportFailure, ignore_failure
 from service.events.model import (
     Accepted,
@@ -460,6 +462,8 @@ class SqliteEventLog:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._report_failure = report_failure
+        self._incarnation = UNTAGGED  # until `open` reads it
+        self._mark: sqlite_incarnation.HighWaterMark | None = None
         # Transactions the writer committed for appends, inbox writes and settles: with
         # group commit, far fewer than the writes they carried.
         self.commits = 0
@@ -494,6 +498,9 @@ class SqliteEventLog:
             raise
         log = cls(options, lock, writer, reader, lookup, report_failure=report_failure)
         latest, log._pruned_through = await log._on_writer(log._load_positions)
+        log._incarnation = await log._on_writer(log._establish_incarnation)
+        log._mark = sqlite_incarnation.HighWaterMark(path, log._incarnation.tag)
+        log._mark.advance(latest)
         log._tail.start_at(latest)
         pending, log._inbox_latest.value = await log._on_writer(log._load_inbox_position)
         log._waiting = _PendingIndex(pending)
@@ -525,6 +532,11 @@ class SqliteEventLog:
     def latest_cursor(self) -> int:
         """The cursor of the newest event (0 for an empty log)."""
         return self._tail.latest
+
+    @property
+    def incarnation(self) -> Incarnation:
+        """This database's incarnation (see `service.events.sqlite_incarnation`)."""
+        return self._incarnation
 
     async def bounds(self, *, exact: bool = False) -> LogBounds:
         """Returns the pruned-through and latest cursors (kept in memory, always exact)."""
@@ -668,6 +680,8 @@ class SqliteEventLog:
         await self._on_writer(self._writer_conn.close)
         await self._on_reader(self._reader_conn.close)
         self._lookup_conn.close()
+        if self._mark is not None:
+            self._mark.close()
         self._writer.shutdown()
         self._reader.shutdown()
         for probe in _probe_files(self.path):
@@ -799,6 +813,8 @@ class SqliteEventLog:
         stored = [
             event for outcome in staged if isinstance(outcome, _Staged) for event in outcome.stored
         ]
+        if stored and self._mark is not None:  # before any subscriber can see the cursors
+            self._mark.advance(stored[-1].cursor)
         self._tail.publish(stored)
         inbox_latest = 0
         for pending, outcome in zip(batch, staged, strict=True):
@@ -951,6 +967,17 @@ class SqliteEventLog:
         pruned = conn.execute("SELECT value FROM meta WHERE key = 'pruned_through'").fetchone()
         return (int(row[0]) if row else 0, int(pruned[0]) if pruned else 0)
 
+    def _establish_incarnation(self) -> Incarnation:
+        conn = self._writer_conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            incarnation = sqlite_incarnation.establish(conn, self.path)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return incarnation
+
     def _load_inbox_position(self) -> tuple[list[tuple[str, str]], int]:
         """The (event id, account id) of every inbox entry, and the newest sequence."""
         conn = self._writer_conn
@@ -1009,10 +1036,11 @@ class SqliteEventLog:
 
 @dataclass(frozen=True)
 class Backup:
-    """What a backup holds: its events' last cursor and the webhooks still waiting."""
+    """What a backup holds: its events' last cursor (as the log's subscribers know it:
+    they resume in the copy up to it) and the webhooks still waiting."""
 
     path: Path
-    latest_cursor: int
+    latest_cursor: str
     waiting_webhooks: int
 
 
@@ -1035,7 +1063,12 @@ def backup(source: Path, target: Path) -> Backup:
             contextlib.closing(sqlite3.connect(partial)) as copy,
         ):
             reader.backup(copy)
-            latest = copy.execute("SELECT coalesce(max(cursor), 0) FROM events").fetchone()[0]
+            copied = sqlite_incarnation.load(copy) or UNTAGGED
+            latest = sqlite_incarnation.sequence_of(copy)
+            # Put back, the copy is a new incarnation: the log's cursors past `latest` are
+            # then refused, not resumed after in events the copy numbers anew.
+            sqlite_incarnation.fork_copy(copy)
+            copy.commit()
             waiting = copy.execute("SELECT count(*) FROM inbox").fetchone()[0]
         with partial.open("rb") as written:
             os.fsync(written.fileno())
@@ -1048,7 +1081,7 @@ def backup(source: Path, target: Path) -> Backup:
     except sqlite3.Error as error:
         partial.unlink(missing_ok=True)
         raise EventLogUnavailable(f"cannot back up the event log at {source}: {error}") from error
-    return Backup(target, int(latest), int(waiting))
+    return Backup(target, copied.public(latest), int(waiting))
 
 
 def path_of(url: ParseResult) -> Path:

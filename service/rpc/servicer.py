@@ -57,7 +57,7 @@ class ConnectServicer:
         self._upstream_timeout = upstream_timeout
         self._bookmark_interval = bookmark_interval
         self._stop = stop
-        self._frames = wire.FrameCache()
+        self._frames = wire.FrameCache(incarnation=lambda: log.incarnation)
         self._owned = owned.OwnedAccounts(log, stackone)
         self._page_tokens = page_tokens
 
@@ -94,7 +94,7 @@ class ConnectServicer:
                 found = owned.kept_entries(scope, page.accounts)
                 if not found:  # another customer's account is answered as a missing one
                     raise NotInRegistry(account_id)
-                return found[0].message()
+                return found[0].message(self._log.incarnation)
         try:
             account = await self._stackone.get_account(account_id, deadline=self._deadline(context))
         except StackOneNotFound:
@@ -169,9 +169,9 @@ class ConnectServicer:
             else ""
         )
         return pb.ListAccountsResponse(
-            accounts=[entry.message() for entry in page.accounts],
+            accounts=[entry.message(self._log.incarnation) for entry in page.accounts],
             next_page_token=self._sealed(following),
-            cursor=str(page.cursor),
+            cursor=self._log.incarnation.public(page.cursor),
             answered_from=pb.READ_FROM_REGISTRY,
         )
 
@@ -220,7 +220,7 @@ class ConnectServicer:
         try:
             async for item in feed:
                 if isinstance(item, Bookmark):
-                    yield wire.bookmark_frame(item.cursor)
+                    yield wire.bookmark_frame(self._log.incarnation.public(item.cursor))
                     continue
                 self._metrics.delivery_lag_seconds.observe(time.time() - item[0].recorded_at)
                 for frame in self._frames.frames(item, per_message, event_filter):
@@ -235,7 +235,7 @@ class ConnectServicer:
             await context.abort(*standing.ended)
         # Everything up to the feed's position was sent or filtered out: a filtered
         # subscriber resumes past the events it skipped, not at its last bookmark.
-        raise ServerDraining(feed.position)
+        raise ServerDraining(self._log.incarnation.public(feed.position))
 
     async def _snapshot_frames(
         self, page: RegistryPage, event_filter: EventFilter, per_message: int
@@ -244,13 +244,13 @@ class ConnectServicer:
         the bookmark that ends the initial state."""
         while True:
             accounts = owned.kept_entries(event_filter.owners, page.accounts)
-            for frame in wire.account_frames(accounts, per_message):
+            for frame in wire.account_frames(accounts, per_message, self._log.incarnation):
                 yield frame
             if not page.more:
                 break
             after = page.accounts[-1].account_id
             page = await self._log.registry(_snapshot_query(event_filter, after, page.cursor))
-        yield wire.bookmark_frame(page.cursor, initial_state_end=True)
+        yield wire.bookmark_frame(self._log.incarnation.public(page.cursor), initial_state_end=True)
 
 
 def _snapshot_query(

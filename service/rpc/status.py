@@ -112,14 +112,11 @@ def status_for(error: Exception) -> status_pb2.Status:
             return _status(
                 code_pb2.UNAVAILABLE, f"StackOne is unreachable; retry with backoff: {error}"
             )
-        case CursorOutOfRange(bounds=bounds):
+        case CursorOutOfRange(earliest=earliest, latest=latest):
             info = error_details_pb2.ErrorInfo(
                 reason="CURSOR_OUT_OF_RANGE",
                 domain=_DOMAIN,
-                metadata={
-                    "earliest_cursor": str(bounds.pruned_through),
-                    "latest_cursor": str(bounds.latest),
-                },
+                metadata={"earliest_cursor": earliest, "latest_cursor": latest},
             )
             return _status(code_pb2.OUT_OF_RANGE, str(error), info)
         case ServerDraining(cursor=cursor):

@@ -22,6 +22,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError, Message
 
 from service.api.v1 import stackone_connect_pb2 as pb
+from service.events import cursors
 from service.events.feed import StartPosition
 from service.events.model import ACCOUNT_EVENT_TYPE, EventFilter
 from service.events.registry import RegistryQuery
@@ -405,11 +406,11 @@ def stream_request(
     elif which == "from_snapshot":
         start = StartPosition.snapshot()
     elif which == "after_cursor":
-        cursor = _number(request.after_cursor, MAX_CURSOR)
+        cursor = cursors.parse(request.after_cursor)
         if cursor is None:
             check.fail("after_cursor", "is not a cursor from an event or a bookmark")
         else:
-            start = StartPosition.after(cursor)
+            start = StartPosition.after(cursor.sequence, cursor.tag)
     if request.max_events_per_message > MAX_EVENTS_PER_MESSAGE:
         check.fail("max_events_per_message", f"must be at most {MAX_EVENTS_PER_MESSAGE}")
     check.done()

@@ -10,12 +10,13 @@ most `MAX_BATCH_BYTES` of events, so it stays under any default client's receive
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 from google.protobuf.descriptor import Descriptor
 
 from service.api.v1 import stackone_connect_pb2 as pb
+from service.events.cursors import UNTAGGED, Incarnation
 from service.events.model import StoredEvent
 from service.events.registry import RegisteredAccount
 from service.rpc.limits import MAX_BATCH_BYTES
@@ -57,9 +58,10 @@ def _field(key: bytes, payload: bytes) -> bytes:
     return key + _varint(len(payload)) + payload
 
 
-def event_payload(event: StoredEvent) -> bytes:
-    """The serialized `AccountEvent` of a stored event, its cursor included."""
-    return event.body + _field(_CURSOR_KEY, str(event.cursor).encode())
+def event_payload(event: StoredEvent, incarnation: Incarnation = UNTAGGED) -> bytes:
+    """The serialized `AccountEvent` of a stored event, its cursor (of `incarnation`)
+    included."""
+    return event.body + _field(_CURSOR_KEY, incarnation.public(event.cursor).encode())
 
 
 class EncodedEvent:
@@ -84,12 +86,16 @@ _RESPONSE_ACCOUNTS_KEY = _key(pb.StreamAccountEventsResponse.DESCRIPTOR, "accoun
 _BATCH_ACCOUNT_KEY = _key(pb.AccountBatch.DESCRIPTOR, "accounts")
 
 
-def account_frames(accounts: Sequence[RegisteredAccount], per_message: int) -> list[bytes]:
+def account_frames(
+    accounts: Sequence[RegisteredAccount],
+    per_message: int,
+    incarnation: Incarnation = UNTAGGED,
+) -> list[bytes]:
     """Responses carrying a snapshot's accounts (each with its `registry_cursor`, appended
     to its stored bytes as events get their cursor): one a message, or batches of up to
     `per_message` and `MAX_BATCH_BYTES`."""
     payloads = [
-        entry.account + _field(_REGISTRY_CURSOR_KEY, str(entry.cursor).encode())
+        entry.account + _field(_REGISTRY_CURSOR_KEY, incarnation.public(entry.cursor).encode())
         for entry in accounts
     ]
     if per_message <= 1:
@@ -143,10 +149,18 @@ class FrameCache:
     Streams that keep up wake together when events are recorded and read the same events:
     the first to send them encodes them (each event once, whatever the batches), and the
     others send the very same bytes. What a stream sends depends only on which events it
-    sends and how many it takes per message, which is the key. Bounded by bytes.
+    sends and how many it takes per message, which is the key. Bounded by bytes. Cursors
+    are written as `incarnation()` says when the event is first encoded (the log's, which
+    changes only with a log that numbers its events past the old one's: no cursor is
+    encoded twice).
     """
 
-    def __init__(self, budget_bytes: int = FRAME_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        budget_bytes: int = FRAME_CACHE_BYTES,
+        incarnation: Callable[[], Incarnation] = lambda: UNTAGGED,
+    ) -> None:
+        self.incarnation = incarnation
         self._events: _Recent[int, EncodedEvent] = _Recent(budget_bytes // 2)
         self.encodes = 0  # events encoded so far: what the cache saves shows against sends
         self._frames: _Recent[tuple[int, Hashable, int, int], list[bytes]] = _Recent(
@@ -158,7 +172,7 @@ class FrameCache:
         found = self._events.get(event.cursor)
         if found is None:
             self.encodes += 1
-            found = EncodedEvent(event_payload(event))
+            found = EncodedEvent(event_payload(event, self.incarnation()))
             self._events.put(event.cursor, found, len(found.item))
         return found
 
@@ -189,7 +203,8 @@ def event_frames(
     """Serialized responses for `events`: one per event, or batches of up to `per_message`
     events and `max_bytes` of them (an event larger than that goes alone)."""
     if len(events) > CATCH_UP_READ:
-        encoded = [EncodedEvent(event_payload(event)) for event in events]
+        incarnation = cache.incarnation()
+        encoded = [EncodedEvent(event_payload(event, incarnation)) for event in events]
     else:
         encoded = [cache.encoded(event) for event in events]
     if per_message <= 1:
@@ -208,9 +223,9 @@ def event_frames(
     return frames
 
 
-def bookmark_frame(cursor: int, *, initial_state_end: bool = False) -> bytes:
-    """The serialized response carrying a bookmark at `cursor`, stamped now (`initial_state_end`:
-    the one ending a snapshot)."""
-    bookmark = pb.Bookmark(cursor=str(cursor), initial_state_end=initial_state_end)
+def bookmark_frame(cursor: str, *, initial_state_end: bool = False) -> bytes:
+    """The serialized response carrying a bookmark at `cursor` (as clients see it), stamped
+    now (`initial_state_end`: the one ending a snapshot)."""
+    bookmark = pb.Bookmark(cursor=cursor, initial_state_end=initial_state_end)
     bookmark.sent_at.GetCurrentTime()
     return pb.StreamAccountEventsResponse(bookmark=bookmark).SerializeToString()

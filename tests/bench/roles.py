@@ -880,7 +880,7 @@ async def bare_registry(args: dict[str, Any]) -> None:
     async def snapshot(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         for frame in frames:
             yield frame
-        yield wire.bookmark_frame(len(frames), initial_state_end=True)
+        yield wire.bookmark_frame(str(len(frames)), initial_state_end=True)
         await asyncio.Event().wait()
 
     await _serve_grpc(grpc.method_handlers_generic_handler(SERVICE, {
