@@ -1,13 +1,15 @@
 """The webhook signing secrets in force, re-read from their file when it changes.
 
 `STACKONE_CONNECT_WEBHOOK_SECRETS_FILE` holds one secret a line (blank lines and lines
-starting with `#` are ignored); its secrets are accepted beside those of
-`STACKONE_CONNECT_WEBHOOK_SECRETS`. The file is checked at most once a second, by
-content, so a secret rotates without a restart: add the new secret as a second line, wait
-for the reload (the `loaded … webhook secret(s)` log line, or
+starting with `#` are ignored; a secret is 16 or more printable characters, no space); its
+secrets are accepted beside those of `STACKONE_CONNECT_WEBHOOK_SECRETS`. The file is
+checked at most once a second, by content, so a secret rotates without a restart: add the
+new secret as a second line, wait for the reload (the `loaded … webhook secret(s)`
+log line, or
 `stackone_connect_credential_reloads_total{credential="webhook_secrets",outcome="loaded"}`),
 switch StackOne to it, then remove the old line. A new version that cannot be used (no
-secret at all, not UTF-8, unreadable) is logged and the previous secrets stay in force.
+secret at all, a line that cannot be a secret, not UTF-8, unreadable) is logged, naming
+the file and the line, and the previous secrets stay in force.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from service.config import secret_problem
 from service.reloading import ReloadedFiles, Reported, read_file
 
 
@@ -23,13 +26,22 @@ class InvalidSecretsFile(ValueError):
 
 
 def parse_secrets(raw: bytes, source: str) -> list[str]:
-    """The secrets of the file format: one a line, blank lines and `#` comments ignored."""
+    """The secrets of the file format: one a line, blank lines and `#` comments ignored,
+    spaces and line ends (CRLF too) around a secret dropped; `InvalidSecretsFile` naming
+    the line of a secret that cannot be one (too short, a space or control character)."""
     try:
         text = raw.decode()
     except UnicodeDecodeError as error:
         raise InvalidSecretsFile(f"{source} is not UTF-8 text") from error
-    lines = (line.strip() for line in text.splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+    secrets = []
+    for number, line in enumerate(text.splitlines(), 1):
+        secret = line.strip()
+        if not secret or secret.startswith("#"):
+            continue
+        if problem := secret_problem(secret):
+            raise InvalidSecretsFile(f"{source}, line {number}: the secret {problem}")
+        secrets.append(secret)
+    return secrets
 
 
 def read_secrets(path: Path) -> list[str]:

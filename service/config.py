@@ -25,6 +25,22 @@ Seconds = Annotated[float, Field(allow_inf_nan=False, le=MAX_SECONDS)]
 Count = Annotated[int, Field(le=MAX_COUNT)]
 
 
+MIN_SECRET_CHARS = 16
+"""The shortest webhook signing secret taken (StackOne's are longer): a shorter one is a
+typo, a truncated copy or a placeholder, and every webhook would be refused."""
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why `secret` cannot be a webhook signing secret, if it cannot (never the secret)."""
+    if not secret.isprintable():
+        return "holds characters that cannot be typed (a byte-order mark or a copy's?)"
+    if any(character.isspace() for character in secret):
+        return "holds a space (a comment goes on a line of its own, starting with #)"
+    if len(secret) < MIN_SECRET_CHARS:
+        return f"has {len(secret)} characters: a signing secret has at least {MIN_SECRET_CHARS}"
+    return None
+
+
 def _host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -90,8 +106,9 @@ class Settings(BaseSettings):
     )
     webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated webhook signing secrets; several are accepted for rotation."
-        " Unset with the emulator: a random one is shared with it.",
+        description="Comma-separated webhook signing secrets, each 16 or more printable"
+        " characters without spaces; several are accepted for rotation. Unset with the"
+        " emulator: a random one is shared with it.",
     )
     webhook_url_token: SecretStr | None = Field(
         None,
@@ -286,7 +303,8 @@ class Settings(BaseSettings):
     )
     webhook_secrets_file: Path | None = Field(
         None,
-        description="File of webhook signing secrets, one a line, accepted with"
+        description="File of webhook signing secrets, one a line (`#` starts a comment line;"
+        " a byte-order mark, CRLF and spaces around a secret are ignored), accepted with"
         " WEBHOOK_SECRETS; re-read when its content changes (at most every second), so"
         " secrets rotate without a restart. A bad new version is logged and the previous"
         " secrets stay in force.",
@@ -302,6 +320,14 @@ class Settings(BaseSettings):
     def _split_secrets(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _check_secrets(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for number, secret in enumerate(value, 1):
+            if problem := secret_problem(secret.get_secret_value()):
+                raise ValueError(f"secret {number} of {len(value)} {problem}")
         return value
 
     @field_validator("page_token_key")

@@ -10,6 +10,7 @@ once per problem, counted as `rejected`, and the previous value stays in force.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import logging
 import threading
@@ -28,9 +29,11 @@ _Value = TypeVar("_Value")
 
 
 def read_file(path: Path, error: Callable[[str], Exception]) -> bytes:
-    """The bytes of the file at `path`; `error(why)` raised when it cannot be read."""
+    """The bytes of the file at `path`, without the UTF-8 byte-order mark an editor may
+    have put first (it would become part of a secret, or make JSON and PEM unreadable);
+    `error(why)` raised when it cannot be read."""
     try:
-        return path.read_bytes()
+        return path.read_bytes().removeprefix(codecs.BOM_UTF8)
     except OSError as problem:
         raise error(f"cannot read {path}: {problem.strerror}") from problem
 

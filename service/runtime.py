@@ -156,7 +156,7 @@ class _StackOne:
         )
 
 
-def _emulator_memory(settings: Settings) -> Path | None:
+def emulator_memory(settings: Settings) -> Path | None:
     """Where the bundled emulator keeps its state: the setting, else beside a SQLite log."""
     if settings.emulator_state_file is not None:
         return settings.emulator_state_file
@@ -189,7 +189,7 @@ async def _stackone(settings: Settings, tracing: Tracing) -> AsyncIterator[_Stac
         sdk_shapes=settings.emulator_sdk_shapes,
     )
     emulator_app = build_emulator_app(emulator_config)
-    if (memory := _emulator_memory(settings)) is not None:
+    if (memory := emulator_memory(settings)) is not None:
         remember(emulator_app, memory)
     emulator_app.middlewares[:0] = tracing.aiohttp_middlewares()
     async with listening(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -15,7 +16,7 @@ import pytest
 
 from service.cli.check import CHECK_OWNER_ID, secret_problems
 from service.runtime import Runtime, running
-from tests.processes import ended, lines_until
+from tests.processes import ended, lines_until, run_to_end
 from tests.support import (
     WEBHOOK_SECRET,
     deliver,
@@ -91,20 +92,29 @@ async def test_check_proves_the_key_and_that_stackones_webhooks_pass_the_gateway
 
 @pytest.mark.asyncio
 async def test_check_says_when_stackone_refuses_the_key(service: Runtime) -> None:
-    """A wrong key and a secret too short to be StackOne's are each named, exit code 1."""
-    process = await start_check(
-        service,
-        STACKONE_CONNECT_API_KEY="wrong-key",
-        STACKONE_CONNECT_WEBHOOK_SECRETS=f"{WEBHOOK_SECRET},whsec",
-    )
+    """A wrong key is named, exit code 1."""
+    process = await start_check(service, STACKONE_CONNECT_API_KEY="wrong-key")
     code, out = await finished(process)
     assert code == 1
     assert out.splitlines() == [
-        "problem: STACKONE_CONNECT_WEBHOOK_SECRETS, secret 2 of 2, has 5 characters: "
-        "not a signing secret",
         f"problem: StackOne at {service.emulator and service.emulator.base_url}: StackOne "
         "rejected the API key (401 Unauthorized): check STACKONE_CONNECT_API_KEY",
     ]
+
+
+@pytest.mark.asyncio
+async def test_check_refuses_a_secret_too_short_to_be_stackones(service: Runtime) -> None:
+    """A webhook secret too short to be a signing secret is refused in one line naming
+    the variable and which secret, exit code 2, as `serve` refuses it."""
+    process = await start_check(service, STACKONE_CONNECT_WEBHOOK_SECRETS=f"{WEBHOOK_SECRET},whsec")
+    code, out = await finished(process)
+    assert (code, out.splitlines()) == (
+        2,
+        [
+            "stackone-connect: invalid configuration: STACKONE_CONNECT_WEBHOOK_SECRETS: secret "
+            "2 of 2 has 5 characters: a signing secret has at least 16"
+        ],
+    )
 
 
 @pytest.mark.asyncio
@@ -196,17 +206,14 @@ async def test_check_passes_on_the_linked_accounts_own_webhook_while_reconciling
     assert f"ok: deleted the test account {account_id}" in out
 
 
-def test_signing_secrets_that_cannot_work_are_named() -> None:
-    """Unset, unprintable or short secrets are problems; a real-looking one is not."""
-    assert secret_problems([]) == [
+def test_signing_secrets_that_are_not_set_are_named(tmp_path: Path) -> None:
+    """No secret, in the variable or a file, is a problem; either one is not."""
+    assert secret_problems(make_settings(tmp_path, webhook_secrets=[])) == [
         "STACKONE_CONNECT_WEBHOOK_SECRETS is not set: every webhook would be refused"
     ]
-    found = secret_problems(["tab\tinside-a-long-secret", "short", "long-enough-to-be-a-secret"])
-    assert [problem.split(" of 3, ")[1] for problem in found] == [
-        "holds characters that cannot be typed (a copy's?)",
-        "has 5 characters: not a signing secret",
-    ]
-    assert secret_problems(["whsec_3d6c1a529b7e4f0a8c215e4b"]) == []
+    assert secret_problems(make_settings(tmp_path)) == []
+    in_a_file = make_settings(tmp_path, webhook_secrets=[], webhook_secrets_file=tmp_path / "s")
+    assert secret_problems(in_a_file) == []
 
 
 @pytest.mark.asyncio
@@ -240,3 +247,110 @@ async def test_check_says_whether_the_services_registry_is_complete(
             "problem: the service's account registry is not complete yet: registry reads "
             "are answered from StackOne and --from-snapshot streams are refused"
         )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _bad_value(case: str, folder: Path) -> tuple[dict[str, str], str]:
+    """The variables of one bad value `serve` would meet, and the problem `check` prints."""
+    prefix = "STACKONE_CONNECT_"
+    file = folder / "file"
+    if case == "clients-file":
+        return {f"{prefix}CLIENTS_FILE": str(file)}, f"{prefix}CLIENTS_FILE: cannot read {file}"
+    if case == "tls-files":
+        file.write_text("not a certificate\n")
+        tls = {f"{prefix}TLS_CERT_FILE": str(file), f"{prefix}TLS_KEY_FILE": str(file)}
+        return tls, f"{prefix}TLS_CERT_FILE: {file} is not a PEM certificate file"
+    if case == "secrets-file":
+        file.write_text("# ours\nwhsec\n")
+        return (
+            {f"{prefix}WEBHOOK_SECRETS_FILE": str(file)},
+            f"{prefix}WEBHOOK_SECRETS_FILE: {file}, line 2: the secret has 5 characters",
+        )
+    if case == "one-address":
+        address = f"127.0.0.1:{_free_port()}"
+        return (
+            {f"{prefix}GRPC_ADDRESS": address, f"{prefix}ADMIN_ADDRESS": address},
+            f"{prefix}GRPC_ADDRESS and {prefix}ADMIN_ADDRESS name the same address ({address})",
+        )
+    if case == "sqlite-event-log":
+        file.write_text("not a database\n")
+        return (
+            {f"{prefix}EVENT_LOG_URL": f"sqlite:///{file}"},
+            f"{prefix}EVENT_LOG_URL: {file} is not a SQLite database",
+        )
+    if case == "nats-event-log":
+        url = f"nats://127.0.0.1:{_free_port()}"
+        return (
+            {f"{prefix}EVENT_LOG_URL": url},
+            f"{prefix}EVENT_LOG_URL: cannot connect to NATS at {url}: ",
+        )
+    if case == "emulator-state-file":
+        file.write_text('{"version": 1, "accounts": "none"}')
+        return (
+            {f"{prefix}EMULATOR_STATE_FILE": str(file)},
+            f"{prefix}EMULATOR_STATE_FILE: {file} is unreadable (",
+        )
+    if case == "audit-sink":
+        return (
+            {f"{prefix}AUDIT_SINK": UNWRITABLE},
+            f"{prefix}AUDIT_SINK: cannot write {UNWRITABLE}: Permission denied",
+        )
+    assert case == "tracing"
+    return {"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER: 'zipkin' is not one of"
+
+
+# A file even root cannot open for writing (sysfs refuses it).
+UNWRITABLE = "/sys/kernel/notes"
+
+
+def _writable_by_us(path: str) -> bool:
+    if not os.path.exists(path):
+        return True  # as good as writable: it cannot be the bad value here
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "case",
+    [
+        "clients-file",
+        "tls-files",
+        "secrets-file",
+        "one-address",
+        "sqlite-event-log",
+        "nats-event-log",
+        "emulator-state-file",
+        "audit-sink",
+        "tracing",
+    ],
+)
+async def test_check_reports_a_bad_value_of_everything_serve_reads(
+    tmp_path: Path, case: str
+) -> None:
+    """`check` reads every setting and file `serve` would use: a bad value of each is a
+    `problem:` line naming its setting (exit 1), and good ones raise none."""
+    if case == "audit-sink" and _writable_by_us(UNWRITABLE):
+        pytest.skip(f"{UNWRITABLE} is writable here")
+    good = {
+        **os.environ,
+        "STACKONE_CONNECT_WEBHOOK_SECRETS": WEBHOOK_SECRET,
+        "STACKONE_CONNECT_EVENT_LOG_URL": f"sqlite:///{tmp_path / 'events.db'}",
+    }
+    no_key = "problem: STACKONE_CONNECT_API_KEY is not set: nothing to check against StackOne"
+    code, out, _ = await run_to_end(CLI, env=good, timeout=30)
+    assert (code, out.splitlines()) == (1, [no_key])
+    changed, problem = _bad_value(case, tmp_path)
+    code, out, err = await run_to_end(CLI, env={**good, **changed}, timeout=30)
+    assert (code, err) == (1, "")
+    first, last = out.splitlines()
+    assert first.startswith(f"problem: {problem}")
+    assert last == no_key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -17,12 +18,13 @@ import pytest
 
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.runtime import Runtime, running
-from tests.processes import lines_until, run_to_end
+from tests.processes import lines_until, run_to_end, serve_env
 from tests.registries import Registry, registry_service
-from tests.support import LogBackend, make_settings, signed_headers
+from tests.support import WEBHOOK_SECRET, LogBackend, make_settings, signed_headers
 
 pytestmark = pytest.mark.asyncio
 CLI = [sys.executable, "-m", "service.cli"]
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 async def cli(target: str, *args: str, timeout: float = 20) -> tuple[int, str, str]:
@@ -261,3 +263,71 @@ async def test_events_watch_shows_the_status_before_each_event(service: Runtime)
     assert created.split()[5:] == ["active", "webhook"]
     assert broken.split()[1:3] == ["account.updated", account_id]
     assert broken.split()[5:] == ["active", "->", "error", "webhook"]
+
+
+async def test_global_flags_work_before_or_after_the_subcommand(tmp_path: Path) -> None:
+    """`--target`, `--json` and `--token` given before the subcommand, after it, or split
+    between the two, reach the command alike; one given after wins over one before."""
+    async with running(make_settings(tmp_path)) as service:
+        target = service.grpc_target
+        placements = [
+            ["--target", target, "--json", "--token", "t", "sessions", "create"],
+            ["sessions", "create", "--target", target, "--json", "--token", "t"],
+            ["--json", "sessions", "create", "--target", target],
+            ["--target", "127.0.0.1:1", "sessions", "create", "--target", target, "--json"],
+        ]
+        for placement in placements:
+            code, out, err = await run_to_end(
+                [*CLI, *placement, "--owner-id", "t-1", "--owner-name", "Acme"], timeout=20
+            )
+            assert (code, err) == (0, ""), placement
+            assert orjson.loads(out)["token"], placement
+
+
+async def test_a_backup_to_a_folder_or_nowhere_is_one_line(tmp_path: Path) -> None:
+    """`backup` to a folder, or into a folder that does not exist, is refused in one line,
+    exit 2, leaving nothing behind."""
+    (tmp_path / "copies").mkdir()
+    env = {"STACKONE_CONNECT_EVENT_LOG_URL": f"sqlite:///{tmp_path / 'events.db'}"}
+    async with running(make_settings(tmp_path)):
+        code, _, err = await run_to_end(
+            [*CLI, "backup", str(tmp_path / "copies")], env=env, timeout=20
+        )
+        folder = tmp_path / "copies"
+        assert (code, err.splitlines()) == (
+            2,
+            [f"stackone-connect: backup: {folder} is a folder: name the file to write"],
+        )
+        code, _, err = await run_to_end(
+            [*CLI, "backup", str(tmp_path / "absent" / "copy.db")], env=env, timeout=20
+        )
+    assert code == 2
+    assert err.splitlines() == [
+        f"stackone-connect: cannot back up the event log at {tmp_path / 'events.db'}: unable to "
+        "open database file"
+    ]
+    assert [name for name in os.listdir(tmp_path) if "copies" in name] == ["copies"]
+
+
+@pytest.mark.parametrize("taken", ["EXAMPLE_ADDRESS", "STACKONE_CONNECT_GRPC_ADDRESS"])
+async def test_the_demo_with_a_port_taken_is_one_line(tmp_path: Path, taken: str) -> None:
+    """`make demo` (examples.web.demo) with the example's or the service's port held by
+    another process says so in one line naming the setting, exit 2."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        held = f"127.0.0.1:{holder.getsockname()[1]}"
+        env = {
+            **serve_env(tmp_path, WEBHOOK_SECRET),
+            "EXAMPLE_ADDRESS": "127.0.0.1:0",
+            "PYTHONPATH": str(REPOSITORY),
+            taken: held,
+        }
+        code, out, err = await run_to_end(
+            [sys.executable, "-m", "examples.web.demo"], cwd=tmp_path, env=env, timeout=60
+        )
+    assert (code, out) == (2, "")
+    (line,) = err.splitlines()
+    assert line.startswith("make demo: ")
+    assert f"cannot listen on {held} ({taken}): " in line
+    assert line.endswith(("Address already in use", "address already in use"))

@@ -166,7 +166,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("grpc-fuzz")
     env = serve_env(
         folder,
-        "whsec-fuzz",
+        "whsec-fuzz-0123456789",
         # Thousands of calls reach the emulator; the rate budget is not under test here.
         STACKONE_CONNECT_RATE_LIMIT="100000000",
         STACKONE_CONNECT_CLIENTS_FILE=str(_clients_file(folder)),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def refusal(tmp_path: Path, **settings: str) -> str:
     """Runs `serve` with `STACKONE_CONNECT_<name>=<value>` for each of `settings`; asserts it
     exits 2 having written one line (no traceback) to stderr, and returns that line."""
     env = serve_env(
-        tmp_path, "whsec-test", **{f"STACKONE_CONNECT_{k}": v for k, v in settings.items()}
+        tmp_path, "whsec-test-secret", **{f"STACKONE_CONNECT_{k}": v for k, v in settings.items()}
     )
     result = subprocess.run(
         SERVE, env={**os.environ, **env}, capture_output=True, text=True, timeout=30, check=False
@@ -124,7 +125,7 @@ async def test_an_ambiguous_clients_file_at_run_time_keeps_the_previous_clients(
     clients = write_clients(
         tmp_path / "clients.json", {"name": "app", "token": GOOD, "scopes": ["sessions:create"]}
     )
-    env = serve_env(tmp_path, "whsec-test", STACKONE_CONNECT_CLIENTS_FILE=str(clients))
+    env = serve_env(tmp_path, "whsec-test-secret", STACKONE_CONNECT_CLIENTS_FILE=str(clients))
     request = pb.CreateSessionRequest(origin_owner_id="t-1", origin_owner_name="Acme")
     async with (
         serve_process(env) as serve,
@@ -185,7 +186,7 @@ def test_an_event_log_url_no_backend_opens_is_named(tmp_path: Path, url: str) ->
         "(sqlite:///path.db or nats://host:port)"
     )
     assert refusal(tmp_path, EVENT_LOG_URL=url) == expected
-    env = serve_env(tmp_path, "whsec-test", STACKONE_CONNECT_EVENT_LOG_URL=url)
+    env = serve_env(tmp_path, "whsec-test-secret", STACKONE_CONNECT_EVENT_LOG_URL=url)
     backup = subprocess.run(
         [*SERVE[:-1], "backup", str(tmp_path / "copy.db")],
         env={**os.environ, **env},
@@ -295,7 +296,7 @@ async def test_a_second_service_on_a_held_grpc_port_is_refused(tmp_path: Path) -
     """grpc would share the port (SO_REUSEPORT) and split the calls between two processes;
     the second `serve` is refused instead, naming the setting."""
     (tmp_path / "first").mkdir()
-    async with serve_process(serve_env(tmp_path / "first", "whsec-test")) as first:
+    async with serve_process(serve_env(tmp_path / "first", "whsec-test-secret")) as first:
         (tmp_path / "second").mkdir()
         line = refusal(tmp_path / "second", GRPC_ADDRESS=first.grpc_target)
     assert line == (
@@ -308,7 +309,7 @@ def test_a_mistyped_variable_is_named_with_the_closest_setting(tmp_path: Path) -
     """pydantic-settings ignores an unknown `STACKONE_CONNECT_…` variable; the CLI says so."""
     env = {
         **os.environ,
-        **serve_env(tmp_path, "whsec-test"),
+        **serve_env(tmp_path, "whsec-test-secret"),
         "STACKONE_CONNECT_GRPC_ADRESS": "127.0.0.1:1",
         "STACKONE_CONNECT_GRPC_ADDRESS": "not an address",
     }
@@ -329,3 +330,45 @@ def test_version_prints_the_package_version() -> None:
         result.stdout.strip()
         == f"stackone-connect {importlib.metadata.version('stackone-connect')}"
     )
+
+
+def _held_port() -> int:
+    """A loopback port nothing listens on now (each setting naming it would bind it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("addresses", "where"),
+    [
+        ({"GRPC_ADDRESS": "127.0.0.1:{port}", "GATEWAY_ADDRESS": "127.0.0.1:{port}"}, "{host}"),
+        ({"GATEWAY_ADDRESS": "localhost:{port}", "ADMIN_ADDRESS": "0.0.0.0:{port}"}, "port {port}"),
+        (
+            {
+                "GRPC_ADDRESS": "127.0.0.1:{port}",
+                "GATEWAY_ADDRESS": "127.0.0.1:{port}",
+                "EMULATOR_ADDRESS": "127.0.0.1:{port}",
+            },
+            "{host}",
+        ),
+    ],
+    ids=["grpc-and-gateway", "localhost-and-every-address", "three"],
+)
+def test_settings_naming_one_address_are_named_together_in_one_line(
+    tmp_path: Path, addresses: dict[str, str], where: str
+) -> None:
+    """Two or more listeners given one address are refused in one line naming every
+    setting involved, before grpc or aiohttp fails to bind the second."""
+    port = _held_port()
+    settings = {name: value.format(port=port) for name, value in addresses.items()}
+    line = refusal(tmp_path, **settings)
+    named = [f"STACKONE_CONNECT_{name}" for name in ORDER if name in settings]
+    host = f"127.0.0.1:{port}"
+    assert line == (
+        f"stackone-connect: cannot start: {', '.join(named[:-1])} and {named[-1]} name the "
+        f"same address ({where.format(host=host, port=port)}): give each its own port"
+    )
+
+
+ORDER = ["GRPC_ADDRESS", "GATEWAY_ADDRESS", "ADMIN_ADDRESS", "EMULATOR_ADDRESS"]

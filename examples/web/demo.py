@@ -24,20 +24,29 @@ READY = "stackone-connect serving"
 LOG_PATH = Path("var/demo-serve.log")
 
 
+class DemoFailed(Exception):
+    """The demo cannot run; the message says why, in one line."""
+
+
 async def _relay(stderr: asyncio.StreamReader, log: IO[bytes], ready: asyncio.Future[Any]) -> None:
-    """Copies the service's log to `log`; resolves `ready` with its readiness line."""
+    """Copies the service's log to `log`; resolves `ready` with its readiness line, or
+    fails it with the service's own refusal (a line that is not a JSON log entry)."""
     emulator_url = None
+    refusal = f"see {LOG_PATH}"
     while line := await stderr.readline():
         log.write(line)
         log.flush()
-        with contextlib.suppress(orjson.JSONDecodeError):
+        try:
             entry = orjson.loads(line)
-            if isinstance(entry, dict):
-                emulator_url = entry.get("emulator_url", emulator_url)
-                if str(entry.get("message", "")).startswith(READY) and not ready.done():
-                    ready.set_result({**entry, "emulator_url": emulator_url})
+        except orjson.JSONDecodeError:
+            refusal = line.decode(errors="replace").strip() or refusal
+            continue
+        if isinstance(entry, dict):
+            emulator_url = entry.get("emulator_url", emulator_url)
+            if str(entry.get("message", "")).startswith(READY) and not ready.done():
+                ready.set_result({**entry, "emulator_url": emulator_url})
     if not ready.done():
-        ready.set_exception(RuntimeError(f"the service stopped: see {LOG_PATH}"))
+        ready.set_exception(DemoFailed(f"the service did not start: {refusal}"))
 
 
 _PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -81,7 +90,12 @@ async def main(log: IO[bytes]) -> None:
         app = build_app(config, tracing)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1)
         await runner.setup()
-        await web.TCPSite(runner, host, int(port)).start()
+        try:
+            await web.TCPSite(runner, host, int(port)).start()
+        except OSError as error:
+            raise DemoFailed(
+                f"cannot listen on {host}:{port} (EXAMPLE_ADDRESS): {error.strerror}"
+            ) from error
         print(
             f"\nOpen http://{host}:{port}/ in a browser.\n"
             f"  service: gRPC {service['grpc_target']}, webhooks {service['gateway_url']}\n"
@@ -106,4 +120,8 @@ if __name__ == "__main__":
         LOG_PATH.open("ab") as service_log,
         contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError),
     ):
-        asyncio.run(main(service_log))
+        try:
+            asyncio.run(main(service_log))
+        except DemoFailed as failure:
+            print(f"make demo: {failure}", file=sys.stderr)
+            sys.exit(2)

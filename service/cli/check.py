@@ -1,9 +1,10 @@
 """`stackone-connect check`: proves the settings work against the real StackOne.
 
-Without `--webhook` it reads the same settings as `serve` and, with no service running,
-checks that the webhook signing secrets are set and look like secrets (printable, 16
-characters or more), and that StackOne accepts the API key: it lists one account and
-creates a short-lived `test` connect session.
+Without `--webhook` it reads every setting and file `serve` would (the webhook secrets and
+their file, the TLS and clients files, the addresses, the event log, the audit sink, the
+emulator's memory, the OTEL_* variables), each problem named on a line of its own, and
+checks that StackOne accepts the API key: it lists one account and creates a short-lived
+`test` connect session.
 
 With `--webhook` it then asks the running service (`--target`) for a `test` session,
 prints its Auth Link, and waits on the event stream for the account someone links with
@@ -28,6 +29,7 @@ import grpc
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.cli import preflight
 from service.cli.commands import _auth, _channel
 from service.config import ENV_PREFIX, Settings
 from service.stackone.client import StackOneClient
@@ -44,7 +46,6 @@ WHAT_TO_CHECK = (
     '(refusals are counted in stackone_connect_webhooks_total{outcome="unauthorized"} '
     "on the admin listener)"
 )
-MIN_SECRET_CHARS = 16
 CALL_SECONDS = 15.0
 
 
@@ -52,20 +53,12 @@ class CheckFailed(Exception):
     """A check found a problem; the message says what to fix."""
 
 
-def secret_problems(secrets: list[str]) -> list[str]:
-    """What is wrong with the configured webhook signing secrets (as `Settings` read them,
-    split on commas and stripped), if anything."""
-    variable = f"{ENV_PREFIX}WEBHOOK_SECRETS"
-    if not secrets:
-        return [f"{variable} is not set: every webhook would be refused"]
-    problems = []
-    for number, secret in enumerate(secrets, 1):
-        where = f"{variable}, secret {number} of {len(secrets)},"
-        if not secret.isprintable():
-            problems.append(f"{where} holds characters that cannot be typed (a copy's?)")
-        elif len(secret) < MIN_SECRET_CHARS:
-            problems.append(f"{where} has {len(secret)} characters: not a signing secret")
-    return problems
+def secret_problems(settings: Settings) -> list[str]:
+    """What is wrong with the configured webhook signing secrets, if anything (`Settings`
+    and the secrets file already refuse one that cannot be a secret)."""
+    if settings.webhook_secrets or settings.webhook_secrets_file is not None:
+        return []
+    return [f"{ENV_PREFIX}WEBHOOK_SECRETS is not set: every webhook would be refused"]
 
 
 async def api_key_findings(settings: Settings) -> list[str]:
@@ -215,7 +208,7 @@ async def _deleted(stub: Stub, account_id: str, metadata: Any) -> str:
 
 async def run_check(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     """Runs the checks, printing `ok:` and `problem:` lines; 0 when every check passed."""
-    problems = secret_problems([s.get_secret_value() for s in settings.webhook_secrets])
+    problems = secret_problems(settings) + await preflight.problems(settings)
     for problem in problems:
         print(f"problem: {problem}", file=out, flush=True)
     try:

@@ -17,14 +17,22 @@ from typing import Any
 import uvloop
 from pydantic import ValidationError
 
+from gateway.secrets import InvalidSecretsFile
 from service import logs
 from service.cli.backup import add_backup_command, backup_main
 from service.cli.check import add_check_command, check_main
 from service.cli.commands import add_client_commands, run_client_command
+from service.cli.preflight import (
+    FILE_ERRORS,
+    check_operator_files,
+    file_problem,
+    listeners,
+    shared_address,
+)
 from service.config import ENV_PREFIX, Settings
 from service.events.backends import UnsupportedEventLogUrl
 from service.rpc.auth import InvalidClientsFile
-from service.rpc.server import TlsFileError, check_files
+from service.rpc.server import TlsFileError
 from service.runtime import ConfigurationError, event_log_options, running
 from service.web import CannotListen, check_free
 
@@ -88,10 +96,9 @@ def _invalid(message: str) -> str:
     return f"stackone-connect: invalid configuration: {message}"
 
 
-def _file_error(error: TlsFileError | InvalidClientsFile) -> str:
+def _file_error(error: TlsFileError | InvalidClientsFile | InvalidSecretsFile) -> str:
     """One line naming the setting of the file at fault."""
-    named = str(error) if isinstance(error, TlsFileError) else f"{ENV_PREFIX}CLIENTS_FILE: {error}"
-    return _invalid(named)
+    return _invalid(file_problem(error))
 
 
 async def serve(settings: Settings) -> None:
@@ -114,28 +121,18 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
 
 
-def _listeners(settings: Settings) -> dict[str, str]:
-    """The addresses `serve` will listen on, by the setting naming each."""
-    addresses = {
-        f"{ENV_PREFIX}GRPC_ADDRESS": settings.grpc_address,
-        f"{ENV_PREFIX}GATEWAY_ADDRESS": settings.gateway_address,
-        f"{ENV_PREFIX}ADMIN_ADDRESS": settings.admin_address,
-    }
-    if settings.uses_emulator:
-        addresses[f"{ENV_PREFIX}EMULATOR_ADDRESS"] = settings.emulator_address
-    return addresses
-
-
 def _serve_command(args: argparse.Namespace) -> int:
     overrides = {name: value for name in SERVE_FLAGS if (value := getattr(args, name)) is not None}
     try:
         settings = _read_settings(**overrides)
-        check_files(settings)  # before anything starts (and logs)
-        check_free(_listeners(settings))
+        check_operator_files(settings)  # before anything starts (and logs)
+        if (shared := shared_address(listeners(settings))) is not None:
+            raise CannotListen(shared)
+        check_free(listeners(settings))
     except (ValidationError, UnsupportedEventLogUrl) as error:
         print(_settings_error(error), file=sys.stderr)
         return 2
-    except (TlsFileError, InvalidClientsFile) as error:
+    except FILE_ERRORS as error:
         print(_file_error(error), file=sys.stderr)
         return 2
     except CannotListen as error:
@@ -148,7 +145,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     except (ConfigurationError, CannotListen) as error:
         print(f"stackone-connect: cannot start: {error}", file=sys.stderr)
         return 2
-    except (TlsFileError, InvalidClientsFile) as error:  # changed since check_files
+    except FILE_ERRORS as error:  # changed since check_operator_files
         print(_file_error(error), file=sys.stderr)
         return 2
     return 0
@@ -170,6 +167,37 @@ def _with_settings(
     return handler
 
 
+def _add_global_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The flags every client command takes, before or after its name; with `defaults`,
+    their values when given in neither place."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--target",
+        default=default(os.environ.get(TARGET_VARIABLE, DEFAULT_TARGET)),
+        help=f"host:port of the service (default ${TARGET_VARIABLE} or {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="one JSON object per line"
+    )
+    parser.add_argument(
+        "--token",
+        default=default(os.environ.get(TOKEN_VARIABLE)),
+        help=f"bearer token (default ${TOKEN_VARIABLE})",
+    )
+    parser.add_argument(
+        "--ca-file",
+        default=default(None),
+        help="PEM CA that signed the server's certificate (TLS)",
+    )
+    parser.add_argument(
+        "--cert-file", default=default(None), help="PEM client certificate (mutual TLS)"
+    )
+    parser.add_argument("--key-file", default=default(None), help="PEM client key (mutual TLS)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -179,21 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {importlib.metadata.version(PACKAGE)}"
     )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--target",
-        default=os.environ.get(TARGET_VARIABLE, DEFAULT_TARGET),
-        help=f"host:port of the service (default ${TARGET_VARIABLE} or {DEFAULT_TARGET})",
-    )
-    common.add_argument("--json", action="store_true", help="one JSON object per line")
-    common.add_argument(
-        "--token",
-        default=os.environ.get(TOKEN_VARIABLE),
-        help=f"bearer token (default ${TOKEN_VARIABLE})",
-    )
-    common.add_argument("--ca-file", help="PEM CA that signed the server's certificate (TLS)")
-    common.add_argument("--cert-file", help="PEM client certificate (mutual TLS)")
-    common.add_argument("--key-file", help="PEM client key (mutual TLS)")
+    _add_global_flags(parser, defaults=True)
+    # The same flags after the subcommand; unset there, they leave the values given before.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    _add_global_flags(common, defaults=False)
     commands = parser.add_subparsers(dest="subcommand", required=True)
     serve_parser = commands.add_parser(
         "serve",

@@ -63,16 +63,25 @@ def save(state: EmulatorState, path: Path) -> None:
     os.replace(partial, path)
 
 
+UNREADABLE = (OSError, ValueError, ValidationError)
+
+
+def read(path: Path) -> Lasting:
+    """What `save` wrote to `path`; one of `UNREADABLE` for a file of another version or
+    shape (`check` reads it too)."""
+    memory = orjson.loads(path.read_bytes())
+    version = memory.get("version") if isinstance(memory, dict) else None
+    if version != VERSION:
+        raise ValueError(f"version {version!r}, not {VERSION}")
+    return _LASTING.validate_python(memory)
+
+
 def load(state: EmulatorState, path: Path) -> None:
     """Reads what `save` wrote; a file of another version or shape is left aside (logged),
     and the emulator starts empty as before."""
     try:
-        memory = orjson.loads(path.read_bytes())
-        version = memory.get("version") if isinstance(memory, dict) else None
-        if version != VERSION:
-            raise ValueError(f"version {version!r}, not {VERSION}")
-        lasting = _LASTING.validate_python(memory)
-    except (OSError, ValueError, ValidationError) as error:
+        lasting = read(path)
+    except UNREADABLE as error:
         _log.warning("the emulator's memory %s is unreadable (%s): starting empty", path, error)
         return
     state.lasting = lasting
