@@ -100,13 +100,14 @@ async def test_events_watch_resumes_across_a_server_restart(tmp_path: Path) -> N
         async with asyncio.timeout(20):
             line = await process.stdout.readline()
         assert orjson.loads(line)["event_id"] == first
+        first_cursor = orjson.loads(line)["cursor"]
     async with running(settings) as service:
         second = await _post_deleted(service, "after-restart")
         async with asyncio.timeout(20):
             out, err = await process.communicate()
     assert process.returncode == 0
     assert [orjson.loads(line)["event_id"] for line in out.splitlines()] == [second]
-    assert "resuming after cursor 1" in err.decode()
+    assert f"resuming after cursor {first_cursor}" in err.decode()
 
 
 async def _post_deleted(service: Runtime, account_id: str) -> str:

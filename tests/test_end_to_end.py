@@ -12,7 +12,7 @@ from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events.model import LogBounds
 from service.runtime import Runtime
-from tests.streams import attached, events_until_caught_up, next_event, subscribed
+from tests.streams import attached, events_until_caught_up, next_event, position, subscribed
 
 pytestmark = pytest.mark.asyncio
 BACKENDS = ["sqlite", "jetstream"]  # the service fixture runs on each
@@ -97,9 +97,9 @@ async def test_a_resumed_subscriber_gets_exactly_the_missed_events_in_order(
 
     missed = [await link_account(stub, emulator_http, f"owner-b{i}", "personio") for i in range(2)]
     # Recorded before the update, or the verifier would fold it into the creation.
-    await recorded_through(service, int(last_cursor) + 2)
+    await recorded_through(service, position(last_cursor) + 2)
     await emulator_http.patch(f"/emulator/accounts/{missed[0]}", json={"status": "error"})
-    bounds = await recorded_through(service, int(last_cursor) + 3)
+    bounds = await recorded_through(service, position(last_cursor) + 3)
 
     resumed = stub.StreamAccountEvents(pb.StreamAccountEventsRequest(after_cursor=last_cursor))
     events = await events_until_caught_up(resumed, str(bounds.latest))
@@ -126,6 +126,6 @@ async def test_filtered_streams_get_only_matching_events_and_advancing_bookmarks
     event = await next_event(filtered)
     assert (event.account.id, event.account.provider) == (wanted, "personio")
     await link_account(stub, emulator_http, "o3", "hibob")
-    bounds = await recorded_through(service, int(start) + 3)
+    bounds = await recorded_through(service, position(start) + 3)
     assert await events_until_caught_up(filtered, str(bounds.latest)) == []
     filtered.cancel()

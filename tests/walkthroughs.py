@@ -29,6 +29,8 @@ _MASKS = [
     (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?"), "<time>"),
     (re.compile(r"cst_[A-Za-z0-9_-]+"), "<token>"),
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<uuid>"),
+    # A cursor names its log's incarnation in its upper bits: a new log, a new number.
+    (re.compile(r"\b\d{16,19}\b"), "<cursor>"),
 ]
 _ELLIPSIS = re.compile(r"\\\.\\\.\\\.|…")
 # Values a later command uses as an earlier one printed them: the README's stand for this

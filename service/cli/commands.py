@@ -70,7 +70,7 @@ def _read_from(args: argparse.Namespace) -> pb.ReadFrom.ValueType:
 
 _ACCOUNT_HEADERS = ["ID", "PROVIDER", "OWNER ID", "OWNER NAME", "STATUS", "LABEL"]
 _EVENT_HEADERS = ["CURSOR", "TYPE", "ACCOUNT", "PROVIDER", "OWNER ID", "STATUS", "SOURCE"]
-_EVENT_WIDTHS = [8, 16, 22, 12, 16, 18, 14]  # STATUS fits `inactive -> active`
+_EVENT_WIDTHS = [19, 16, 22, 12, 16, 18, 14]  # cursors of 19 digits; `inactive -> active`
 FELL_BACK = "answered from StackOne: the service's registry is not complete yet"
 
 
