@@ -2,16 +2,14 @@
 
 A page token names a position in a listing (`service.rpc.validation`'s plain tokens:
 StackOne's page number, the registry's cursor and last account, or where a scoped scan of
-StackOne goes on). Sealed, it is that position encrypted and authenticated with a server
-key and bound to the client it was given to:
+StackOne goes on). Sealed, it is that position encrypted and authenticated with AES-GCM
+(the `cryptography` package) under a server key, the client it was given to as the
+associated data:
 
-    token = base64url(version | nonce | position XOR keystream | tag)
-    keystream = HMAC-SHA256(encryption key, nonce | block number), block after block
-    tag = HMAC-SHA256(authentication key, version | client | nonce | ciphertext)[:16]
+    token = base64url(version | nonce | AES-GCM(key, nonce, position, version | client))
 
-(encrypt-then-MAC over HMAC as a pseudo-random function, keys derived from the one key
-with separate labels). So a caller can neither read a position (which would tell how many
-accounts of other customers precede its own) nor write one, nor use another client's.
+So a caller can neither read a position (which would tell how many accounts of other
+customers precede its own) nor write one, nor use another client's.
 
 The key: `STACKONE_CONNECT_PAGE_TOKEN_KEY` when set; else derived from the StackOne API
 key, which every replica of a deployment shares, so a token from one replica is taken by
@@ -22,18 +20,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import secrets
 
-from service.config import Settings
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from service.rpc.limits import MAX_REGISTRY_TOKEN_CHARS
 from service.rpc.validation import FieldViolation, InvalidRequest
 
-_VERSION = b"\x01"
+_VERSION = b"\x02"  # 1: an HMAC keystream of our own, before AES-GCM
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
-_BLOCK_BYTES = hashlib.sha256().digest_size
 MAX_TOKEN_CHARS = 4 * -(-(1 + _NONCE_BYTES + MAX_REGISTRY_TOKEN_CHARS + _TAG_BYTES) // 3)
 """A sealed token's characters: the longest plain one (a registry token) sealed."""
 # The words of a plain token that is not one (`validation`): forged, changed, another
@@ -41,13 +39,13 @@ MAX_TOKEN_CHARS = 4 * -(-(1 + _NONCE_BYTES + MAX_REGISTRY_TOKEN_CHARS + _TAG_BYT
 _NOT_OURS = "is not a next_page_token this service returned"
 
 
-def page_token_key(settings: Settings) -> bytes:
-    """The key that seals page tokens (see the module docstring for which)."""
-    if settings.page_token_key is not None:
-        return settings.page_token_key.get_secret_value().encode()
-    if not settings.uses_emulator and settings.api_key is not None:
-        api_key = settings.api_key.get_secret_value().encode()
-        return hmac.digest(api_key, b"stackone-connect page tokens", "sha256")
+def page_token_key(configured: str | None, shared_api_key: str | None) -> bytes:
+    """The key that seals page tokens (see the module docstring for which): the configured
+    one, else one derived from the StackOne API key every replica shares, else a random one."""
+    if configured is not None:
+        return configured.encode()
+    if shared_api_key is not None:
+        return hmac.digest(shared_api_key.encode(), b"stackone-connect page tokens", "sha256")
     return secrets.token_bytes(32)
 
 
@@ -55,18 +53,15 @@ class PageTokens:
     """Seals positions into page tokens and opens them again, for one client at a time."""
 
     def __init__(self, key: bytes) -> None:
-        self._encryption_key = hmac.digest(key, b"page-token encryption", "sha256")
-        self._authentication_key = hmac.digest(key, b"page-token authentication", "sha256")
+        # Whatever the key's length, AES-256 takes a key derived from it.
+        self._aead = AESGCM(hmac.digest(key, b"page-token encryption", "sha256"))
 
     def seal(self, client: str, position: str) -> str:
         """The token of `position` for `client` (a fresh nonce each time)."""
         nonce = secrets.token_bytes(_NONCE_BYTES)
         plain = position.encode(errors="surrogatepass")
-        ciphertext = bytes(
-            a ^ b for a, b in zip(plain, self._keystream(nonce, len(plain)), strict=True)
-        )
-        raw = _VERSION + nonce + ciphertext
-        return _encode(raw + self._tag(client, raw))
+        sealed = self._aead.encrypt(nonce, plain, _associated(client))
+        return _encode(_VERSION + nonce + sealed)
 
     def open(self, client: str, token: str) -> str:
         """The position `token` seals for `client`.
@@ -78,27 +73,17 @@ class PageTokens:
         raw = _decode(token) if len(token) <= MAX_TOKEN_CHARS else None
         if raw is None or len(raw) < 1 + _NONCE_BYTES + _TAG_BYTES or raw[:1] != _VERSION:
             raise not_ours()
-        sealed, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
-        if not hmac.compare_digest(tag, self._tag(client, sealed)):
-            raise not_ours()
-        nonce, ciphertext = sealed[1 : 1 + _NONCE_BYTES], sealed[1 + _NONCE_BYTES :]
-        plain = bytes(
-            a ^ b for a, b in zip(ciphertext, self._keystream(nonce, len(ciphertext)), strict=True)
-        )
+        nonce, sealed = raw[1 : 1 + _NONCE_BYTES], raw[1 + _NONCE_BYTES :]
+        try:
+            plain = self._aead.decrypt(nonce, sealed, _associated(client))
+        except InvalidTag:
+            raise not_ours() from None
         return plain.decode(errors="surrogatepass")
 
-    def _keystream(self, nonce: bytes, size: int) -> bytes:
-        blocks = -(-size // _BLOCK_BYTES)
-        return b"".join(
-            hmac.digest(self._encryption_key, nonce + n.to_bytes(4, "big"), "sha256")
-            for n in range(blocks)
-        )[:size]
 
-    def _tag(self, client: str, sealed: bytes) -> bytes:
-        # The client's name is length-prefixed, so no name and nonce run into each other.
-        name = client.encode(errors="surrogatepass")
-        message = len(name).to_bytes(4, "big") + name + sealed
-        return hmac.digest(self._authentication_key, message, "sha256")[:_TAG_BYTES]
+def _associated(client: str) -> bytes:
+    """The data a token is bound to: its format's version and the client's name."""
+    return _VERSION + client.encode(errors="surrogatepass")
 
 
 def _encode(raw: bytes) -> str:
