@@ -195,3 +195,69 @@ def test_no_import_cycle() -> None:
     """No module imports, directly or through others, a module that imports it back."""
     cycles = _cycles(set(MODULES))
     assert not cycles, "\n".join(f"cycle {cycle}: {_described(cycle)}" for cycle in cycles)
+
+
+# Each consumer of the event log, and the role of it (`service.events.log`) it is typed with.
+LOG_CONSUMERS = {
+    "service.events.ingest": {"Inbox"},
+    "service.events.verify": {"Inbox"},
+    "service.events.reconcile": {"LogAndRegistry"},
+    "service.events.feed": {"Log"},
+    "service.rpc.owned": {"AccountRegistry"},
+    "service.rpc.servicer": {"LogAndRegistry"},
+}
+# What a consumer must not name: the whole log (for the wiring) and the backends' classes.
+WHOLE_LOGS = {"EventLog", "SqliteEventLog", "JetStreamEventLog"}
+LOG_ROLES = ("Log", "Inbox", "AccountRegistry", "Lifecycle")
+
+
+def _named(tree: ast.AST) -> set[str]:
+    """Every name and attribute a module's code (annotations included) refers to."""
+    return (
+        {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        | {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+        | {
+            alias.asname or alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+        }
+    )
+
+
+def test_each_consumer_of_the_log_imports_only_its_role() -> None:
+    """The ingestor, the verifier, reconciliation, the feed and the gRPC layer are typed
+    with the role of the event log they use: none names the whole `EventLog` or a backend's
+    class, or imports a backend; only the composition root holds the whole log."""
+    wrong: list[str] = []
+    for module, roles in LOG_CONSUMERS.items():
+        tree = ast.parse(MODULES[module].read_text())
+        used = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module == "service.events.log"
+            for alias in node.names
+        }
+        if used != roles:
+            wrong.append(f"{module} imports {sorted(used)} of service.events.log, not {roles}")
+        if whole := _named(tree) & WHOLE_LOGS:
+            wrong.append(f"{module} names {sorted(whole)}")
+    backends = ("service.events.sqlite", "service.events.jetstream", "service.events.backends")
+    wrong += _offending(tuple(LOG_CONSUMERS), backends)
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_roles_of_the_log_make_up_the_whole() -> None:
+    """Each method of `EventLog` is declared by exactly one of its roles, and the whole
+    adds none of its own: a backend implements the roles and nothing beside them."""
+    from service.events import log
+
+    def declared(cls: type) -> set[str]:
+        return {name for name in vars(cls) if not name.startswith("_")}
+
+    by_role = {role: declared(getattr(log, role)) for role in LOG_ROLES}
+    everything = [name for methods in by_role.values() for name in methods]
+    assert len(everything) == len(set(everything)), by_role
+    assert declared(log.EventLog) == set()
+    assert {name for name in dir(log.EventLog) if not name.startswith("_")} == set(everything)
+    assert set(everything) >= {"append", "accept", "registry", "close"}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from service.events.cursors import SEQUENCE_BITS, Cursor
-from service.events.log import EventLog
+from service.events.log import Log
 from service.events.model import Bookmark, CursorOutOfRange, EventFilter, StoredEvent
 
 
@@ -46,7 +46,7 @@ class StartPosition:
         return cls("after", cursor, tag)
 
 
-async def resolve_start(log: EventLog, start: StartPosition) -> int:
+async def resolve_start(log: Log, start: StartPosition) -> int:
     """Turns a start position into the cursor to read after, or raises `CursorOutOfRange`."""
     bounds = await log.bounds(exact=True)
     if start.kind in ("now", "snapshot"):
@@ -87,7 +87,7 @@ class Feed:
 
     def __init__(
         self,
-        log: EventLog,
+        log: Log,
         after: int,
         event_filter: EventFilter,
         *,

@@ -16,7 +16,7 @@ from enum import Enum
 
 from opentelemetry import trace
 
-from service.events.log import EventLog
+from service.events.log import Inbox
 from service.events.model import STATE_TYPES, Accepted, EventRecord, InboxEntry, Webhook
 from service.metrics import Metrics
 from service.tracing import traceparent_of
@@ -57,7 +57,7 @@ class Ingestor:
 
     def __init__(
         self,
-        log: EventLog,
+        log: Inbox,
         *,
         record_alone: Callable[[InboxEntry], EventRecord | None] | None = None,
         metrics: Metrics | None = None,

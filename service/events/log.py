@@ -1,4 +1,5 @@
-"""The interface every event-log backend implements, and how a backend is described."""
+"""The roles of an event log (what each part of the service uses of it), the whole that
+every backend implements, and how a backend is described."""
 
 from __future__ import annotations
 
@@ -30,7 +31,12 @@ def ignore_failure(task: str) -> None:
     """A `ReportFailure` for a log whose failures nobody counts."""
 
 
-class EventLog(Protocol):
+# The roles below are what the parts of the service use of a log; each consumer is typed
+# with the role it uses (tests/test_layers.py holds it), so a backend's reach into the
+# service is visible, and a part can be given a narrower log.
+
+
+class Log(Protocol):
     """A durable, ordered, de-duplicating log of account events.
 
     Appends are durable when `append` returns. Cursors increase monotonically and are
@@ -75,28 +81,10 @@ class EventLog(Protocol):
         """Ends every current and later `wait_for_append` at once (the server is draining)."""
         ...
 
-    async def known_accounts(self) -> dict[str, KnownAccount]:
-        """The last recorded state of every account the log has seen an event for."""
-        ...
 
-    async def registry(self, query: RegistryQuery) -> RegistryPage:
-        """Registry entries (each account as its last recorded event left it) that the
-        query admits, in account id order, with the cursor they reflect."""
-        ...
-
-    async def mark_registry_complete(self) -> None:
-        """Records that a full listing of StackOne has been folded into the registry."""
-        ...
-
-    async def check_writable(self) -> None:
-        """Raises `EventLogUnavailable` unless an append could succeed now."""
-        ...
-
-    async def enforce_retention(self, now: float | None = None) -> int:
-        """Applies the retention policy now; returns the new pruned-through cursor."""
-        ...
-
-    # --- Inbox: webhooks accepted at the door, waiting for verification ------------
+class Inbox(Protocol):
+    """Webhooks accepted at the door, waiting for verification: the ingestor adds them,
+    the verifier reads them and settles each as recorded events."""
 
     async def accept(self, entry: InboxEntry, alone: EventRecord | None = None) -> Accepted:
         """Durably adds a webhook to the inbox (QUEUED), or reports a redelivery of one
@@ -135,9 +123,48 @@ class EventLog(Protocol):
         """How many webhooks wait for verification, and since when."""
         ...
 
+
+class AccountRegistry(Protocol):
+    """Each account as its last recorded event left it, kept by the log with its events."""
+
+    async def known_accounts(self) -> dict[str, KnownAccount]:
+        """The last recorded state of every account the log has seen an event for."""
+        ...
+
+    async def registry(self, query: RegistryQuery) -> RegistryPage:
+        """Registry entries (each account as its last recorded event left it) that the
+        query admits, in account id order, with the cursor they reflect."""
+        ...
+
+    async def mark_registry_complete(self) -> None:
+        """Records that a full listing of StackOne has been folded into the registry."""
+        ...
+
+
+class LogAndRegistry(Log, AccountRegistry, Protocol):
+    """The log and the registry it keeps: for a part that records events from what it
+    reads of the registry (reconciliation), or serves both (the servicer)."""
+
+
+class Lifecycle(Protocol):
+    """What the process that owns a log does with it: probe, prune, close."""
+
+    async def check_writable(self) -> None:
+        """Raises `EventLogUnavailable` unless an append could succeed now."""
+        ...
+
+    async def enforce_retention(self, now: float | None = None) -> int:
+        """Applies the retention policy now; returns the new pruned-through cursor."""
+        ...
+
     async def close(self) -> None:
         """Flushes and releases the storage."""
         ...
+
+
+class EventLog(Log, Inbox, AccountRegistry, Lifecycle, Protocol):
+    """Every role at once: what a backend implements, and what the wiring holds (the
+    composition root opens one and hands each part its role)."""
 
 
 @dataclass(frozen=True, slots=True)

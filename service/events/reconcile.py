@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from service.aio import cancel_all
 from service.api.convert import account_message, event_record, timestamp
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.events.log import EventLog
+from service.events.log import LogAndRegistry
 from service.events.model import (
     ACCOUNT_DELETED,
     AccountEventType,
@@ -173,7 +173,7 @@ class Reconciler:
 
     def __init__(
         self,
-        log: EventLog,
+        log: LogAndRegistry,
         source: StackOneClient,
         *,
         interval: float,

@@ -9,7 +9,7 @@ the webhook's path:
   pending together, which fold into one event listing the webhook ids it covers;
 - within a deadline counted from receipt: when StackOne (or the rate budget) cannot
   answer in time, the event is recorded unverified, with the reason;
-- crash-safe: the events are appended and the entries cleared by `EventLog.settle`, which
+- crash-safe: the events are appended and the entries cleared by `Inbox.settle`, which
   never records an entry twice even if the process died between the two.
 
 Types that need no look-up (`account.deleted`, other `account.*` alerts) go through the
@@ -37,7 +37,7 @@ from service.aio import cancel_all
 from service.api.convert import account_message, event_record, webhook_event
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.ingest import is_repeat
-from service.events.log import EventLog
+from service.events.log import Inbox
 from service.events.model import STATE_TYPES, EventLogUnavailable, EventRecord, InboxEntry
 from service.metrics import Metrics
 from service.retry import RetryPolicy
@@ -125,7 +125,7 @@ class Verifier:
 
     def __init__(
         self,
-        log: EventLog,
+        log: Inbox,
         accounts: StackOneClient | None,
         *,
         metrics: Metrics,
@@ -421,7 +421,7 @@ _NOT_NEEDED = Verification(pb.VERIFICATION_NOT_APPLICABLE, outcome="not_needed")
 def record_alone(entry: InboxEntry) -> EventRecord | None:
     """The event the verifier records for `entry` by itself when its type needs no
     look-up (None for `created` and `updated`): the door records it at once when nothing
-    of the account is pending (see `EventLog.accept`)."""
+    of the account is pending (see `Inbox.accept`)."""
     if entry.type in VERIFIED_TYPES:
         return None
     return _record_of([entry], _NOT_NEEDED)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.events.log import EventLog
+from service.events.log import AccountRegistry
 from service.events.model import EventFilter
 from service.events.registry import (
     REGISTRY_PAGE_LIMIT,
@@ -55,7 +55,11 @@ class OwnedAccounts:
     """
 
     def __init__(
-        self, log: EventLog, stackone: StackOneClient, *, scan_page: int = REGISTRY_PAGE_LIMIT
+        self,
+        log: AccountRegistry,
+        stackone: StackOneClient,
+        *,
+        scan_page: int = REGISTRY_PAGE_LIMIT,
     ) -> None:
         self._log = log
         self._stackone = stackone

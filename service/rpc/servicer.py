@@ -17,7 +17,7 @@ from service.api import convert
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.audit import CALLER
 from service.events.feed import Feed, resolve_start
-from service.events.log import EventLog
+from service.events.log import LogAndRegistry
 from service.events.model import (
     Bookmark,
     EventFilter,
@@ -43,7 +43,7 @@ class ConnectServicer:
     def __init__(
         self,
         stackone: StackOneClient,
-        log: EventLog,
+        log: LogAndRegistry,
         *,
         bookmark_interval: float,
         stop: asyncio.Event,
