@@ -35,7 +35,6 @@ from urllib.parse import ParseResult
 import orjson
 
 from service.aio import cancel_all
-from service.events import sqlite_incarnation
 from service.events.cursors import UNTAGGED, Incarnation
 from service.events.log import Backend, ReportFailure, ignore_failure
 from service.events.model import (
@@ -61,6 +60,7 @@ from service.events.registry import (
     enriched,
     registered,
 )
+from service.events.sqlite import incarnation as sqlite_incarnation
 from service.events.tail import DEFAULT_TAIL_BYTES, Tail, Watermark
 
 _log = logging.getLogger(__name__)
@@ -535,7 +535,7 @@ class SqliteEventLog:
 
     @property
     def incarnation(self) -> Incarnation:
-        """This database's incarnation (see `service.events.sqlite_incarnation`)."""
+        """This database's incarnation (see `service.events.sqlite.incarnation`)."""
         return self._incarnation
 
     async def bounds(self, *, exact: bool = False) -> LogBounds:
