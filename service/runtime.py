@@ -28,7 +28,6 @@ from gateway.app import WEBHOOK_PATH, GatewayState, init_admin_app, init_app
 from gateway.secrets import InvalidSecretsFile, WebhookSecrets, read_secrets
 from gateway.webhook import upgraded
 from service.aio import cancel_all
-from service.audit import AuditTrail, open_sink
 from service.config import ENV_PREFIX, Settings, split_address
 from service.emulator import EMULATOR_STATE, EmulatorConfig, build_emulator_app
 from service.emulator.memory import remember
@@ -46,15 +45,18 @@ from service.events.reconcile import Reconciler
 from service.events.registry import RegistryQuery
 from service.events.verify import Verifier, record_alone
 from service.metrics import Metrics
+from service.rpc.audit import AuditTrail, open_sink
 from service.rpc.page_tokens import PageTokens, page_token_key
 from service.rpc.server import (
     REGISTRY_HEALTH,
     SERVICE_NAME,
+    GrpcServerOptions,
     HealthReporter,
     build_grpc_server,
     new_health_servicer,
 )
 from service.rpc.servicer import ConnectServicer
+from service.rpc.tls import PemFile, TlsMaterial
 from service.stackone.budget import RateBudget
 from service.stackone.client import StackOneClient
 from service.tracing import Tracing, TracingConfigError
@@ -251,6 +253,46 @@ async def _audit_trail(settings: Settings, metrics: Metrics) -> AsyncIterator[Au
         await trail.close()
 
 
+def tls_material(settings: Settings) -> TlsMaterial | None:
+    """Where the gRPC server's TLS credentials come from (None: plaintext), each file
+    named by its setting."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    client_ca = settings.tls_client_ca_file
+    return TlsMaterial(
+        PemFile(settings.tls_cert_file, f"{ENV_PREFIX}TLS_CERT_FILE"),
+        PemFile(settings.tls_key_file, f"{ENV_PREFIX}TLS_KEY_FILE"),
+        None if client_ca is None else PemFile(client_ca, f"{ENV_PREFIX}TLS_CLIENT_CA_FILE"),
+    )
+
+
+def grpc_server_options(settings: Settings) -> GrpcServerOptions:
+    """The gRPC server's options, from the settings, as `event_log_options` the log's."""
+    return GrpcServerOptions(
+        address=settings.grpc_address,
+        tls=tls_material(settings),
+        clients_file=settings.clients_file,
+        calls_per_minute=settings.rate_limit,
+        max_streams=settings.max_streams,
+        max_streams_per_connection=settings.max_streams_per_connection,
+        address_setting=f"{ENV_PREFIX}GRPC_ADDRESS",
+        max_streams_setting=f"{ENV_PREFIX}MAX_STREAMS",
+    )
+
+
+def _page_tokens(settings: Settings) -> PageTokens:
+    """Page tokens sealed with `STACKONE_CONNECT_PAGE_TOKEN_KEY`, else with a key derived
+    from the real StackOne API key (which every replica shares)."""
+    configured = settings.page_token_key
+    api_key = None if settings.uses_emulator else settings.api_key
+    return PageTokens(
+        page_token_key(
+            None if configured is None else configured.get_secret_value(),
+            None if api_key is None else api_key.get_secret_value(),
+        )
+    )
+
+
 def event_log_options(settings: Settings) -> EventLogOptions:
     """The options of the log `STACKONE_CONNECT_EVENT_LOG_URL` names, for its backend;
     `UnsupportedEventLogUrl` when no backend opens that URL (the settings cannot tell:
@@ -365,11 +407,11 @@ async def _serving(
             stop=draining,
             upstream_timeout=settings.upstream_timeout,
             metrics=metrics,
-            page_tokens=PageTokens(page_token_key(settings)),
+            page_tokens=_page_tokens(settings),
         )
         health = new_health_servicer()
         server, grpc_port = build_grpc_server(
-            servicer, health, settings, metrics, tracing, audit=audit
+            servicer, health, grpc_server_options(settings), metrics, tracing, audit=audit
         )
         await server.start()
         await _set_health(health, True)

@@ -15,7 +15,7 @@ import pytest
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
-from service.audit import AuditFile
+from service.rpc.audit import AuditFile
 from service.runtime import running
 from tests.processes import serve_env, serve_process
 from tests.support import WEBHOOK_SECRET, make_settings
@@ -199,7 +199,7 @@ async def test_the_log_sink_writes_records_as_log_lines(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """AUDIT_SINK=log: each record is a log line carrying it under `audit`."""
-    caplog.set_level(logging.INFO, logger="service.audit")
+    caplog.set_level(logging.INFO, logger="service.rpc.audit")
     settings = make_settings(tmp_path, audit_sink="log")
     async with (
         running(settings) as service,

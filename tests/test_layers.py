@@ -144,6 +144,67 @@ def test_the_stackone_client_knows_nothing_above_it() -> None:
     assert not offending, "\n".join(offending)
 
 
+def test_the_grpc_edge_reads_no_settings() -> None:
+    """`service.rpc` never imports the settings, the lifecycle owner, the CLI or the
+    gateway: the composition root hands it values (`GrpcServerOptions`, `TlsMaterial`)."""
+    offending = _offending(
+        ("service.rpc",), ("service.config", "service.runtime", "service.cli", "gateway")
+    )
+    assert not offending, "\n".join(offending)
+
+
+LAYERS: tuple[tuple[str, ...], ...] = (
+    # The house's common parts: logs, metrics, tracing, listeners, retries, reloading.
+    (
+        "service.aio",
+        "service.logs",
+        "service.metrics",
+        "service.owners",
+        "service.reloading",
+        "service.retry",
+        "service.tracing",
+        "service.web",
+    ),
+    ("service.stackone",),  # the StackOne client
+    ("service.api",),  # the contract and StackOne's models as its messages
+    ("service.events",),  # storage, the verifier, reconciliation
+    ("service.config",),  # the settings (which name the log's data model)
+    ("service.rpc", "gateway", "service.emulator"),  # the edges and the stand-in
+    ("service.runtime", "service.cli"),  # the composition roots
+)
+"""The rooms from the bottom up: a module may import its own layer's and lower ones'."""
+
+
+def _layer(module: str) -> int | None:
+    return next((rank for rank, rooms in enumerate(LAYERS) if _within(module, *rooms)), None)
+
+
+def test_every_module_has_a_layer() -> None:
+    """Each module of `service` and `gateway` (the packages themselves aside) sits in one
+    of `LAYERS`, so a new room is placed before the next test can pass it by."""
+    unplaced = [
+        module
+        for module in MODULES
+        if _within(module, "service", "gateway")
+        and module not in ("service", "gateway")
+        and _layer(module) is None
+    ]
+    assert not unplaced, unplaced
+
+
+def test_no_import_runs_back_up() -> None:
+    """No module imports one of a higher layer: the audit trail sits in the gRPC edge it
+    serves, and the log's record conversions in storage, not in the contract's room."""
+    offending = [
+        str(found)
+        for found in IMPORTS
+        if (importer := _layer(found.importer)) is not None
+        and (imported := _layer(found.imported)) is not None
+        and imported > importer
+    ]
+    assert not offending, "\n".join(offending)
+
+
 def test_only_the_composition_roots_reach_up_to_the_gateway() -> None:
     """Nothing in `service` imports `gateway` except the composition roots, which wire it."""
     offending = _offending(("service",), ("gateway",), allowed=COMPOSITION_ROOTS)

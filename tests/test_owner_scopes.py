@@ -16,9 +16,9 @@ import orjson
 import pytest
 from google.protobuf.empty_pb2 import Empty
 
-from service.api.convert import event_record
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from service.events.records import event_record
 from service.events.registry import RegistryQuery
 from service.events.sqlite import SqliteEventLog, SqliteOptions
 from service.owners import OwnerScope

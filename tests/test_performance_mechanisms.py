@@ -23,13 +23,13 @@ import pytest
 import stamina
 from aiohttp import web
 
-from service.api.convert import event_record
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events import verify
 from service.events.cursors import UNTAGGED, Incarnation
 from service.events.feed import Feed
 from service.events.model import Accepted, EventRecord, StoredEvent
+from service.events.records import event_record
 from service.events.registry import RegistryQuery
 from service.events.sqlite import SqliteEventLog
 from service.events.tail import Watermark

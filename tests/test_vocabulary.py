@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from gateway.webhook import InvalidWebhook, parse_webhook
-from service.api.convert import event_source
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.model import AccountEventType, EventSource
+from service.events.records import event_source
 from service.rpc.validation import InvalidRequest, stream_request
 
 REPOSITORY = Path(__file__).resolve().parents[1]

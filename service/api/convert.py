@@ -1,5 +1,5 @@
-"""Conversions between StackOne models, the event log's records and the v1 protobuf
-messages."""
+"""Conversions from StackOne's models to the v1 protobuf messages (the event log's own
+records are converted in `service.events.records`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.events.model import EventRecord, EventSource, InboxEntry
 from service.stackone.models import ConnectSession, LinkedAccount
 
 _STATUSES = {
@@ -104,53 +103,3 @@ def _struct(values: dict[str, Any] | None) -> Struct | None:
     struct = Struct()
     struct.update(values)
     return struct
-
-
-def webhook_event(entry: InboxEntry) -> pb.AccountEvent:
-    """The event an inbox entry's parsed webhook describes, unverified."""
-    webhook = entry.webhook
-    return pb.AccountEvent(
-        event_id=entry.event_id,
-        type=entry.type,
-        account=pb.Account(
-            id=entry.account_id,
-            provider=webhook.provider,
-            origin_owner_id=webhook.origin_owner_id,
-            origin_owner_name=webhook.origin_owner_name,
-            origin_username=webhook.origin_username,
-        ),
-        occurred_at=timestamp(webhook.occurred_at),
-        source=pb.EVENT_SOURCE_WEBHOOK,
-    )
-
-
-def event_source(source: pb.EventSource.ValueType) -> EventSource:
-    """The log's name for an event message's source."""
-    if source == pb.EVENT_SOURCE_RECONCILIATION:
-        return EventSource.RECONCILIATION
-    return EventSource.WEBHOOK
-
-
-def event_record(
-    message: pb.AccountEvent, *, inbox_through: int = 0, repeat: bool = False
-) -> EventRecord:
-    """The log record of an event message (indexed by the fields filters use);
-    `inbox_through` is the highest inbox sequence the event settles; `repeat`: it records
-    only webhooks that repeated recorded ones (see `EventRecord.repeat`)."""
-    account = message.account
-    return EventRecord(
-        event_id=message.event_id,
-        type=message.type,
-        account_id=account.id,
-        provider=account.provider,
-        origin_owner_id=account.origin_owner_id,
-        body=message.SerializeToString(),
-        account_status=account.raw_status,
-        account_updated_at=account.updated_at.ToJsonString()
-        if account.HasField("updated_at")
-        else "",
-        source=event_source(message.source),
-        covered_ids=tuple(message.covered_event_ids),
-        inbox_through=inbox_through,
-        repeat=repeat,
-    )

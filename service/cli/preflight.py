@@ -18,13 +18,13 @@ from nats.errors import Error as NatsError
 from pydantic import ValidationError
 
 from gateway.secrets import InvalidSecretsFile, read_secrets
-from service.audit import LOG_SINK
 from service.config import ENV_PREFIX, Settings
 from service.emulator import memory
 from service.events import sqlite
+from service.rpc.audit import LOG_SINK
 from service.rpc.auth import InvalidClientsFile
 from service.rpc.server import TlsFileError, check_files
-from service.runtime import emulator_memory
+from service.runtime import emulator_memory, grpc_server_options
 from service.tracing import TracingConfigError
 from service.tracing import from_environment as tracing_from_environment
 
@@ -35,7 +35,13 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 
 def check_operator_files(settings: Settings) -> None:
     """Reads every file an operator edits as `serve` will; raises one of `FILE_ERRORS`."""
-    check_files(settings)
+    known_by_certificate = check_files(grpc_server_options(settings))
+    if known_by_certificate and settings.tls_client_ca_file is None:
+        # No client certificate is ever asked for: such a client could never call.
+        raise InvalidClientsFile(
+            f"{settings.clients_file}: '{known_by_certificate[0]}' is known by its "
+            f"certificate_uri, which needs mutual TLS ({ENV_PREFIX}TLS_CLIENT_CA_FILE)"
+        )
     if settings.webhook_secrets_file is not None:
         read_secrets(settings.webhook_secrets_file)
 

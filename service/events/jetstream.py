@@ -69,7 +69,6 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from service.aio import cancel_all
-from service.api.convert import event_source
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events import cursors
 from service.events.cursors import UNTAGGED, Incarnation
@@ -91,6 +90,7 @@ from service.events.model import (
     already_known,
     deletes_account,
 )
+from service.events.records import event_source
 from service.events.registry import (
     RegisteredAccount,
     RegistryPage,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from service.aio import cancel_all
-from service.api.convert import account_message, event_record, timestamp
+from service.api.convert import account_message, timestamp
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.log import LogAndRegistry
 from service.events.model import (
@@ -33,6 +33,7 @@ from service.events.model import (
     KnownAccount,
     deletes_account,
 )
+from service.events.records import event_record
 from service.events.registry import RegistryQuery
 from service.metrics import Metrics
 from service.stackone.budget import Priority

@@ -34,11 +34,12 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
 from service.aio import cancel_all
-from service.api.convert import account_message, event_record, webhook_event
+from service.api.convert import account_message
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.ingest import is_repeat
 from service.events.log import Inbox
 from service.events.model import STATE_TYPES, EventLogUnavailable, EventRecord, InboxEntry
+from service.events.records import event_record, webhook_event
 from service.metrics import Metrics
 from service.retry import RetryPolicy
 from service.stackone.budget import Priority

@@ -42,10 +42,10 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import grpc
 import orjson
 
-from service.audit import CALLER
 from service.metrics import Metrics
 from service.owners import CALLER_OWNERS, InvalidOwners, OwnerScope
 from service.reloading import ReloadedFiles, Reported, read_file
+from service.rpc.audit import CALLER
 from service.rpc.held_streams import Ending, HeldStreams, Interruptible, Standing
 from service.rpc.interceptor import Context, MethodInterceptor, replace_behaviour
 from service.rpc.limits import MAX_FILTER_VALUES

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 from grpc_status import rpc_status
 
-from service.audit import (
+from service.logs import REQUEST_ID, request_id_from
+from service.metrics import Metrics
+from service.rpc.audit import (
     CALLER,
     DENIED_CODES,
     MUTATING_METHODS,
@@ -24,8 +26,6 @@ from service.audit import (
     AuditTrail,
     new_record,
 )
-from service.logs import REQUEST_ID, request_id_from
-from service.metrics import Metrics
 from service.rpc.grpc_typing import ServerInterceptor
 from service.rpc.status import status_for
 from service.stackone.change import UPSTREAM_CHANGE

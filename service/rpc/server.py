@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from service.audit import CALLER, AuditTrail
-from service.config import ENV_PREFIX, MAX_COUNT, Settings
 from service.events.model import TooManyStreams
 from service.metrics import Metrics
-from service.rpc.auth import (
-    PEER_URI,
-    AuthInterceptor,
-    ClientRegistry,
-    InvalidClientsFile,
-    read_clients,
-)
+from service.rpc.audit import CALLER, AuditTrail
+from service.rpc.auth import PEER_URI, AuthInterceptor, ClientRegistry, read_clients
 from service.rpc.interceptor import CallInterceptor, Context
 from service.rpc.introspection import ListingHealthServicer, enable_reflection
 from service.rpc.limits import (
@@ -29,7 +25,7 @@ from service.rpc.limits import (
 from service.rpc.methods import CONNECT_METHODS, CONNECT_SERVICE, Method, MethodTableError
 from service.rpc.servicer import ConnectServicer
 from service.rpc.tls import TlsFileError as TlsFileError  # where the CLI finds it
-from service.rpc.tls import server_credentials
+from service.rpc.tls import TlsMaterial, server_credentials
 from service.rpc.validation import parse
 from service.tracing import OFF, Tracing
 from service.web import CannotListen
@@ -52,21 +48,49 @@ _OPTIONS = [
 ]
 
 
-def _options(settings: Settings) -> list[tuple[str, int]]:
+@dataclass(frozen=True, slots=True)
+class GrpcServerOptions:
+    """What building the gRPC server takes: values, made by the composition root from the
+    settings (this layer reads none).
+
+    Attributes:
+        address: `host:port` to bind (port 0 picks a free one).
+        tls: where the TLS credentials are read from; None serves plaintext.
+        clients_file: the callers' tokens, certificates and scopes; None admits anyone.
+        calls_per_minute: the StackOne budget a client's share is taken from.
+        max_streams: most open server-streaming calls at once.
+        max_streams_per_connection: HTTP/2's limit of concurrent calls per connection.
+        address_setting: what names `address` in a message (the setting it came from).
+        max_streams_setting: what names `max_streams` in a message.
+    """
+
+    address: str
+    tls: TlsMaterial | None = None
+    clients_file: Path | None = None
+    calls_per_minute: int = 1000
+    max_streams: int = sys.maxsize
+    max_streams_per_connection: int = 100
+    address_setting: str = "the gRPC address"
+    max_streams_setting: str = "the stream limit"
+
+
+def _options(options: GrpcServerOptions) -> list[tuple[str, int]]:
     # HTTP/2's own per-connection limit: a grpc client queues calls past it until one
     # ends; grpc resets the excess of a client ignoring it (RST_STREAM), the rest go on.
-    return [*_OPTIONS, ("grpc.max_concurrent_streams", settings.max_streams_per_connection)]
+    return [*_OPTIONS, ("grpc.max_concurrent_streams", options.max_streams_per_connection)]
 
 
 class StreamSlots:
-    """The open server-streaming calls, at most `limit` (`STACKONE_CONNECT_MAX_STREAMS`).
+    """The open server-streaming calls, at most `limit`; `setting` names the limit in the
+    refusal.
 
     An open stream holds memory (~25 KiB idle) for as long as its subscriber stays, so a
     count of them, not a rate, is what bounds the memory they take.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, setting: str = "the stream limit") -> None:
         self.limit = limit
+        self.setting = setting
         self.open = 0
 
     def take(self) -> bool:
@@ -97,19 +121,15 @@ def new_health_servicer() -> HealthReporter:
     return servicer
 
 
-def check_files(settings: Settings) -> None:
+def check_files(options: GrpcServerOptions) -> list[str]:
     """Reads the TLS and clients files as the server will, so that a bad one stops
-    start-up before anything starts (`TlsFileError`, `InvalidClientsFile`)."""
-    server_credentials(settings)
-    if settings.clients_file is not None:
-        clients = read_clients(settings.clients_file, settings.rate_limit)
-        known_by_certificate = [client.name for client in clients if client.certificate_uri]
-        if known_by_certificate and settings.tls_client_ca_file is None:
-            # No client certificate is ever asked for: such a client could never call.
-            raise InvalidClientsFile(
-                f"{settings.clients_file}: '{known_by_certificate[0]}' is known by its "
-                f"certificate_uri, which needs mutual TLS ({ENV_PREFIX}TLS_CLIENT_CA_FILE)"
-            )
+    start-up before anything starts (`TlsFileError`, `InvalidClientsFile`); returns the
+    names of the clients known by their certificate, which only mutual TLS admits."""
+    server_credentials(options.tls)
+    if options.clients_file is None:
+        return []
+    clients = read_clients(options.clients_file, options.calls_per_minute)
+    return [client.name for client in clients if client.certificate_uri]
 
 
 def connect_service_handlers(
@@ -126,7 +146,7 @@ def connect_service_handlers(
     grpc sends as they are because their handler has no response serializer; each takes
     one of `streams` (no limit without it) or is refused with RESOURCE_EXHAUSTED.
     """
-    streams = streams or StreamSlots(MAX_COUNT)
+    streams = streams or StreamSlots(sys.maxsize)
     handlers: dict[str, MethodHandler] = {}
     for method in methods:
         behaviour = getattr(servicer, method.name, None)
@@ -166,7 +186,7 @@ def _parsing_stream(
     # generator per stream would cost memory on each.
     async def stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
         if not streams.take():  # the call interceptor turns it into its status
-            raise TooManyStreams(streams.limit, f"{ENV_PREFIX}MAX_STREAMS")
+            raise TooManyStreams(streams.limit, streams.setting)
         try:
             async for item in behaviour(_parse(raw, method), context):
                 yield item
@@ -191,22 +211,22 @@ def _known_caller(clients: ClientRegistry | None) -> Callable[[Context], bool]:
 def build_grpc_server(
     servicer: ConnectServicer,
     health_servicer: HealthReporter,
-    settings: Settings,
+    options: GrpcServerOptions,
     metrics: Metrics,
     tracing: Tracing = OFF,
     audit: AuditTrail | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Creates the server with ConnectService, health and reflection, bound as configured
-    (with `audit`, its calls' audit records).
+    """Creates the server with ConnectService, health and reflection, bound as `options`
+    say (with `audit`, its calls' audit records).
 
     Returns the server (not yet started) and the bound port.
     """
     reloads = metrics.credential_reloads
     clients = None
-    if settings.clients_file is not None:
+    if options.clients_file is not None:
         clients = ClientRegistry(
-            settings.clients_file,
-            max_calls_per_minute=settings.rate_limit,
+            options.clients_file,
+            max_calls_per_minute=options.calls_per_minute,
             metrics=metrics,
             reported=lambda outcome: reloads.labels("clients", outcome).inc(),
         )
@@ -218,17 +238,20 @@ def build_grpc_server(
     ]
     if clients is not None:
         interceptors.append(AuthInterceptor(clients, SERVICE_NAME))
-    server = grpc.aio.server(interceptors=interceptors, options=_options(settings))
-    handlers = connect_service_handlers(servicer, streams=StreamSlots(settings.max_streams))
+    server = grpc.aio.server(interceptors=interceptors, options=_options(options))
+    streams = StreamSlots(options.max_streams, options.max_streams_setting)
+    handlers = connect_service_handlers(servicer, streams=streams)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(server, [SERVICE_NAME])
-    credentials = server_credentials(settings, lambda outcome: reloads.labels("tls", outcome).inc())
+    credentials = server_credentials(
+        options.tls, lambda outcome: reloads.labels("tls", outcome).inc()
+    )
     try:
         if credentials is None:
-            return server, server.add_insecure_port(settings.grpc_address)
-        return server, server.add_secure_port(settings.grpc_address, credentials)
+            return server, server.add_insecure_port(options.address)
+        return server, server.add_secure_port(options.address, credentials)
     except RuntimeError as error:  # grpc's "Failed to bind to address"
         raise CannotListen(
-            f"cannot listen on {settings.grpc_address} ({ENV_PREFIX}GRPC_ADDRESS): {error}"
+            f"cannot listen on {options.address} ({options.address_setting}): {error}"
         ) from error

@@ -15,7 +15,6 @@ import grpc
 
 from service.api import convert
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.audit import CALLER
 from service.events.feed import Feed, resolve_start
 from service.events.log import LogAndRegistry
 from service.events.model import (
@@ -29,6 +28,7 @@ from service.events.registry import NEWEST, REGISTRY_PAGE_LIMIT, RegistryPage, R
 from service.metrics import Metrics
 from service.owners import CALLER_OWNERS
 from service.rpc import auth, owned, page_tokens, validation, wire
+from service.rpc.audit import CALLER
 from service.rpc.page_tokens import PageTokens
 from service.stackone.client import StackOneClient
 from service.stackone.errors import StackOneNotFound

@@ -37,7 +37,6 @@ from typing import Any
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from service.audit import AuditUnavailable
 from service.events.model import (
     CursorOutOfRange,
     EventLogUnavailable,
@@ -47,6 +46,7 @@ from service.events.model import (
     TooManyStreams,
 )
 from service.owners import AccountNotAllowed, OwnerNotAllowed
+from service.rpc.audit import AuditUnavailable
 from service.rpc.limits import MAX_ERROR_MESSAGE_BYTES, clip
 from service.rpc.validation import InvalidRequest
 from service.stackone import errors as upstream

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import grpc
 
-from service.config import ENV_PREFIX, Settings
 from service.reloading import ReloadedFiles, Reported, read_file
 
 
@@ -28,32 +27,47 @@ class TlsFileError(ValueError):
     """A TLS file of the gRPC server cannot be used; the message names its setting."""
 
 
-def _read(path: Path, setting: str) -> bytes:
-    return read_file(path, lambda why: TlsFileError(f"{ENV_PREFIX}{setting}: {why}"))
+@dataclass(frozen=True, slots=True)
+class PemFile:
+    """A PEM file and the setting naming it, which every message about the file names."""
+
+    path: Path
+    setting: str
 
 
-def _check_certificates(pem: bytes, path: Path, setting: str) -> None:
+@dataclass(frozen=True, slots=True)
+class TlsMaterial:
+    """Where the server's TLS credentials are read from; with `client_ca`, mutual TLS."""
+
+    cert: PemFile
+    key: PemFile
+    client_ca: PemFile | None = None
+
+
+def _read(file: PemFile) -> bytes:
+    return read_file(file.path, lambda why: TlsFileError(f"{file.setting}: {why}"))
+
+
+def _check_certificates(pem: bytes, file: PemFile) -> None:
     """Refuses a file holding no PEM certificate (or a damaged one)."""
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cadata=pem.decode())
     except (ValueError, ssl.SSLError) as error:  # UnicodeDecodeError is a ValueError
-        raise TlsFileError(
-            f"{ENV_PREFIX}{setting}: {path} is not a PEM certificate file"
-        ) from error
+        raise TlsFileError(f"{file.setting}: {file.path} is not a PEM certificate file") from error
 
 
-def _check_key(cert: Path, key: Path) -> None:
+def _check_key(cert: PemFile, key: PemFile) -> None:
     """Refuses a key that is not an unencrypted PEM key, or not the certificate's."""
     try:
         # An empty password: an encrypted key fails here instead of prompting on a terminal.
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=b"")
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert.path, key.path, password=b"")
     except ssl.SSLError as error:
         problem = (
-            f"is not the private key of the certificate in {ENV_PREFIX}TLS_CERT_FILE ({cert})"
+            f"is not the private key of the certificate in {cert.setting} ({cert.path})"
             if error.reason == "KEY_VALUES_MISMATCH"
             else "is not an unencrypted PEM private key"
         )
-        raise TlsFileError(f"{ENV_PREFIX}TLS_KEY_FILE: {key} {problem}") from error
+        raise TlsFileError(f"{key.setting}: {key.path} {problem}") from error
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +91,7 @@ class TlsFiles:
         )
 
 
-def read_tls_files(cert: Path, key: Path, client_ca: Path | None) -> TlsFiles:
+def read_tls_files(material: TlsMaterial) -> TlsFiles:
     """The TLS files, checked as grpc would use them.
 
     Raises:
@@ -85,21 +99,21 @@ def read_tls_files(cert: Path, key: Path, client_ca: Path | None) -> TlsFiles:
             (grpc would only fail to bind, blaming the address), or the files changed
             while they were being checked.
     """
-    files = _read_all(cert, key, client_ca)
-    _check_certificates(files.cert, cert, "TLS_CERT_FILE")
-    _check_key(cert, key)  # reads the files again: the same ones if nothing changed since
-    if files.client_ca is not None and client_ca is not None:
-        _check_certificates(files.client_ca, client_ca, "TLS_CLIENT_CA_FILE")
-    if _read_all(cert, key, client_ca) != files:
-        raise TlsFileError(f"{ENV_PREFIX}TLS_CERT_FILE: {cert} changed while being read")
+    files = _read_all(material)
+    _check_certificates(files.cert, material.cert)
+    _check_key(material.cert, material.key)  # reads them again: the same if unchanged since
+    if files.client_ca is not None and material.client_ca is not None:
+        _check_certificates(files.client_ca, material.client_ca)
+    if _read_all(material) != files:
+        cert = material.cert
+        raise TlsFileError(f"{cert.setting}: {cert.path} changed while being read")
     return files
 
 
-def _read_all(cert: Path, key: Path, client_ca: Path | None) -> TlsFiles:
+def _read_all(material: TlsMaterial) -> TlsFiles:
+    client_ca = material.client_ca
     return TlsFiles(
-        _read(cert, "TLS_CERT_FILE"),
-        _read(key, "TLS_KEY_FILE"),
-        None if client_ca is None else _read(client_ca, "TLS_CLIENT_CA_FILE"),
+        _read(material.cert), _read(material.key), None if client_ca is None else _read(client_ca)
     )
 
 
@@ -110,16 +124,14 @@ class ServerCertificates:
     new connection, so it only reads the files once a second and never blocks on more.
     """
 
-    def __init__(
-        self, cert: Path, key: Path, client_ca: Path | None, *, reported: Reported | None = None
-    ) -> None:
-        self._requires_client_certificates = client_ca is not None
+    def __init__(self, material: TlsMaterial, *, reported: Reported | None = None) -> None:
+        self._requires_client_certificates = material.client_ca is not None
         self._files = ReloadedFiles(
             "TLS credentials",
-            read=lambda: _read_all(cert, key, client_ca).digest,
+            read=lambda: _read_all(material).digest,
             # Checked as a set, read again: what was just fingerprinted may be half-written.
-            load=lambda _digest: read_tls_files(cert, key, client_ca),
-            describe=lambda _files: f"new TLS credentials from {cert}",
+            load=lambda _digest: read_tls_files(material),
+            describe=lambda _files: f"new TLS credentials from {material.cert.path}",
             errors=TlsFileError,
             reported=reported,
         )
@@ -144,18 +156,14 @@ class ServerCertificates:
 
 
 def server_credentials(
-    settings: Settings, reported: Reported | None = None
+    material: TlsMaterial | None, reported: Reported | None = None
 ) -> grpc.ServerCredentials | None:
-    """TLS (or mutual TLS) credentials from the configured PEM files, if any, re-read when
-    they change.
+    """TLS (or mutual TLS) credentials from `material`'s PEM files (None: plaintext),
+    re-read when they change.
 
     Raises:
         TlsFileError: a file cannot be used (see `read_tls_files`).
     """
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
+    if material is None:
         return None
-    certificates = ServerCertificates(
-        settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file,
-        reported=reported,
-    )  # fmt: skip
-    return certificates.credentials()
+    return ServerCertificates(material, reported=reported).credentials()
