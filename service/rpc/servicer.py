@@ -20,18 +20,17 @@ from service.events.log import LogAndRegistry
 from service.events.model import (
     Bookmark,
     EventFilter,
-    NotInRegistry,
     RegistryIncomplete,
     ServerDraining,
 )
-from service.events.registry import NEWEST, REGISTRY_PAGE_LIMIT, RegistryPage, RegistryQuery
+from service.events.registry import REGISTRY_PAGE_LIMIT, RegistryPage, RegistryQuery
 from service.metrics import Metrics
 from service.owners import CALLER_OWNERS
 from service.rpc import auth, owned, page_tokens, validation, wire
+from service.rpc.accounts import AccountsReadModel
 from service.rpc.audit import CALLER
 from service.rpc.page_tokens import PageTokens
 from service.stackone.client import StackOneClient
-from service.stackone.errors import StackOneNotFound
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MATCH_ALL = EventFilter()
@@ -59,6 +58,7 @@ class ConnectServicer:
         self._stop = stop
         self._frames = wire.FrameCache(incarnation=lambda: log.incarnation)
         self._owned = owned.OwnedAccounts(log, stackone)
+        self._accounts = AccountsReadModel(log, stackone)
         self._page_tokens = page_tokens
 
     def _deadline(self, context: Context) -> float:
@@ -85,64 +85,24 @@ class ConnectServicer:
     async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
         """One account from StackOne, or from the registry when asked and complete."""
         account_id = validation.account_id(request.account_id)
-        scope = CALLER_OWNERS.get()
-        if request.read_from == pb.READ_FROM_REGISTRY:
-            # Its newest entry, even one whose event this replica has not published yet.
-            query = RegistryQuery(account_ids=frozenset({account_id}), as_of=NEWEST, limit=1)
-            page = await self._log.registry(query)
-            if page.complete:
-                found = owned.kept_entries(scope, page.accounts)
-                if not found:  # another customer's account is answered as a missing one
-                    raise NotInRegistry(account_id)
-                return found[0].message(self._log.incarnation)
-        try:
-            account = await self._stackone.get_account(account_id, deadline=self._deadline(context))
-        except StackOneNotFound:
-            if scope is None:
-                raise
-            raise owned.account_not_found(account_id) from None
-        message = convert.account_message(account)
-        return message if scope is None else owned.checked_account(scope, message, account_id)
+        read = await self._accounts.account(
+            CALLER_OWNERS.get(), account_id, request.read_from, self._deadline(context)
+        )
+        return read.accounts[0]
 
     async def ListAccounts(
         self, request: pb.ListAccountsRequest, context: Context
     ) -> pb.ListAccountsResponse:
         """One page of accounts, from StackOne or (asked, and complete) the registry."""
-        if (scope := CALLER_OWNERS.get()) is not None:
-            owned.refuse_other_owners(scope, request.origin_owner_ids)
-            if not request.origin_owner_ids and scope.exact_only:
-                request.origin_owner_ids.extend(sorted(scope.exact_only))
-        # StackOne matches exact owners only: a prefix scope naming none is scanned here.
-        scanned = scope is not None and not request.origin_owner_ids
+        scope = CALLER_OWNERS.get()
+        scanned = self._accounts.narrow(scope, request)
         request.page_token, scan_from = self._opened(request.page_token, scanned)
-        if request.read_from == pb.READ_FROM_REGISTRY and scan_from is None:
-            registry_query = validation.registry_list(request)
-            if registry_query is not None:
-                page = (
-                    await self._log.registry(registry_query)
-                    if scope is None
-                    else await self._owned.registry_page(scope, registry_query)
-                )
-                if page.complete:
-                    return self._registry_response(page)
-            request.page_token = ""  # a listing that falls back starts at StackOne's first page
-        query = validation.list_query(request)
-        deadline = self._deadline(context)
-        if scope is not None and scanned:
-            if request.page_token:  # StackOne's page number: no position in a scan
-                raise page_tokens.not_ours()
-            accounts, next_index = await self._owned.stackone_page(
-                scope, query, scan_from or 0, deadline
-            )
-            following = "" if next_index is None else page_tokens.scan_position(next_index)
-        else:
-            accounts = await self._stackone.list_accounts(query, deadline=deadline)
-            full_page = len(accounts) >= query.page_size
-            following = validation.page_token(query.page + 1) if full_page else ""
+        read = await self._accounts.listing(scope, request, scan_from, self._deadline(context))
         return pb.ListAccountsResponse(
-            accounts=[convert.account_message(account) for account in accounts],
-            next_page_token=self._sealed(following),
-            answered_from=pb.READ_FROM_STACKONE,
+            accounts=read.accounts,
+            next_page_token=self._sealed(read.next_position),
+            cursor=read.cursor,
+            answered_from=read.answered_from,
         )
 
     def _opened(self, token: str, scanned: bool) -> tuple[str, int | None]:
@@ -159,21 +119,6 @@ class ConnectServicer:
     def _sealed(self, position: str) -> str:
         """The caller's sealed token of `position` ("" for no next page)."""
         return self._page_tokens.seal(CALLER.get() or "", position) if position else ""
-
-    def _registry_response(self, page: RegistryPage) -> pb.ListAccountsResponse:
-        """A page of a registry listing, with the cursor all its pages reflect; the next
-        page starts after its last account."""
-        following = (
-            validation.registry_page_token(page.cursor, page.accounts[-1].account_id)
-            if page.more and page.accounts
-            else ""
-        )
-        return pb.ListAccountsResponse(
-            accounts=[entry.message(self._log.incarnation) for entry in page.accounts],
-            next_page_token=self._sealed(following),
-            cursor=self._log.incarnation.public(page.cursor),
-            answered_from=pb.READ_FROM_REGISTRY,
-        )
 
     async def DeleteAccount(self, request: pb.DeleteAccountRequest, context: Context) -> pb.Account:
         """Deletes one account in StackOne."""
