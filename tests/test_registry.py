@@ -77,27 +77,37 @@ async def _writes_stopped_then_followed(
     registry: Registry, writer: asyncio.Task[None], stop: asyncio.Event, stream: StreamCall
 ) -> tuple[dict[str, tuple[str, str]], list[pb.AccountEvent]]:
     """Lets the writer go on a moment (load while the stream runs), stops it, and returns
-    the registry's final state and the stream's events up to the log's latest cursor."""
+    the registry's final state and the stream's events up to the cursor it reflects."""
     await asyncio.sleep(0.3)  # paces the load only; what follows waits on state
     stop.set()
     await writer
-    final = await _settled_view(registry)
-    latest = (await registry.service.event_log.bounds(exact=True)).latest
-    events = await _events_until(stream, latest)
+    final, cursor = await _settled_view(registry)
+    events = await _events_until(stream, cursor)
     stream.cancel()
-    return final, events
+    return final, [event for event in events if int(event.cursor) <= cursor]
 
 
-async def _settled_view(registry: Registry) -> dict[str, tuple[str, str]]:
-    """The registry's final state, once every webhook is recorded (inbox empty)."""
+async def _settled_view(registry: Registry) -> tuple[dict[str, tuple[str, str]], int]:
+    """The registry's final state and the (public) cursor it reflects, once everything the
+    writes caused is recorded: every webhook delivered by the emulator (the inbox is empty
+    while its queue still holds some) and out of the inbox, and nothing recorded past the
+    listing (a sweep with no grace may correct a stale listing of its own after it)."""
+    await asyncio.wait_for(registry.state.wait_for_deliveries(), timeout=20)
     log = registry.service.event_log
+    listed: tuple[list[pb.Account], int] = ([], 0)
 
     async def settled() -> bool:
-        return (await log.inbox_stats()).depth == 0
+        nonlocal listed
+        if (await log.inbox_stats()).depth:
+            return False
+        listed = await registry.listed()
+        latest = (await log.bounds(exact=True)).latest
+        return listed[1] == int(log.incarnation.public(latest))
 
     await eventually(settled, timeout=20)
-    accounts, _ = await registry.listed()
-    return {account.id: (account.raw_status, account.origin_owner_id) for account in accounts}
+    accounts, cursor = listed
+    view = {account.id: (account.raw_status, account.origin_owner_id) for account in accounts}
+    return view, cursor
 
 
 @pytest.mark.timeout(120)
