@@ -47,7 +47,10 @@ fuzz: $(STAMP)
 	$(BIN)/pytest --fuzz -m fuzz tests/test_webhook_fuzz.py tests/test_grpc_fuzz.py
 
 # buf (buf.yaml) guards the proto contract: its lint rules, its format, and no change that
-# breaks a caller of the contract recorded in protos/baseline.binpb.
+# breaks a caller of the contract recorded in protos/baseline.binpb. The deployment files
+# are checked offline against bundled schemas (tests/test_deploy.py runs the same three):
+# Kubernetes $(KUBERNETES_VERSION) (strict: no unknown field) and the compose specification.
+KUBERNETES_VERSION := 1.37.0
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -55,6 +58,9 @@ lint: $(STAMP)
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
 	$(BIN)/buf breaking --against protos/baseline.binpb
+	$(BIN)/yamllint --strict deploy .yamllint
+	$(BIN)/kubernetes-validate --strict --quiet -k $(KUBERNETES_VERSION) deploy/kubernetes/*.yaml
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose.yaml
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
