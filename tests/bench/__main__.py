@@ -13,11 +13,9 @@ import asyncio
 import os
 import platform
 import sqlite3
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,11 +30,21 @@ from service.events.reconcile import PAGE_SIZE
 from service.events.records import event_record
 from service.events.sqlite import SqliteEventLog, SqliteOptions
 from service.stackone.budget import RateBudget
+from tests.bench.harness import (
+    LOAD_CPU,
+    SECRET,
+    SERVER_CPU,
+    Role,
+    Row,
+    run_role,
+    serve,
+    server_role,
+    spawn,
+)
+from tests.bench.ingest_limit import bench_durable_ingest
 from tests.bench.roles import bench_account
-from tests.processes import ServeProcess, rss_kib, serve_env, serve_process
+from tests.processes import rss_kib
 
-SERVER_CPU, LOAD_CPU = 0, 1
-SECRET = "bench-webhook-secret"
 RESULTS = Path("bench-results.json")
 REPLAY_BATCH = 256  # max_events_per_message of the replaying subscriber
 LIVE_BATCH = 200  # max_events_per_message of batching subscribers, as `events watch` asks
@@ -58,89 +66,6 @@ FIRST_START_LATENCY = BURST_LATENCY  # StackOne's latency in the first start's s
 REGISTRY_SAMPLES = 4096  # accounts (and their owners) the readers ask for, spread evenly
 VERIFICATIONS = "stackone_connect_verifications_total"
 INBOX_DEPTH = "stackone_connect_inbox_depth"
-
-
-@dataclass
-class Row:
-    """One line of the table."""
-
-    figure: str
-    value: float
-    unit: str
-    baseline: str
-    baseline_value: float | None
-    ratio: float | None
-    target: str
-    met: bool | None  # None: a figure shown for context, with no target of its own
-    detail: str = ""
-
-
-@dataclass
-class Role:
-    """A running `tests.bench.roles` process."""
-
-    process: asyncio.subprocess.Process
-    port: int
-    more_ports: tuple[int, ...] = ()  # any other ports a server role announced
-
-    async def result(self, timeout: float) -> dict[str, Any]:
-        """Waits for the role's JSON line (read to the end: it can be longer than a
-        line reader's buffer)."""
-        assert self.process.stdout is not None
-        async with asyncio.timeout(timeout):
-            line = await self.process.stdout.read()
-            await self.process.wait()
-        if not line:
-            raise RuntimeError(f"bench role exited with {self.process.returncode} and no result")
-        parsed: dict[str, Any] = orjson.loads(line)
-        return parsed
-
-
-async def _spawn(name: str, args: dict[str, Any], cpu: int) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.bench.roles", name, orjson.dumps(args).decode(),
-        env={**os.environ, "BENCH_CPU": str(cpu)},
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-
-
-@asynccontextmanager
-async def server_role(name: str, cpu: int = SERVER_CPU, **args: Any) -> AsyncIterator[Role]:
-    """Starts a role that prints `READY <port>` and kills it on exit."""
-    process = await _spawn(name, args, cpu)
-    try:
-        assert process.stdout is not None
-        async with asyncio.timeout(30):
-            line = (await process.stdout.readline()).decode()
-        if not line.startswith("READY"):
-            raise RuntimeError(f"bench role {name} did not start")
-        port, *more_ports = (int(word) for word in line.split()[1:])
-        yield Role(process, port, tuple(more_ports))
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-async def run_role(name: str, timeout: float, **args: Any) -> dict[str, Any]:
-    """Runs a load role on the load CPU to completion and returns its result."""
-    process = await _spawn(name, args, LOAD_CPU)
-    try:
-        return await Role(process, 0).result(timeout)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-@asynccontextmanager
-async def serve(workdir: Path, name: str, **extra: str) -> AsyncIterator[ServeProcess]:
-    """A real `stackone-connect serve` on the server CPU with its own event log."""
-    directory = workdir / name
-    directory.mkdir(exist_ok=True)
-    env = serve_env(directory, SECRET, STACKONE_CONNECT_BOOKMARK_INTERVAL="15", **extra)
-    async with serve_process(env) as process:
-        yield process
 
 
 def _ingest_load(seconds: float) -> dict[str, Any]:
@@ -251,7 +176,7 @@ async def _subscribed(
     try:
         for index in range(processes):
             count = subscribers // processes + (index < subscribers % processes)
-            readers.append(await _spawn(
+            readers.append(await spawn(
                 "subscribers",
                 {"target": target, "count": count, "events": events, "per_message": per_message,
                  "channels": max(1, count // 100), "timeout": timeout},
@@ -1063,8 +988,8 @@ def _machine() -> str:
 
 
 SCENARIOS = (
-    "ingest", "verified_ingest", "create_session", "client_shares", "latency", "fan_out",
-    "replay", "burst", "registry", "tracing", "client_watch",
+    "ingest", "verified_ingest", "durable_ingest", "create_session", "client_shares", "latency",
+    "fan_out", "replay", "burst", "registry", "tracing", "client_watch",
 )  # fmt: skip
 
 
@@ -1080,6 +1005,8 @@ async def main(seconds: float, replay_events: int, only: set[str], runs: int) ->
             rows.append(await bench_ingest(workdir, seconds))
         if "verified_ingest" in only:
             rows.append(await bench_verified_ingest(workdir, seconds))
+        if "durable_ingest" in only:
+            rows += await bench_durable_ingest(workdir, seconds, runs)
         if "create_session" in only:
             rows += await bench_create_session(workdir, seconds)
         if "client_shares" in only:

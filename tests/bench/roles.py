@@ -40,7 +40,7 @@ from service.events.model import StoredEvent
 from service.events.registry import RegisteredAccount
 from service.rpc import wire
 from stackone_connect_client import Client
-from tests.bench import h2streams
+from tests.bench import durable, h2streams
 
 SESSION_BODY = orjson.dumps(
     {"id": 1, "token": "cst_bench", "auth_link_url": "https://hub.example/connect?token=cst_bench",
@@ -342,11 +342,17 @@ async def flood_read(args: dict[str, Any]) -> None:
 async def http_load(args: dict[str, Any]) -> None:
     """Posts distinct signed webhooks from `concurrency` workers for `seconds`.
 
-    account.deleted ones, or account.updated ones cycling over `account_ids` when given.
+    account.deleted ones, or account.updated ones cycling over `account_ids` when given,
+    or (`mix`) the two in turn.
     With `probe` ({"url", "samples"}), GETs that URL right after the measured period
     and reports the named Prometheus samples it answers.
     """
-    if args.get("account_ids"):
+    if args.get("mix"):  # account.updated and account.deleted in turn
+        half = args["count"] // 2
+        updated = updated_bodies(half, args["account_ids"])
+        pairs = zip(updated, webhook_bodies(half, args["prefix"]), strict=True)
+        bodies = [body for pair in pairs for body in pair]
+    elif args.get("account_ids"):
         bodies = updated_bodies(args["count"], args["account_ids"])
     else:
         bodies = webhook_bodies(args["count"], args["prefix"])
@@ -1065,6 +1071,7 @@ ROLES = {
     "registry_reads": registry_reads, "snapshot_read": snapshot_read,
     "registry_emulator": registry_emulator, "registry_wait": registry_wait,
     "otlp_sink": otlp_sink, "bare_watch": bare_watch, "client_watch": client_watch,
+    **durable.ROLES,
 }  # fmt: skip
 
 if __name__ == "__main__":
