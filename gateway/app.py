@@ -93,11 +93,13 @@ async def receive_webhook(request: web.Request) -> web.Response:
     # Its span begins at arrival but is made once the sender is known: only a signed
     # webhook's trace headers are continued; anyone else's choose neither the parent nor
     # the sampling (the span is a root, sampled as this service's sampler says).
+    tracing = request.app[TRACING]
     signed = isinstance(admitted, bytes)
-    with request.app[TRACING].server_span(
+    with tracing.server_span(
         f"POST {WEBHOOK_PATH}",
         started_ns=started_ns,
-        parent=remote_parent(request.headers) if signed else None,
+        # Read only when a span is made: untraced, the headers are left unparsed.
+        parent=remote_parent(request.headers) if signed and tracing.enabled else None,
         attributes={"http.request.method": "POST", "http.route": WEBHOOK_PATH},
     ) as span:
         if isinstance(admitted, _Refusal):
@@ -123,8 +125,11 @@ async def _admitted(state: GatewayState, request: web.Request) -> bytes | _Refus
     if (request.content_length or 0) > state.max_body_bytes:
         return _too_large(state)  # before reading: the wire size alone is over the limit
     try:
-        async with asyncio.timeout(state.body_timeout):
-            raw = await request.read()  # as sent: client_max_size caps it
+        if request.content.is_eof():  # it came whole with the headers: no timer to set
+            raw = await request.read()
+        else:
+            async with asyncio.timeout(state.body_timeout):
+                raw = await request.read()  # as sent: client_max_size caps it
         body = decode(raw, content_encoding, state.max_body_bytes)
     except (web.HTTPRequestEntityTooLarge, BodyTooLarge):
         return _too_large(state)
