@@ -233,20 +233,6 @@ async def test_serve_runs_on_uvloop_frozen_and_without_a_log_line_per_stackone_r
     assert not {name for name in loggers if name.split(".")[0] in ("httpx", "httpcore")}
 
 
-@contextmanager
-def traced_statements(*connections: sqlite3.Connection) -> Iterator[list[tuple[str, int]]]:
-    """Every statement the connections run from here, with the thread that ran it
-    (SQLite's own trace hook, called on the thread executing the statement)."""
-    statements: list[tuple[str, int]] = []
-    for connection in connections:
-        connection.set_trace_callback(lambda sql: statements.append((sql, threading.get_ident())))
-    try:
-        yield statements
-    finally:
-        for connection in connections:
-            connection.set_trace_callback(None)
-
-
 @asynccontextmanager
 async def sqlite_log(tmp_path: Path) -> AsyncIterator[SqliteEventLog]:
     """A SQLite log opened as `serve` opens it."""
@@ -270,13 +256,14 @@ async def test_sqlite_stages_writes_on_the_loop_and_only_commits_on_the_writer_t
     async with sqlite_log(tmp_path) as log:
         before = log.commits
         entries = [webhook_entry(f"w-{n}", "account.updated", f"a-{n}") for n in range(50)]
-        with traced_statements(log._writer_conn) as statements:
+        with log.statements() as statements:
             appends = [log.append([record(n)]) for n in range(50)]
             await asyncio.gather(*appends, *(log.accept(entry) for entry in entries))
         commits = log.commits - before
     loop_thread = threading.get_ident()
-    on_loop = [sql for sql, thread in statements if thread == loop_thread]
-    assert [sql for sql, thread in statements if thread != loop_thread] == ["COMMIT"] * commits
+    assert {s.connection for s in statements} == {"writer"}
+    on_loop = [s.sql for s in statements if s.thread == loop_thread]
+    assert [s.sql for s in statements if s.thread != loop_thread] == ["COMMIT"] * commits
     assert sum(sql.startswith("INSERT INTO events") for sql in on_loop) == 50
     assert sum(sql.startswith("INSERT INTO inbox") for sql in on_loop) == 50
     assert 1 <= commits <= 10  # group-committed
@@ -290,7 +277,7 @@ async def test_the_door_writes_one_inbox_row_per_webhook_and_reads_the_inbox_nev
     redelivery of one still waiting is answered from memory: no statement of its own."""
     entries = [webhook_entry(f"w-{n}", "account.updated", f"a-{n}") for n in range(20)]
     async with sqlite_log(tmp_path) as log:
-        with traced_statements(log._writer_conn) as statements:
+        with log.statements() as statements:
             taken = await asyncio.gather(*(log.accept(entry) for entry in entries))
             redelivered = await asyncio.gather(*(log.accept(entry) for entry in entries))
         with closing(sqlite3.connect(log.path)) as schema:
@@ -300,7 +287,8 @@ async def test_the_door_writes_one_inbox_row_per_webhook_and_reads_the_inbox_nev
     assert indexes == []
     assert taken == [Accepted.QUEUED] * 20
     assert redelivered == [Accepted.DUPLICATE] * 20
-    work = [sql for sql, _ in statements if sql not in _TRANSACTION]
+    assert {s.connection for s in statements} == {"writer"}
+    work = [s.sql for s in statements if s.sql not in _TRANSACTION]
     assert [sql for sql in work if "inbox" in sql] == [
         sql for sql in work if sql.startswith("INSERT INTO inbox")
     ]
@@ -313,7 +301,7 @@ async def test_streams_following_the_head_read_it_from_memory(tmp_path: Path) ->
     as every stream following the head does after each commit, runs no SQLite query."""
     async with sqlite_log(tmp_path) as log:
         await log.append([record(n) for n in range(100)])
-        with traced_statements(log._reader_conn, log._lookup_conn) as statements:
+        with log.statements() as statements:
             for after in range(100):
                 assert [event.cursor for event in await log.read(after, 1)] == [after + 1]
     assert statements == []
@@ -334,13 +322,13 @@ async def test_registry_reads_of_one_account_or_customer_stay_on_the_loop_thread
     ~345 µs call): nothing runs on another thread."""
     async with sqlite_log(tmp_path) as log:
         await log.append([_created(f"acct-{n}", f"owner-{n % 2}") for n in range(4)])
-        with traced_statements(log._lookup_conn, log._reader_conn) as statements:
+        with log.statements() as statements:
             one = await log.registry(RegistryQuery(account_ids=frozenset({"acct-1"}), limit=1))
             owners = await log.registry(RegistryQuery(origin_owner_ids=frozenset({"owner-0"})))
     assert [entry.account_id for entry in one.accounts] == ["acct-1"]
     assert [entry.account_id for entry in owners.accounts] == ["acct-0", "acct-2"]
-    assert len(statements) == 2
-    assert {thread for _, thread in statements} == {threading.get_ident()}
+    assert [s.connection for s in statements] == ["lookup", "lookup"]
+    assert {s.thread for s in statements} == {threading.get_ident()}
 
 
 @contextmanager
