@@ -34,7 +34,7 @@ from service.runtime import running
 from service.web import listening
 from tests.processes import serve_env, serve_process
 from tests.registries import EmulatedStackOne
-from tests.streams import StreamCall, events_covering, next_event, next_item, subscribed
+from tests.streams import StreamCall, events_covering, next_event, next_item, position, subscribed
 from tests.support import (
     WEBHOOK_SECRET,
     LogBackend,
@@ -428,7 +428,7 @@ async def test_the_same_content_again_is_a_new_change_when_stackone_says_so(
     await eventually(lambda: harness.look_ups() == look_ups + 1)
     log = harness.service.event_log
     await eventually(partial(inbox_is_empty, log))
-    assert (await log.bounds(exact=True)).latest == int(event.cursor), "nothing new recorded"
+    assert (await log.bounds(exact=True)).latest == position(event.cursor), "nothing new recorded"
 
 
 async def test_a_webhook_is_parsed_once_from_the_gateway_to_its_recorded_event(
