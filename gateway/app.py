@@ -27,6 +27,7 @@ from gateway.signature import SIGNATURE_HEADER, is_valid_signature
 from gateway.webhook import InvalidWebhook, parse_webhook
 from service.events.ingest import Ingestor
 from service.events.model import AccountEventType, EventLogError, InboxFull
+from service.health import Health, HealthSnapshot
 from service.logs import REQUEST_ID, request_id_from
 from service.metrics import Metrics
 from service.tracing import OFF, Tracing, remote_parent
@@ -46,7 +47,7 @@ class GatewayState:
     ingestor: Ingestor
     secrets: Iterable[str]  # a `WebhookSecrets` re-reads its file as it is iterated
     url_token: str | None
-    readiness_check: Callable[[], Awaitable[None]]
+    health: Health  # what /readyz reports: the checks' last snapshot
     metrics: Metrics
     max_body_bytes: int = MAX_BODY_BYTES
     body_timeout: float = 10.0
@@ -202,15 +203,27 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: accepting work and the event log is writable."""
+    """Readiness as the service's health checks last found it (`service.health`, which
+    gRPC health reads too), every check listed by name: 503 while shutting down or while
+    a readiness check fails, naming it and why."""
     state = request.app[GATEWAY_STATE]
+    snapshot = state.health.snapshot
+    checks = _checks(snapshot)
     if not state.accepting:
-        return web.json_response({"error": "shutting down"}, status=503)
-    try:
-        await state.readiness_check()
-    except Exception as error:  # any failure means not ready
-        return web.json_response({"error": str(error)}, status=503)
-    return web.json_response({"status": "ready"})
+        return web.json_response({"error": "shutting down", "checks": checks}, status=503)
+    if not snapshot.ready:
+        problems = "; ".join(snapshot.problems())
+        return web.json_response({"error": problems, "checks": checks}, status=503)
+    return web.json_response({"status": "ready", "checks": checks})
+
+
+def _checks(snapshot: HealthSnapshot) -> dict[str, dict[str, object]]:
+    """Each check by name: passing, whether readiness waits on it, and why it fails."""
+    return {
+        result.name: {"passing": result.passing, "readiness": result.readiness}
+        | ({} if result.passing else {"detail": result.detail})
+        for result in snapshot.results
+    }
 
 
 async def metrics(request: web.Request) -> web.Response:

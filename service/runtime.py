@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -39,11 +39,12 @@ from service.events.backends import (
     open_event_log,
 )
 from service.events.ingest import Ingestor
-from service.events.log import EventLog
-from service.events.model import EventLogError, EventLogUnavailable
+from service.events.log import AccountRegistry, EventLog, Lifecycle
+from service.events.model import EventLogError, EventLogUnavailable, RegistryIncomplete
 from service.events.reconcile import Reconciler
 from service.events.registry import RegistryQuery
 from service.events.verify import Verifier, record_alone
+from service.health import Health, HealthSnapshot, Listener
 from service.metrics import Metrics
 from service.rpc.audit import AuditTrail, open_sink
 from service.rpc.page_tokens import PageTokens, page_token_key
@@ -88,47 +89,49 @@ class Runtime:
         return f"{split_address(self.settings.grpc_address)[0]}:{self.grpc_port}"
 
 
-async def _set_health(
-    servicer: HealthReporter, serving: bool, names: tuple[str, ...] = ("", SERVICE_NAME)
-) -> None:
-    status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if serving
-        else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
-    for name in names:
-        await servicer.set(name, status)
+EVENT_LOG_WRITABLE = "event_log_writable"
+"""The check that an append could succeed now (on JetStream: NATS connected, streams answering)."""
+REGISTRY_COMPLETE = "registry_complete"
+"""The check that the registry answers reads (a reconciliation sweep has completed it)."""
+GRPC_HEALTH_FOLLOWS: dict[str, str | None] = {
+    "": None,
+    SERVICE_NAME: None,
+    REGISTRY_HEALTH: REGISTRY_COMPLETE,
+}
+"""The check each gRPC health service name follows (None: every readiness check)."""
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-async def _watch_readiness(
-    check_writable: Callable[[], Awaitable[None]],
-    servicer: HealthReporter,
-    interval: float,
-    metrics: Metrics,
-) -> None:
-    """Every `interval`, SERVING if the event log's write probe succeeds, NOT_SERVING if
-    not; runs until cancelled, whatever the probe raises."""
-    ready = True
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await check_writable()
-            now_ready = True
-        except EventLogError as error:
-            now_ready = False
-            if ready:
-                _log.error("not ready: %s", error)
-        except Exception:
-            # A fault of the probe itself proves no write would succeed either: not ready,
-            # counted, and probed again at the next interval.
-            now_ready = False
-            _log.exception("not ready: the event log's write probe failed")
-            metrics.background_failures.labels("readiness").inc()
-        if now_ready != ready:
-            await _set_health(servicer, now_ready)
-            if now_ready:
-                _log.info("ready again: the event log is writable")
-            ready = now_ready
+async def _registry_complete(registry: AccountRegistry) -> None:
+    """Raises `RegistryIncomplete` until a reconciliation sweep has completed the registry."""
+    if not (await registry.registry(RegistryQuery(limit=0))).complete:
+        raise RegistryIncomplete()
+
+
+def declare_health(event_log: Lifecycle, registry: AccountRegistry, metrics: Metrics) -> Health:
+    """The service's named checks, declared where the log is made: the one health that
+    gRPC health and `/readyz` both read."""
+    health = Health(metrics, expected=(EventLogError,))
+    health.register(EVENT_LOG_WRITABLE, event_log.check_writable)
+    health.register(REGISTRY_COMPLETE, partial(_registry_complete, registry), readiness=False)
+    return health
+
+
+def grpc_health(reporter: HealthReporter) -> Listener:
+    """Publishes each snapshot to gRPC health, each service name as `GRPC_HEALTH_FOLLOWS`
+    says, setting only what changed (a change is what Watch streams are sent)."""
+    published: dict[str, int] = {}
+
+    async def publish(snapshot: HealthSnapshot) -> None:
+        for service, check in GRPC_HEALTH_FOLLOWS.items():
+            serving = snapshot.ready if check is None else snapshot.passing(check)
+            status = SERVING if serving else NOT_SERVING
+            if published.get(service) != status:
+                await reporter.set(service, status)
+                published[service] = status
+
+    return publish
 
 
 @dataclass(slots=True)
@@ -367,6 +370,7 @@ async def _serving(
     event_log: EventLog,
     metrics: Metrics,
     tracing: Tracing,
+    health: Health,
 ) -> AsyncIterator[_Serving]:
     """The gateway and the gRPC server, SERVING once both listen; on exit, the graceful
     stop: NOT_SERVING, no new webhooks, streams told to reconnect, both drained within
@@ -377,7 +381,7 @@ async def _serving(
         url_token=(
             settings.webhook_url_token.get_secret_value() if settings.webhook_url_token else None
         ),
-        readiness_check=event_log.check_writable,
+        health=health,
         metrics=metrics,
         body_timeout=settings.gateway_body_timeout,
     )
@@ -409,26 +413,22 @@ async def _serving(
             metrics=metrics,
             page_tokens=_page_tokens(settings),
         )
-        health = new_health_servicer()
+        reporter = new_health_servicer()
         server, grpc_port = build_grpc_server(
-            servicer, health, grpc_server_options(settings), metrics, tracing, audit=audit
+            servicer, reporter, grpc_server_options(settings), metrics, tracing, audit=audit
         )
         await server.start()
-        await _set_health(health, True)
+        health.subscribe(grpc_health(reporter))
+        await health.run_checks()
         try:
-            yield _Serving(gateway, admin, grpc_port, health)
+            yield _Serving(gateway, admin, grpc_port, reporter)
         finally:
-            await health.enter_graceful_shutdown()
+            await health.shut_down()
+            await reporter.enter_graceful_shutdown()
             gateway_state.accepting = False
             draining.set()
             event_log.stop_waits()  # idle streams see `draining` now, not at their next wake
             await asyncio.gather(server.stop(settings.shutdown_grace), gateway.stop())
-
-
-async def _set_registry_health(servicer: HealthReporter, complete: bool) -> None:
-    """The registry's own health entry: SERVING once it is complete (reads from it are
-    answered from it), NOT_SERVING before."""
-    await _set_health(servicer, complete, (REGISTRY_HEALTH,))
 
 
 @asynccontextmanager
@@ -437,11 +437,15 @@ async def _background(
     client: StackOneClient,
     event_log: EventLog,
     metrics: Metrics,
-    health: HealthReporter,
+    health: Health,
     tracing: Tracing,
 ) -> AsyncIterator[None]:
-    """The readiness watch, the verifier and (unless turned off) the reconciler, until
-    the block exits."""
+    """The health checks' periodic run, the verifier and (unless turned off) the
+    reconciler, until the block exits."""
+
+    async def registry_reported(_complete: bool) -> None:
+        await health.run_checks()  # both surfaces learn of it now, not at the next run
+
     verifier = Verifier(
         event_log,
         client,
@@ -453,12 +457,7 @@ async def _background(
         upgrade=upgraded,  # entries an earlier release left in the inbox
     )
     tasks = [
-        asyncio.create_task(
-            _watch_readiness(
-                event_log.check_writable, health, settings.readiness_interval, metrics
-            ),
-            name="readiness",
-        ),
+        asyncio.create_task(health.run(settings.readiness_interval), name="readiness"),
         asyncio.create_task(verifier.run(), name="verifier"),
         asyncio.create_task(metrics.watch_loop_lag(), name="loop-lag"),
     ]
@@ -469,13 +468,10 @@ async def _background(
             interval=settings.reconcile_interval,
             grace=settings.reconcile_grace,
             metrics=metrics,
-            report_complete=partial(_set_registry_health, health),
+            report_complete=registry_reported,
             tracing=tracing,
         )
         tasks.append(asyncio.create_task(reconciler.run()))
-    else:  # nothing will complete it; say whether it is
-        complete = (await event_log.registry(RegistryQuery(limit=0))).complete
-        await _set_registry_health(health, complete)
     try:
         yield
     finally:
@@ -511,11 +507,12 @@ async def running(settings: Settings, tracing: Tracing | None = None) -> AsyncIt
         client = await stack.enter_async_context(
             _stackone_client(settings, stackone, metrics, tracing)
         )
+        health = declare_health(event_log, event_log, metrics)
         serving = await stack.enter_async_context(
-            _serving(settings, stackone, client, event_log, metrics, tracing)
+            _serving(settings, stackone, client, event_log, metrics, tracing, health)
         )
         await stack.enter_async_context(
-            _background(settings, client, event_log, metrics, serving.health, tracing)
+            _background(settings, client, event_log, metrics, health, tracing)
         )
         runtime = Runtime(
             settings,

@@ -20,8 +20,11 @@ import pytest_asyncio
 
 from gateway.app import WEBHOOK_PATH, GatewayState, init_admin_app, init_app
 from gateway.signature import sign
+from service.aio import cancel_all
 from service.events.ingest import Ingestor
+from service.events.model import EventLogError
 from service.events.sqlite import SqliteEventLog
+from service.health import Health
 from service.metrics import Metrics
 from service.web import ListeningApp, listening
 from tests.support import WEBHOOK_SECRET, eventually, signed_headers
@@ -65,29 +68,37 @@ class Gateway:
 
 @pytest_asyncio.fixture
 async def gateway(event_log: SqliteEventLog) -> AsyncIterator[Gateway]:
-    """A gateway and its log, with no verifier: accepted webhooks stay in the inbox."""
+    """A gateway and its log, with no verifier: accepted webhooks stay in the inbox; its
+    health checks the log every 10 ms."""
+    health = Health(expected=(EventLogError,))
+    health.register("event_log_writable", event_log.check_writable)
+    await health.run_checks()
+    checks = asyncio.create_task(health.run(0.01))
     state = GatewayState(
         ingestor=Ingestor(event_log),
         secrets=["old-secret", WEBHOOK_SECRET],
         url_token=None,
-        readiness_check=event_log.check_writable,
+        health=health,
         metrics=Metrics(),
         max_body_bytes=4096,
         body_timeout=0.5,
     )
-    async with (
-        listening(
-            init_app(state),
-            "127.0.0.1",
-            0,
-            keepalive_timeout=IDLE_TIMEOUT,
-            max_connections=MAX_CONNECTIONS,
-        ) as app,
-        listening(init_admin_app(state), "127.0.0.1", 0) as admin_app,
-        httpx.AsyncClient(base_url=app.base_url) as http,
-        httpx.AsyncClient(base_url=admin_app.base_url) as admin,
-    ):
-        yield Gateway(http, admin, event_log, state, app.port)
+    try:
+        async with (
+            listening(
+                init_app(state),
+                "127.0.0.1",
+                0,
+                keepalive_timeout=IDLE_TIMEOUT,
+                max_connections=MAX_CONNECTIONS,
+            ) as app,
+            listening(init_admin_app(state), "127.0.0.1", 0) as admin_app,
+            httpx.AsyncClient(base_url=app.base_url) as http,
+            httpx.AsyncClient(base_url=admin_app.base_url) as admin,
+        ):
+            yield Gateway(http, admin, event_log, state, app.port)
+    finally:
+        await cancel_all([checks])
 
 
 async def test_a_signed_account_event_is_in_the_inbox_then_acknowledged(gateway: Gateway) -> None:
@@ -228,7 +239,11 @@ async def test_a_storage_failure_gets_503_so_stackone_retries(gateway: Gateway) 
     body = orjson.dumps(CREATED)
     response = await gateway.post(body, signed_headers(body))
     assert response.status_code == 503
-    assert (await gateway.admin.get("/readyz")).status_code == 503
+
+    async def not_ready() -> bool:
+        return (await gateway.admin.get("/readyz")).status_code == 503
+
+    await eventually(not_ready)
 
 
 async def test_health_and_readiness(gateway: Gateway) -> None:

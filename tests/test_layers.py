@@ -154,9 +154,10 @@ def test_the_grpc_edge_reads_no_settings() -> None:
 
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # The house's common parts: logs, metrics, tracing, listeners, retries, reloading.
+    # The house's common parts: health, logs, metrics, tracing, listeners, retries, reloading.
     (
         "service.aio",
+        "service.health",
         "service.logs",
         "service.metrics",
         "service.owners",

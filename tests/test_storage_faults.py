@@ -28,9 +28,10 @@ from service.aio import cancel_all
 from service.events.log import EventLog
 from service.events.model import EventLogUnavailable, EventRecord, Retention
 from service.events.sqlite import SqliteEventLog, SqliteOptions
+from service.health import Health
 from service.metrics import Metrics
 from service.rpc.server import new_health_servicer
-from service.runtime import ConfigurationError, Runtime, _watch_readiness, running
+from service.runtime import ConfigurationError, Runtime, grpc_health, running
 from tests.processes import SERVE, run_to_end, serve_env, serve_process
 from tests.support import (
     WEBHOOK_SECRET,
@@ -357,10 +358,10 @@ async def test_the_writer_survives_a_write_it_cannot_make(tmp_path: Path) -> Non
 async def test_the_readiness_watch_survives_a_probe_that_raises_the_unexpected() -> None:
     """A probe raising something other than a storage error makes health NOT_SERVING, is
     counted, and the watch probes again: SERVING once a probe succeeds."""
-    health = new_health_servicer()
+    reporter = new_health_servicer()
     metrics = Metrics()
     server = grpc.aio.server()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(reporter, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     mended = asyncio.Event()
@@ -372,8 +373,11 @@ async def test_the_readiness_watch_survives_a_probe_that_raises_the_unexpected()
             faults += 1
             raise ValueError("a fault in the probe itself, not in the storage")
 
-    await health.set("", SERVING)
-    watch = asyncio.create_task(_watch_readiness(probe, health, 0.01, metrics))
+    health = Health(metrics, expected=(EventLogUnavailable,))
+    health.register("event_log_writable", probe)
+    health.subscribe(grpc_health(reporter))
+    await reporter.set("", SERVING)
+    watch = asyncio.create_task(health.run(0.01))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await health_becomes(channel, NOT_SERVING)

@@ -28,6 +28,7 @@ from gateway.signature import sign
 from service.events.ingest import Ingestor
 from service.events.sqlite import SqliteEventLog, SqliteOptions
 from service.events.verify import record_alone
+from service.health import Health
 from service.metrics import Metrics
 from service.web import listening
 from tests.support import WEBHOOK_SECRET, in_a_thread, signed_headers, webhook
@@ -86,7 +87,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             ingestor=Ingestor(log, record_alone=record_alone),
             secrets=[WEBHOOK_SECRET],
             url_token=None,
-            readiness_check=log.check_writable,
+            health=Health(),  # readiness is not what this tests
             metrics=Metrics(),
             max_body_bytes=MAX_BODY,
         )
