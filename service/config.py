@@ -170,11 +170,13 @@ class Settings(BaseSettings):
         description="StackOne calls per minute the bundled emulator allows per API key (429"
         " with Retry-After beyond); unset: no limit.",
     )
-    emulator_sdk_shapes: Literal["4.34", "4.28"] = Field(
-        "4.34",
-        description="Which StackOne SDK's answer shapes the bundled emulator plays: `4.34`"
-        " (today's: `organization_id` a string, `integration_id` on sessions, `shared` on"
-        " accounts) or `4.28` (`organization_id` a number, neither field).",
+    emulator_sdk_shapes: Literal["2026-06", "4.34", "4.28"] = Field(
+        "2026-06",
+        description="Which StackOne models' answer shapes the bundled emulator plays:"
+        " `2026-06` (today's: sessions with `connector_profile_id` and"
+        " `latest_connection_attempt`, accounts with `categories`), `4.34` (the TypeScript"
+        " SDK 4.34: `organization_id` a string, `integration_id` on sessions, `shared` on"
+        " accounts) or `4.28` (`organization_id` a number, none of these fields).",
     )
     emulator_state_file: Path | None = Field(
         None,

@@ -1,5 +1,6 @@
-"""StackOne as it is today (its SDK 4.34) end to end, in both emulator shapes: gRPC →
-client → emulator → back, and on events and registry reads.
+"""StackOne as its SDK 4.34 shaped it end to end, in the emulator's 4.34 and 4.28 shapes:
+gRPC → client → emulator → back, and on events and registry reads (the 2026-06 models are
+tests/test_sessions.py's and tests/test_connector_profiles.py's).
 
 Each row of the README's "StackOne's SDK since 4.28" table: the `scheduling` category,
 `integration_id` sent and echoed, `organization_id` a string (a number in the 4.28
@@ -19,15 +20,15 @@ import pytest
 import pytest_asyncio
 
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.emulator.state import CURRENT_SHAPES, SDK_428_SHAPES
+from service.emulator.state import SDK_428_SHAPES, SDK_434_SHAPES
 from service.stackone.client import StackOneClient
-from tests import stackone_434
+from tests import stackone_434, stackone_2026_06
 from tests.registries import Registry, registry_service
 from tests.streams import attached, next_event
 from tests.support import LogBackend
 
 pytestmark = pytest.mark.asyncio
-SHAPES = [CURRENT_SHAPES, SDK_428_SHAPES]
+SHAPES = [SDK_434_SHAPES, SDK_428_SHAPES]
 INTEGRATION_ID = str(uuid.UUID(int=0x4A31))
 NEW_STATUSES = {
     "suspended": pb.ACCOUNT_STATUS_SUSPENDED,
@@ -80,16 +81,18 @@ async def test_a_scheduling_session_reaches_stackone_and_comes_back(stackone: Re
 async def test_integration_id_is_sent_and_echoed_where_stackone_answers_it(
     stackone: Registry,
 ) -> None:
-    """`integration_id` (StackOne's `connector_profile_id`) goes to StackOne; both session
-    answers carry it back in today's shapes, none in 4.28's, and the Session says so."""
+    """`integration_id` goes to StackOne as `connector_profile_id`, its name since the
+    2026-06 models; both session answers carry it back as `integration_id` in 4.34's
+    shapes, none in 4.28's, and the Session says so."""
     session = await stackone.stub.CreateSession(
         pb.CreateSessionRequest(
             origin_owner_id="t-1", origin_owner_name="T", integration_id=INTEGRATION_ID
         )
     )
     sent = await last_request(stackone, "/connect_sessions")
-    assert sent["body"]["integration_id"] == INTEGRATION_ID
-    echoed = INTEGRATION_ID if shapes_of(stackone) == CURRENT_SHAPES else ""
+    assert sent["body"]["connector_profile_id"] == INTEGRATION_ID
+    assert "integration_id" not in sent["body"]
+    echoed = INTEGRATION_ID if shapes_of(stackone) == SDK_434_SHAPES else ""
     assert session.integration_id == echoed
     settings = stackone.service.settings
     assert stackone.service.emulator is not None
@@ -99,14 +102,14 @@ async def test_integration_id_is_sent_and_echoed_where_stackone_answers_it(
 
 
 async def test_organization_id_is_text_whichever_type_stackone_sends(stackone: Registry) -> None:
-    """A string in today's answers, a number in 4.28's: the Session holds the same text."""
+    """A string in 4.34's answers, a number in 4.28's: the Session holds the same text."""
     session = await stackone.stub.CreateSession(
         pb.CreateSessionRequest(origin_owner_id="t-1", origin_owner_name="T")
     )
     answered = await raw(
         stackone, "POST", "/connect_sessions", origin_owner_id="t-2", origin_owner_name="U"
     )
-    expected_type = str if shapes_of(stackone) == CURRENT_SHAPES else int
+    expected_type = str if shapes_of(stackone) == SDK_434_SHAPES else int
     assert type(answered["organization_id"]) is expected_type
     assert session.organization_id == "41"
 
@@ -142,7 +145,7 @@ async def test_suspended_archived_and_expired_have_their_own_status_everywhere(
 async def test_shared_is_carried_on_rpcs_events_and_the_registry(stackone: Registry) -> None:
     """`shared` (SDK 4.34.1) reaches Get, List, events and registry reads, and a deletion,
     which carries no account, keeps it from the registry; in the 4.28 shapes it is unset."""
-    current = shapes_of(stackone) == CURRENT_SHAPES
+    current = shapes_of(stackone) == SDK_434_SHAPES
     stream = stackone.stub.StreamAccountEvents(pb.StreamAccountEventsRequest())
     await attached(stream)
     spec = {"provider": "hibob", "origin_owner_id": "t-s", "origin_owner_name": "S"}
@@ -167,11 +170,11 @@ async def test_shared_is_carried_on_rpcs_events_and_the_registry(stackone: Regis
         assert [account.HasField("shared") for account in carried] == [False] * 5
 
 
-async def test_the_emulators_answers_are_the_sdk_434_models_in_todays_shapes(
+async def test_the_emulators_answers_are_the_sdk_434_models_in_its_shapes(
     stackone: Registry,
 ) -> None:
     """Sessions, the authenticated session and accounts parse as SDK 4.34's models (no
-    unknown field, every required one, the right JSON types) in today's shapes; in
+    unknown field, every required one, the right JSON types) in 4.34's shapes; in
     4.28's, exactly `organization_id`'s type and the two later fields differ."""
     session = await raw(
         stackone, "POST", "/connect_sessions", origin_owner_id="t-f", origin_owner_name="F",
@@ -187,7 +190,7 @@ async def test_the_emulators_answers_are_the_sdk_434_models_in_todays_shapes(
         stackone_434.problems(stackone_434.LINKED_ACCOUNT, account),
         *(stackone_434.problems(stackone_434.LINKED_ACCOUNT, one) for one in listed),
     ]
-    if shapes_of(stackone) == CURRENT_SHAPES:
+    if shapes_of(stackone) == SDK_434_SHAPES:
         assert reports == [[]] * len(reports)
         assert (session["integration_id"], account["shared"]) == (INTEGRATION_ID, False)
     else:
@@ -197,9 +200,10 @@ async def test_the_emulators_answers_are_the_sdk_434_models_in_todays_shapes(
         assert "integration_id" not in session
 
 
-async def test_our_client_sends_what_the_sdk_434_would_take(stackone: Registry) -> None:
+async def test_our_client_sends_what_the_2026_06_models_take(stackone: Registry) -> None:
     """A CreateSession with every field, `integration_id` and `scheduling` included,
-    reaches StackOne as a body SDK 4.34's ConnectSessionCreate takes whole."""
+    reaches StackOne as a body the 2026-06 ConnectSessionCreate takes whole, the alias sent
+    under its new name."""
     request = pb.CreateSessionRequest(
         origin_owner_id="t-c", origin_owner_name="C", origin_username="it@c.example",
         provider="hibob", categories=sorted(stackone_434.CATEGORIES), expires_in=600,
@@ -209,5 +213,6 @@ async def test_our_client_sends_what_the_sdk_434_would_take(stackone: Registry) 
     request.metadata.update({"plan": "growth"})
     await stackone.stub.CreateSession(request)
     body = (await last_request(stackone, "/connect_sessions"))["body"]
-    assert stackone_434.problems(stackone_434.CONNECT_SESSION_CREATE, body) == []
-    assert set(body) == set(stackone_434.CONNECT_SESSION_CREATE)
+    facts = stackone_2026_06.CONNECT_SESSION_CREATE
+    assert stackone_2026_06.problems(facts, body) == []
+    assert set(body) == set(facts) - {"integration_id"}

@@ -113,7 +113,7 @@ async def test_a_state_file_in_the_earlier_format_is_read_back(tmp_path: Path) -
             "/hub/connection_attempts/ca_1", headers={"x-hub-session-token": "cst_earlier"}
         )
         next_account = await http.post("/emulator/accounts", json=OWNER)
-    assert fetched.json() == account
+    assert fetched.json() == {**account, "categories": None}  # not known in that format
     assert authenticated.status_code == 201
     assert authenticated.json()["origin_owner_id"] == "acme"
     assert attempt.json() == {"status": "pending", "account": None, "error": None}

@@ -10,7 +10,12 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.api.v1 import stackone_connect_pb2 as pb
-from service.stackone.models import ConnectSession, LinkedAccount
+from service.stackone.models import (
+    ConnectionAttempt,
+    ConnectorProfile,
+    ConnectSession,
+    LinkedAccount,
+)
 
 _STATUSES = {
     "active": pb.ACCOUNT_STATUS_ACTIVE,
@@ -19,6 +24,12 @@ _STATUSES = {
     "suspended": pb.ACCOUNT_STATUS_SUSPENDED,
     "archived": pb.ACCOUNT_STATUS_ARCHIVED,
     "expired": pb.ACCOUNT_STATUS_EXPIRED,
+}
+_ATTEMPT_STATUSES = {
+    "pending": pb.CONNECTION_ATTEMPT_STATUS_PENDING,
+    "authenticated": pb.CONNECTION_ATTEMPT_STATUS_AUTHENTICATED,
+    "error": pb.CONNECTION_ATTEMPT_STATUS_ERROR,
+    "cancelled": pb.CONNECTION_ATTEMPT_STATUS_CANCELLED,
 }
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_SESSION_SECONDS = 1800  # StackOne's default `expires_in`.
@@ -68,6 +79,7 @@ def account_message(account: LinkedAccount) -> pb.Account:
         updated_at=timestamp(account.updated_at),
         type=account.type or "",
         shared=account.shared,
+        categories=account.categories or [],
     )
 
 
@@ -75,11 +87,25 @@ def session_message(session: ConnectSession, expires_in: int | None) -> pb.Sessi
     """The proto `Session`; `expires_at` counts `expires_in` from StackOne's `created_at`."""
     created_at = session.created_at or datetime.now(UTC)
     lifetime = timedelta(seconds=expires_in or DEFAULT_SESSION_SECONDS)
+    return _session(session, created_at, timestamp(created_at + lifetime))
+
+
+def fetched_session_message(session: ConnectSession) -> pb.Session:
+    """The proto `Session` as StackOne answers it later, with no `expires_at` (StackOne
+    does not say it; only the creator's `expires_in` did)."""
+    return _session(session, session.created_at, None)
+
+
+def _session(
+    session: ConnectSession, created_at: datetime | None, expires_at: Timestamp | None
+) -> pb.Session:
+    # One profile id under both names: StackOne answers either, or both alike.
+    profile_id = session.connector_profile_id or session.integration_id or ""
     return pb.Session(
         id=session.id,
         token=session.token or "",
         auth_link_url=session.auth_link_url or "",
-        expires_at=timestamp(created_at + lifetime),
+        expires_at=expires_at,
         provider=session.provider or "",
         categories=session.categories or [],
         origin_owner_id=session.origin_owner_id or "",
@@ -93,7 +119,50 @@ def session_message(session: ConnectSession, expires_in: int | None) -> pb.Sessi
         organization_id=session.organization_id or "",
         project_id=session.project_id or "",
         external_trigger_token=session.external_trigger_token or "",
-        integration_id=session.integration_id or "",
+        integration_id=profile_id,
+        connector_profile_id=profile_id,
+        latest_connection_attempt=_attempt(session.latest_connection_attempt),
+    )
+
+
+def _attempt(attempt: ConnectionAttempt | None) -> pb.ConnectionAttempt | None:
+    if attempt is None:
+        return None
+    raw = attempt.status or ""
+    return pb.ConnectionAttempt(
+        id=attempt.id,
+        status=_ATTEMPT_STATUSES.get(raw, pb.CONNECTION_ATTEMPT_STATUS_OTHER)
+        if raw
+        else pb.CONNECTION_ATTEMPT_STATUS_UNSPECIFIED,
+        raw_status=raw,
+        account_id=attempt.account_secure_id or "",
+        error_code=attempt.oauth_error_code or "",
+        error_description=attempt.oauth_error_description or "",
+        created_at=timestamp(attempt.created_at),
+        updated_at=timestamp(attempt.updated_at),
+    )
+
+
+def connector_profile_message(profile: ConnectorProfile) -> pb.ConnectorProfile:
+    """The proto `ConnectorProfile` of StackOne's."""
+    return pb.ConnectorProfile(
+        id=profile.id,
+        name=profile.name or "",
+        connector_key=profile.connector_key or "",
+        connector_label=profile.connector_label or "",
+        categories=profile.categories or [],
+        active=bool(profile.active),
+        default=bool(profile.default),
+        connector_version=profile.connector_version or "",
+        connector_pinned_version=profile.connector_pinned_version or "",
+        connector_owner=profile.connector_owner or "",
+        authentication_config_key=profile.authentication_config_key or "",
+        authentication_config_label=profile.authentication_config_label or "",
+        environment=profile.environment or "",
+        release_stage=profile.release_stage or "",
+        logo_url=profile.logo_url or "",
+        created_at=timestamp(profile.created_at),
+        updated_at=timestamp(profile.updated_at),
     )
 
 

@@ -87,6 +87,7 @@ async def create_session(stub: Stub, args: argparse.Namespace, out: Output) -> N
         multiple=args.multiple,
         type=args.type or "",
         provider_version=args.provider_version or "",
+        connector_profile_id=args.connector_profile_id or "",
     )
     if args.metadata is not None:
         request.metadata.update(args.metadata)
@@ -95,6 +96,12 @@ async def create_session(stub: Stub, args: argparse.Namespace, out: Output) -> N
     elif args.expires_in is not None:
         request.expires_in = args.expires_in
     out.message(await stub.CreateSession(request, metadata=_auth(args)))
+
+
+async def get_session(stub: Stub, args: argparse.Namespace, out: Output) -> None:
+    """`sessions get ID`: the session with its latest connection attempt."""
+    request = pb.GetSessionRequest(session_id=args.session_id)
+    out.message((await stub.GetSession(request, metadata=_auth(args))).session)
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -312,12 +319,20 @@ def add_client_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--account-id", help="account to re-connect (re-authenticate)")
     create.add_argument("--label", help="label for the account")
     create.add_argument("--type", choices=["production", "test"], help="the account's type")
-    create.add_argument("--provider-version", help="version of the provider's integration")
+    create.add_argument(
+        "--connector-profile-id", help="connector profile to connect through (not the default)"
+    )
+    create.add_argument("--provider-version", help="deprecated by StackOne: leave it out")
     create.add_argument("--metadata", type=_json_object, help="JSON object carried onto it")
     create.add_argument(
         "--multiple", action="store_true", help="allow another account of this owner+provider"
     )
     create.set_defaults(command=create_session)
+    fetched = sessions.add_parser(
+        "get", parents=[common], help="a session and its latest connection attempt"
+    )
+    fetched.add_argument("session_id", help="StackOne session id (a number)")
+    fetched.set_defaults(command=get_session)
 
     accounts = commands.add_parser("accounts", help="linked accounts").add_subparsers(
         dest="action", required=True

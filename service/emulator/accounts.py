@@ -11,7 +11,8 @@ they all follow StackOne's rules:
 
 Re-authenticating or re-opening an account sets its status (back to `active` unless told
 otherwise, its status reasons cleared) and sends `account.updated`; a new account sends
-`account.created`.
+`account.created`. Either way the session's connection attempt is `authenticated` with the
+account, as `GET /connect_sessions/{id}` then reports it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from service.emulator.bodies import AccountChanges, AccountSpec, ReasonBody
+from service.emulator.connectors import categories_of
 from service.emulator.state import Account, EmulatorState, Session, StatusReason, iso, now
 from service.events.model import AccountEventType
 
@@ -87,6 +89,7 @@ def new_account(state: EmulatorState, spec: AccountSpec) -> Account:
             created_at=stamp,
             updated_at=stamp,
             shared=spec.shared,
+            categories=spec.categories or categories_of(provider),
         ),
     )
 
@@ -170,6 +173,18 @@ def link_account(
     Raises AccountNotFound when the session's account no longer exists.
     """
     chosen = provider or session.provider or DEFAULT_PROVIDER
+    linked = _linked(state, session, chosen, status, reasons)
+    state.open_attempt(session).settle("authenticated", account=linked.account.id)
+    return linked
+
+
+def _linked(
+    state: EmulatorState,
+    session: Session,
+    chosen: str,
+    status: str,
+    reasons: list[StatusReason] | None,
+) -> Linked:
     existing = _existing(state, session, chosen)
     if existing is None:
         stamp = iso(now())
@@ -186,6 +201,7 @@ def link_account(
             type=session.type,
             created_at=stamp,
             updated_at=stamp,
+            categories=categories_of(chosen) or session.categories or None,
         )
         return Linked(_created(state, account), created=True)
     if session.label:

@@ -7,6 +7,7 @@ own routes over the typed state of `state`:
 
 - `stackone_api`: StackOne's API (connect sessions, accounts, the Auth Link page), behind
   StackOne's edge (stats, rate limit, latency, faults, the API key);
+- `profiles`: StackOne's connector profiles API, behind the same edge;
 - `hub`: the endpoints StackOne's Hub calls (`/hub/...`), with their CORS;
 - `control`: the emulator's own actions (`/emulator/...`: linking, faults, behaviour,
   webhooks, deliveries, stats, breaking and mending accounts).
@@ -26,6 +27,7 @@ from service.emulator.control import add_control
 from service.emulator.delivery import delivery_worker
 from service.emulator.hub import add_hub
 from service.emulator.origins import refusal
+from service.emulator.profiles import add_connector_profiles
 from service.emulator.stackone_api import add_stackone_api
 from service.emulator.state import EMULATOR_STATE, EmulatorConfig, EmulatorState
 
@@ -45,6 +47,7 @@ def build_emulator_app(config: EmulatorConfig) -> web.Application:
     app[EMULATOR_STATE] = EmulatorState(config)
     app.cleanup_ctx.append(delivery_worker)
     add_stackone_api(app)  # its edge after the guard
+    add_connector_profiles(app)
     add_control(app)
     add_hub(app)  # its CORS outermost, so the edge's answers (429s, faults) are readable
     return app

@@ -98,7 +98,8 @@ class SessionBody(_ClientBody):
     provider_version: str | None = None
     account_id: str | None = None
     label: str | None = None
-    integration_id: str | None = None
+    connector_profile_id: str | None = None
+    integration_id: str | None = None  # the deprecated alias of connector_profile_id
     categories: list[Category] | None = None
     expires_in: Annotated[int, Field(ge=0)] | None = None  # 0 or null: the default
     type: SessionType | None = None
@@ -141,6 +142,7 @@ class AccountSpec(_ClientBody):
     label: str | None = None
     type: str | None = None
     shared: bool = False
+    categories: list[Category] | None = None  # the provider's, from the catalogue, if None
 
 
 class AccountChanges(_ClientBody):
@@ -166,6 +168,13 @@ class CredentialsBody(_ClientBody):
 
     integration_id: str | None = None
     credentials: dict[str, JsonValue]
+
+
+class PinnedVersionBody(_ClientBody):
+    """`PUT /connector_profiles/{id}/pinned_version`."""
+
+    pinned_version: Text
+    owner: str | None = None
 
 
 class BadBody(ValueError):

@@ -38,10 +38,7 @@ from __future__ import annotations
 
 import functools
 import html
-import secrets
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
@@ -50,6 +47,7 @@ from pydantic import JsonValue
 from service.emulator.accounts import AccountNotFound, link_account
 from service.emulator.answers import Handler, base_url, body_as, emulator_state, stackone_error
 from service.emulator.bodies import CredentialsBody
+from service.emulator.connectors import BY_KEY, CONNECTORS, Connector, generic_connector
 from service.emulator.origins import is_loopback_origin
 from service.emulator.state import (
     Account,
@@ -65,156 +63,9 @@ from service.emulator.state import (
 HUB_VERSION = "1.11.4"
 SESSION_HEADER = "x-hub-session-token"
 _CORS_METHODS = "GET,HEAD,PUT,PATCH,POST,DELETE"
-_INTEGRATION_IDS = uuid.UUID("6f1d2c3e-5b7a-4c1e-9d2f-0a8b7c6d5e4f")
-
-
-@dataclass(frozen=True)
-class FormField:
-    """One field of a connector's credential form, as the Hub renders it."""
-
-    key: str
-    label: str
-    secret: bool = False
-    placeholder: str = ""
-    description: str = ""
-
-    def as_json(self) -> Json:
-        """The field in the Hub's `ConnectorConfigField` shape."""
-        return {
-            "key": self.key,
-            "label": self.label,
-            "type": "password" if self.secret else "text",
-            "required": True,
-            "readOnly": False,
-            "secret": self.secret,
-            "placeholder": self.placeholder,
-            "description": self.description,
-        }
-
-
-@dataclass(frozen=True)
-class Connector:
-    """An emulated provider: a credential form, or OAuth (which needs the real StackOne)."""
-
-    key: str
-    name: str
-    category: str
-    color: str
-    fields: tuple[FormField, ...] = ()
-
-    @property
-    def integration_id(self) -> str:
-        """A stable UUID, as StackOne's integration ids are."""
-        return str(uuid.uuid5(_INTEGRATION_IDS, self.key))
-
-    @property
-    def oauth(self) -> bool:
-        """True when the provider signs in with OAuth rather than a form."""
-        return not self.fields
-
-    def integration(self, base: str) -> Json:
-        """The connector in the Hub's `Integration` shape (an entry of the list)."""
-        return {
-            "active": True,
-            "name": self.name,
-            "provider": self.key,
-            "type": self.category,
-            "version": "1.0.0",
-            "authentication_config_key": "oauth2" if self.oauth else "api_key",
-            "environment": "production",
-            "integration_id": self.integration_id,
-            "logo_url": _logo_url(base, self.key),
-        }
-
-    def config(self, base: str) -> Json:
-        """The connector's form in the Hub's `FalconConnectorConfig` shape."""
-        notices: list[JsonValue] = []
-        if self.oauth:
-            notices.append(
-                {
-                    "key": "emulator-oauth",
-                    "type": "warning",
-                    "description": f"{self.name} signs in with OAuth on its own site, which "
-                    "the StackOne emulator cannot reach. Set STACKONE_CONNECT_API_KEY to link "
-                    "it through the real StackOne.",
-                }
-            )
-        return {
-            "key": self.key,
-            "name": self.name,
-            "type": "oauth2" if self.oauth else "custom",
-            **({"grantType": "authorization_code"} if self.oauth else {}),
-            "configFields": [form_field.as_json() for form_field in self.fields],
-            "configNotices": notices,
-            "assets": {"icon": _logo_url(base, self.key)},
-            "support": {"link": None, "description": None},
-        }
-
-
-def _api_key_field(description: str) -> FormField:
-    return FormField("api_key", "API Key", secret=True, description=description)
-
-
-CONNECTORS: tuple[Connector, ...] = (
-    Connector(
-        "bamboohr",
-        "BambooHR",
-        "hris",
-        "#73c41d",
-        (
-            FormField(
-                "subdomain",
-                "Subdomain",
-                placeholder="acme",
-                description="The part before .bamboohr.com in your BambooHR address.",
-            ),
-            _api_key_field("In BambooHR: your name → API Keys → Add New Key."),
-        ),
-    ),
-    Connector(
-        "hibob",
-        "HiBob",
-        "hris",
-        "#e8336d",
-        (
-            FormField("service_user_id", "Service User ID"),
-            FormField("service_user_token", "Service User Token", secret=True),
-        ),
-    ),
-    Connector(
-        "personio",
-        "Personio",
-        "hris",
-        "#1f2a44",
-        (
-            FormField("client_id", "Client ID"),
-            FormField("client_secret", "Client Secret", secret=True),
-        ),
-    ),
-    Connector(
-        "greenhouse",
-        "Greenhouse",
-        "ats",
-        "#24a47f",
-        (_api_key_field("A Harvest API key with access to candidates and jobs."),),
-    ),
-    Connector("lever", "Lever", "ats", "#2f3a4a"),
-    Connector("hubspot", "HubSpot", "crm", "#ff7a59"),
-)
-_BY_KEY = {connector.key: connector for connector in CONNECTORS}
-
-
-def _generic_connector(key: str, category: str) -> Connector:
-    """A provider the catalogue lacks, named by a session: a plain API-key form."""
-    name = key.replace("_", " ").title()
-    return Connector(key, name, category, "#5b6b7f", (_api_key_field(f"Your {name} API key."),))
 
 
 SessionHandler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
-
-
-def _logo_url(base: str, key: str) -> str:
-    return f"{base}/emulator/logos/{key}.svg"
 
 
 def _with_session(handler: SessionHandler) -> Handler:
@@ -236,7 +87,7 @@ def offered_connectors(session: Session, provider: str | None = None) -> list[Co
     categories = set(session.categories)
     wanted = {name for name in (session.provider, provider) if name}
     category = min(categories, default="hris")
-    unknown = [_generic_connector(key, category) for key in wanted - _BY_KEY.keys()]
+    unknown = [generic_connector(key, category) for key in wanted - BY_KEY.keys()]
     catalogue = [*CONNECTORS, *unknown]
     return [
         connector
@@ -252,21 +103,26 @@ def _connector(session: Session, integration_id: str | None) -> Connector | None
     )
 
 
-def _refusal(connector: Connector, credentials: dict[str, JsonValue]) -> web.Response | None:
-    """The emulated provider's answer to credentials it does not accept, or None."""
+def _refusal(
+    connector: Connector, credentials: dict[str, JsonValue]
+) -> tuple[web.Response, AttemptError | None] | None:
+    """The emulated provider's answer to credentials it does not accept, with the failed
+    attempt's error (None for a form left incomplete, which never reached the provider);
+    None when it accepts them."""
     for form_field in connector.fields:
         value = credentials.get(form_field.key)
         if not isinstance(value, str) or not value:
-            return stackone_error(400, f"{form_field.label} is required")
+            return stackone_error(400, f"{form_field.label} is required"), None
         if form_field.secret and (not value.strip() or value.startswith("wrong")):
             answer = {"status": 401, "error": "Unauthorized", "message": "Invalid API key"}
+            refused = (
+                f"{connector.name} refused the credentials: check the {form_field.label} "
+                "and try again"
+            )
             # The Hub reads `message` as JSON holding the message and the provider's answer.
-            detail = {
-                "message": f"{connector.name} refused the credentials: check the "
-                f"{form_field.label} and try again",
-                "provider_response": orjson.dumps(answer).decode(),
-            }
-            return stackone_error(400, orjson.dumps(detail).decode())
+            detail = {"message": refused, "provider_response": orjson.dumps(answer).decode()}
+            failure = AttemptError("invalid_credentials", f"{refused} ({answer['message']})")
+            return stackone_error(400, orjson.dumps(detail).decode()), failure
     return None
 
 
@@ -293,10 +149,14 @@ async def _link(request: web.Request, session: Session) -> web.Response:
     connector = _connector(session, body.integration_id)
     if connector is None or connector.oauth:
         return stackone_error(400, "This session cannot link that integration with a form")
-    if (refusal := _refusal(connector, credentials)) is not None:
+    state = emulator_state(request)
+    if (refused := _refusal(connector, credentials)) is not None:
+        refusal, failure = refused
+        if failure is not None:
+            state.open_attempt(session).settle("error", error=failure)
+            state.changed()
         return refusal
     status, reasons = _outcome(connector, credentials)
-    state = emulator_state(request)
     try:
         # The emulator's one set of linking rules: a re-connect or re-link re-opens the
         # existing account (account.updated), anything else creates one (account.created).
@@ -333,10 +193,13 @@ async def list_connectors(request: web.Request, session: Session) -> web.Respons
 
 @_with_session
 async def connector_config(request: web.Request, session: Session) -> web.Response:
-    """GET /hub/connectors/{integration_id}: the connector's form."""
+    """GET /hub/connectors/{integration_id}: the connector's form. The person chose a
+    provider: a form-based connection attempt is under way (pending) until submitted."""
     connector = _connector(session, request.match_info["integration_id"])
     if connector is None:
         return stackone_error(404, "Integration not found")
+    if not connector.oauth:  # an OAuth attempt is the Hub's to begin
+        emulator_state(request).open_attempt(session)
     settings: Json = {"configured_webhook_events": {}, "project_settings": {}}
     return web.json_response(
         {"config": connector.config(base_url(request)), "hub_settings": settings}
@@ -389,10 +252,7 @@ async def relink_through_hub(request: web.Request, session: Session) -> web.Resp
 @_with_session
 async def create_attempt(request: web.Request, session: Session) -> web.Response:
     """POST /hub/connection_attempts: an OAuth attempt the Hub then polls."""
-    attempt_id = "ca_" + secrets.token_urlsafe(12)
-    state = emulator_state(request)
-    state.lasting.hub_attempts[attempt_id] = ConnectionAttempt(token=session.token)
-    state.changed()
+    attempt_id, _ = emulator_state(request).new_attempt(session)
     return web.json_response({"id": attempt_id}, status=201)
 
 
@@ -418,7 +278,7 @@ async def cancel_attempt(request: web.Request, session: Session) -> web.Response
     if attempt is None:
         return stackone_error(404, "Connection attempt not found")
     if attempt.status == "pending":
-        attempt.status = "cancelled"
+        attempt.settle("cancelled")
         emulator_state(request).changed()
     return web.Response(status=204)
 
@@ -437,8 +297,7 @@ async def oauth_popup(request: web.Request) -> web.Response:
     )
     attempt = _attempt(request, session, request.query.get("connection_attempt_id", ""))
     if attempt is not None:
-        attempt.status = "error"
-        attempt.error = AttemptError("OAuth needs the real StackOne", explanation)
+        attempt.settle("error", error=AttemptError("OAuth needs the real StackOne", explanation))
         state.changed()
     page = f"""<!doctype html><title>StackOne emulator</title>
 <h1>{html.escape(connector.name)}: OAuth is not emulated</h1><p>{html.escape(explanation)}</p>
@@ -449,7 +308,7 @@ async def oauth_popup(request: web.Request) -> web.Response:
 async def logo(request: web.Request) -> web.Response:
     """GET /emulator/logos/{provider}.svg: a coloured tile with the provider's initial."""
     key = request.match_info["provider"]
-    connector = _BY_KEY.get(key) or _generic_connector(key, "hris")
+    connector = BY_KEY.get(key) or generic_connector(key, "hris")
     svg = (
         '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24">'
         f'<rect width="24" height="24" rx="5" fill="{connector.color}"/>'

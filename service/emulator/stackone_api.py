@@ -3,16 +3,22 @@
     POST   /connect_sessions                 201 session with token and auth_link_url
                                              (404 when its account_id is unknown)
     POST   /connect_sessions/authenticate    201 session of a token (401 if unknown/expired)
+    GET    /connect_sessions/{id}            200 session (expired or not) with its latest
+                                             connection attempt, 404
     GET    /accounts                         200 array; page, page_size and filters
     GET    /accounts/{id}                    200 account, 404
     DELETE /accounts/{id}                    200 account (status inactive); account.deleted
     GET    /connect?token=...                the hosted Auth Link page, with a Link button
 
 They take HTTP Basic auth with `EmulatorConfig.api_key` as the user name (`serve` sets it
-from STACKONE_CONNECT_EMULATOR_API_KEY). Their shapes are StackOne's SDK's: today's
-(@stackone/stackone-client-ts 4.34: `organization_id` a string, `integration_id` on
-sessions, `shared` on accounts) unless `EmulatorConfig.sdk_shapes` is "4.28" (the number
-`organization_id`, neither field), the version tests/sdk checks with the SDK itself.
+from STACKONE_CONNECT_EMULATOR_API_KEY). Their shapes are StackOne's: today's (its
+2026-06 models: sessions carry `connector_profile_id`, `integration_id` its alias, and
+`latest_connection_attempt`; accounts `shared` and `categories`; `organization_id` a
+string) unless `EmulatorConfig.sdk_shapes` is "4.34" (@stackone/stackone-client-ts 4.34:
+`integration_id` alone, no attempt, no categories) or "4.28" (the number
+`organization_id`, none of these), the version tests/sdk checks with the SDK itself.
+A `connector_profile_id` (or its alias) is kept as sent: the emulator does not check that
+the profile exists.
 
 Every request to a StackOne endpoint (the Hub's included) passes `stackone_edge`, in
 order: it is counted in the stats; the rate limit decides at arrival (StackOne counts
@@ -174,12 +180,17 @@ async def create_session(request: web.Request) -> web.Response:
     """POST /connect_sessions."""
     state = emulator_state(request)
     body = await body_as(request, SessionBody, "not a connect session")
+    profile_id, alias = body.connector_profile_id, body.integration_id
+    if profile_id and alias and profile_id != alias:
+        return stackone_error(
+            400, "integration_id is the deprecated name of connector_profile_id: send one"
+        )
     if body.account_id and body.account_id not in state.accounts:
         return stackone_error(404, f"Account {body.account_id} not found")
     session = _new_session(state, body, base_url(request))
     state.sessions[session.token] = session
     state.changed()
-    return web.json_response(session.to_json(state.config.legacy_shapes), status=201)
+    return web.json_response(state.session_answer(session), status=201)
 
 
 def _new_session(state: EmulatorState, body: SessionBody, base: str) -> Session:
@@ -199,7 +210,7 @@ def _new_session(state: EmulatorState, body: SessionBody, base: str) -> Session:
         label=body.label,
         metadata=body.metadata,
         provider_version=body.provider_version,
-        integration_id=body.integration_id,
+        connector_profile_id=body.connector_profile_id or body.integration_id,
         categories=list(body.categories or []),
         type=body.type or "production",
         multiple=bool(body.multiple),
@@ -216,10 +227,18 @@ async def authenticate_session(request: web.Request) -> web.Response:
     body = await body_as(request, TokenBody, "not a session token")
     expired = "Invalid or expired connect session token"
     session = live_session_of(request, body.token, web.HTTPUnauthorized, expired)
-    return web.json_response(
-        session.to_json(emulator_state(request).config.legacy_shapes, with_token=False),
-        status=201,
-    )
+    answer = emulator_state(request).session_answer(session, with_token=False)
+    return web.json_response(answer, status=201)
+
+
+async def get_session(request: web.Request) -> web.Response:
+    """GET /connect_sessions/{id}: StackOne's ids are numbers; any other is not one."""
+    raw = request.match_info["session_id"]
+    found = emulator_state(request).session_numbered(int(raw)) if raw.isdecimal() else None
+    if found is None:
+        return stackone_error(404, f"Connect session {raw} not found")
+    answer = emulator_state(request).session_answer(found, with_token=False)
+    return web.json_response(answer)
 
 
 def _values(request: web.Request, *names: str) -> set[str]:
@@ -288,6 +307,7 @@ def add_stackone_api(app: web.Application) -> None:
     app.middlewares.append(stackone_edge)
     app.router.add_post("/connect_sessions", create_session)
     app.router.add_post("/connect_sessions/authenticate", authenticate_session)
+    app.router.add_get("/connect_sessions/{session_id}", get_session)
     app.router.add_get("/accounts", list_accounts)
     app.router.add_get("/accounts/{account_id}", get_account)
     app.router.add_delete("/accounts/{account_id}", remove_account)

@@ -2,13 +2,14 @@
 import this module and nothing here imports a room.
 
 Each model holds its fields as Python values and builds its JSON shape at the edge
-(`to_json`); the shapes are StackOne's, as its SDK 4.34 answers them unless the config's
-`sdk_shapes` is "4.28" (see `stackone_api`). `memory` persists the `Lasting` part.
+(`to_json`); the shapes are StackOne's, as its 2026-06 models answer them unless the config's
+`sdk_shapes` names an older SDK (see `stackone_api`). `memory` persists the `Lasting` part.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -20,10 +21,12 @@ from pydantic import JsonValue
 from service.events.model import AccountEventType
 from service.tracing import current_traceparent
 
-CURRENT_SHAPES = "4.34"
+CURRENT_SHAPES = "2026-06"
+"""StackOne's models of 2026-06 (StackOneHQ/stackone-client-ruby at 500b0df7)."""
+SDK_434_SHAPES = "4.34"
 SDK_428_SHAPES = "4.28"
-SDK_SHAPES = (CURRENT_SHAPES, SDK_428_SHAPES)
-"""The SDK versions whose answer shapes the emulator can play."""
+SDK_SHAPES = (CURRENT_SHAPES, SDK_434_SHAPES, SDK_428_SHAPES)
+"""The SDK versions whose answer shapes the emulator can play, newest first."""
 REQUESTS_KEPT = 1000
 _FIRST_ACCOUNT_ID = 58810347712093400000  # StackOne's ids are long numeric strings
 Json = dict[str, JsonValue]
@@ -59,6 +62,12 @@ class EmulatorConfig:
     def legacy_shapes(self) -> bool:
         """True when answers take the SDK 4.28 shapes."""
         return self.sdk_shapes == SDK_428_SHAPES
+
+    @property
+    def current_shapes(self) -> bool:
+        """True when answers take the 2026-06 shapes (connector profiles, attempts,
+        account categories)."""
+        return self.sdk_shapes == CURRENT_SHAPES
 
     def behaviour(self) -> Json:
         """The settings `PUT /emulator/behaviour` changes, as it answers them."""
@@ -137,8 +146,9 @@ class Account:
     created_at: str
     updated_at: str
     shared: bool = False  # in StackOne's SDK since 4.34.1: not in the 4.28 shapes
+    categories: list[str] | None = None  # since the 2026-06 models; None: not known
 
-    def to_json(self, legacy_shapes: bool = False) -> Json:
+    def to_json(self, legacy_shapes: bool = False, current_shapes: bool = True) -> Json:
         """The account as `GET /accounts/{id}` answers it (written out, not `asdict`: a
         listing answers thousands, and `asdict` took 30 times as long)."""
         reasons = self.status_reasons
@@ -158,6 +168,10 @@ class Account:
         }
         if not legacy_shapes:
             answer["shared"] = self.shared
+        if current_shapes:
+            answer["categories"] = (
+                None if self.categories is None else list[JsonValue](self.categories)
+            )
         return answer
 
 
@@ -176,7 +190,9 @@ class Session:
     label: str | None = None
     metadata: Json | None = None
     provider_version: str | None = None  # kept, not answered
-    integration_id: str | None = None  # not in the 4.28 shapes
+    # Answered as `connector_profile_id` and `integration_id` (2026-06), as `integration_id`
+    # (4.34), not at all (4.28).
+    connector_profile_id: str | None = None
     categories: list[str] = field(default_factory=list)
     type: str = "production"
     multiple: bool = False  # kept, not answered
@@ -190,13 +206,26 @@ class Session:
         """True while the session can still be completed."""
         return self.expires_at >= moment
 
-    def to_json(self, legacy_shapes: bool = False, *, with_token: bool = True) -> dict[str, Any]:
+    def to_json(
+        self,
+        config: EmulatorConfig,
+        *,
+        with_token: bool = True,
+        attempt: ConnectionAttempt | None = None,
+    ) -> dict[str, Any]:
         """The session as `POST /connect_sessions` answers it (`with_token`) or as
-        `/connect_sessions/authenticate` does (without the token and link)."""
+        `/connect_sessions/authenticate` and `GET /connect_sessions/{id}` do (without the
+        token and link), in `config`'s shapes; `attempt` is its latest."""
         left_out = {"expires_at", "multiple", "provider_version"}  # what StackOne keeps
-        left_out |= {"integration_id"} if legacy_shapes else set()
         left_out |= set() if with_token else {"token", "auth_link_url"}
-        return {key: value for key, value in asdict(self).items() if key not in left_out}
+        answer = {key: value for key, value in asdict(self).items() if key not in left_out}
+        profile_id = answer.pop("connector_profile_id")
+        if not config.legacy_shapes:
+            answer["integration_id"] = profile_id
+        if config.current_shapes:
+            answer["connector_profile_id"] = profile_id
+            answer["latest_connection_attempt"] = None if attempt is None else attempt.answer()
+        return answer
 
 
 @dataclass
@@ -207,20 +236,60 @@ class AttemptError:
     description: str
 
 
+AttemptStatus = Literal["pending", "authenticated", "error", "cancelled"]
+
+
 @dataclass
 class ConnectionAttempt:
-    """An OAuth attempt the Hub polls, bound to the session token that made it."""
+    """An attempt to link an account through a session, bound to the session's token: an
+    OAuth attempt the Hub polls, or a credential form the Hub opened and submitted. The
+    defaults of `id` and the times read attempts of an earlier state file."""
 
     token: str
-    status: Literal["pending", "authenticated", "error", "cancelled"] = "pending"
+    status: AttemptStatus = "pending"
     account: str | None = None
     error: AttemptError | None = None
+    id: str = ""
+    created_at: str = ""
+    updated_at: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The attempt as `GET /hub/connection_attempts/{id}` answers it."""
-        answer = asdict(self)
-        del answer["token"]
-        return answer
+        return {
+            "status": self.status,
+            "account": self.account,
+            "error": None if self.error is None else asdict(self.error),
+        }
+
+    def answer(self) -> Json:
+        """The attempt as a session's `latest_connection_attempt` (2026-06 models)."""
+        error = self.error
+        return {
+            "id": self.id,
+            "status": self.status,
+            "account_secure_id": self.account,
+            "oauth_error_code": None if error is None else error.code,
+            "oauth_error_description": None if error is None else error.description,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+    def settle(
+        self, status: AttemptStatus, account: str | None = None, error: AttemptError | None = None
+    ) -> None:
+        """Ends the attempt with `status`, now."""
+        self.status, self.account, self.error = status, account, error
+        self.updated_at = iso(now())
+
+
+@dataclass
+class PinnedVersion:
+    """The connector version pinned for a connector profile."""
+
+    pinned_version: str
+    owner: str | None
+    created_at: str
+    updated_at: str
 
 
 @dataclass
@@ -234,6 +303,7 @@ class Lasting:
     hub_attempts: dict[str, ConnectionAttempt] = field(default_factory=dict)
     # Non-secret credentials of accounts linked through the Hub, shown when re-opened.
     hub_setup_information: dict[str, dict[str, str]] = field(default_factory=dict)
+    pinned_versions: dict[str, PinnedVersion] = field(default_factory=dict)  # by profile id
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +403,40 @@ class EmulatorState:
 
     def answer(self, account: Account) -> Json:
         """`account` in the configured SDK's shape."""
-        return account.to_json(self.config.legacy_shapes)
+        return account.to_json(self.config.legacy_shapes, self.config.current_shapes)
+
+    def session_answer(self, session: Session, *, with_token: bool = True) -> Json:
+        """`session` in the configured SDK's shape, with its latest attempt."""
+        attempt = self.latest_attempt(session)
+        return session.to_json(self.config, with_token=with_token, attempt=attempt)
+
+    def session_numbered(self, session_id: int) -> Session | None:
+        """The session whose StackOne id is `session_id`, expired or not."""
+        return next((s for s in self.sessions.values() if s.id == session_id), None)
+
+    def latest_attempt(self, session: Session) -> ConnectionAttempt | None:
+        """The last attempt made through `session`, if any."""
+        attempts = self.lasting.hub_attempts.values()
+        return next((a for a in reversed(attempts) if a.token == session.token), None)
+
+    def new_attempt(self, session: Session) -> tuple[str, ConnectionAttempt]:
+        """A pending attempt through `session`, begun now, and its id."""
+        attempt_id, stamp = "ca_" + secrets.token_urlsafe(12), iso(now())
+        attempt = ConnectionAttempt(
+            session.token, id=attempt_id, created_at=stamp, updated_at=stamp
+        )
+        self.lasting.hub_attempts[attempt_id] = attempt
+        self.changed()
+        return attempt_id, attempt
+
+    def open_attempt(self, session: Session) -> ConnectionAttempt:
+        """The pending attempt through `session`, begun now if none is pending."""
+        latest = self.latest_attempt(session)
+        return (
+            latest
+            if latest is not None and latest.status == "pending"
+            else self.new_attempt(session)[1]
+        )
 
     def queue_webhook(self, event: AccountEventType, account: Account) -> None:
         """Queues a webhook for `account` unless delivery is switched off."""

@@ -132,6 +132,8 @@ def enriched(record: EventRecord, previous: RegisteredAccount | None) -> EventRe
         record,
         body=event.SerializeToString(),
         provider=account.provider,
+    if not account.categories:  # a deletion's, or an older StackOne's: none said
+        account.categories.extend(before.categories)
         origin_owner_id=account.origin_owner_id,
     )
 

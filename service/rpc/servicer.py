@@ -26,7 +26,7 @@ from service.events.model import (
 from service.events.registry import REGISTRY_PAGE_LIMIT, RegistryPage, RegistryQuery
 from service.metrics import Metrics
 from service.owners import CALLER_OWNERS
-from service.rpc import auth, owned, page_tokens, validation, wire
+from service.rpc import auth, owned, page_tokens, sessions, validation, wire
 from service.rpc.accounts import AccountsReadModel
 from service.rpc.audit import CALLER
 from service.rpc.page_tokens import PageTokens
@@ -60,6 +60,7 @@ class ConnectServicer:
         self._owned = owned.OwnedAccounts(log, stackone)
         self._accounts = AccountsReadModel(log, stackone)
         self._page_tokens = page_tokens
+        self._connector_profiles = sessions.ConnectorProfiles(stackone, page_tokens)
 
     def _deadline(self, context: Context) -> float:
         """Seconds an upstream call may take: the caller's deadline, capped by the setting."""
@@ -127,6 +128,23 @@ class ConnectServicer:
             await self._owned.check_deletable(scope, account_id, self._deadline(context))
         account = await self._stackone.delete_account(account_id, deadline=self._deadline(context))
         return convert.account_message(account)
+
+    async def GetSession(
+        self, request: pb.GetSessionRequest, context: Context
+    ) -> pb.GetSessionResponse:
+        """One connect session from StackOne, with its latest connection attempt."""
+        session_id = validation.session_id(request.session_id)
+        session = await sessions.fetched_session(
+            self._stackone, CALLER_OWNERS.get(), session_id, self._deadline(context)
+        )
+        return pb.GetSessionResponse(session=session)
+
+    async def ListConnectorProfiles(
+        self, request: pb.ListConnectorProfilesRequest, context: Context
+    ) -> pb.ListConnectorProfilesResponse:
+        """One page of the project's connector profiles, from StackOne."""
+        caller = CALLER.get() or ""
+        return await self._connector_profiles.page(request, caller, self._deadline(context))
 
     async def StreamAccountEvents(
         self, request: pb.StreamAccountEventsRequest, context: Context

@@ -47,7 +47,7 @@ from service.rpc.limits import (
     clip,
 )
 from service.stackone.client import MAX_REQUEST_TARGET_BYTES, list_target_bytes
-from service.stackone.models import AccountListQuery, ConnectSessionCreate
+from service.stackone.models import AccountListQuery, ConnectorProfileQuery, ConnectSessionCreate
 
 # StackOne's own lists, as its SDK (@stackone/stackone-client-ts 4.34) defines them.
 CATEGORIES = frozenset(
@@ -57,6 +57,7 @@ CATEGORIES = frozenset(
     }
 )
 SESSION_TYPES = frozenset({"production", "test"})
+MAX_SESSION_ID = 2**53  # StackOne's ids are JSON numbers: exact up to here
 ACCOUNT_STATUSES = frozenset({"active", "inactive", "suspended", "archived", "expired", "error"})
 _PROVIDER = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 # Not str.isdigit() or int() alone: both also take other scripts' digits ('١٢٣', '²').
@@ -234,7 +235,7 @@ def session_create(request: pb.CreateSessionRequest) -> ConnectSessionCreate:
         allowed = ", ".join(sorted(SESSION_TYPES))
         check.fail("type", f"must be one of {allowed} (got {_quoted(request.type)})")
     check.text("provider_version", request.provider_version)
-    check.text("integration_id", request.integration_id)
+    profile_id = _connector_profile_id(request, check)
     if request.HasField("expires_in") and not 0 < request.expires_in <= MAX_EXPIRES_IN:
         check.fail("expires_in", f"must be between 1 and {MAX_EXPIRES_IN} seconds")
     metadata = check.metadata(request.metadata) if request.HasField("metadata") else None
@@ -252,7 +253,81 @@ def session_create(request: pb.CreateSessionRequest) -> ConnectSessionCreate:
         multiple=request.multiple or None,
         type=request.type or None,
         provider_version=request.provider_version or None,
-        integration_id=request.integration_id or None,
+        connector_profile_id=profile_id,
+    )
+
+
+def _connector_profile_id(request: pb.CreateSessionRequest, check: _Checker) -> str | None:
+    """`connector_profile_id`, or `integration_id`, its deprecated alias; both given, they
+    must agree."""
+    profile_id = check.text("connector_profile_id", request.connector_profile_id)
+    alias = check.text("integration_id", request.integration_id)
+    if profile_id and alias and profile_id != alias:
+        check.fail(
+            "integration_id",
+            f"is the deprecated name of connector_profile_id, and names another profile "
+            f"({_quoted(alias)}, not {_quoted(profile_id)}): set connector_profile_id alone",
+        )
+    return profile_id or alias
+
+
+def session_id(value: str) -> int:
+    """Validates a required StackOne session id: a number, as `Session.id` holds it."""
+    check = _Checker()
+    number = _number(value, MAX_SESSION_ID)
+    if not value:
+        check.fail("session_id", "is required")
+    elif number is None:
+        check.fail("session_id", f"{_quoted(value)} is not a StackOne session id (a number)")
+    check.done()
+    return number or 0
+
+
+_PROFILES_PAGE_KIND = "connector_profiles"
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilesPosition:
+    """Where a listing of connector profiles goes on: StackOne's page number to ask
+    next (None: its first), and how many profiles the previous pages held."""
+
+    page: int | None = None
+    seen: int = 0
+
+    def token(self) -> str:
+        """The position, as a page token seals it."""
+        return f"{_PROFILES_PAGE_KIND}:{self.page}:{self.seen}"
+
+
+def profiles_position(position: str) -> ProfilesPosition | None:
+    """The position a connector profiles page token holds; None when it holds another."""
+    kind, _, rest = position.partition(":")
+    page, _, seen = rest.partition(":")
+    numbers = _number(page, MAX_PAGE_NUMBER), _number(seen, MAX_PAGE_NUMBER)
+    if kind != _PROFILES_PAGE_KIND or numbers[0] is None or numbers[1] is None:
+        return None
+    return ProfilesPosition(numbers[0], numbers[1])
+
+
+def connector_profiles_query(
+    request: pb.ListConnectorProfilesRequest, position: ProfilesPosition
+) -> ConnectorProfileQuery:
+    """Validates `ListConnectorProfiles` and builds StackOne's query from `position`."""
+    check = _Checker()
+    if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+        check.fail(
+            "page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
+        )
+    if request.connector_key and not _PROVIDER.fullmatch(request.connector_key):
+        check.fail(
+            "connector_key", f"{_quoted(request.connector_key)} is not a key like 'bamboohr'"
+        )
+    check.done()
+    return ConnectorProfileQuery(
+        page=position.page,
+        page_size=request.page_size or DEFAULT_PAGE_SIZE,
+        connector_key=request.connector_key or None,
+        enabled=request.enabled if request.HasField("enabled") else None,
     )
 
 

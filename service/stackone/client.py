@@ -1,4 +1,5 @@
-"""Async client of the StackOne endpoints used here: connect sessions and accounts.
+"""Async client of the StackOne endpoints used here: connect sessions, accounts and
+connector profiles.
 
 Two layers: each public method builds one `StackOneRequest` for `_send`, which runs its
 attempts under the service's retry policy (`service.retry`); an attempt takes a slot of
@@ -54,6 +55,8 @@ from service.stackone.errors import (
 )
 from service.stackone.models import (
     AccountListQuery,
+    ConnectorProfileQuery,
+    ConnectorProfilesPage,
     ConnectSession,
     ConnectSessionCreate,
     LinkedAccount,
@@ -73,6 +76,7 @@ MAX_REQUEST_TARGET_BYTES = 8000
 HTTP party to take request targets of 8,000 bytes; past that a server may refuse them
 (aiohttp, the emulator's, past 8,190 bytes of request line) and httpx itself past 64 KiB."""
 LIST_PATH = "/accounts"
+CONNECTOR_PROFILES_PATH = "/connector_profiles"
 _FORM_UNENCODED = (string.ascii_letters + string.digits + "_.-~ ").encode()
 _RETRYABLE = (StackOneUnavailable, StackOneServerError, StackOneRateLimited)
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
@@ -149,7 +153,12 @@ def _form_bytes(text: str) -> int:
     return len(raw) + 2 * len(raw.translate(None, _FORM_UNENCODED))
 
 
-_FIXED_PATHS = ("/connect_sessions", "/connect_sessions/authenticate", LIST_PATH)
+_FIXED_PATHS = (
+    "/connect_sessions",
+    "/connect_sessions/authenticate",
+    LIST_PATH,
+    CONNECTOR_PROFILES_PATH,
+)
 """The paths without an id in them, whose URLs are parsed once."""
 
 
@@ -261,6 +270,39 @@ class StackOneClient:
             )
         )  # fmt: skip
         return self._parse(ConnectSession, data)
+
+    async def get_connect_session(
+        self,
+        session_id: int,
+        *,
+        deadline: float | None = None,
+        priority: Priority = Priority.CALLER,
+    ) -> ConnectSession:
+        """Fetches a connect session with its `latest_connection_attempt` (StackOne's ids
+        are numbers, so the path needs no encoding)."""
+        data = await self._send(
+            StackOneRequest(
+                "GET /connect_sessions/{id}", "GET", f"/connect_sessions/{session_id}", priority,
+                deadline,
+            )
+        )  # fmt: skip
+        return self._parse(ConnectSession, data)
+
+    async def list_connector_profiles(
+        self,
+        query: ConnectorProfileQuery,
+        *,
+        deadline: float | None = None,
+        priority: Priority = Priority.CALLER,
+    ) -> ConnectorProfilesPage:
+        """Fetches one page of the project's connector profiles."""
+        data = await self._send(
+            StackOneRequest(
+                f"GET {CONNECTOR_PROFILES_PATH}", "GET", CONNECTOR_PROFILES_PATH, priority,
+                deadline, params=tuple(query.params()),
+            )
+        )  # fmt: skip
+        return self._parse(ConnectorProfilesPage, data)
 
     async def get_account(
         self,

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 MAX_ID = 255
 MAX_TEXT = 4096
 MAX_REASONS = 100
+MAX_PAGE_ITEMS = 1000  # a page larger than any page_size StackOne takes
 MAX_METADATA_DEPTH = 16  # a Struct of this depth stays under protobuf's recursion limit (100)
 MAX_METADATA_BYTES = 64 * 1024
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -79,12 +80,24 @@ class ConnectSessionCreate(_Model):
     label: str | None = None
     metadata: dict[str, Any] | None = None
     type: str | None = None
-    provider_version: str | None = None
-    integration_id: str | None = None
+    provider_version: str | None = None  # deprecated by StackOne, still sent when given
+    connector_profile_id: str | None = None  # `integration_id`, its deprecated alias, is not sent
 
     def body(self) -> dict[str, Any]:
         """The JSON body, without unset fields."""
         return self.model_dump(exclude_none=True)
+
+
+class ConnectionAttempt(_Model):
+    """A session's `latest_connection_attempt`: StackOne's status is an open enum."""
+
+    id: Id
+    status: Text | None = None
+    account_secure_id: Text | None = None
+    oauth_error_code: Text | None = None
+    oauth_error_description: Text | None = None
+    created_at: Moment | None = None
+    updated_at: Moment | None = None
 
 
 class ConnectSession(_Model):
@@ -104,6 +117,8 @@ class ConnectSession(_Model):
     type: Text | None = None
     external_trigger_token: Text | None = None
     integration_id: Text | None = None
+    connector_profile_id: Text | None = None
+    latest_connection_attempt: ConnectionAttempt | None = None
     created_at: Moment | None = None
     token: Text | None = None
     auth_link_url: Text | None = None
@@ -139,6 +154,7 @@ class LinkedAccount(_Model):
     label: Text | None = None
     type: Text | None = None
     shared: bool | None = None
+    categories: Annotated[list[Text], Field(max_length=MAX_REASONS)] | None = None
     created_at: Moment | None = None
     updated_at: Moment | None = None
 
@@ -165,4 +181,56 @@ class AccountListQuery(_Model):
         params += [("providers", value) for value in self.providers]
         params += [("account_ids", value) for value in self.account_ids]
         params += [("status", value) for value in self.statuses]
+        return params
+
+
+class ConnectorProfile(_Model):
+    """A connector profile of the project (`GET /connector_profiles`)."""
+
+    id: Id
+    name: Text | None = None
+    connector_key: Text | None = None
+    connector_label: Text | None = None
+    categories: Annotated[list[Text], Field(max_length=MAX_REASONS)] | None = None
+    active: bool | None = None
+    default: bool | None = None
+    connector_version: Text | None = None
+    connector_pinned_version: Text | None = None
+    connector_owner: Text | None = None
+    authentication_config_key: Text | None = None
+    authentication_config_label: Text | None = None
+    environment: Text | None = None
+    release_stage: Text | None = None
+    logo_url: Text | None = None
+    created_at: Moment | None = None
+    updated_at: Moment | None = None
+
+
+class ConnectorProfilesPage(_Model):
+    """One page of `GET /connector_profiles`: StackOne pages by number and counts the total."""
+
+    data: Annotated[list[ConnectorProfile], Field(max_length=MAX_PAGE_ITEMS)]
+    page: int | None = None
+    page_size: int | None = None
+    total: int | None = None
+
+
+class ConnectorProfileQuery(_Model):
+    """Query of `GET /connector_profiles`. StackOne's models do not say where page numbers
+    start: the first page is asked without one, later ones by the number it answered + 1."""
+
+    page: int | None = None
+    page_size: int = 25
+    connector_key: str | None = None
+    enabled: bool | None = None
+
+    def params(self) -> list[tuple[str, str | int]]:
+        """Query parameters in StackOne's form (`enabled=true`)."""
+        params: list[tuple[str, str | int]] = [("page_size", self.page_size)]
+        if self.page is not None:
+            params.append(("page", self.page))
+        if self.connector_key is not None:
+            params.append(("connector_key", self.connector_key))
+        if self.enabled is not None:
+            params.append(("enabled", "true" if self.enabled else "false"))
         return params

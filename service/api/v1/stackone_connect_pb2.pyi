@@ -27,7 +27,48 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ConnectionAttemptStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConnectionAttemptStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConnectionAttemptStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONNECTION_ATTEMPT_STATUS_UNSPECIFIED: _ConnectionAttemptStatus.ValueType  # 0
+    """Not set."""
+    CONNECTION_ATTEMPT_STATUS_PENDING: _ConnectionAttemptStatus.ValueType  # 1
+    """Under way: the person has not finished, or the provider has not answered."""
+    CONNECTION_ATTEMPT_STATUS_AUTHENTICATED: _ConnectionAttemptStatus.ValueType  # 2
+    """The account is linked: see `account_id`."""
+    CONNECTION_ATTEMPT_STATUS_ERROR: _ConnectionAttemptStatus.ValueType  # 3
+    """The provider refused: see `error_code` and `error_description`."""
+    CONNECTION_ATTEMPT_STATUS_CANCELLED: _ConnectionAttemptStatus.ValueType  # 4
+    """The person gave up."""
+    CONNECTION_ATTEMPT_STATUS_OTHER: _ConnectionAttemptStatus.ValueType  # 5
+    """StackOne reported a status this version does not know; see `raw_status`."""
+
+class ConnectionAttemptStatus(_ConnectionAttemptStatus, metaclass=_ConnectionAttemptStatusEnumTypeWrapper):
+    """Where an attempt to link an account through a connect session stands."""
+
+CONNECTION_ATTEMPT_STATUS_UNSPECIFIED: ConnectionAttemptStatus.ValueType  # 0
+"""Not set."""
+CONNECTION_ATTEMPT_STATUS_PENDING: ConnectionAttemptStatus.ValueType  # 1
+"""Under way: the person has not finished, or the provider has not answered."""
+CONNECTION_ATTEMPT_STATUS_AUTHENTICATED: ConnectionAttemptStatus.ValueType  # 2
+"""The account is linked: see `account_id`."""
+CONNECTION_ATTEMPT_STATUS_ERROR: ConnectionAttemptStatus.ValueType  # 3
+"""The provider refused: see `error_code` and `error_description`."""
+CONNECTION_ATTEMPT_STATUS_CANCELLED: ConnectionAttemptStatus.ValueType  # 4
+"""The person gave up."""
+CONNECTION_ATTEMPT_STATUS_OTHER: ConnectionAttemptStatus.ValueType  # 5
+"""StackOne reported a status this version does not know; see `raw_status`."""
+Global___ConnectionAttemptStatus: _TypeAlias = ConnectionAttemptStatus  # noqa: Y015
 
 class _AccountStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -178,6 +219,7 @@ class CreateSessionRequest(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     PROVIDER_VERSION_FIELD_NUMBER: _builtins.int
     INTEGRATION_ID_FIELD_NUMBER: _builtins.int
+    CONNECTOR_PROFILE_ID_FIELD_NUMBER: _builtins.int
     origin_owner_id: _builtins.str
     """Your customer's id (required). Set it server-side, never from a browser."""
     origin_owner_name: _builtins.str
@@ -207,12 +249,42 @@ class CreateSessionRequest(_message.Message):
     """`production` or `test` (optional; StackOne's default is `production`): the type of
     the account the session links.
     """
-    provider_version: _builtins.str
-    """The version of the provider's integration to connect to (optional)."""
-    integration_id: _builtins.str
-    """The integration (a UUID) the session connects through (optional). StackOne's docs
-    call it `connector_profile_id`: it routes a session to a connector's new major
-    version.
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def provider_version(self) -> _builtins.str:
+        """Deprecated by StackOne: it no longer chooses the connector version and "can cause
+        session creation to fail". Still sent as given; leave it empty and use
+        `connector_profile_id` to route a session.
+        """
+
+    @provider_version.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def provider_version(self, value: _builtins.str) -> None:
+        """Deprecated by StackOne: it no longer chooses the connector version and "can cause
+        session creation to fail". Still sent as given; leave it empty and use
+        `connector_profile_id` to route a session.
+        """
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def integration_id(self) -> _builtins.str:
+        """Deprecated: the former name of `connector_profile_id`, still taken. Sent to StackOne
+        as `connector_profile_id`; given with a different `connector_profile_id`, the call is
+        INVALID_ARGUMENT.
+        """
+
+    @integration_id.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def integration_id(self, value: _builtins.str) -> None:
+        """Deprecated: the former name of `connector_profile_id`, still taken. Sent to StackOne
+        as `connector_profile_id`; given with a different `connector_profile_id`, the call is
+        INVALID_ARGUMENT.
+        """
+
+    connector_profile_id: _builtins.str
+    """The connector profile the session connects through (optional; from
+    `ListConnectorProfiles`): a non-default profile of a provider, e.g. a connector's new
+    major version. Unset: the project's default profile for the provider.
     """
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -241,10 +313,11 @@ class CreateSessionRequest(_message.Message):
         type: _builtins.str = ...,
         provider_version: _builtins.str = ...,
         integration_id: _builtins.str = ...,
+        connector_profile_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in", "expires_in", b"expires_in", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in", "account_id", b"account_id", "categories", b"categories", "expires_in", b"expires_in", "integration_id", b"integration_id", "label", b"label", "metadata", b"metadata", "multiple", b"multiple", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider", "provider_version", b"provider_version", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in", "account_id", b"account_id", "categories", b"categories", "connector_profile_id", b"connector_profile_id", "expires_in", b"expires_in", "integration_id", b"integration_id", "label", b"label", "metadata", b"metadata", "multiple", b"multiple", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider", "provider_version", b"provider_version", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expires_in: _TypeAlias = _typing.Literal["expires_in"]  # noqa: Y015
     _WhichOneofArgType__expires_in: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in"]  # noqa: Y015
@@ -276,6 +349,8 @@ class Session(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     EXTERNAL_TRIGGER_TOKEN_FIELD_NUMBER: _builtins.int
     INTEGRATION_ID_FIELD_NUMBER: _builtins.int
+    CONNECTOR_PROFILE_ID_FIELD_NUMBER: _builtins.int
+    LATEST_CONNECTION_ATTEMPT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """StackOne's id of the connect session."""
     token: _builtins.str
@@ -306,9 +381,19 @@ class Session(_message.Message):
     """StackOne's project of the API key."""
     external_trigger_token: _builtins.str
     """StackOne's external trigger token of the session, when it returns one."""
-    integration_id: _builtins.str
-    """The integration the session connects through, as StackOne returned it (StackOne's
-    docs call it `connector_profile_id`); empty when StackOne returned none.
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def integration_id(self) -> _builtins.str:
+        """Deprecated: the same as `connector_profile_id`, under its former name."""
+
+    @integration_id.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def integration_id(self, value: _builtins.str) -> None:
+        """Deprecated: the same as `connector_profile_id`, under its former name."""
+
+    connector_profile_id: _builtins.str
+    """The connector profile the session connects through, as StackOne returned it; empty
+    when StackOne returned none.
     """
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
@@ -325,6 +410,12 @@ class Session(_message.Message):
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
         """The key/values carried onto the account, as StackOne returned them."""
+
+    @_builtins.property
+    def latest_connection_attempt(self) -> Global___ConnectionAttempt:
+        """The latest attempt to link an account through this session; unset when none was
+        made yet (or when StackOne did not say, as `CreateSession` answers).
+        """
 
     def __init__(
         self,
@@ -347,14 +438,284 @@ class Session(_message.Message):
         project_id: _builtins.str = ...,
         external_trigger_token: _builtins.str = ...,
         integration_id: _builtins.str = ...,
+        connector_profile_id: _builtins.str = ...,
+        latest_connection_attempt: Global___ConnectionAttempt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "latest_connection_attempt", b"latest_connection_attempt", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "auth_link_url", b"auth_link_url", "categories", b"categories", "created_at", b"created_at", "expires_at", b"expires_at", "external_trigger_token", b"external_trigger_token", "id", b"id", "integration_id", b"integration_id", "label", b"label", "metadata", b"metadata", "organization_id", b"organization_id", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "project_id", b"project_id", "provider", b"provider", "token", b"token", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "auth_link_url", b"auth_link_url", "categories", b"categories", "connector_profile_id", b"connector_profile_id", "created_at", b"created_at", "expires_at", b"expires_at", "external_trigger_token", b"external_trigger_token", "id", b"id", "integration_id", b"integration_id", "label", b"label", "latest_connection_attempt", b"latest_connection_attempt", "metadata", b"metadata", "organization_id", b"organization_id", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "project_id", b"project_id", "provider", b"provider", "token", b"token", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Session: _TypeAlias = Session  # noqa: Y015
+
+@_typing.final
+class ConnectionAttempt(_message.Message):
+    """An attempt to link an account through a connect session (StackOne's
+    `latest_connection_attempt`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    RAW_STATUS_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """StackOne's id of the attempt."""
+    status: Global___ConnectionAttemptStatus.ValueType
+    """Where the attempt stands, normalised."""
+    raw_status: _builtins.str
+    """The status exactly as StackOne sent it."""
+    account_id: _builtins.str
+    """The account the attempt created or re-connected (StackOne's `account_secure_id`),
+    set once it is AUTHENTICATED.
+    """
+    error_code: _builtins.str
+    """Why it failed, as StackOne sent it (`oauth_error_code`)."""
+    error_description: _builtins.str
+    """The provider's explanation, as StackOne sent it (`oauth_error_description`)."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the attempt began."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the attempt last changed."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        status: Global___ConnectionAttemptStatus.ValueType = ...,
+        raw_status: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        error_code: _builtins.str = ...,
+        error_description: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "created_at", b"created_at", "error_code", b"error_code", "error_description", b"error_description", "id", b"id", "raw_status", b"raw_status", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConnectionAttempt: _TypeAlias = ConnectionAttempt  # noqa: Y015
+
+@_typing.final
+class GetSessionRequest(_message.Message):
+    """Asks for one connect session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """StackOne's id of the session (`Session.id`, a number; required)."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSessionRequest: _TypeAlias = GetSessionRequest  # noqa: Y015
+
+@_typing.final
+class GetSessionResponse(_message.Message):
+    """A connect session as StackOne reports it now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___Session:
+        """The session, without `token`, `auth_link_url` and `expires_at` (StackOne does not
+        answer them after creation), with its `latest_connection_attempt`.
+        """
+
+    def __init__(
+        self,
+        *,
+        session: Global___Session | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSessionResponse: _TypeAlias = GetSessionResponse  # noqa: Y015
+
+@_typing.final
+class ListConnectorProfilesRequest(_message.Message):
+    """Asks for a page of the project's connector profiles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTOR_KEY_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    connector_key: _builtins.str
+    """Only profiles of this connector (provider key), e.g. `bamboohr`."""
+    enabled: _builtins.bool
+    """Only enabled (true) or disabled (false) profiles; every profile when unset."""
+    page_size: _builtins.int
+    """Profiles per page, 1 to 100 (default 25)."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        connector_key: _builtins.str = ...,
+        enabled: _builtins.bool | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "connector_key", b"connector_key", "enabled", b"enabled", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+
+Global___ListConnectorProfilesRequest: _TypeAlias = ListConnectorProfilesRequest  # noqa: Y015
+
+@_typing.final
+class ListConnectorProfilesResponse(_message.Message):
+    """A page of connector profiles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTOR_PROFILES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as `page_token` to get the next page; empty on the last page."""
+    total: _builtins.int
+    """How many profiles match, over every page, as StackOne counts them."""
+    @_builtins.property
+    def connector_profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConnectorProfile]:
+        """The profiles of this page."""
+
+    def __init__(
+        self,
+        *,
+        connector_profiles: _abc.Iterable[Global___ConnectorProfile] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connector_profiles", b"connector_profiles", "next_page_token", b"next_page_token", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConnectorProfilesResponse: _TypeAlias = ListConnectorProfilesResponse  # noqa: Y015
+
+@_typing.final
+class ConnectorProfile(_message.Message):
+    """A connector profile: one way of connecting to a provider (its connector, version and
+    authentication configuration), as StackOne reports it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CONNECTOR_KEY_FIELD_NUMBER: _builtins.int
+    CONNECTOR_LABEL_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    DEFAULT_FIELD_NUMBER: _builtins.int
+    CONNECTOR_VERSION_FIELD_NUMBER: _builtins.int
+    CONNECTOR_PINNED_VERSION_FIELD_NUMBER: _builtins.int
+    CONNECTOR_OWNER_FIELD_NUMBER: _builtins.int
+    AUTHENTICATION_CONFIG_KEY_FIELD_NUMBER: _builtins.int
+    AUTHENTICATION_CONFIG_LABEL_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
+    RELEASE_STAGE_FIELD_NUMBER: _builtins.int
+    LOGO_URL_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """StackOne's id of the profile: `CreateSession{connector_profile_id}` takes it."""
+    name: _builtins.str
+    """The profile's display name."""
+    connector_key: _builtins.str
+    """The connector (provider key), e.g. `bamboohr`."""
+    connector_label: _builtins.str
+    """The connector's display name, e.g. `BambooHR`."""
+    active: _builtins.bool
+    """Whether the profile is enabled."""
+    default: _builtins.bool
+    """Whether it is the project's default profile for its connector."""
+    connector_version: _builtins.str
+    """The connector version the profile resolves to."""
+    connector_pinned_version: _builtins.str
+    """The version pinned for the profile, if any."""
+    connector_owner: _builtins.str
+    """Who owns the connector version (`stackone` for built-in connectors)."""
+    authentication_config_key: _builtins.str
+    """The authentication configuration's key, e.g. `oauth2`."""
+    authentication_config_label: _builtins.str
+    """The authentication configuration's display name."""
+    environment: _builtins.str
+    """The profile's environment."""
+    release_stage: _builtins.str
+    """The connector's release stage."""
+    logo_url: _builtins.str
+    """The connector's logo."""
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The categories the profile belongs to, e.g. `hris`."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the profile was created."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the profile last changed."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        connector_key: _builtins.str = ...,
+        connector_label: _builtins.str = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
+        active: _builtins.bool = ...,
+        default: _builtins.bool = ...,
+        connector_version: _builtins.str = ...,
+        connector_pinned_version: _builtins.str = ...,
+        connector_owner: _builtins.str = ...,
+        authentication_config_key: _builtins.str = ...,
+        authentication_config_label: _builtins.str = ...,
+        environment: _builtins.str = ...,
+        release_stage: _builtins.str = ...,
+        logo_url: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "authentication_config_key", b"authentication_config_key", "authentication_config_label", b"authentication_config_label", "categories", b"categories", "connector_key", b"connector_key", "connector_label", b"connector_label", "connector_owner", b"connector_owner", "connector_pinned_version", b"connector_pinned_version", "connector_version", b"connector_version", "created_at", b"created_at", "default", b"default", "environment", b"environment", "id", b"id", "logo_url", b"logo_url", "name", b"name", "release_stage", b"release_stage", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConnectorProfile: _TypeAlias = ConnectorProfile  # noqa: Y015
 
 @_typing.final
 class StatusReason(_message.Message):
@@ -409,6 +770,7 @@ class Account(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     REGISTRY_CURSOR_FIELD_NUMBER: _builtins.int
     SHARED_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """StackOne's account id."""
     provider: _builtins.str
@@ -447,6 +809,10 @@ class Account(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When the account last changed."""
 
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The categories of the account's provider, e.g. `hris` (StackOne's `categories`)."""
+
     def __init__(
         self,
         *,
@@ -465,10 +831,11 @@ class Account(_message.Message):
         type: _builtins.str = ...,
         registry_cursor: _builtins.str = ...,
         shared: _builtins.bool | None = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_shared", b"_shared", "created_at", b"created_at", "shared", b"shared", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_shared", b"_shared", "created_at", b"created_at", "id", b"id", "label", b"label", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider", "provider_name", b"provider_name", "raw_status", b"raw_status", "registry_cursor", b"registry_cursor", "shared", b"shared", "status", b"status", "status_reasons", b"status_reasons", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_shared", b"_shared", "categories", b"categories", "created_at", b"created_at", "id", b"id", "label", b"label", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider", "provider_name", b"provider_name", "raw_status", b"raw_status", "registry_cursor", b"registry_cursor", "shared", b"shared", "status", b"status", "status_reasons", b"status_reasons", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__shared: _TypeAlias = _typing.Literal["shared"]  # noqa: Y015
     _WhichOneofArgType__shared: _TypeAlias = _typing.Literal["_shared", b"_shared"]  # noqa: Y015

@@ -61,6 +61,16 @@ class ConnectServiceStub:
                 request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsRequest.SerializeToString,
                 response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsResponse.FromString,
                 _registered_method=True)
+        self.GetSession = channel.unary_unary(
+                '/stackone_connect.v1.ConnectService/GetSession',
+                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSessionRequest.SerializeToString,
+                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSessionResponse.FromString,
+                _registered_method=True)
+        self.ListConnectorProfiles = channel.unary_unary(
+                '/stackone_connect.v1.ConnectService/ListConnectorProfiles',
+                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesRequest.SerializeToString,
+                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesResponse.FromString,
+                _registered_method=True)
 
 
 class ConnectServiceServicer:
@@ -109,6 +119,24 @@ class ConnectServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSession(self, request, context):
+        """Returns a connect session as StackOne reports it now (`GET /connect_sessions/{id}`),
+        with its `latest_connection_attempt`: poll it to learn whether the person linked an
+        account, is still at it, or failed (and why). A scoped client sees only its
+        customers' sessions; any other is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConnectorProfiles(self, request, context):
+        """Lists the connector profiles of the StackOne project (`GET /connector_profiles`):
+        the ids `CreateSession{connector_profile_id}` takes. Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConnectServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -136,6 +164,16 @@ def add_ConnectServiceServicer_to_server(servicer, server):
                     servicer.StreamAccountEvents,
                     request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsRequest.FromString,
                     response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsResponse.SerializeToString,
+            ),
+            'GetSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSession,
+                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSessionRequest.FromString,
+                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSessionResponse.SerializeToString,
+            ),
+            'ListConnectorProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConnectorProfiles,
+                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesRequest.FromString,
+                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -275,6 +313,60 @@ class ConnectService:
             '/stackone_connect.v1.ConnectService/StreamAccountEvents',
             service_dot_api_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsRequest.SerializeToString,
             service_dot_api_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackone_connect.v1.ConnectService/GetSession',
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSessionRequest.SerializeToString,
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConnectorProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackone_connect.v1.ConnectService/ListConnectorProfiles',
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesRequest.SerializeToString,
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,16 @@ class ConnectServiceStub:
     bookmark of the start position (the stream is attached from then on); idle and
     filtered streams then periodically receive a bookmark carrying the cursor read up to.
     """
+    GetSession: _grpc.UnaryUnaryMultiCallable[_stackone_connect_pb2.GetSessionRequest, _stackone_connect_pb2.GetSessionResponse]
+    """Returns a connect session as StackOne reports it now (`GET /connect_sessions/{id}`),
+    with its `latest_connection_attempt`: poll it to learn whether the person linked an
+    account, is still at it, or failed (and why). A scoped client sees only its
+    customers' sessions; any other is NOT_FOUND.
+    """
+    ListConnectorProfiles: _grpc.UnaryUnaryMultiCallable[_stackone_connect_pb2.ListConnectorProfilesRequest, _stackone_connect_pb2.ListConnectorProfilesResponse]
+    """Lists the connector profiles of the StackOne project (`GET /connector_profiles`):
+    the ids `CreateSession{connector_profile_id}` takes. Read-only.
+    """
 
 @_typing.type_check_only
 class ConnectServiceAsyncStub(ConnectServiceStub):
@@ -87,6 +97,16 @@ class ConnectServiceAsyncStub(ConnectServiceStub):
     resumable after any cursor with no gap and no duplicate. The first message is a
     bookmark of the start position (the stream is attached from then on); idle and
     filtered streams then periodically receive a bookmark carrying the cursor read up to.
+    """
+    GetSession: _aio.UnaryUnaryMultiCallable[_stackone_connect_pb2.GetSessionRequest, _stackone_connect_pb2.GetSessionResponse]  # type: ignore[assignment]
+    """Returns a connect session as StackOne reports it now (`GET /connect_sessions/{id}`),
+    with its `latest_connection_attempt`: poll it to learn whether the person linked an
+    account, is still at it, or failed (and why). A scoped client sees only its
+    customers' sessions; any other is NOT_FOUND.
+    """
+    ListConnectorProfiles: _aio.UnaryUnaryMultiCallable[_stackone_connect_pb2.ListConnectorProfilesRequest, _stackone_connect_pb2.ListConnectorProfilesResponse]  # type: ignore[assignment]
+    """Lists the connector profiles of the StackOne project (`GET /connector_profiles`):
+    the ids `CreateSession{connector_profile_id}` takes. Read-only.
     """
 
 class ConnectServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -142,6 +162,28 @@ class ConnectServiceServicer(metaclass=_abc_1.ABCMeta):
         resumable after any cursor with no gap and no duplicate. The first message is a
         bookmark of the start position (the stream is attached from then on); idle and
         filtered streams then periodically receive a bookmark carrying the cursor read up to.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSession(
+        self,
+        request: _stackone_connect_pb2.GetSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackone_connect_pb2.GetSessionResponse, _abc.Awaitable[_stackone_connect_pb2.GetSessionResponse]]:
+        """Returns a connect session as StackOne reports it now (`GET /connect_sessions/{id}`),
+        with its `latest_connection_attempt`: poll it to learn whether the person linked an
+        account, is still at it, or failed (and why). A scoped client sees only its
+        customers' sessions; any other is NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ListConnectorProfiles(
+        self,
+        request: _stackone_connect_pb2.ListConnectorProfilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackone_connect_pb2.ListConnectorProfilesResponse, _abc.Awaitable[_stackone_connect_pb2.ListConnectorProfilesResponse]]:
+        """Lists the connector profiles of the StackOne project (`GET /connector_profiles`):
+        the ids `CreateSession{connector_profile_id}` takes. Read-only.
         """
 
 def add_ConnectServiceServicer_to_server(servicer: ConnectServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
