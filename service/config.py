@@ -190,8 +190,31 @@ class Settings(BaseSettings):
     rate_limit: Count = Field(
         1000,
         gt=0,
-        description="StackOne calls allowed per minute for this API key, shared by every call"
-        " this service makes; with several replicas set each to its share (limit ÷ replicas).",
+        description="StackOne calls allowed per minute (per `RATE_WINDOW`) for this API key,"
+        " shared by every call this service makes; with a JetStream log, by every replica"
+        " (through NATS): set the key's whole limit on each.",
+    )
+    rate_window: Seconds = Field(
+        60.0, gt=0, description="Seconds of StackOne's sliding window the rate limit counts in."
+    )
+    rate_replicas: Count = Field(
+        1,
+        ge=1,
+        description="Replicas a JetStream deployment runs: while NATS is away each spends at"
+        " most the limit (and each client's calls_per_minute) ÷ this, or ÷ the replicas it"
+        " last saw alive if more.",
+    )
+    rate_lease_block: Count = Field(
+        20,
+        gt=0,
+        description="Calls of the rate limit a replica leases from NATS at a time (JetStream"
+        " only); it gives back what it does not use at each renewal.",
+    )
+    rate_lease_renew: Seconds = Field(
+        5.0,
+        gt=0,
+        description="Seconds between a replica's budget renewals (JetStream only): a replica"
+        " that dies gives its share back within `RATE_WINDOW` plus twice this.",
     )
     rate_caller_reserve: float = Field(
         0.2,

@@ -60,6 +60,7 @@ from service.rpc.servicer import ConnectServicer
 from service.rpc.tls import PemFile, TlsMaterial
 from service.stackone.budget import RateBudget
 from service.stackone.client import StackOneClient
+from service.stackone.shared_budget import BudgetSharing, shared
 from service.tracing import Tracing, TracingConfigError
 from service.tracing import from_environment as tracing_from_environment
 from service.web import ListeningApp, listening
@@ -335,14 +336,32 @@ async def _event_log(settings: Settings, metrics: Metrics) -> AsyncIterator[Even
         await event_log.close()
 
 
+@asynccontextmanager
+async def _rate_budget(settings: Settings, metrics: Metrics) -> AsyncIterator[RateBudget]:
+    """The StackOne budget; on a JetStream log, shared with every replica through NATS."""
+    budget = RateBudget(
+        settings.rate_limit,
+        window=settings.rate_window,
+        caller_reserve=settings.rate_caller_reserve,
+        metrics=metrics,
+    )
+    log = event_log_options(settings)
+    if not isinstance(log, jetstream.JetStreamOptions):
+        yield budget
+        return
+    sharing = BudgetSharing(
+        log.url, f"{log.stream}_BUDGET", settings.rate_replicas, settings.rate_lease_block,
+        settings.rate_lease_renew, settings.upstream_timeout, log.storage, log.replicas,
+    )  # fmt: skip
+    async with shared(budget, sharing):
+        yield budget
+
+
 def _stackone_client(
-    settings: Settings, stackone: _StackOne, metrics: Metrics, tracing: Tracing
+    stackone: _StackOne, budget: RateBudget, metrics: Metrics, tracing: Tracing
 ) -> StackOneClient:
     """The one StackOne client, spending one budget for every call: callers,
     verification and reconciliation."""
-    budget = RateBudget(
-        settings.rate_limit, caller_reserve=settings.rate_caller_reserve, metrics=metrics
-    )
     return StackOneClient(
         stackone.base_url,
         stackone.api_key,
@@ -504,8 +523,9 @@ async def running(settings: Settings, tracing: Tracing | None = None) -> AsyncIt
         metrics = Metrics()
         event_log = await stack.enter_async_context(_event_log(settings, metrics))
         metrics.latest_cursor.set_function(lambda: event_log.latest_cursor)
+        budget = await stack.enter_async_context(_rate_budget(settings, metrics))
         client = await stack.enter_async_context(
-            _stackone_client(settings, stackone, metrics, tracing)
+            _stackone_client(stackone, budget, metrics, tracing)
         )
         health = declare_health(event_log, event_log, metrics)
         serving = await stack.enter_async_context(

@@ -16,6 +16,11 @@ A client of the clients file may have its own share of the callers' calls
 (`ClientShare`): while `CALLER_SHARE` names it, a CALLER slot is first taken from that
 share, and a client past its calls per minute is refused at once (`ClientBudgetExhausted`)
 without waiting in the line the other clients use.
+
+Several replicas spend one budget when a `Lender` (`service.stackone.shared_budget`) is
+attached: it sets how many of the limit's slots, and of each client's calls, this replica
+may hold (`RateBudget.set_capacity`, `ClientShare.held`), leasing them in blocks, so the
+fast path stays local.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from enum import IntEnum
-from typing import Any
+from typing import Any, Protocol
 
 from service.metrics import Metrics
 from service.stackone.errors import BudgetExhausted, ClientBudgetExhausted
@@ -52,11 +57,14 @@ class ClientShare:
     calls already counted). Its calls also take slots of the shared `RateBudget`.
     """
 
-    __slots__ = ("_granted", "_refused", "_starts", "calls_per_minute", "name")
+    __slots__ = ("_granted", "_refused", "_starts", "calls_per_minute", "held", "name")
 
     def __init__(self, name: str, calls_per_minute: int, metrics: Metrics | None = None) -> None:
         self.name = name
         self.calls_per_minute = calls_per_minute
+        # The calls this replica may start in a window when replicas share the client's
+        # calls (set by the `Lender`); None: all of `calls_per_minute`.
+        self.held: int | None = None
         self._starts: deque[float] = deque()
         # Labelled once: `labels()` takes a lock and builds a key on every call.
         self._granted: Any = None if metrics is None else metrics.client_calls.labels(name, "ok")
@@ -67,6 +75,19 @@ class ClientShare:
     def __repr__(self) -> str:
         return f"ClientShare({self.name!r}, calls_per_minute={self.calls_per_minute})"
 
+    @property
+    def allowed(self) -> int:
+        """Calls this replica may start in any window."""
+        held = self.held
+        return self.calls_per_minute if held is None else min(held, self.calls_per_minute)
+
+    def started(self, now: float, window: float) -> int:
+        """Calls started in the `window` up to `now`."""
+        starts = self._starts
+        while starts and starts[0] <= now - window:
+            starts.popleft()
+        return len(starts)
+
     def take(self, now: float, window: float) -> None:
         """Counts one call started `now`.
 
@@ -74,13 +95,13 @@ class ClientShare:
             ClientBudgetExhausted: the client started its calls of the last `window`.
         """
         starts = self._starts
-        while starts and starts[0] <= now - window:
-            starts.popleft()
-        if len(starts) >= self.calls_per_minute:
+        allowed = self.allowed
+        if self.started(now, window) >= allowed:
             if self._refused is not None:
                 self._refused.inc()
-            oldest = starts[len(starts) - self.calls_per_minute]
-            raise ClientBudgetExhausted(self.name, self.calls_per_minute, oldest + window - now)
+            # With no call of its own to wait for, a replica waits for its next lease.
+            free_in = starts[len(starts) - allowed] + window - now if allowed else window
+            raise ClientBudgetExhausted(self.name, self.calls_per_minute, free_in)
         starts.append(now)
         if self._granted is not None:
             self._granted.inc()
@@ -93,6 +114,17 @@ class ClientShare:
 
 CALLER_SHARE: ContextVar[ClientShare | None] = ContextVar("caller_share", default=None)
 """The share of the client calling the RPC this task serves; None: no share of its own."""
+
+
+class Lender(Protocol):
+    """Where a budget shared by replicas gets more of the limit's slots (the role
+    `service.stackone.shared_budget.SharedBudget` plays)."""
+
+    def short(self) -> None:
+        """Calls wait for a slot: lease more soon (never waits; called often)."""
+
+    async def lease_share(self, share: ClientShare) -> None:
+        """Leases more of `share`'s client's calls for this replica, if it can."""
 
 
 class RateBudget:
@@ -148,6 +180,10 @@ class RateBudget:
         self._queues: dict[Priority, deque[asyncio.Future[None]]] = {p: deque() for p in Priority}
         self._granted = dict.fromkeys(Priority, 0)
         self._timer: asyncio.TimerHandle | None = None
+        # The slots this replica may hold, all and background's; a `Lender` sets them.
+        self._capacity = limit
+        self._background_capacity = self.background_limit
+        self.lender: Lender | None = None
 
     def __repr__(self) -> str:
         return (
@@ -178,6 +214,22 @@ class RateBudget:
         """Calls waiting for a slot now, by class."""
         return {priority: len(queue) for priority, queue in self._queues.items()}
 
+    def now(self) -> float:
+        """The budget's clock."""
+        return self._clock()
+
+    @property
+    def capacity(self) -> tuple[int, int]:
+        """The slots this replica may hold: all of them, and those background may use."""
+        return self._capacity, self._background_capacity
+
+    def set_capacity(self, held: int, background: int) -> None:
+        """Lets this replica hold `held` slots, `background` of them for background work
+        (a `Lender`'s lease); waiters that now fit are granted."""
+        self._capacity = held
+        self._background_capacity = min(background, held)
+        self._dispatch()
+
     # --- Spending ---
 
     @asynccontextmanager
@@ -198,9 +250,9 @@ class RateBudget:
             ClientBudgetExhausted: a CALLER whose client's own share is spent, at once.
         """
         share = CALLER_SHARE.get() if priority == Priority.CALLER else None
-        started = self._clock()
         if share is not None:
-            share.take(started, self.window)
+            await self._take_share(share)
+        started = self._clock()
         self._expire(started)
         if not self._anyone_ahead(priority) and self._open(priority, started):
             self._in_flight += 1
@@ -213,10 +265,20 @@ class RateBudget:
                 share.give_back()  # no slot, so no call: it does not count against the client
             raise
 
+    async def _take_share(self, share: ClientShare) -> None:
+        """Counts a call against `share`, leasing more of it first when replicas share it."""
+        lender = self.lender
+        if lender is not None and (
+            share.held is None or share.started(self._clock(), self.window) >= share.allowed
+        ):
+            await lender.lease_share(share)
+        share.take(self._clock(), self.window)
+
     async def _wait(self, priority: Priority, timeout: float | None, started: float) -> None:
         """Waits in line for a slot (none was free at `started`)."""
         free_in = self._free_at(priority, started) - started
-        if timeout is not None and free_in > timeout:
+        # A lender may bring a slot any moment: wait for it rather than refuse now.
+        if timeout is not None and free_in > timeout and self.lender is None:
             # Not even the first slot to free comes in time: say so now, not at the deadline.
             self._count(priority, 0.0, granted=False)
             raise BudgetExhausted(free_in)
@@ -265,7 +327,9 @@ class RateBudget:
             self._expiries.popleft()
 
     def _threshold(self, priority: Priority) -> int:
-        return self.limit if priority == Priority.CALLER else self.background_limit
+        if priority == Priority.CALLER:
+            return min(self.limit, self._capacity)
+        return min(self.background_limit, self._background_capacity)
 
     def _open(self, priority: Priority, now: float) -> bool:
         """True when a call of `priority` may take a slot now (after `_expire(now)`)."""
@@ -313,6 +377,8 @@ class RateBudget:
                 # Lower classes face the same pause and a lower threshold: they wait too.
                 first_waiting = priority
                 break
+        if first_waiting is not None and self.lender is not None:
+            self.lender.short()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
