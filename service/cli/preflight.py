@@ -178,7 +178,10 @@ async def _nats_problem(url: str) -> str | None:
     try:
         async with asyncio.timeout(NATS_SECONDS):
             connection = await nats.connect(
-                url, connect_timeout=NATS_SECONDS, allow_reconnect=False, error_cb=quiet
+                [server.strip() for server in url.split(",") if server.strip()],
+                connect_timeout=NATS_SECONDS,
+                allow_reconnect=False,
+                error_cb=quiet,
             )
     except (TimeoutError, OSError, NatsError) as error:
         return f"cannot connect to NATS at {url}: {str(error) or type(error).__name__}"

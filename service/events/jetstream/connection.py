@@ -127,7 +127,7 @@ class Connection:
         connection = NatsClient()
         try:
             await connection.connect(
-                options.url,
+                options.servers,
                 connect_timeout=options.request_timeout,  # type: ignore[arg-type]
                 allow_reconnect=True,
                 max_reconnect_attempts=_RECONNECT_ATTEMPTS,

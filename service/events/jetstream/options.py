@@ -15,7 +15,8 @@ class JetStreamOptions:
     buckets a replica uses (all replicas must agree on them).
 
     Attributes:
-        url: the NATS server (`nats://` or `tls://`).
+        url: the NATS server (`nats://` or `tls://`), or several separated by commas
+            (the servers of a cluster to try first; the others are learnt from them).
         stream: the events' stream; its buckets and inbox stream are named after it.
         subject_prefix: subjects of the stream are `<prefix>.<account token>`.
         storage: "file" or "memory", for the streams and buckets.
@@ -40,6 +41,12 @@ class JetStreamOptions:
     inbox_limit: int = 100_000
     inbox_duplicate_window: float = 120.0
     tail_bytes: int = DEFAULT_TAIL_BYTES
+
+    @property
+    def servers(self) -> list[str]:
+        """The servers `url` names, as nats.connect takes them (a list: a comma-separated
+        string is one malformed URL to it)."""
+        return [server.strip() for server in self.url.split(",") if server.strip()]
 
     @property
     def inbox_stream(self) -> str:
