@@ -28,11 +28,11 @@ replica (no replica's clock is trusted).
 When NATS is slow or away (a lease or renewal fails within `request_timeout`), a replica
 can lease nothing more. It keeps `min(held, limit ÷ N)` at once, where N is the larger of
 `expected_replicas` and the replicas it last saw alive, and after `hold` (a window, the
-longest call and a renewal: every other replica has shrunk the same way by then and its
-older calls have left StackOne's window) it may use `limit ÷ N`. The replicas thus never
-hold more than the limit between them, during the outage or its start. Back on NATS, a
-replica registers what it holds and grows beyond `limit ÷ N` only after two renewals, so
-every replica still on its fraction has registered first.
+longest call, and a renewal with its timeout: every other replica has shrunk the same way
+by then and its older calls have left StackOne's window) it may use `limit ÷ N`. The
+replicas thus never hold more than the limit between them, during the outage or its
+start. Back on NATS, a replica registers what it holds and grows beyond `limit ÷ N` only
+after two renewals, so every replica still on its fraction has registered first.
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ class SharedBudget:
         self.budget = budget
         self.sharing = sharing
         self.replica = replica or secrets.token_hex(8)
-        self.hold = budget.window + sharing.longest_call + sharing.renew
+        # Another replica finds NATS away within a renewal and its timeout of this one.
+        self.hold = budget.window + sharing.longest_call + sharing.renew + sharing.request_timeout
         self.seen_replicas = 1
         self._pool = _Lease(_POOL_KEY)
         self._quotas: dict[str, tuple[ClientShare, _Lease]] = {}
