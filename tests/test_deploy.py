@@ -354,13 +354,14 @@ def test_the_command_is_the_console_script() -> None:
 def test_three_replicas_share_a_three_node_jetstream() -> None:
     """Three replicas, three NATS nodes routed to each other, a replica-3 stream on a NATS
     Service that selects them, PodDisruptionBudgets that keep a quorum, and per-replica
-    StackOne budgets that add up to the key's limit at most."""
+    StackOne budget shared as the key's limit, with a fallback share per replica."""
     deployment = _resource("Deployment", "stackone-connect")
     nats = _resource("StatefulSet", "nats")
     assert deployment["spec"]["replicas"] == nats["spec"]["replicas"] == 3
     env = _kubernetes_env()
     assert int(env[f"{ENV_PREFIX}JETSTREAM_REPLICAS"]) == 3
-    assert int(env[f"{ENV_PREFIX}RATE_LIMIT"]) * 3 <= KEY_CALLS_PER_MINUTE
+    assert int(env[f"{ENV_PREFIX}RATE_LIMIT"]) <= KEY_CALLS_PER_MINUTE
+    assert int(env[f"{ENV_PREFIX}RATE_REPLICAS"]) == deployment["spec"]["replicas"]
     host, port = split_address(urlparse(env[f"{ENV_PREFIX}EVENT_LOG_URL"]).netloc)
     client_service = _resource("Service", host)
     assert client_service["spec"]["selector"] == nats["spec"]["selector"]["matchLabels"]
