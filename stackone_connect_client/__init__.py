@@ -13,12 +13,17 @@ account events that resumes, follows a server's shutdown and resyncs by itself.
                     ...
                 case pb.AccountEvent():
                     ...
+
+`AccountView` keeps the accounts a watch selects from its items: a deleted account, or
+one whose event says it `leaves_filter` (it moved to another owner or provider), is
+removed.
 """
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from stackone_connect_client.client import AccountListing, Client
 from stackone_connect_client.connection import Connection
 from stackone_connect_client.cursors import CursorStore, FileCursorStore, MemoryCursorStore
+from stackone_connect_client.view import AccountView, removes_account
 from stackone_connect_client.watch import (
     Backoff,
     EventWatch,
@@ -31,6 +36,7 @@ from stackone_connect_client.watch import (
 
 __all__ = [
     "AccountListing",
+    "AccountView",
     "Backoff",
     "Client",
     "Connection",
@@ -44,4 +50,5 @@ __all__ = [
     "Start",
     "WatchItem",
     "pb",
+    "removes_account",
 ]

@@ -2,18 +2,29 @@
 
 Each follower reads the log at its own pace, one bounded batch at a time, so a slow
 subscriber holds at most one batch in memory and never delays the writer or anyone else.
+
+A filtered subscriber's view of its accounts equals a fresh snapshot with its filters at
+every bookmark: an account whose event takes it out of the filters (a new owner or
+provider) is sent that event marked `leaves_filter`, as Kubernetes sends an object that
+stops matching a filtered watch as a removal; a scoped caller is told nothing of an owner
+it does not act for (before or after the event).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from google.protobuf.message import DecodeError
+
+from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.cursors import SEQUENCE_BITS, Cursor
 from service.events.log import Log
 from service.events.model import Bookmark, CursorOutOfRange, EventFilter, StoredEvent
+from service.owners import OwnerScope
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +164,7 @@ class Feed:
                 raise CursorOutOfRange(self._position, bounds, log.incarnation)
             self._up_to_date = len(batch) < self._batch_size
             event_filter = self._filter
-            matching = (
-                batch if event_filter is None else [e for e in batch if event_filter.matches(e)]
-            )
+            matching = batch if event_filter is None else sent_of(batch, event_filter)
             if batch:
                 self._position = batch[-1].cursor
             if matching:
@@ -165,3 +174,91 @@ class Feed:
                 self._last_sent = time.monotonic()
                 return Bookmark(self._position)
         raise StopAsyncIteration
+
+
+@dataclass(frozen=True, slots=True)
+class Restated(StoredEvent):
+    """A stored event in the form one stream sends it (marked as leaving its filters, or
+    without what its caller may not see): not the bytes every stream shares."""
+
+
+def sent_of(batch: Sequence[StoredEvent], event_filter: EventFilter) -> list[StoredEvent]:
+    """What a stream with `event_filter` sends of `batch`: the matching events, and the
+    events that take a matching account out of the filter, as departures."""
+    if not event_filter.follows_state:  # account ids and types: an account never leaves
+        return [event for event in batch if event_filter.matches(event)]
+    scope = event_filter.owners
+    sent: list[StoredEvent] = []
+    for event in batch:
+        if event_filter.matches(event):
+            sent.append(event if scope is None else _within(scope, event))
+        elif (departure := _departure(event, event_filter)) is not None:
+            sent.append(departure)
+    return sent
+
+
+def _message(event: StoredEvent) -> pb.AccountEvent | None:
+    try:
+        return pb.AccountEvent.FromString(event.body)
+    except DecodeError:  # the log keeps bodies opaque; such an event has no previous state
+        return None
+
+
+def _restated(event: StoredEvent, message: pb.AccountEvent) -> Restated:
+    return Restated(
+        event.cursor,
+        event.event_id,
+        event.type,
+        event.account_id,
+        message.account.provider,
+        message.account.origin_owner_id,
+        event.recorded_at,
+        message.SerializeToString(),
+    )
+
+
+def _within(scope: OwnerScope, event: StoredEvent) -> StoredEvent:
+    """`event` without its account's previous state when another customer owned it then
+    (it came to the caller's customer from one the caller does not act for)."""
+    message = _message(event)
+    if message is None or not message.previous_origin_owner_id:
+        return event  # a first event: no one owned it before
+    if scope.allows(message.previous_origin_owner_id):
+        return event
+    for name in ("previous_status", "previous_raw_status", "previous_origin_owner_id",
+                 "previous_provider"):  # fmt: skip
+        message.ClearField(name)
+    return _restated(event, message)
+
+
+def _departure(event: StoredEvent, event_filter: EventFilter) -> Restated | None:
+    """`event` marked `leaves_filter` when its account matched the filter before it; only
+    its account's id and previous state when the caller may not see the new owner."""
+    message = _message(event)
+    if message is None or not (message.previous_origin_owner_id or message.previous_provider):
+        return None  # a first event, or one recorded before the previous state was
+    if not event_filter.matched(event, message.previous_provider, message.previous_origin_owner_id):
+        return None
+    scope = event_filter.owners
+    if scope is not None and not scope.allows(event.origin_owner_id):
+        message = _previous_only(message)
+    message.leaves_filter = True
+    return _restated(event, message)
+
+
+def _previous_only(message: pb.AccountEvent) -> pb.AccountEvent:
+    """What a scoped caller is told of its account's move to another customer: the
+    account's id and its state before, nothing of the new owner."""
+    kept = pb.AccountEvent(
+        event_id=message.event_id,
+        type=message.type,
+        account=pb.Account(id=message.account.id),
+        previous_status=message.previous_status,
+        previous_raw_status=message.previous_raw_status,
+        previous_origin_owner_id=message.previous_origin_owner_id,
+        previous_provider=message.previous_provider,
+    )
+    for name in ("occurred_at", "received_at"):
+        if message.HasField(name):
+            getattr(kept, name).CopyFrom(getattr(message, name))
+    return kept

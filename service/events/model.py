@@ -370,14 +370,25 @@ class EventFilter:
             or self.owners is not None
         )
 
+    @property
+    def follows_state(self) -> bool:
+        """True when an account's events can take it out of the filter: it selects by
+        provider or owner, which an event may change (never an account id or a type)."""
+        return bool(self.providers or self.origin_owner_ids or self.owners is not None)
+
     def matches(self, event: StoredEvent) -> bool:
         """True when `event` passes every non-empty part of the filter."""
+        return self.matched(event, event.provider, event.origin_owner_id)
+
+    def matched(self, event: StoredEvent, provider: str, origin_owner_id: str) -> bool:
+        """True when `event` would pass if its account had this provider and owner (those
+        before it: the account was in the filter's view until `event`)."""
         return (
-            (not self.providers or event.provider in self.providers)
-            and (not self.origin_owner_ids or event.origin_owner_id in self.origin_owner_ids)
+            (not self.providers or provider in self.providers)
+            and (not self.origin_owner_ids or origin_owner_id in self.origin_owner_ids)
             and (not self.account_ids or event.account_id in self.account_ids)
             and (not self.event_types or event.type in self.event_types)
-            and (self.owners is None or self.owners.allows(event.origin_owner_id))
+            and (self.owners is None or self.owners.allows(origin_owner_id))
         )
 
 

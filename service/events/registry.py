@@ -3,7 +3,8 @@
 Every backend writes the registry with the event itself (SQLite: the same transaction;
 JetStream: conditioned on the account's last event), so the registry as of cursor C is
 the fold of the log up to C. Before an event is stored, `enriched` gives it what the
-registry knows: the account's previous status, and any field the event left empty (a
+registry knows: the account's previous status, owner and provider (so that a stream
+filtered by either sees an account leave it), and any field the event left empty (a
 deletion found by reconciliation carries no owner or provider of its own).
 """
 
@@ -110,7 +111,8 @@ class RegistryPage:
 
 def enriched(record: EventRecord, previous: RegisteredAccount | None) -> EventRecord:
     """`record` as it is stored after `previous` (the account's registry entry): with
-    the previous status, and the previous account's fields where its own are empty."""
+    the previous status, owner and provider, and the previous account's fields where its
+    own are empty."""
     if previous is None:
         return record
     event, before = _event_of(record.body), pb.Account.FromString(previous.account)
@@ -119,6 +121,8 @@ def enriched(record: EventRecord, previous: RegisteredAccount | None) -> EventRe
     if not previous.deleted:
         event.previous_status = before.status
         event.previous_raw_status = before.raw_status
+        event.previous_origin_owner_id = before.origin_owner_id
+        event.previous_provider = before.provider
     account = event.account
     for name in _IDENTITY_FIELDS:
         if not getattr(account, name):
@@ -128,12 +132,12 @@ def enriched(record: EventRecord, previous: RegisteredAccount | None) -> EventRe
     # Unset means StackOne did not say (a deletion, an older StackOne), not "not shared".
     if not account.HasField("shared") and before.HasField("shared"):
         account.shared = before.shared
+    if not account.categories:  # a deletion's, or an older StackOne's: none said
+        account.categories.extend(before.categories)
     return replace(
         record,
         body=event.SerializeToString(),
         provider=account.provider,
-    if not account.categories:  # a deletion's, or an older StackOne's: none said
-        account.categories.extend(before.categories)
         origin_owner_id=account.origin_owner_id,
     )
 

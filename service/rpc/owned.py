@@ -128,7 +128,9 @@ class OwnedAccounts:
 
 def narrowed_filter(scope: OwnerScope, event_filter: EventFilter) -> EventFilter:
     """A stream's filter with the caller's owners: named owners must be the caller's, and
-    without any, exact-only owners become the owner filter (which the registry indexes)."""
+    without any, exact-only owners become the owner filter (which the registry indexes).
+    An account that moves to an owner outside them is sent as a departure telling only
+    its id and state before (`service.events.feed.sent_of`)."""
     refuse_other_owners(scope, sorted(event_filter.origin_owner_ids))
     owner_ids = event_filter.origin_owner_ids or scope.exact_only or frozenset()
     return replace(event_filter, origin_owner_ids=owner_ids, owners=scope)

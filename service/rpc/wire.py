@@ -17,6 +17,7 @@ from google.protobuf.descriptor import Descriptor
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.cursors import UNTAGGED, Incarnation
+from service.events.feed import Restated
 from service.events.model import StoredEvent
 from service.events.registry import RegisteredAccount
 from service.rpc.limits import MAX_BATCH_BYTES
@@ -169,6 +170,8 @@ class FrameCache:
 
     def encoded(self, event: StoredEvent) -> EncodedEvent:
         """The encoded forms of `event` (a cursor always names the same event)."""
+        if isinstance(event, Restated):  # one stream's form: never another stream's
+            return EncodedEvent(event_payload(event, self.incarnation()))
         found = self._events.get(event.cursor)
         if found is None:
             self.encodes += 1

@@ -6,4 +6,5 @@ export * from "../gen/service/api/v1/stackone_connect_pb.js";
 export { connectService, listAllAccounts } from "./client.js";
 export type { ConnectOptions, ConnectServiceClient, ServiceConnection } from "./client.js";
 export { FileCursorStore, watch } from "./watch.js";
+export { AccountView, removesAccount } from "./view.js";
 export type { CursorStore, Retry, Start, WatchItem, WatchOptions } from "./watch.js";

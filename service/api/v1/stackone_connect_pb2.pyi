@@ -1092,6 +1092,9 @@ class AccountEvent(_message.Message):
     PREVIOUS_STATUS_FIELD_NUMBER: _builtins.int
     PREVIOUS_RAW_STATUS_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_ORIGIN_OWNER_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_PROVIDER_FIELD_NUMBER: _builtins.int
+    LEAVES_FILTER_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of the event; redeliveries of the same event share it."""
     cursor: _builtins.str
@@ -1115,6 +1118,20 @@ class AccountEvent(_message.Message):
     traceparent: _builtins.str
     """The W3C trace context (`traceparent`) of the span that recorded this event, empty
     when tracing is off: a subscriber's processing can link its own span to it.
+    """
+    previous_origin_owner_id: _builtins.str
+    """The account's `origin_owner_id` before this event, unset for its first event (or
+    its first after a deletion): set and different from `account.origin_owner_id` when
+    the account moved to another owner.
+    """
+    previous_provider: _builtins.str
+    """The account's `provider` before this event, unset as `previous_origin_owner_id` is."""
+    leaves_filter: _builtins.bool
+    """True when this account no longer matches this stream's filters (its owner or
+    provider changed, or it moved to an owner the caller does not act for): remove it
+    from your view. The stream sends nothing more of it unless it matches again. When
+    the caller may not see the new owner, the event carries only `account.id`, the
+    `previous_*` fields, `event_id`, `cursor`, `type` and the times.
     """
     @_builtins.property
     def account(self) -> Global___Account:
@@ -1152,10 +1169,13 @@ class AccountEvent(_message.Message):
         previous_status: Global___AccountStatus.ValueType = ...,
         previous_raw_status: _builtins.str = ...,
         traceparent: _builtins.str = ...,
+        previous_origin_owner_id: _builtins.str = ...,
+        previous_provider: _builtins.str = ...,
+        leaves_filter: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "occurred_at", b"occurred_at", "received_at", b"received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "covered_event_ids", b"covered_event_ids", "cursor", b"cursor", "event_id", b"event_id", "occurred_at", b"occurred_at", "previous_raw_status", b"previous_raw_status", "previous_status", b"previous_status", "received_at", b"received_at", "source", b"source", "traceparent", b"traceparent", "type", b"type", "verification", b"verification", "verification_error", b"verification_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "covered_event_ids", b"covered_event_ids", "cursor", b"cursor", "event_id", b"event_id", "leaves_filter", b"leaves_filter", "occurred_at", b"occurred_at", "previous_origin_owner_id", b"previous_origin_owner_id", "previous_provider", b"previous_provider", "previous_raw_status", b"previous_raw_status", "previous_status", b"previous_status", "received_at", b"received_at", "source", b"source", "traceparent", b"traceparent", "type", b"type", "verification", b"verification", "verification_error", b"verification_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
