@@ -5,7 +5,9 @@ recorded for it; each difference becomes a synthesized `account.created`, `.upda
 `.deleted` event marked as coming from reconciliation. Event ids are derived from the
 change itself, so replicas sweeping at the same time produce the same ids and the log
 records each change once. Accounts changed within the grace period are left for their
-webhook, which is usually on its way.
+webhook, which is usually on its way, and so are accounts with an event recorded since
+the listing began: the listing may show them as they were before it, and recording that
+would undo the change (a deletion brought back).
 
 StackOne documents neither a maximum page size nor how paging ends, so a listing is only
 trusted for what it shows: it ends at a short page, a page with nothing new, MAX_PAGES
@@ -51,6 +53,7 @@ MAX_PAGES = 1000  # 100,000 accounts; a listing that goes on is not StackOne's o
 PAGES_IN_FLIGHT = 4
 MAX_CONFIRMATIONS = 100  # look-ups of missing accounts per sweep; the rest wait a sweep
 SWEEP_SECONDS = 300.0
+READ_PAGE = 1000  # events read at a time for the accounts changed during a sweep
 
 
 async def all_accounts(source: StackOneClient, *, deadline: float) -> list[LinkedAccount]:
@@ -199,13 +202,17 @@ class Reconciler:
             return recorded
 
     async def _sweep(self) -> int:
+        began = (await self._log.bounds(exact=True)).latest
         remote = await all_accounts(self._source, deadline=SWEEP_SECONDS)
         known = await self._log.known_accounts()
         settled_before = datetime.now(UTC) - timedelta(seconds=self._grace)
         found = changes(remote, known, settled_before=settled_before)
-        records = found.records + await self._confirm_missing(
+        found_records = found.records + await self._confirm_missing(
             found.missing[:MAX_CONFIRMATIONS], known, settled_before
         )
+        # Read after `known`, so it covers every change `known` holds from past `began`.
+        changed_meanwhile = await self._accounts_recorded_after(began)
+        records = [r for r in found_records if r.account_id not in changed_meanwhile]
         recorded = 0
         if records:
             with self._tracer.start_as_current_span("record reconciliation events"):
@@ -217,6 +224,19 @@ class Reconciler:
         await self._log.mark_registry_complete()
         await self._registry_is(complete=True)
         return recorded
+
+    async def _accounts_recorded_after(self, cursor: int) -> set[str]:
+        """The accounts with an event recorded after `cursor`. The listing may show such an
+        account as it was before that event: left for the next sweep, not compared."""
+        until = (await self._log.bounds(exact=True)).latest
+        accounts: set[str] = set()
+        while cursor < until:
+            events = await self._log.read(cursor, READ_PAGE)
+            if not events:
+                break
+            accounts.update(event.account_id for event in events)
+            cursor = events[-1].cursor
+        return accounts
 
     async def _registry_is(self, *, complete: bool) -> None:
         self._metrics.registry_complete.set(int(complete))
