@@ -187,6 +187,13 @@ class Settings(BaseSettings):
     upstream_timeout: Seconds = Field(
         10.0, gt=0, description="Seconds a StackOne call may take when the caller sets no deadline."
     )
+    request_id_window: Seconds = Field(
+        86400.0,
+        gt=0,
+        description="Seconds a `request_id` of CreateSession or DeleteAccount is remembered in"
+        " the event log's storage: a retry with it within this time gets the first call's"
+        " answer without a second StackOne call, on any replica.",
+    )
     rate_limit: Count = Field(
         1000,
         gt=0,

@@ -37,9 +37,10 @@ from service.events.backends import (
     UnsupportedEventLogUrl,
     backend_for,
     open_event_log,
+    open_request_records,
 )
 from service.events.ingest import Ingestor
-from service.events.log import AccountRegistry, EventLog, Lifecycle
+from service.events.log import AccountRegistry, EventLog, Lifecycle, RequestRecords
 from service.events.model import EventLogError, EventLogUnavailable, RegistryIncomplete
 from service.events.reconcile import Reconciler
 from service.events.registry import RegistryQuery
@@ -337,6 +338,25 @@ async def _event_log(settings: Settings, metrics: Metrics) -> AsyncIterator[Even
 
 
 @asynccontextmanager
+async def _request_records(
+    settings: Settings, event_log: EventLog
+) -> AsyncIterator[RequestRecords]:
+    """Retryable calls' records in the log's storage; a claim whose call outlives the
+    longest a StackOne call may take, with room to spare, is taken over (see
+    `service.rpc.retryable`)."""
+    records = await open_request_records(
+        event_log_options(settings),
+        event_log,
+        window=settings.request_id_window,
+        lease=max(60.0, 3 * settings.upstream_timeout),
+    )
+    try:
+        yield records
+    finally:
+        await records.close()
+
+
+@asynccontextmanager
 async def _rate_budget(settings: Settings, metrics: Metrics) -> AsyncIterator[RateBudget]:
     """The StackOne budget; on a JetStream log, shared with every replica through NATS."""
     budget = RateBudget(
@@ -420,6 +440,7 @@ async def _serving(
             purpose=f"{ENV_PREFIX}ADMIN_ADDRESS",
         ) as admin,
         _audit_trail(settings, metrics) as audit,
+        _request_records(settings, event_log) as request_records,
     ):
         stackone.deliver_webhooks_to(gateway)
         draining = asyncio.Event()
@@ -431,6 +452,7 @@ async def _serving(
             upstream_timeout=settings.upstream_timeout,
             metrics=metrics,
             page_tokens=_page_tokens(settings),
+            request_records=request_records,
         )
         reporter = new_health_servicer()
         server, grpc_port = build_grpc_server(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -15,6 +17,12 @@ from stackone_connect_client.cursors import CursorStore
 from stackone_connect_client.watch import Backoff, EventWatch, Retry, Start
 
 DEFAULT_TIMEOUT = 10.0  # seconds; a call's deadline unless it is given its own
+# CreateSession and DeleteAccount carry a request id, so these failures are retried: the
+# service answers a retry with the first call's result (AIP-155).
+RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+RETRY_ATTEMPTS = 4
+RETRY_FIRST_WAIT = 0.2  # seconds, doubling
+_Answer = TypeVar("_Answer")
 WATCH_BATCH = 200  # events per message while a watch catches up
 
 
@@ -111,9 +119,12 @@ class Client:
         multiple: bool = False,
         type: str = "",  # the field's name in the API
         provider_version: str = "",
+        request_id: str | None = None,
         timeout: float | None = None,
     ) -> pb.Session:
-        """A fresh connect session for the Hub, with an Auth Link (see the proto)."""
+        """A fresh connect session for the Hub, with an Auth Link (see the proto). Retried
+        on UNAVAILABLE and DEADLINE_EXCEEDED under one `request_id` (a new UUID unless
+        given), so a retry never mints a second session; `timeout` is each attempt's."""
         request = pb.CreateSessionRequest(
             origin_owner_id=origin_owner_id,
             origin_owner_name=origin_owner_name,
@@ -126,10 +137,11 @@ class Client:
             multiple=multiple,
             type=type,
             provider_version=provider_version,
+            request_id=request_id or str(uuid.uuid4()),
         )
         if metadata is not None:
             request.metadata.update(metadata)
-        return await self.stub.CreateSession(request, **self._call(timeout))
+        return await _retried(lambda: self.stub.CreateSession(request, **self._call(timeout)))
 
     async def get_account(
         self,
@@ -142,10 +154,15 @@ class Client:
         request = pb.GetAccountRequest(account_id=account_id, read_from=read_from)
         return await self.stub.GetAccount(request, **self._call(timeout))
 
-    async def delete_account(self, *, account_id: str, timeout: float | None = None) -> pb.Account:
-        """Deletes (unlinks) an account in StackOne; returns it as it was deleted."""
-        request = pb.DeleteAccountRequest(account_id=account_id)
-        return await self.stub.DeleteAccount(request, **self._call(timeout))
+    async def delete_account(
+        self, *, account_id: str, request_id: str | None = None, timeout: float | None = None
+    ) -> pb.Account:
+        """Deletes (unlinks) an account in StackOne; returns it as it was deleted. Retried
+        as `create_session` is, under one `request_id`."""
+        request = pb.DeleteAccountRequest(
+            account_id=account_id, request_id=request_id or str(uuid.uuid4())
+        )
+        return await _retried(lambda: self.stub.DeleteAccount(request, **self._call(timeout)))
 
     def list_accounts(
         self,
@@ -219,6 +236,21 @@ class Client:
 
     def _call(self, timeout: float | None) -> dict[str, Any]:
         return {"metadata": self._metadata, "timeout": self.timeout if timeout is None else timeout}
+
+
+async def _retried(call: Callable[[], Awaitable[_Answer]]) -> _Answer:
+    """`call`'s answer, asked again (same request, same request id) after a failure
+    the service may not have answered for (UNAVAILABLE, DEADLINE_EXCEEDED)."""
+    wait = RETRY_FIRST_WAIT
+    for _ in range(RETRY_ATTEMPTS - 1):
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in RETRIED_CODES:
+                raise
+        await asyncio.sleep(wait)
+        wait *= 2
+    return await call()
 
 
 class AccountListing:

@@ -266,7 +266,8 @@ LOG_CONSUMERS = {
     "service.events.reconcile": {"LogAndRegistry"},
     "service.events.feed": {"Log"},
     "service.rpc.owned": {"AccountRegistry"},
-    "service.rpc.servicer": {"LogAndRegistry"},
+    "service.rpc.servicer": {"LogAndRegistry", "RequestRecords"},
+    "service.rpc.retryable": {"RequestRecords"},
 }
 # What a consumer must not name: the whole log (for the wiring) and the backends' classes.
 WHOLE_LOGS = {"EventLog", "SqliteEventLog", "JetStreamEventLog"}

@@ -13,7 +13,8 @@ from typing import Final, TypeAlias, assert_never
 from urllib.parse import urlparse
 
 from service.events import jetstream, sqlite
-from service.events.log import Backend, EventLog, ReportFailure, ignore_failure
+from service.events.jetstream.requests import JetStreamRequestRecords
+from service.events.log import Backend, EventLog, ReportFailure, RequestRecords, ignore_failure
 
 _BY_SCHEME: Final[Mapping[str, Backend]] = MappingProxyType(
     {
@@ -53,5 +54,22 @@ async def open_event_log(
             return await sqlite.SqliteEventLog.open(options, report_failure=report_failure)
         case jetstream.JetStreamOptions():
             return await jetstream.JetStreamEventLog.open(options, report_failure=report_failure)
+        case _:
+            assert_never(options)
+
+
+async def open_request_records(
+    options: EventLogOptions, log: EventLog, *, window: float, lease: float
+) -> RequestRecords:
+    """The retryable calls' records in the storage of `log` (opened from `options`): a
+    table written by a SQLite log's writer, a bucket beside a JetStream log's stream.
+    `RequestRecords.close` releases them (before the log is closed)."""
+    match options:
+        case sqlite.SqliteOptions():
+            if not isinstance(log, sqlite.SqliteEventLog):
+                raise TypeError(f"a SQLite log's options with {type(log).__name__}")
+            return log.request_records(window=window, lease=lease)
+        case jetstream.JetStreamOptions():
+            return await JetStreamRequestRecords.open(options, window=window, lease=lease)
         case _:
             assert_never(options)

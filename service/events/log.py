@@ -141,6 +141,41 @@ class AccountRegistry(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class RequestClaim:
+    """What a retryable call's request id holds: a claim this call now owns (`mine`), or
+    another call's (in flight while `answer` is None, else its serialized answer), with
+    the fingerprint of the request that made it."""
+
+    fingerprint: str
+    mine: bool = False
+    answer: bytes | None = None
+
+
+class RequestRecords(Protocol):
+    """The first answer of each retryable call (AIP-155 request ids), kept in the log's
+    storage for a window so that every replica sees it. Keys are opaque (a hash of the
+    client, method and request id); claims are compare-and-set, so two calls racing on one
+    key make one StackOne call. A claim with no answer after the lease is taken over (its
+    replica died mid-call)."""
+
+    async def claim(self, key: str, fingerprint: str) -> RequestClaim:
+        """Claims `key` for this call, or returns the claim another call holds on it."""
+        ...
+
+    async def answer(self, key: str, fingerprint: str, answer: bytes) -> None:
+        """Records the answer of the call that holds the claim on `key`."""
+        ...
+
+    async def release(self, key: str) -> None:
+        """Drops this call's claim on `key` (it failed: a retry may try again)."""
+        ...
+
+    async def close(self) -> None:
+        """Releases what the records hold apart from the log (a connection)."""
+        ...
+
+
 class LogAndRegistry(Log, AccountRegistry, Protocol):
     """The log and the registry it keeps: for a part that records events from what it
     reads of the registry (reconciliation), or serves both (the servicer)."""

@@ -3,7 +3,8 @@
 Every `CreateSession` and `DeleteAccount`, and every call denied by authentication or
 authorization, leaves one record (`AuditRecord`): time, client (null: anonymous), peer,
 method, owner ids, account ids, outcome code, what StackOne was asked to change and
-answered (`service.stackone.change`), and request id. Never a token, a session token, a
+answered (`service.stackone.change`), request id (`x-request-id`) and the request's own
+`request_id` that makes it retryable (`request_uuid`). Never a token, a session token, a
 secret or any other field of the request. A mutating call is recorded whatever happens to
 its caller: the code is the one the caller saw (CANCELLED, DEADLINE_EXCEEDED included),
 and `upstream` says whether StackOne made the change anyway (see
@@ -74,6 +75,7 @@ class AuditRecord:
     owner_ids: list[str] = field(default_factory=list)
     account_ids: list[str] = field(default_factory=list)
     upstream: UpstreamChange = field(default_factory=UpstreamChange)
+    request_uuid: str | None = None  # the request's own `request_id` (AIP-155), if set
 
     def line(self, stage: str, code: grpc.StatusCode | None) -> dict[str, Any]:
         """The record as written, stamped now (a start record says nothing of StackOne yet)."""
@@ -88,6 +90,7 @@ class AuditRecord:
             "code": None if code is None else code.name,
             "upstream": None if code is None else self.upstream.line(),
             "request_id": self.request_id,
+            "request_uuid": self.request_uuid,
         }
 
 
@@ -118,6 +121,7 @@ def new_record(
         return record  # a request that does not parse names nothing
     record.owner_ids = _ids(request, "origin_owner_id", "origin_owner_ids")
     record.account_ids = _ids(request, "account_id", "account_ids")
+    record.request_uuid = next(iter(_ids(request, "request_id")), None)
     return record
 
 

@@ -16,7 +16,7 @@ import grpc
 from service.api import convert
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.feed import Feed, resolve_start
-from service.events.log import LogAndRegistry
+from service.events.log import LogAndRegistry, RequestRecords
 from service.events.model import (
     Bookmark,
     EventFilter,
@@ -30,6 +30,7 @@ from service.rpc import auth, owned, page_tokens, sessions, validation, wire
 from service.rpc.accounts import AccountsReadModel
 from service.rpc.audit import CALLER
 from service.rpc.page_tokens import PageTokens
+from service.rpc.retryable import RetryableCalls
 from service.stackone.client import StackOneClient
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -49,6 +50,7 @@ class ConnectServicer:
         upstream_timeout: float,
         metrics: Metrics,
         page_tokens: PageTokens,
+        request_records: RequestRecords,
     ) -> None:
         self._metrics = metrics
         self._stackone = stackone
@@ -61,6 +63,7 @@ class ConnectServicer:
         self._accounts = AccountsReadModel(log, stackone)
         self._page_tokens = page_tokens
         self._connector_profiles = sessions.ConnectorProfiles(stackone, page_tokens)
+        self._retryable = RetryableCalls(request_records)
 
     def _deadline(self, context: Context) -> float:
         """Seconds an upstream call may take: the caller's deadline, capped by the setting."""
@@ -69,19 +72,34 @@ class ConnectServicer:
             self._upstream_timeout if remaining is None else min(remaining, self._upstream_timeout)
         )
 
+    def _change_deadline(
+        self, request: pb.CreateSessionRequest | pb.DeleteAccountRequest, context: Context
+    ) -> float:
+        """Seconds a change may take at StackOne: with a request id, the whole upstream
+        timeout whatever the caller's deadline, so that its answer is recorded for the
+        caller's retry rather than lost to a timeout (after which the retry would ask
+        StackOne again)."""
+        return self._upstream_timeout if request.request_id else self._deadline(context)
+
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Context) -> pb.Session:
-        """Validates, then asks StackOne for a fresh connect session."""
+        """Validates, then asks StackOne for a fresh connect session (once per request id)."""
         body = validation.session_create(request)
-        if (scope := CALLER_OWNERS.get()) is not None:
-            owned.refuse_other_owners(scope, [body.origin_owner_id])
-            if body.account_id:
-                await self._owned.check_reconnectable(
-                    scope, body.account_id, self._deadline(context)
-                )
-        session = await self._stackone.create_connect_session(
-            body, deadline=self._deadline(context)
+
+        async def create() -> pb.Session:
+            if (scope := CALLER_OWNERS.get()) is not None:
+                owned.refuse_other_owners(scope, [body.origin_owner_id])
+                if body.account_id:
+                    await self._owned.check_reconnectable(
+                        scope, body.account_id, self._deadline(context)
+                    )
+            session = await self._stackone.create_connect_session(
+                body, deadline=self._change_deadline(request, context)
+            )
+            return convert.session_message(session, body.expires_in)
+
+        return await self._retryable.once(
+            "CreateSession", request, pb.Session, create, wait=self._deadline(context)
         )
-        return convert.session_message(session, body.expires_in)
 
     async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
         """One account from StackOne, or from the registry when asked and complete."""
@@ -124,10 +142,18 @@ class ConnectServicer:
     async def DeleteAccount(self, request: pb.DeleteAccountRequest, context: Context) -> pb.Account:
         """Deletes one account in StackOne."""
         account_id = validation.account_id(request.account_id)
-        if (scope := CALLER_OWNERS.get()) is not None:
-            await self._owned.check_deletable(scope, account_id, self._deadline(context))
-        account = await self._stackone.delete_account(account_id, deadline=self._deadline(context))
-        return convert.account_message(account)
+
+        async def delete() -> pb.Account:
+            if (scope := CALLER_OWNERS.get()) is not None:
+                await self._owned.check_deletable(scope, account_id, self._deadline(context))
+            deadline = self._change_deadline(request, context)
+            return convert.account_message(
+                await self._stackone.delete_account(account_id, deadline=deadline)
+            )
+
+        return await self._retryable.once(
+            "DeleteAccount", request, pb.Account, delete, wait=self._deadline(context)
+        )
 
     async def GetSession(
         self, request: pb.GetSessionRequest, context: Context

@@ -19,6 +19,7 @@ a canonical code, a message a person can act on, and `google.rpc` details where 
 | TooManyStreams                | RESOURCE_EXHAUSTED  | ErrorInfo         |
 | EventLogUnavailable           | UNAVAILABLE         |                   |
 | AuditUnavailable (fail-closed)| UNAVAILABLE         | ErrorInfo         |
+| RequestInProgress             | UNAVAILABLE         | ErrorInfo, RetryInfo |
 | OwnerNotAllowed               | PERMISSION_DENIED   |                   |
 | AccountNotAllowed             | PERMISSION_DENIED   |                   |
 | anything else                 | INTERNAL            |                   |
@@ -48,6 +49,7 @@ from service.events.model import (
 from service.owners import AccountNotAllowed, OwnerNotAllowed
 from service.rpc.audit import AuditUnavailable
 from service.rpc.limits import MAX_ERROR_MESSAGE_BYTES, clip
+from service.rpc.retryable import RequestInProgress
 from service.rpc.validation import InvalidRequest
 from service.stackone import errors as upstream
 
@@ -139,6 +141,9 @@ def status_for(error: Exception) -> status_pb2.Status:
             return _status(code_pb2.UNAVAILABLE, str(error))
         case EventLogUnavailable():
             return _status(code_pb2.UNAVAILABLE, f"the event log is unavailable: {error}")
+        case RequestInProgress():
+            info = error_details_pb2.ErrorInfo(reason="REQUEST_IN_PROGRESS", domain=_DOMAIN)
+            return _status(code_pb2.UNAVAILABLE, str(error), info, *_retry_info(1.0))
         case AuditUnavailable():
             info = error_details_pb2.ErrorInfo(reason="AUDIT_UNAVAILABLE", domain=_DOMAIN)
             message = "refused: its audit record cannot be written; retry later"

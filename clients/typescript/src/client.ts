@@ -5,13 +5,25 @@
 import type * as http2 from "node:http2";
 
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+
+import {
+  Code,
+  ConnectError,
+  createClient,
+  type CallOptions,
+  type Client,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 
 import {
   ConnectService,
   ListAccountsRequestSchema,
   type Account,
+  type CreateSessionRequestSchema,
+  type DeleteAccountRequestSchema,
 } from "../gen/service/api/v1/stackone_connect_pb.js";
 
 /** Every RPC of the service as a method: `client.createSession({...})`, and so on. */
@@ -64,7 +76,52 @@ export function connectService(options: ConnectOptions): ServiceConnection {
     sessionManager,
     defaultTimeoutMs: options.timeoutMs ?? 30_000,
   });
-  return { client: createClient(ConnectService, transport), close: () => sessionManager.abort() };
+  const client = withRetries(createClient(ConnectService, transport));
+  return { client, close: () => sessionManager.abort() };
+}
+
+/** Failures after which the service may not have answered: a retry under the same
+ * `requestId` gets the first call's answer (AIP-155), never a second change. */
+const RETRIED_CODES = new Set([Code.Unavailable, Code.DeadlineExceeded]);
+const RETRY_ATTEMPTS = 4;
+const RETRY_FIRST_WAIT_MS = 200; // doubling
+
+/** Asks `call` with one request id (the caller's, else a new UUID) until it answers, or
+ * fails otherwise than `RETRIED_CODES`, or `RETRY_ATTEMPTS` are spent. */
+async function retried<T>(call: () => Promise<T>): Promise<T> {
+  let wait = RETRY_FIRST_WAIT_MS;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await call();
+    } catch (error) {
+      const code = ConnectError.from(error).code;
+      if (attempt >= RETRY_ATTEMPTS || !RETRIED_CODES.has(code)) throw error;
+    }
+    await sleep(wait);
+    wait *= 2;
+  }
+}
+
+/** `client` with CreateSession and DeleteAccount made safe to retry, and retried. */
+function withRetries(client: ConnectServiceClient): ConnectServiceClient {
+  const { createSession, deleteAccount } = client;
+  return {
+    ...client,
+    createSession: (
+      request: MessageInitShape<typeof CreateSessionRequestSchema>,
+      options?: CallOptions,
+    ) => {
+      const requestId = request.requestId || randomUUID();
+      return retried(() => createSession({ ...request, requestId }, options));
+    },
+    deleteAccount: (
+      request: MessageInitShape<typeof DeleteAccountRequestSchema>,
+      options?: CallOptions,
+    ) => {
+      const requestId = request.requestId || randomUUID();
+      return retried(() => deleteAccount({ ...request, requestId }, options));
+    },
+  };
 }
 
 /** Every account of a listing, page after page (`page_token` handled here). */

@@ -111,6 +111,32 @@ describe("the TypeScript client", () => {
     }
   });
 
+  test("retries a CreateSession past its deadline under one request id", TIMEOUT, async (t) => {
+    const serve = await startServe(join(directory, "retried.db"));
+    try {
+      // StackOne answers after 1.5 s, each attempt may wait 1 s: the first gives up.
+      const { client, close } = connectService({ target: serve.grpcTarget, timeoutMs: 1_000 });
+      t.after(close);
+      const slow = async (latency: number) => {
+        const answer = await fetch(`${serve.emulatorUrl}/emulator/behaviour`, {
+          method: "PUT",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ latency }),
+        });
+        assert.equal(answer.status, 200, await answer.text());
+      };
+      await slow(1.5);
+      const owner = { originOwnerId: "tenant-retry", originOwnerName: "Retry Inc" };
+      const retried = await client.createSession(owner);
+      await slow(0);
+      const following = await client.createSession(owner);
+      // The emulator numbers its sessions: the retries minted none of their own.
+      assert.equal(Number(following.id), Number(retried.id) + 1);
+    } finally {
+      await serve.stop();
+    }
+  });
+
   test("resumes after a restart of the server, then of the subscriber", TIMEOUT, async (t) => {
     const eventLog = join(directory, "restart.db");
     const store = new FileCursorStore(join(directory, "watch.cursor"));

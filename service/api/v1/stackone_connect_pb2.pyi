@@ -220,6 +220,7 @@ class CreateSessionRequest(_message.Message):
     PROVIDER_VERSION_FIELD_NUMBER: _builtins.int
     INTEGRATION_ID_FIELD_NUMBER: _builtins.int
     CONNECTOR_PROFILE_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     origin_owner_id: _builtins.str
     """Your customer's id (required). Set it server-side, never from a browser."""
     origin_owner_name: _builtins.str
@@ -286,6 +287,13 @@ class CreateSessionRequest(_message.Message):
     `ListConnectorProfiles`): a non-default profile of a provider, e.g. a connector's new
     major version. Unset: the project's default profile for the provider.
     """
+    request_id: _builtins.str
+    """A UUID of your choosing that makes the call safe to retry (optional; AIP-155): the
+    same id from the same client within the request id window (24 h by default) answers
+    the first call's session without asking StackOne again, on any replica. The same id
+    with a different request is INVALID_ARGUMENT. Set a fresh one per session you mean
+    to create, and keep it across retries (the Python and TypeScript clients do).
+    """
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Categories offered in the Hub (optional): StackOne's `ats`, `hris`, `hris-legacy`,
@@ -314,10 +322,11 @@ class CreateSessionRequest(_message.Message):
         provider_version: _builtins.str = ...,
         integration_id: _builtins.str = ...,
         connector_profile_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in", "expires_in", b"expires_in", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in", "account_id", b"account_id", "categories", b"categories", "connector_profile_id", b"connector_profile_id", "expires_in", b"expires_in", "integration_id", b"integration_id", "label", b"label", "metadata", b"metadata", "multiple", b"multiple", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider", "provider_version", b"provider_version", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in", "account_id", b"account_id", "categories", b"categories", "connector_profile_id", b"connector_profile_id", "expires_in", b"expires_in", "integration_id", b"integration_id", "label", b"label", "metadata", b"metadata", "multiple", b"multiple", "origin_owner_id", b"origin_owner_id", "origin_owner_name", b"origin_owner_name", "origin_username", b"origin_username", "provider", b"provider", "provider_version", b"provider_version", "request_id", b"request_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expires_in: _TypeAlias = _typing.Literal["expires_in"]  # noqa: Y015
     _WhichOneofArgType__expires_in: _TypeAlias = _typing.Literal["_expires_in", b"_expires_in"]  # noqa: Y015
@@ -977,16 +986,23 @@ class DeleteAccountRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The StackOne account id (required)."""
+    request_id: _builtins.str
+    """A UUID that makes the call safe to retry (optional; AIP-155): a retry with the same
+    id within the window answers the first call's account (not NOT_FOUND), without
+    asking StackOne again. The same id with another account_id is INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

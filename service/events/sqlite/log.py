@@ -49,6 +49,7 @@ from service.events.sqlite.connections import (
 from service.events.sqlite.files import WriterLock, probe_files, probe_write
 from service.events.sqlite.incarnation import HighWaterMark, establish
 from service.events.sqlite.options import SqliteOptions
+from service.events.sqlite.requests import SqliteRequestRecords
 from service.events.sqlite.schema import open_writer
 from service.events.sqlite.writer import Writer
 from service.events.tail import Tail
@@ -243,6 +244,12 @@ class SqliteEventLog:
         """Entries waiting and the arrival time of the oldest (the first by sequence)."""
         self._check_open()
         return self._inbox.stats()
+
+    # --- Request records ----------------------------------------------------------
+
+    def request_records(self, *, window: float, lease: float) -> SqliteRequestRecords:
+        """Retryable calls' records (`RequestRecords`), written by this log's writer."""
+        return SqliteRequestRecords(self._writer, window=window, lease=lease)
 
     # --- Lifecycle ----------------------------------------------------------------
 

@@ -56,6 +56,15 @@ CREATE TABLE IF NOT EXISTS inbox (
     received_at REAL NOT NULL,
     body BLOB NOT NULL
 );
+-- The first answer of each retryable call by its request id (see `requests`); `answer`
+-- is NULL while the call that claimed it is in flight.
+CREATE TABLE IF NOT EXISTS requests (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    claimed_at REAL NOT NULL,
+    answer BLOB
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_claimed_at ON requests (claimed_at);
 -- Written by the readiness probe, so that "ready" means a write just succeeded.
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, checked_at REAL, room BLOB);
 """
