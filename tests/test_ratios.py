@@ -22,8 +22,10 @@ import pytest
 
 from service.events.model import EventRecord
 from service.events.sqlite import SqliteEventLog
-from tests.bench.__main__ import LOAD_CPU, SERVER_CPU, _seed, _spawn, server_role
-from tests.bench.__main__ import serve as bench_serve
+from tests.bench.__main__ import _seed
+from tests.bench.harness import LOAD_CPU, SERVER_CPU, server_role
+from tests.bench.harness import serve as bench_serve
+from tests.bench.harness import spawn as _spawn
 from tests.bench.roles import read_from_earliest
 from tests.processes import rss_kib
 from tests.support import LogBackend
