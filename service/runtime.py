@@ -62,6 +62,8 @@ from service.rpc.tls import PemFile, TlsMaterial
 from service.stackone.budget import RateBudget
 from service.stackone.client import StackOneClient
 from service.stackone.shared_budget import BudgetSharing, shared
+from service.subscriptions.manager import SubscriptionManager
+from service.subscriptions.metrics import SubscriptionCollector
 from service.tracing import Tracing, TracingConfigError
 from service.tracing import from_environment as tracing_from_environment
 from service.web import ListeningApp, listening
@@ -391,6 +393,24 @@ def _stackone_client(
     )
 
 
+@asynccontextmanager
+async def _subscriptions(
+    event_log: EventLog, metrics: Metrics
+) -> AsyncIterator[SubscriptionManager | None]:
+    """The subscriptions' dispatchers, on a log that keeps subscriptions (SQLite for now)."""
+    if not isinstance(event_log, sqlite.SqliteEventLog):
+        yield None
+        return
+    manager = await SubscriptionManager.open(await event_log.subscriptions(), event_log)
+    collector = SubscriptionCollector(manager)
+    metrics.registry.register(collector)
+    try:
+        yield manager
+    finally:
+        metrics.registry.unregister(collector)
+        await manager.close()
+
+
 @dataclass(slots=True)
 class _Serving:
     """The listening front doors and the health they report."""
@@ -440,6 +460,7 @@ async def _serving(
             purpose=f"{ENV_PREFIX}ADMIN_ADDRESS",
         ) as admin,
         _audit_trail(settings, metrics) as audit,
+        _subscriptions(event_log, metrics) as subscriptions,
         _request_records(settings, event_log) as request_records,
     ):
         stackone.deliver_webhooks_to(gateway)
@@ -452,6 +473,7 @@ async def _serving(
             upstream_timeout=settings.upstream_timeout,
             metrics=metrics,
             page_tokens=_page_tokens(settings),
+            subscriptions=subscriptions,
             request_records=request_records,
         )
         reporter = new_health_servicer()

@@ -22,6 +22,7 @@ removed.
 from service.api.v1 import stackone_connect_pb2 as pb
 from stackone_connect_client.client import AccountListing, Client
 from stackone_connect_client.connection import Connection
+from stackone_connect_client.consume import Consumption, Delivery
 from stackone_connect_client.cursors import CursorStore, FileCursorStore, MemoryCursorStore
 from stackone_connect_client.view import AccountView, removes_account
 from stackone_connect_client.watch import (
@@ -40,7 +41,9 @@ __all__ = [
     "Backoff",
     "Client",
     "Connection",
+    "Consumption",
     "CursorStore",
+    "Delivery",
     "EventWatch",
     "FileCursorStore",
     "MemoryCursorStore",

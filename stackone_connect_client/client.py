@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -13,6 +14,7 @@ import grpc
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from stackone_connect_client.connection import Connection
+from stackone_connect_client.consume import Consumption
 from stackone_connect_client.cursors import CursorStore
 from stackone_connect_client.watch import Backoff, EventWatch, Retry, Start
 
@@ -233,6 +235,100 @@ class Client:
             on_retry=on_retry,
             bookmarks=bookmarks,
         )
+
+    def consume(self, name: str, *, max_outstanding: int = 0) -> Consumption:
+        """The deliveries of the subscription `name` (see `stackone_connect_client.consume`);
+        `max_outstanding` bounds the deliveries held unacknowledged (0: the server's 100)."""
+        return Consumption(
+            self.stub, name, max_outstanding=max_outstanding, metadata=self._metadata
+        )
+
+    async def create_subscription(
+        self,
+        name: str,
+        *,
+        providers: Iterable[str] = (),
+        origin_owner_ids: Iterable[str] = (),
+        account_ids: Iterable[str] = (),
+        event_types: Iterable[str] = (),
+        start: Start = "now",
+        after_cursor: str | None = None,
+        ack_deadline_seconds: int = 0,
+        max_deliveries: int = 0,
+        timeout: float | None = None,
+    ) -> pb.Subscription:
+        """A new subscription of yours; `start` is `now` or `earliest` (or `after_cursor`)."""
+        subscription = pb.Subscription(
+            name=name,
+            providers=providers,
+            origin_owner_ids=origin_owner_ids,
+            account_ids=account_ids,
+            event_types=event_types,
+            ack_deadline_seconds=ack_deadline_seconds,
+            max_deliveries=max_deliveries,
+        )
+        where = pb.SubscriptionStart()
+        if after_cursor is not None:
+            where.after_cursor = after_cursor
+        elif start == "earliest":
+            where.from_earliest.SetInParent()
+        request = pb.CreateSubscriptionRequest(subscription=subscription, start=where)
+        response = await self.stub.CreateSubscription(request, **self._call(timeout))
+        return response.subscription
+
+    async def get_subscription(
+        self, name: str, *, timeout: float | None = None
+    ) -> pb.GetSubscriptionResponse:
+        """One subscription of yours with its state (position, lag, parked events)."""
+        request = pb.GetSubscriptionRequest(name=name)
+        return await self.stub.GetSubscription(request, **self._call(timeout))
+
+    async def list_subscriptions(self, *, timeout: float | None = None) -> list[pb.Subscription]:
+        """Your subscriptions, by name."""
+        request = pb.ListSubscriptionsRequest()
+        response = await self.stub.ListSubscriptions(request, **self._call(timeout))
+        return list(response.subscriptions)
+
+    async def update_subscription(
+        self,
+        name: str,
+        *,
+        ack_deadline_seconds: int = 0,
+        max_deliveries: int = 0,
+        redrive_parked: bool = False,
+        timeout: float | None = None,
+    ) -> pb.Subscription:
+        """New delivery settings (0 keeps one); `redrive_parked` delivers the parked again."""
+        request = pb.UpdateSubscriptionRequest(
+            name=name,
+            ack_deadline_seconds=ack_deadline_seconds,
+            max_deliveries=max_deliveries,
+            redrive_parked=redrive_parked,
+        )
+        response = await self.stub.UpdateSubscription(request, **self._call(timeout))
+        return response.subscription
+
+    async def delete_subscription(self, name: str, *, timeout: float | None = None) -> None:
+        """Deletes a subscription of yours."""
+        request = pb.DeleteSubscriptionRequest(name=name)
+        await self.stub.DeleteSubscription(request, **self._call(timeout))
+
+    async def seek_subscription(
+        self,
+        name: str,
+        *,
+        after_cursor: str | None = None,
+        time: datetime | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Moves a subscription after a cursor or to a time; returns its new position."""
+        request = pb.SeekSubscriptionRequest(name=name)
+        if after_cursor is not None:
+            request.after_cursor = after_cursor
+        elif time is not None:
+            request.time.FromDatetime(time)
+        response = await self.stub.SeekSubscription(request, **self._call(timeout))
+        return response.position
 
     def _call(self, timeout: float | None) -> dict[str, Any]:
         return {"metadata": self._metadata, "timeout": self.timeout if timeout is None else timeout}

@@ -169,6 +169,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("service.stackone",),  # the StackOne client
     ("service.api",),  # the contract and StackOne's models as its messages
     ("service.events",),  # storage, the verifier, reconciliation
+    ("service.subscriptions",),  # subscriptions' delivery, over the log's roles
     ("service.config",),  # the settings (which name the log's data model)
     ("service.rpc", "gateway", "service.emulator"),  # the edges and the stand-in
     ("service.runtime", "service.cli"),  # the composition roots
@@ -268,6 +269,8 @@ LOG_CONSUMERS = {
     "service.rpc.owned": {"AccountRegistry"},
     "service.rpc.servicer": {"LogAndRegistry", "RequestRecords"},
     "service.rpc.retryable": {"RequestRecords"},
+    "service.subscriptions.dispatcher": {"Log", "Subscriptions"},
+    "service.subscriptions.manager": {"Log", "Subscriptions"},
 }
 # What a consumer must not name: the whole log (for the wiring) and the backends' classes.
 WHOLE_LOGS = {"EventLog", "SqliteEventLog", "JetStreamEventLog"}

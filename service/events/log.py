@@ -21,6 +21,7 @@ from service.events.model import (
     StoredEvent,
 )
 from service.events.registry import RegistryPage, RegistryQuery
+from service.events.subscriptions import Attempt, Progress, Settled, SubscriptionRecord
 
 # Called with the name of a background task after each failure the log survives (logged,
 # retried at its next interval), for a metric.
@@ -173,6 +174,47 @@ class RequestRecords(Protocol):
 
     async def close(self) -> None:
         """Releases what the records hold apart from the log (a connection)."""
+        ...
+
+
+class Subscriptions(Protocol):
+    """Subscriptions the service keeps (`service.subscriptions`): their settings, committed
+    positions, attempts of outstanding events and parked events, as durable as the log."""
+
+    async def create(self, record: SubscriptionRecord, position: int) -> SubscriptionRecord:
+        """Stores a new subscription at `position`; raises `SubscriptionExists`."""
+        ...
+
+    async def all(self) -> list[SubscriptionRecord]:
+        """Every subscription of every client."""
+        ...
+
+    async def update(self, subscription: int, ack_deadline: float, max_deliveries: int) -> None:
+        """Sets a subscription's delivery settings."""
+        ...
+
+    async def delete(self, subscription: int) -> None:
+        """Removes a subscription and everything kept for it."""
+        ...
+
+    async def progress(self, subscription: int) -> Progress:
+        """What a dispatcher resumes from."""
+        ...
+
+    async def record_attempts(self, subscription: int, attempts: Sequence[Attempt]) -> None:
+        """Records deliveries about to be sent."""
+        ...
+
+    async def record_settled(self, subscription: int, settled: Settled) -> None:
+        """Records acks and parkings, and the position they let the subscription reach."""
+        ...
+
+    async def seek(self, subscription: int, position: int) -> None:
+        """Moves the subscription, forgetting its acks and attempts (parked ones stay)."""
+        ...
+
+    async def redrive(self, subscription: int) -> None:
+        """Marks the parked events to be delivered again."""
         ...
 
 

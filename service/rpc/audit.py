@@ -47,7 +47,16 @@ _log = logging.getLogger(__name__)
 CALLER: ContextVar[str | None] = ContextVar("caller", default=None)
 """The name of the client making the call, once authentication knows it (None: anonymous)."""
 
-MUTATING_METHODS = frozenset({"CreateSession", "DeleteAccount"})
+MUTATING_METHODS = frozenset(
+    {
+        "CreateSession",
+        "DeleteAccount",
+        "CreateSubscription",
+        "UpdateSubscription",
+        "DeleteSubscription",
+        "SeekSubscription",
+    }
+)
 """Methods audited on every call, whatever their outcome."""
 DENIED_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 """Outcomes audited for every method: the calls authentication or authorization refused."""
@@ -117,7 +126,7 @@ def new_record(
     record = AuditRecord(method, context.peer(), REQUEST_ID.get(), CALLER.get())
     try:
         request = _REQUESTS[method].FromString(raw_request)
-    except (DecodeError, KeyError):
+    except (DecodeError, KeyError, TypeError):  # TypeError: a client stream's iterator
         return record  # a request that does not parse names nothing
     record.owner_ids = _ids(request, "origin_owner_id", "origin_owner_ids")
     record.account_ids = _ids(request, "account_id", "account_ids")

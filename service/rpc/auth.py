@@ -454,9 +454,10 @@ class AuthInterceptor(MethodInterceptor):
         return wrapped[1]
 
     def _checking_certificate(self, scope: str, handler: Handler) -> Handler:
-        if handler.unary_stream is not None:
-            admit = self._admitter(scope, streaming=True)
-            return replace_behaviour(handler, stream=_admitted_stream(admit, handler.unary_stream))
+        streaming = handler.unary_stream or handler.stream_stream
+        if streaming is not None:
+            admit = self._admitter(scope, streaming=handler.unary_stream is not None)
+            return replace_behaviour(handler, stream=_admitted_stream(admit, streaming))
         if handler.unary_unary is not None:
             admit = self._admitter(scope, streaming=False)
             return replace_behaviour(handler, unary=_admitted_unary(admit, handler.unary_unary))

@@ -85,6 +85,8 @@ def replace_behaviour(
     }
     if handler.unary_stream is not None and stream is not None:
         return grpc.unary_stream_rpc_method_handler(stream, **options)
+    if handler.stream_stream is not None and stream is not None:  # its request: an iterator
+        return grpc.stream_stream_rpc_method_handler(stream, **options)
     if handler.unary_unary is not None and unary is not None:
         return grpc.unary_unary_rpc_method_handler(unary, **options)
     raise TypeError("no behaviour given for this kind of handler")
@@ -179,11 +181,12 @@ class CallInterceptor(MethodInterceptor):
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
         self.wraps += 1
-        if handler.unary_stream is not None:
-            return replace_behaviour(handler, stream=self._stream(method, handler.unary_stream))
+        streaming = handler.unary_stream or handler.stream_stream
+        if streaming is not None:
+            return replace_behaviour(handler, stream=self._stream(method, streaming))
         if handler.unary_unary is not None:
             return replace_behaviour(handler, unary=self._unary(method, handler.unary_unary))
-        return handler  # ConnectService has no client-streaming methods
+        return handler  # ConnectService has no client-streaming-only methods
 
     def _unary(self, method: str, inner: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         metrics = _MethodMetrics(method, self._metrics)

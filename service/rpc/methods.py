@@ -32,6 +32,7 @@ class Method:
     request: type[Message]
     response: type[Message]
     server_streaming: bool
+    client_streaming: bool = False
 
 
 def methods_of(service: ServiceDescriptor) -> tuple[Method, ...]:
@@ -51,6 +52,7 @@ def methods_of(service: ServiceDescriptor) -> tuple[Method, ...]:
                 request=GetMessageClass(method.input_type),
                 response=GetMessageClass(method.output_type),
                 server_streaming=method.server_streaming,
+                client_streaming=method.client_streaming,
             )
         )
     return tuple(methods)

@@ -155,7 +155,9 @@ def connect_service_handlers(
                 f"{type(servicer).__name__} has no method {method.name}, "
                 "which the proto's ConnectService declares"
             )
-        if method.server_streaming:
+        if method.client_streaming:  # requests arrive as bytes; the behaviour parses them
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(behaviour)
+        elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 _parsing_stream(behaviour, method, streams)
             )

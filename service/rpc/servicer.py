@@ -31,13 +31,15 @@ from service.rpc.accounts import AccountsReadModel
 from service.rpc.audit import CALLER
 from service.rpc.page_tokens import PageTokens
 from service.rpc.retryable import RetryableCalls
+from service.rpc.subscriptions import SubscriptionRpcs
 from service.stackone.client import StackOneClient
+from service.subscriptions.manager import SubscriptionManager
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MATCH_ALL = EventFilter()
 
 
-class ConnectServicer:
+class ConnectServicer(SubscriptionRpcs):
     """Serves ConnectService over a StackOne client and an event log."""
 
     def __init__(
@@ -51,7 +53,9 @@ class ConnectServicer:
         metrics: Metrics,
         page_tokens: PageTokens,
         request_records: RequestRecords,
+        subscriptions: SubscriptionManager | None = None,
     ) -> None:
+        super().__init__(subscriptions, log)
         self._metrics = metrics
         self._stackone = stackone
         self._log = log

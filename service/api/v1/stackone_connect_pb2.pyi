@@ -1331,5 +1331,661 @@ class StreamAccountEventsResponse(_message.Message):
 
 Global___StreamAccountEventsResponse: _TypeAlias = StreamAccountEventsResponse  # noqa: Y015
 
+@_typing.final
+class SubscriptionStart(_message.Message):
+    """Where a new subscription starts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_NOW_FIELD_NUMBER: _builtins.int
+    FROM_EARLIEST_FIELD_NUMBER: _builtins.int
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    after_cursor: _builtins.str
+    """Events recorded after this cursor."""
+    @_builtins.property
+    def from_now(self) -> _empty_pb2.Empty:
+        """Only events recorded after the subscription is created (the default)."""
+
+    @_builtins.property
+    def from_earliest(self) -> _empty_pb2.Empty:
+        """Every event still retained, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        from_now: _empty_pb2.Empty | None = ...,
+        from_earliest: _empty_pb2.Empty | None = ...,
+        after_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "from_earliest", b"from_earliest", "from_now", b"from_now", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "from_earliest", b"from_earliest", "from_now", b"from_now", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["from_now", "from_earliest", "after_cursor"]  # noqa: Y015
+    _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_start) -> _WhichOneofReturnType_start | None: ...
+
+Global___SubscriptionStart: _TypeAlias = SubscriptionStart  # noqa: Y015
+
+@_typing.final
+class Subscription(_message.Message):
+    """A subscription: what it follows and how it delivers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    ORIGIN_OWNER_IDS_FIELD_NUMBER: _builtins.int
+    ACCOUNT_IDS_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    ACK_DEADLINE_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_DELIVERIES_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Unique per client: 1 to 64 letters, digits, `.`, `_` or `-`."""
+    ack_deadline_seconds: _builtins.int
+    """Seconds a consumer has to acknowledge a delivery before it is delivered again; 1 to
+    600 (default 30).
+    """
+    max_deliveries: _builtins.int
+    """Deliveries of one event before it is parked; 1 to 100 (default 5)."""
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only events of accounts of these providers."""
+
+    @_builtins.property
+    def origin_owner_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only events of accounts of these customers (a scoped client's owners always apply)."""
+
+    @_builtins.property
+    def account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only events of these accounts."""
+
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only events of these types, e.g. `account.created`."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        providers: _abc.Iterable[_builtins.str] | None = ...,
+        origin_owner_ids: _abc.Iterable[_builtins.str] | None = ...,
+        account_ids: _abc.Iterable[_builtins.str] | None = ...,
+        event_types: _abc.Iterable[_builtins.str] | None = ...,
+        ack_deadline_seconds: _builtins.int = ...,
+        max_deliveries: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids", "ack_deadline_seconds", b"ack_deadline_seconds", "created_at", b"created_at", "event_types", b"event_types", "max_deliveries", b"max_deliveries", "name", b"name", "origin_owner_ids", b"origin_owner_ids", "providers", b"providers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Subscription: _TypeAlias = Subscription  # noqa: Y015
+
+@_typing.final
+class ParkedEvent(_message.Message):
+    """An event that reached its maximum of deliveries without an ack."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    PARKED_AT_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """The event's cursor."""
+    account_id: _builtins.str
+    """Its account."""
+    attempts: _builtins.int
+    """Deliveries made."""
+    @_builtins.property
+    def parked_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was parked."""
+
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        parked_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parked_at", b"parked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "attempts", b"attempts", "cursor", b"cursor", "parked_at", b"parked_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParkedEvent: _TypeAlias = ParkedEvent  # noqa: Y015
+
+@_typing.final
+class SubscriptionState(_message.Message):
+    """How far a subscription is, and what it holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    OUTSTANDING_ACKS_FIELD_NUMBER: _builtins.int
+    OLDEST_UNACKED_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    REDELIVERIES_FIELD_NUMBER: _builtins.int
+    PARKED_COUNT_FIELD_NUMBER: _builtins.int
+    PARKED_FIELD_NUMBER: _builtins.int
+    CONSUMERS_FIELD_NUMBER: _builtins.int
+    position: _builtins.str
+    """Every event through this cursor was acknowledged, parked or did not match."""
+    pending: _builtins.int
+    """Events recorded after the position (matching or not, delivered or not)."""
+    outstanding_acks: _builtins.int
+    """Deliveries made and not yet acknowledged."""
+    oldest_unacked_age_seconds: _builtins.float
+    """Seconds since the oldest event not yet acknowledged (delivered or not) was recorded;
+    0 when there is none.
+    """
+    redeliveries: _builtins.int
+    """Deliveries made beyond the first of an event, since the service started."""
+    parked_count: _builtins.int
+    """Events parked, counted."""
+    consumers: _builtins.int
+    """Consumers attached now."""
+    @_builtins.property
+    def parked(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParkedEvent]:
+        """The oldest parked events (up to 100)."""
+
+    def __init__(
+        self,
+        *,
+        position: _builtins.str = ...,
+        pending: _builtins.int = ...,
+        outstanding_acks: _builtins.int = ...,
+        oldest_unacked_age_seconds: _builtins.float = ...,
+        redeliveries: _builtins.int = ...,
+        parked_count: _builtins.int = ...,
+        parked: _abc.Iterable[Global___ParkedEvent] | None = ...,
+        consumers: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumers", b"consumers", "oldest_unacked_age_seconds", b"oldest_unacked_age_seconds", "outstanding_acks", b"outstanding_acks", "parked", b"parked", "parked_count", b"parked_count", "pending", b"pending", "position", b"position", "redeliveries", b"redeliveries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscriptionState: _TypeAlias = SubscriptionState  # noqa: Y015
+
+@_typing.final
+class CreateSubscriptionRequest(_message.Message):
+    """Asks to create a subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """Its name, filters and delivery settings (`created_at` is ignored)."""
+
+    @_builtins.property
+    def start(self) -> Global___SubscriptionStart:
+        """Where it starts; from now when unset."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+        start: Global___SubscriptionStart | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start", "subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["start", b"start", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSubscriptionRequest: _TypeAlias = CreateSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class CreateSubscriptionResponse(_message.Message):
+    """The subscription created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """As stored (a scoped client's owners applied, defaults filled in)."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSubscriptionResponse: _TypeAlias = CreateSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class GetSubscriptionRequest(_message.Message):
+    """Asks for one subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Its name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubscriptionRequest: _TypeAlias = GetSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class GetSubscriptionResponse(_message.Message):
+    """One subscription and its state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """The subscription."""
+
+    @_builtins.property
+    def state(self) -> Global___SubscriptionState:
+        """Its position and lag."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+        state: Global___SubscriptionState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubscriptionResponse: _TypeAlias = GetSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class ListSubscriptionsRequest(_message.Message):
+    """Asks for the caller's subscriptions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubscriptionsRequest: _TypeAlias = ListSubscriptionsRequest  # noqa: Y015
+
+@_typing.final
+class ListSubscriptionsResponse(_message.Message):
+    """The caller's subscriptions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscriptions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Subscription]:
+        """By name."""
+
+    def __init__(
+        self,
+        *,
+        subscriptions: _abc.Iterable[Global___Subscription] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscriptions", b"subscriptions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubscriptionsResponse: _TypeAlias = ListSubscriptionsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateSubscriptionRequest(_message.Message):
+    """Asks to change a subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ACK_DEADLINE_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_DELIVERIES_FIELD_NUMBER: _builtins.int
+    REDRIVE_PARKED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Its name."""
+    ack_deadline_seconds: _builtins.int
+    """New ack deadline; 0 keeps it."""
+    max_deliveries: _builtins.int
+    """New maximum of deliveries; 0 keeps it."""
+    redrive_parked: _builtins.bool
+    """Delivers the parked events again (each with a fresh count of attempts)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        ack_deadline_seconds: _builtins.int = ...,
+        max_deliveries: _builtins.int = ...,
+        redrive_parked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_deadline_seconds", b"ack_deadline_seconds", "max_deliveries", b"max_deliveries", "name", b"name", "redrive_parked", b"redrive_parked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSubscriptionRequest: _TypeAlias = UpdateSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class UpdateSubscriptionResponse(_message.Message):
+    """The subscription changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """As stored now."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSubscriptionResponse: _TypeAlias = UpdateSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class DeleteSubscriptionRequest(_message.Message):
+    """Asks to delete a subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Its name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSubscriptionRequest: _TypeAlias = DeleteSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class DeleteSubscriptionResponse(_message.Message):
+    """The subscription is deleted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSubscriptionResponse: _TypeAlias = DeleteSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class SeekSubscriptionRequest(_message.Message):
+    """Asks to move a subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Its name."""
+    after_cursor: _builtins.str
+    """After this cursor."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """The events recorded at or after this time."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        after_cursor: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "target", b"target", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "name", b"name", "target", b"target", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["after_cursor", "time"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___SeekSubscriptionRequest: _TypeAlias = SeekSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class SeekSubscriptionResponse(_message.Message):
+    """The subscription moved."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    position: _builtins.str
+    """Its new position."""
+    def __init__(
+        self,
+        *,
+        position: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeekSubscriptionResponse: _TypeAlias = SeekSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class ConsumeAttach(_message.Message):
+    """Names the subscription a consumer attaches to (the stream's first message)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MAX_OUTSTANDING_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The subscription's name."""
+    max_outstanding: _builtins.int
+    """Deliveries this consumer may hold unacknowledged; 1 to 1000 (default 100)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        max_outstanding: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_outstanding", b"max_outstanding", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsumeAttach: _TypeAlias = ConsumeAttach  # noqa: Y015
+
+@_typing.final
+class ConsumeAck(_message.Message):
+    """Acknowledges a delivery: done with, not delivered again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.str
+    """The delivery's id."""
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_id", b"delivery_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsumeAck: _TypeAlias = ConsumeAck  # noqa: Y015
+
+@_typing.final
+class ConsumeNack(_message.Message):
+    """Gives a delivery back, to be delivered again after a delay (counts as an attempt)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    DELAY_SECONDS_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.str
+    """The delivery's id."""
+    delay_seconds: _builtins.float
+    """Seconds before it is delivered again (0: at once), at most 3600."""
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.str = ...,
+        delay_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay_seconds", b"delay_seconds", "delivery_id", b"delivery_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsumeNack: _TypeAlias = ConsumeNack  # noqa: Y015
+
+@_typing.final
+class ConsumeSubscriptionRequest(_message.Message):
+    """What a consumer sends."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTACH_FIELD_NUMBER: _builtins.int
+    ACK_FIELD_NUMBER: _builtins.int
+    NACK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def attach(self) -> Global___ConsumeAttach:
+        """First, and only first."""
+
+    @_builtins.property
+    def ack(self) -> Global___ConsumeAck:
+        """An acknowledgement."""
+
+    @_builtins.property
+    def nack(self) -> Global___ConsumeNack:
+        """A negative acknowledgement."""
+
+    def __init__(
+        self,
+        *,
+        attach: Global___ConsumeAttach | None = ...,
+        ack: Global___ConsumeAck | None = ...,
+        nack: Global___ConsumeNack | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "attach", b"attach", "kind", b"kind", "nack", b"nack"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "attach", b"attach", "kind", b"kind", "nack", b"nack"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["attach", "ack", "nack"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___ConsumeSubscriptionRequest: _TypeAlias = ConsumeSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class Delivery(_message.Message):
+    """One event handed to a consumer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.str
+    """Acknowledge or nack by it; a stale id (redelivered since, or sought past) is ignored."""
+    attempt: _builtins.int
+    """1 for the first delivery of the event, 2 for the next, ..."""
+    @_builtins.property
+    def event(self) -> Global___AccountEvent:
+        """The event."""
+
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.str = ...,
+        event: Global___AccountEvent | None = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "delivery_id", b"delivery_id", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Delivery: _TypeAlias = Delivery  # noqa: Y015
+
+@_typing.final
+class ConsumeSubscriptionResponse(_message.Message):
+    """What the server sends a consumer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delivery(self) -> Global___Delivery:
+        """An event to handle."""
+
+    def __init__(
+        self,
+        *,
+        delivery: Global___Delivery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsumeSubscriptionResponse: _TypeAlias = ConsumeSubscriptionResponse  # noqa: Y015
+
 REQUIRED_SCOPE_FIELD_NUMBER: _builtins.int
 required_scope: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.str]

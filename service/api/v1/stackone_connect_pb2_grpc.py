@@ -71,6 +71,41 @@ class ConnectServiceStub:
                 request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesRequest.SerializeToString,
                 response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesResponse.FromString,
                 _registered_method=True)
+        self.CreateSubscription = channel.unary_unary(
+                '/stackone_connect.v1.ConnectService/CreateSubscription',
+                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionRequest.SerializeToString,
+                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.GetSubscription = channel.unary_unary(
+                '/stackone_connect.v1.ConnectService/GetSubscription',
+                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSubscriptionRequest.SerializeToString,
+                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.ListSubscriptions = channel.unary_unary(
+                '/stackone_connect.v1.ConnectService/ListSubscriptions',
+                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsRequest.SerializeToString,
+                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.UpdateSubscription = channel.unary_unary(
+                '/stackone_connect.v1.ConnectService/UpdateSubscription',
+                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionRequest.SerializeToString,
+                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.DeleteSubscription = channel.unary_unary(
+                '/stackone_connect.v1.ConnectService/DeleteSubscription',
+                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionRequest.SerializeToString,
+                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.SeekSubscription = channel.unary_unary(
+                '/stackone_connect.v1.ConnectService/SeekSubscription',
+                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionRequest.SerializeToString,
+                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.ConsumeSubscription = channel.stream_stream(
+                '/stackone_connect.v1.ConnectService/ConsumeSubscription',
+                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionRequest.SerializeToString,
+                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionResponse.FromString,
+                _registered_method=True)
 
 
 class ConnectServiceServicer:
@@ -137,6 +172,65 @@ class ConnectServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSubscription(self, request, context):
+        """Creates a subscription: a named, durable consumer of the event log whose position,
+        outstanding deliveries and parked events the service keeps. It belongs to the
+        client that creates it (another client gets NOT_FOUND); a scoped client's owners
+        are always applied to its filters. ALREADY_EXISTS when the name is taken.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSubscription(self, request, context):
+        """Returns one of the caller's subscriptions with its state (position, lag, parked).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubscriptions(self, request, context):
+        """Lists the caller's subscriptions, by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSubscription(self, request, context):
+        """Changes a subscription's ack deadline or maximum of deliveries, and re-drives its
+        parked events (delivered again, attempts counted afresh) when asked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSubscription(self, request, context):
+        """Deletes a subscription with its position, outstanding deliveries and parked events;
+        attached consumers end with NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SeekSubscription(self, request, context):
+        """Moves a subscription to a cursor or a time (replay, or skip ahead): the events after
+        it are delivered again; outstanding deliveries are forgotten (their acks are ignored).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConsumeSubscription(self, request_iterator, context):
+        """Attaches a consumer to a subscription: the first message names it (`attach`), then
+        acks and nacks by delivery id. Deliveries are at least once: one not acknowledged
+        within the ack deadline, or whose consumer leaves, is delivered again; one that
+        reached the maximum of deliveries is parked. Consumers of one subscription share its
+        events, each account's at one consumer at a time in cursor order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConnectServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +268,41 @@ def add_ConnectServiceServicer_to_server(servicer, server):
                     servicer.ListConnectorProfiles,
                     request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesRequest.FromString,
                     response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesResponse.SerializeToString,
+            ),
+            'CreateSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSubscription,
+                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionRequest.FromString,
+                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionResponse.SerializeToString,
+            ),
+            'GetSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubscription,
+                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSubscriptionRequest.FromString,
+                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSubscriptionResponse.SerializeToString,
+            ),
+            'ListSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubscriptions,
+                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsRequest.FromString,
+                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'UpdateSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSubscription,
+                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionRequest.FromString,
+                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionResponse.SerializeToString,
+            ),
+            'DeleteSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSubscription,
+                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionRequest.FromString,
+                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionResponse.SerializeToString,
+            ),
+            'SeekSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.SeekSubscription,
+                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionRequest.FromString,
+                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionResponse.SerializeToString,
+            ),
+            'ConsumeSubscription': grpc.stream_stream_rpc_method_handler(
+                    servicer.ConsumeSubscription,
+                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionRequest.FromString,
+                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -367,6 +496,195 @@ class ConnectService:
             '/stackone_connect.v1.ConnectService/ListConnectorProfiles',
             service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesRequest.SerializeToString,
             service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackone_connect.v1.ConnectService/CreateSubscription',
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionRequest.SerializeToString,
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackone_connect.v1.ConnectService/GetSubscription',
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSubscriptionRequest.SerializeToString,
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackone_connect.v1.ConnectService/ListSubscriptions',
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsRequest.SerializeToString,
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackone_connect.v1.ConnectService/UpdateSubscription',
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionRequest.SerializeToString,
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackone_connect.v1.ConnectService/DeleteSubscription',
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionRequest.SerializeToString,
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SeekSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stackone_connect.v1.ConnectService/SeekSubscription',
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionRequest.SerializeToString,
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConsumeSubscription(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/stackone_connect.v1.ConnectService/ConsumeSubscription',
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionRequest.SerializeToString,
+            service_dot_api_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,

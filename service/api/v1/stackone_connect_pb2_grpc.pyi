@@ -70,6 +70,35 @@ class ConnectServiceStub:
     """Lists the connector profiles of the StackOne project (`GET /connector_profiles`):
     the ids `CreateSession{connector_profile_id}` takes. Read-only.
     """
+    CreateSubscription: _grpc.UnaryUnaryMultiCallable[_stackone_connect_pb2.CreateSubscriptionRequest, _stackone_connect_pb2.CreateSubscriptionResponse]
+    """Creates a subscription: a named, durable consumer of the event log whose position,
+    outstanding deliveries and parked events the service keeps. It belongs to the
+    client that creates it (another client gets NOT_FOUND); a scoped client's owners
+    are always applied to its filters. ALREADY_EXISTS when the name is taken.
+    """
+    GetSubscription: _grpc.UnaryUnaryMultiCallable[_stackone_connect_pb2.GetSubscriptionRequest, _stackone_connect_pb2.GetSubscriptionResponse]
+    """Returns one of the caller's subscriptions with its state (position, lag, parked)."""
+    ListSubscriptions: _grpc.UnaryUnaryMultiCallable[_stackone_connect_pb2.ListSubscriptionsRequest, _stackone_connect_pb2.ListSubscriptionsResponse]
+    """Lists the caller's subscriptions, by name."""
+    UpdateSubscription: _grpc.UnaryUnaryMultiCallable[_stackone_connect_pb2.UpdateSubscriptionRequest, _stackone_connect_pb2.UpdateSubscriptionResponse]
+    """Changes a subscription's ack deadline or maximum of deliveries, and re-drives its
+    parked events (delivered again, attempts counted afresh) when asked.
+    """
+    DeleteSubscription: _grpc.UnaryUnaryMultiCallable[_stackone_connect_pb2.DeleteSubscriptionRequest, _stackone_connect_pb2.DeleteSubscriptionResponse]
+    """Deletes a subscription with its position, outstanding deliveries and parked events;
+    attached consumers end with NOT_FOUND.
+    """
+    SeekSubscription: _grpc.UnaryUnaryMultiCallable[_stackone_connect_pb2.SeekSubscriptionRequest, _stackone_connect_pb2.SeekSubscriptionResponse]
+    """Moves a subscription to a cursor or a time (replay, or skip ahead): the events after
+    it are delivered again; outstanding deliveries are forgotten (their acks are ignored).
+    """
+    ConsumeSubscription: _grpc.StreamStreamMultiCallable[_stackone_connect_pb2.ConsumeSubscriptionRequest, _stackone_connect_pb2.ConsumeSubscriptionResponse]
+    """Attaches a consumer to a subscription: the first message names it (`attach`), then
+    acks and nacks by delivery id. Deliveries are at least once: one not acknowledged
+    within the ack deadline, or whose consumer leaves, is delivered again; one that
+    reached the maximum of deliveries is parked. Consumers of one subscription share its
+    events, each account's at one consumer at a time in cursor order.
+    """
 
 @_typing.type_check_only
 class ConnectServiceAsyncStub(ConnectServiceStub):
@@ -107,6 +136,35 @@ class ConnectServiceAsyncStub(ConnectServiceStub):
     ListConnectorProfiles: _aio.UnaryUnaryMultiCallable[_stackone_connect_pb2.ListConnectorProfilesRequest, _stackone_connect_pb2.ListConnectorProfilesResponse]  # type: ignore[assignment]
     """Lists the connector profiles of the StackOne project (`GET /connector_profiles`):
     the ids `CreateSession{connector_profile_id}` takes. Read-only.
+    """
+    CreateSubscription: _aio.UnaryUnaryMultiCallable[_stackone_connect_pb2.CreateSubscriptionRequest, _stackone_connect_pb2.CreateSubscriptionResponse]  # type: ignore[assignment]
+    """Creates a subscription: a named, durable consumer of the event log whose position,
+    outstanding deliveries and parked events the service keeps. It belongs to the
+    client that creates it (another client gets NOT_FOUND); a scoped client's owners
+    are always applied to its filters. ALREADY_EXISTS when the name is taken.
+    """
+    GetSubscription: _aio.UnaryUnaryMultiCallable[_stackone_connect_pb2.GetSubscriptionRequest, _stackone_connect_pb2.GetSubscriptionResponse]  # type: ignore[assignment]
+    """Returns one of the caller's subscriptions with its state (position, lag, parked)."""
+    ListSubscriptions: _aio.UnaryUnaryMultiCallable[_stackone_connect_pb2.ListSubscriptionsRequest, _stackone_connect_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
+    """Lists the caller's subscriptions, by name."""
+    UpdateSubscription: _aio.UnaryUnaryMultiCallable[_stackone_connect_pb2.UpdateSubscriptionRequest, _stackone_connect_pb2.UpdateSubscriptionResponse]  # type: ignore[assignment]
+    """Changes a subscription's ack deadline or maximum of deliveries, and re-drives its
+    parked events (delivered again, attempts counted afresh) when asked.
+    """
+    DeleteSubscription: _aio.UnaryUnaryMultiCallable[_stackone_connect_pb2.DeleteSubscriptionRequest, _stackone_connect_pb2.DeleteSubscriptionResponse]  # type: ignore[assignment]
+    """Deletes a subscription with its position, outstanding deliveries and parked events;
+    attached consumers end with NOT_FOUND.
+    """
+    SeekSubscription: _aio.UnaryUnaryMultiCallable[_stackone_connect_pb2.SeekSubscriptionRequest, _stackone_connect_pb2.SeekSubscriptionResponse]  # type: ignore[assignment]
+    """Moves a subscription to a cursor or a time (replay, or skip ahead): the events after
+    it are delivered again; outstanding deliveries are forgotten (their acks are ignored).
+    """
+    ConsumeSubscription: _aio.StreamStreamMultiCallable[_stackone_connect_pb2.ConsumeSubscriptionRequest, _stackone_connect_pb2.ConsumeSubscriptionResponse]  # type: ignore[assignment]
+    """Attaches a consumer to a subscription: the first message names it (`attach`), then
+    acks and nacks by delivery id. Deliveries are at least once: one not acknowledged
+    within the ack deadline, or whose consumer leaves, is delivered again; one that
+    reached the maximum of deliveries is parked. Consumers of one subscription share its
+    events, each account's at one consumer at a time in cursor order.
     """
 
 class ConnectServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -184,6 +242,77 @@ class ConnectServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_stackone_connect_pb2.ListConnectorProfilesResponse, _abc.Awaitable[_stackone_connect_pb2.ListConnectorProfilesResponse]]:
         """Lists the connector profiles of the StackOne project (`GET /connector_profiles`):
         the ids `CreateSession{connector_profile_id}` takes. Read-only.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateSubscription(
+        self,
+        request: _stackone_connect_pb2.CreateSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackone_connect_pb2.CreateSubscriptionResponse, _abc.Awaitable[_stackone_connect_pb2.CreateSubscriptionResponse]]:
+        """Creates a subscription: a named, durable consumer of the event log whose position,
+        outstanding deliveries and parked events the service keeps. It belongs to the
+        client that creates it (another client gets NOT_FOUND); a scoped client's owners
+        are always applied to its filters. ALREADY_EXISTS when the name is taken.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSubscription(
+        self,
+        request: _stackone_connect_pb2.GetSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackone_connect_pb2.GetSubscriptionResponse, _abc.Awaitable[_stackone_connect_pb2.GetSubscriptionResponse]]:
+        """Returns one of the caller's subscriptions with its state (position, lag, parked)."""
+
+    @_abc_1.abstractmethod
+    def ListSubscriptions(
+        self,
+        request: _stackone_connect_pb2.ListSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackone_connect_pb2.ListSubscriptionsResponse, _abc.Awaitable[_stackone_connect_pb2.ListSubscriptionsResponse]]:
+        """Lists the caller's subscriptions, by name."""
+
+    @_abc_1.abstractmethod
+    def UpdateSubscription(
+        self,
+        request: _stackone_connect_pb2.UpdateSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackone_connect_pb2.UpdateSubscriptionResponse, _abc.Awaitable[_stackone_connect_pb2.UpdateSubscriptionResponse]]:
+        """Changes a subscription's ack deadline or maximum of deliveries, and re-drives its
+        parked events (delivered again, attempts counted afresh) when asked.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteSubscription(
+        self,
+        request: _stackone_connect_pb2.DeleteSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackone_connect_pb2.DeleteSubscriptionResponse, _abc.Awaitable[_stackone_connect_pb2.DeleteSubscriptionResponse]]:
+        """Deletes a subscription with its position, outstanding deliveries and parked events;
+        attached consumers end with NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def SeekSubscription(
+        self,
+        request: _stackone_connect_pb2.SeekSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stackone_connect_pb2.SeekSubscriptionResponse, _abc.Awaitable[_stackone_connect_pb2.SeekSubscriptionResponse]]:
+        """Moves a subscription to a cursor or a time (replay, or skip ahead): the events after
+        it are delivered again; outstanding deliveries are forgotten (their acks are ignored).
+        """
+
+    @_abc_1.abstractmethod
+    def ConsumeSubscription(
+        self,
+        request_iterator: _MaybeAsyncIterator[_stackone_connect_pb2.ConsumeSubscriptionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_stackone_connect_pb2.ConsumeSubscriptionResponse], _abc.AsyncIterator[_stackone_connect_pb2.ConsumeSubscriptionResponse]]:
+        """Attaches a consumer to a subscription: the first message names it (`attach`), then
+        acks and nacks by delivery id. Deliveries are at least once: one not acknowledged
+        within the ack deadline, or whose consumer leaves, is delivered again; one that
+        reached the maximum of deliveries is parked. Consumers of one subscription share its
+        events, each account's at one consumer at a time in cursor order.
         """
 
 def add_ConnectServiceServicer_to_server(servicer: ConnectServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

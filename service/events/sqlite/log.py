@@ -51,6 +51,7 @@ from service.events.sqlite.incarnation import HighWaterMark, establish
 from service.events.sqlite.options import SqliteOptions
 from service.events.sqlite.requests import SqliteRequestRecords
 from service.events.sqlite.schema import open_writer
+from service.events.sqlite.subscriptions import SqliteSubscriptions
 from service.events.sqlite.writer import Writer
 from service.events.tail import Tail
 
@@ -250,6 +251,13 @@ class SqliteEventLog:
     def request_records(self, *, window: float, lease: float) -> SqliteRequestRecords:
         """Retryable calls' records (`RequestRecords`), written by this log's writer."""
         return SqliteRequestRecords(self._writer, window=window, lease=lease)
+
+    # --- Subscriptions ------------------------------------------------------------
+
+    async def subscriptions(self) -> SqliteSubscriptions:
+        """The subscriptions this log keeps (their tables made if the file lacks them)."""
+        self._check_open()
+        return await SqliteSubscriptions.open(self._writer, self._reader)
 
     # --- Lifecycle ----------------------------------------------------------------
 
