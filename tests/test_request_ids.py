@@ -158,3 +158,43 @@ async def test_the_python_client_retries_a_deadline_under_one_request_id(
         ]
         assert len(audit) >= 2  # the call that gave up, and its retry
         assert len({line["request_uuid"] for line in audit}) == 1
+
+
+@pytest.mark.slow
+async def test_request_ids_work_again_once_nats_lost_their_bucket(tmp_path: Path) -> None:
+    """A nats-server on memory storage restarted, the requests bucket gone with it: a
+    CreateSession with a request_id is answered again (the bucket made anew), once."""
+    (tmp_path / "nats").mkdir()
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    try:
+        backend = LogBackend(server.url, stream=f"Q{uuid.uuid4().hex}")
+        settings = make_settings(
+            tmp_path, **backend.settings(), jetstream_storage="memory", readiness_interval=0.2
+        )
+        async with (
+            running(settings) as service,
+            grpc.aio.insecure_channel(service.grpc_target) as channel,
+        ):
+            stub = pb_grpc.ConnectServiceStub(channel)
+            before = pb.CreateSessionRequest(**OWNER, request_id=str(uuid.uuid4()))
+            await stub.CreateSession(before, timeout=10)
+            server.restart()
+            after = pb.CreateSessionRequest(**OWNER, request_id=str(uuid.uuid4()))
+            answers: list[pb.Session] = []
+
+            async def answered() -> bool:
+                try:
+                    answers.append(await stub.CreateSession(after, timeout=5))
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.UNAVAILABLE:  # only NATS away may fail
+                        raise
+                    return False
+                return True
+
+            await eventually(answered, timeout=30)
+            again = await stub.CreateSession(after, timeout=10)
+            assert again.id == answers[0].id
+            assert len(emulator_state(service).sessions) == 2
+    finally:
+        server.stop()

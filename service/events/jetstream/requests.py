@@ -8,7 +8,8 @@ keeps each record for the window (its max age); a pending claim older than the l
 taken over by a revision-checked update, so one replica at most takes it.
 
 The records have a NATS connection of their own, beside the log's, so that they depend
-on nothing of the log but its options.
+on nothing of the log but its options; a bucket the server lost (memory storage
+restarted) is created again at its next use, as the log does its streams and buckets.
 """
 
 from __future__ import annotations
@@ -16,28 +17,48 @@ from __future__ import annotations
 import base64
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
+import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
+from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from service.events.jetstream import NATS_ERRORS, JetStreamOptions
 from service.events.log import RequestClaim
 from service.events.model import EventLogUnavailable
 
+_T = TypeVar("_T")
+# What a write or read answers once the server lost the bucket's stream.
+_BUCKET_GONE = (
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.NotFoundError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
 
 class JetStreamRequestRecords:
     """`RequestRecords` in the `<stream>_REQUESTS` bucket. Create with `open`."""
 
     def __init__(
-        self, connection: NatsClient, bucket: KeyValue, *, window: float, lease: float
+        self,
+        connection: NatsClient,
+        js: JetStreamContext,
+        config: KeyValueConfig,
+        bucket: KeyValue,
+        *,
+        lease: float,
     ) -> None:
         self._connection = connection
+        self._js = js
+        self._config = config
         self._bucket = bucket
-        self._window = window
+        self._window = float(config.ttl or 0)
         self._lease = lease
 
     @classmethod
@@ -61,10 +82,7 @@ class JetStreamRequestRecords:
                 storage=StorageType.MEMORY if options.storage == "memory" else StorageType.FILE,
                 replicas=options.replicas,
             )
-            try:
-                bucket = await js.create_key_value(config)
-            except nats.js.errors.BadRequestError:  # made with another window: keep it
-                bucket = await js.key_value(config.bucket)
+            bucket = await _bound(js, config)
         except BaseException as error:
             with contextlib.suppress(*NATS_ERRORS):
                 await connection.close()
@@ -73,43 +91,56 @@ class JetStreamRequestRecords:
                     f"cannot open the request records at {options.url}: {error!r}"
                 ) from error
             raise
-        return cls(connection, bucket, window=window, lease=lease)
+        return cls(connection, js, config, bucket, lease=lease)
+
+    async def _on_bucket(self, op: Callable[[], Awaitable[_T]], doing: str) -> _T:
+        """`op` on the bucket; a bucket the server lost (memory storage restarted, a
+        store replaced) is created again, as the log does its own, and `op` run again."""
+        try:
+            try:
+                return await op()
+            except _BUCKET_GONE:
+                self._bucket = await _bound(self._js, self._config)
+                return await op()
+        except NATS_ERRORS as error:
+            raise EventLogUnavailable(f"JetStream could not {doing}: {error!r}") from error
 
     async def claim(self, key: str, fingerprint: str) -> RequestClaim:
         """Claims `key` (create-only), or returns the live claim another call holds."""
+        return await self._on_bucket(lambda: self._claim(key, fingerprint), "claim a request id")
+
+    async def _claim(self, key: str, fingerprint: str) -> RequestClaim:
         mine = _value(fingerprint, time.time(), None)
         while True:
-            with _unavailable("claim a request id"):
-                try:
-                    await self._bucket.create(key, mine)
-                    return RequestClaim(fingerprint, mine=True)
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    pass  # held: read it
-                try:
-                    entry = await self._bucket.get(key)
-                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                    continue  # released or expired meanwhile: create again
-                held = orjson.loads(entry.value or b"{}")
-                answer = None if held["answer"] is None else base64.b64decode(held["answer"])
-                now = time.time()
-                stale = answer is None and held["claimed_at"] < now - self._lease
-                if not stale and held["claimed_at"] >= now - self._window:
-                    return RequestClaim(held["fingerprint"], answer=answer)
-                try:  # its replica died mid-call, or it outlived the window: take it over
-                    await self._bucket.update(key, mine, last=entry.revision)
-                    return RequestClaim(fingerprint, mine=True)
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    continue  # another call took it first: read it again
+            try:
+                await self._bucket.create(key, mine)
+                return RequestClaim(fingerprint, mine=True)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass  # held: read it
+            try:
+                entry = await self._bucket.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                continue  # released or expired meanwhile: create again
+            held = orjson.loads(entry.value or b"{}")
+            answer = None if held["answer"] is None else base64.b64decode(held["answer"])
+            now = time.time()
+            stale = answer is None and held["claimed_at"] < now - self._lease
+            if not stale and held["claimed_at"] >= now - self._window:
+                return RequestClaim(held["fingerprint"], answer=answer)
+            try:  # its replica died mid-call, or it outlived the window: take it over
+                await self._bucket.update(key, mine, last=entry.revision)
+                return RequestClaim(fingerprint, mine=True)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another call took it first: read it again
 
     async def answer(self, key: str, fingerprint: str, answer: bytes) -> None:
         """Records the answer under this call's claim."""
-        with _unavailable("record a request's answer"):
-            await self._bucket.put(key, _value(fingerprint, time.time(), answer))
+        value = _value(fingerprint, time.time(), answer)
+        await self._on_bucket(lambda: self._bucket.put(key, value), "record a request's answer")
 
     async def release(self, key: str) -> None:
         """Drops this call's claim, so that a retry asks StackOne."""
-        with _unavailable("release a request id"):
-            await self._bucket.delete(key)
+        await self._on_bucket(lambda: self._bucket.delete(key), "release a request id")
 
     async def close(self) -> None:
         """Closes the connection."""
@@ -127,9 +158,9 @@ def _value(fingerprint: str, claimed_at: float, answer: bytes | None) -> bytes:
     )
 
 
-@contextlib.contextmanager
-def _unavailable(doing: str) -> Iterator[None]:
+async def _bound(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """The bucket, created if missing; one made with another window is kept as it is."""
     try:
-        yield
-    except NATS_ERRORS as error:
-        raise EventLogUnavailable(f"JetStream could not {doing}: {error!r}") from error
+        return await js.create_key_value(config)
+    except nats.js.errors.BadRequestError:
+        return await js.key_value(config.bucket)
