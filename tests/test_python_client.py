@@ -37,6 +37,7 @@ from tests.certificates import make_certificates
 from tests.nats import NatsServer
 from tests.processes import serve_env, serve_process
 from tests.registries import registry_service
+from tests.streams import position
 from tests.support import WEBHOOK_SECRET, LogBackend, deliver, eventually, make_settings, webhook
 from tests.test_replicas import replicas
 from tests.test_security import ADMIN, READER, tls_service
@@ -337,16 +338,16 @@ async def _watch_process(target: str, cursor_file: Path) -> asyncio.subprocess.P
 
 
 async def _killed_after(process: asyncio.subprocess.Process, last_cursor: int) -> list[int]:
-    """The cursors of the events `process` printed: read until it printed `last_cursor`
+    """The positions of the events `process` printed: read until it printed `last_cursor`
     (or, for a negative one, that many events), then killed, with whatever else it printed."""
     assert process.stdout is not None
     cursors: list[int] = []
     async with asyncio.timeout(30):
         while (cursors[-1:] != [last_cursor]) if last_cursor > 0 else len(cursors) < -last_cursor:
-            cursors.append(int(orjson.loads(await process.stdout.readline())["cursor"]))
+            cursors.append(position(orjson.loads(await process.stdout.readline())["cursor"]))
     process.kill()
     rest, _ = await process.communicate()
-    return cursors + [int(orjson.loads(line)["cursor"]) for line in rest.splitlines()]
+    return cursors + [position(orjson.loads(line)["cursor"]) for line in rest.splitlines()]
 
 
 @pytest.mark.slow
