@@ -74,7 +74,8 @@ class Registry(EmulatedStackOne):
         async def reported_serving() -> bool:
             # The sweep reports the registry complete right after marking it so: health's
             # run of its checks (a probe write first) may end a moment after reads do.
-            return await self.health() == health_pb2.HealthCheckResponse.SERVING
+            status = await self.health()
+            return status == int(health_pb2.HealthCheckResponse.SERVING)
 
         await eventually(reported_serving, timeout=10)
 

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -28,7 +29,7 @@ from tests.test_replicas import replicas
 
 pytestmark = pytest.mark.asyncio
 BACKENDS = ["sqlite", "jetstream"]
-OWNER = {"origin_owner_id": "acme-1", "origin_owner_name": "Acme"}
+OWNER: dict[str, Any] = {"origin_owner_id": "acme-1", "origin_owner_name": "Acme"}
 SLOW = 1.5  # seconds StackOne takes to answer, past the first attempt's deadline
 FIRST_DEADLINE = 0.4
 
