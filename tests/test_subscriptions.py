@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from stackone_connect_client import Client, Delivery
-from tests.processes import ServeProcess, serve_env, serve_process
+from tests.processes import ServeProcess, run_to_end, serve_env, serve_process
 from tests.support import WEBHOOK_SECRET, deliver, eventually, metric, webhook
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
@@ -404,3 +404,39 @@ async def test_lag_figures_move_as_events_are_left_unacknowledged(tmp_path: Path
             task.cancel()
     assert lagging == {"pending_events": 4, "outstanding_acks": 2, "consumers": 1}
     assert age == 0
+
+
+async def cli(target: str, *args: str) -> tuple[int, str, str]:
+    """Runs the console script against `target` to its end."""
+    command = [sys.executable, "-m", "service.cli", *args, "--target", target]
+    return await run_to_end(command, timeout=WAIT)
+
+
+async def test_the_cli_creates_lists_consumes_seeks_and_deletes_a_subscription(
+    tmp_path: Path,
+) -> None:
+    """`subscriptions create|list|get|seek|delete` and `events consume NAME` against a real
+    serve: the consumed event is acknowledged (the position moves), seek replays it."""
+    async with serving(tmp_path) as serve, Client.connect(serve.grpc_target) as client:
+        target = serve.grpc_target
+        await client.create_subscription(PROBE)
+        created = await cli(target, "subscriptions", "create", "billing", "--ack-deadline", "9")
+        assert created[0] == 0, created
+        listed = await cli(target, "subscriptions", "list")
+        await recorded_rounds(serve, client, ["acct-cli"], rounds=1)
+        consumed = await cli(target, "events", "consume", "billing", "--max-events", "1", "--json")
+        assert consumed[0] == 0, consumed
+        delivery = orjson.loads(consumed[1])
+        await caught_up(client, "billing")
+        got = await cli(target, "subscriptions", "get", "billing", "--json")
+        position = orjson.loads(got[1])["state"]["position"]
+        sought = await cli(target, "subscriptions", "seek", "billing", "--to-cursor", "0")
+        assert (await take(client, "billing", 1)) == [int(delivery["event"]["cursor"])]
+        deleted = await cli(target, "subscriptions", "delete", "billing")
+        missing = await cli(target, "subscriptions", "get", "billing")
+    assert listed[1].splitlines()[1].split()[:2] == ["billing", "9s"]  # under the headers
+    assert (delivery["event"]["account"]["id"], delivery["attempt"]) == ("acct-cli", 1)
+    assert position == delivery["event"]["cursor"]
+    assert (sought[0], deleted[0]) == (0, 0), (sought, deleted)
+    assert missing[0] == 1
+    assert "NOT_FOUND" in missing[2]

@@ -18,6 +18,7 @@ from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.cli.errors import CommandFailed
 from service.cli.output import Output
 from service.cli.reconnect import add_reconnect_command
+from service.cli.subscriptions import add_subscription_commands
 from service.tracing import Tracing, TracingConfigError
 from service.tracing import from_environment as tracing_from_environment
 from stackone_connect_client import (
@@ -299,7 +300,7 @@ async def _run(command: Command, args: argparse.Namespace, out: Output, tracing:
 
 
 def add_client_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    """Adds `sessions`, `accounts` and `events` to the CLI's subcommands."""
+    """Adds `sessions`, `accounts`, `events` and `subscriptions` to the CLI's subcommands."""
     sessions = commands.add_parser("sessions", help="connect sessions").add_subparsers(
         dest="action", required=True
     )
@@ -379,3 +380,4 @@ def add_client_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "the last event it printed (at least once); it wins over --from*",
     )
     watch.set_defaults(command=watch_events)
+    add_subscription_commands(commands, events, common)
