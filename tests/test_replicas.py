@@ -17,10 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.api.v1 import stackone_connect_pb2 as pb
 from service.emulator import EmulatorConfig, build_emulator_app
+from service.events import cursors
 from service.web import listening
 from tests.nats import NatsServer
 from tests.processes import ServeProcess, serve_env, serve_process
-from tests.streams import events_until_caught_up, next_event, subscribed
+from tests.streams import events_until_caught_up, next_event, position, subscribed
 from tests.support import WEBHOOK_SECRET, LogBackend, deliver, eventually, more_sweeps, webhook
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
@@ -249,7 +250,22 @@ async def test_nats_back_without_the_streams_is_recovered_from_by_itself(tmp_pat
             accepted = await deliver(http, after)
             assert accepted.status_code == 200, accepted.text
             event = await next_event(stream, timeout=15)
+            # The streams created again are a new incarnation of the log (issue 32, item
+            # 6): numbered on past every earlier event, under a tag of their own, so a
+            # cursor of the lost streams cannot resume in them.
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async with subscribed(one.grpc_target, after_cursor=first.cursor) as stale:
+                    await next_event(stale)
     finally:
         server.stop()
     assert event.account.id == webhook_account(after)
-    assert int(event.cursor) > int(first.cursor)
+    assert position(event.cursor) > position(first.cursor)
+    assert _tag(event.cursor) != _tag(first.cursor)
+    assert refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
+
+
+def _tag(cursor: str) -> int:
+    """The incarnation a public cursor names."""
+    parsed = cursors.parse(cursor)
+    assert parsed is not None
+    return parsed.tag
