@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 
 from service.emulator import EmulatorConfig, build_emulator_app
+from service.emulator.connectors import CONNECTOR_VERSIONS
 from service.emulator.hub import HUB_VERSION, SESSION_HEADER
 from service.emulator.origins import SAFE_METHODS
 from service.web import listening
@@ -39,6 +40,7 @@ class Emulator:
     attempt_id: str
     integration_id: str
     origin: str
+    profile_id: str
 
 
 async def _session(http: httpx.AsyncClient, **fields: Any) -> str:
@@ -68,6 +70,10 @@ async def emulator() -> AsyncIterator[Emulator]:
         attempt = await http.post("/hub/connection_attempts", headers=hub)
         listed = (await http.get("/hub/connectors", headers=hub)).json()["integrations"]
         bamboohr = next(i for i in listed if i["provider"] == "bamboohr")
+        profile_id = (await http.get("/connector_profiles")).json()["data"][0]["id"]
+        pin = {"pinned_version": CONNECTOR_VERSIONS[0]}  # for the DELETE to have one to remove
+        pinned = await http.put(f"/connector_profiles/{profile_id}/pinned_version", json=pin)
+        assert pinned.status_code == 200, pinned.text
         yield Emulator(
             http,
             account_id,
@@ -77,6 +83,7 @@ async def emulator() -> AsyncIterator[Emulator]:
             attempt_id=attempt.json()["id"],
             integration_id=bamboohr["integration_id"],
             origin=listener.base_url,
+            profile_id=profile_id,
         )
 
 
@@ -96,6 +103,7 @@ async def state(emulator: Emulator) -> dict[str, Any]:
         "requests kept": kept > 0,
         "sessions created": calls.get("POST /connect_sessions"),
         "attempt": attempt.json()["status"],
+        "pin": (await http.get(f"/connector_profiles/{emulator.profile_id}/pinned_version")).json(),
     }
 
 
@@ -153,6 +161,13 @@ REQUESTS: dict[str, Callable[[Emulator], Request]] = {
     ),
     "DELETE /hub/connection_attempts/{attempt_id}": lambda e: (
         "DELETE", f"/hub/connection_attempts/{e.attempt_id}", None, e.hub
+    ),
+    "PUT /connector_profiles/{profile_id}/pinned_version": lambda e: (
+        "PUT", f"/connector_profiles/{e.profile_id}/pinned_version",
+        {"pinned_version": CONNECTOR_VERSIONS[-1]}, _basic(),
+    ),
+    "DELETE /connector_profiles/{profile_id}/pinned_version": lambda e: (
+        "DELETE", f"/connector_profiles/{e.profile_id}/pinned_version", None, _basic()
     ),
 }  # fmt: skip
 
