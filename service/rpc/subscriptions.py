@@ -64,6 +64,7 @@ class SubscriptionRpcs:
         return self._manager
 
     async def _dispatcher(self, name: str, context: Context) -> Dispatcher:
+        _check_name(name, "name")  # before it is quoted in an answer
         manager = await self._managed(context)
         try:
             return manager.get(CALLER.get() or "", name)
@@ -292,14 +293,10 @@ async def _next_delivery(consumer: Consumer, reading: asyncio.Task[None]) -> Any
     return _LEFT
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, field: str = "subscription.name") -> None:
     if not _NAME.fullmatch(name):
         raise validation.InvalidRequest(
-            [
-                validation.FieldViolation(
-                    "subscription.name", "must be 1 to 64 letters, digits, '.', '_' or '-'"
-                )
-            ]
+            [validation.FieldViolation(field, "must be 1 to 64 letters, digits, '.', '_' or '-'")]
         )
 
 
