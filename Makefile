@@ -44,11 +44,11 @@ test: $(STAMP)
 
 # The 10,000-request property-based runs against the real gateway and gRPC server.
 fuzz: $(STAMP)
-	$(BIN)/pytest --fuzz -m fuzz tests/test_webhook_fuzz.py tests/test_grpc_fuzz.py
+	$(BIN)/pytest --fuzz -m fuzz tests/gateway/test_webhook_fuzz.py tests/rpc/test_grpc_fuzz.py
 
 # buf (buf.yaml) guards the proto contract: its lint rules, its format, and no change that
 # breaks a caller of the contract recorded in protos/baseline.binpb. The deployment files
-# are checked offline against bundled schemas (tests/test_deploy.py runs the same three):
+# are checked offline against bundled schemas (tests/repository/test_deploy.py runs the same three):
 # Kubernetes $(KUBERNETES_VERSION) (strict: no unknown field) and the compose specification.
 KUBERNETES_VERSION := 1.37.0
 lint: $(STAMP)
@@ -79,8 +79,9 @@ clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache var
 
 # --- StackOne's own SDK as the contract (tests/sdk) -----------------------------------
-# The pinned @stackone/stackone-client-ts that tests/test_sdk_conformance.py runs with
-# Node against the emulator and the client's recorded requests. `install` and `test` get it.
+# The pinned @stackone/stackone-client-ts that
+# tests/stackone/test_contract_sdk_428_in_node.py runs with Node against the emulator and the
+# client's recorded requests. `install` and `test` get it.
 SDK_DIR := tests/sdk
 SDK_STAMP := $(SDK_DIR)/node_modules/.installed
 
@@ -127,7 +128,7 @@ demo: $(STAMP) $(HUB_JS)
 # ---- The TypeScript client (clients/typescript) -----------------------------------------
 # Its messages and service are generated at install, from the protos, by buf with the
 # protoc-gen-es of package-lock.json (gen/ is not committed), then compiled (and so
-# type-checked) with its tsc; tests/test_typescript_client.py runs its suite.
+# type-checked) with its tsc; tests/client/test_typescript_client.py runs its suite.
 TS_DIR := clients/typescript
 TS_STAMP := $(TS_DIR)/node_modules/.installed
 TS_BUILT := $(TS_DIR)/dist/.built

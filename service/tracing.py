@@ -146,7 +146,7 @@ class Tracing:
         from opentelemetry.instrumentation.grpc.filters import health_check, negate
 
         # The instrumentation attaches the caller's context in this (private) method; a
-        # rename upstream fails tests/test_untrusted_input.py, never silently trusts.
+        # rename upstream fails tests/runtime/test_untrusted_input.py, never silently trusts.
         class TrustingInterceptor(_aio_server.OpenTelemetryAioServerInterceptor):
             @contextmanager
             def _set_remote_context(self, servicer_context: Any) -> Iterator[None]:

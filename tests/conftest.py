@@ -16,8 +16,8 @@ from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.config import ENV_PREFIX
 from service.events.log import EventLog
 from service.runtime import Runtime, running
-from tests.nats import NatsServer
-from tests.support import LogBackend, make_settings
+from tests.harness.nats import NatsServer
+from tests.harness.support import LogBackend, make_settings
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -33,7 +33,7 @@ def ignore_failure(task: str) -> None:
 
 
 # The roles below are what the parts of the service use of a log; each consumer is typed
-# with the role it uses (tests/test_layers.py holds it), so a backend's reach into the
+# with the role it uses (tests/repository/test_layers.py holds it), so a backend's reach into the
 # service is visible, and a part can be given a narrower log.
 
 

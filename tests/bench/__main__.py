@@ -43,7 +43,7 @@ from tests.bench.harness import (
 )
 from tests.bench.ingest_limit import bench_durable_ingest
 from tests.bench.roles import bench_account
-from tests.processes import rss_kib
+from tests.harness.processes import rss_kib
 
 RESULTS = Path("bench-results.json")
 REPLAY_BATCH = 256  # max_events_per_message of the replaying subscriber

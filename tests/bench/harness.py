@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from tests.processes import ServeProcess, serve_env, serve_process
+from tests.harness.processes import ServeProcess, serve_env, serve_process
 
 SERVER_CPU, LOAD_CPU = 0, 1
 SECRET = "bench-webhook-secret"

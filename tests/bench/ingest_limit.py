@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench.harness import SECRET, Role, Row, run_role, serve, server_role
-from tests.nats import NatsServer
+from tests.harness.nats import NatsServer
 
 ACCOUNTS = 1000
 LATENCY = "0.15"  # StackOne's, as in the verified ingest scenario

@@ -1,6 +1,6 @@
 /**
  * Runs the real `stackone-connect serve` (gRPC server, gateway and the bundled StackOne
- * emulator) as a child process on free loopback ports, as tests/processes.py does.
+ * emulator) as a child process on free loopback ports, as tests/harness/processes.py does.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";

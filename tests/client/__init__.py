@@ -1,0 +1,1 @@
+"""Tests of the service's clients: Python, TypeScript and the example app."""

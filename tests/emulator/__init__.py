@@ -1,0 +1,1 @@
+"""Tests of service/emulator: the bundled StackOne emulator."""

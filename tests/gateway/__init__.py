@@ -1,0 +1,1 @@
+"""Tests of gateway/: the webhook door."""

@@ -1,0 +1,1 @@
+"""What the tests share: servers, processes, streams, facts (no tests here)."""

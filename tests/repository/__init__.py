@@ -1,0 +1,1 @@
+"""The repository's own files: docs, deploy/, the import layers, tests' layout."""

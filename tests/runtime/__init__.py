@@ -1,0 +1,1 @@
+"""Tests of service/runtime.py's neighbours: settings, reloading, tracing, retry."""

@@ -1,0 +1,1 @@
+"""Tests of service/stackone (client, budgets, retries) and of StackOne's contract."""

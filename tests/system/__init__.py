@@ -1,0 +1,1 @@
+"""Whole `serve` processes: replicas, browsers, walk-throughs, ratio checks."""
