@@ -3,14 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PROTO_OUT := service/api/v1
+# The contract's generated Python is its own distribution (clients/api, package
+# stackone_connect.v1), which the service and the Python client (clients/python) use.
+API_DIR := clients/api
+CLIENT_DIR := clients/python
+PROTO_OUT := $(API_DIR)/stackone_connect/v1
 
 .PHONY: install proto proto-check run test fuzz lint bench wheel-check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(API_DIR)/pyproject.toml $(CLIENT_DIR)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e $(API_DIR) -e $(CLIENT_DIR) -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,8 +24,9 @@ install: $(STAMP)
 proto: $(STAMP)
 	rm -f $(PROTO_OUT)/*_pb2*.py $(PROTO_OUT)/*_pb2*.pyi
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
-		--python_out=. --mypy_out=. --grpc_python_out=. --mypy_grpc_out=. \
-		protos/service/api/v1/*.proto
+		--python_out=$(API_DIR) --mypy_out=$(API_DIR) \
+		--grpc_python_out=$(API_DIR) --mypy_grpc_out=$(API_DIR) \
+		protos/stackone_connect/v1/*.proto
 
 # Fails when the committed generated code differs from what `make proto` produces.
 proto-check: proto
@@ -65,15 +70,21 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
 
-# What an operator deploys: the wheel built from pyproject.toml, installed alone into a
-# fresh venv outside the repository, serves and answers health (deploy/smoke.py).
+# What an operator deploys: the wheel built from pyproject.toml, installed alone (with the
+# API's and the client's) into a fresh venv outside the repository, serves and answers
+# health (deploy/smoke.py). What a caller installs: the client's wheel with the API's,
+# alone in another fresh venv, holds none of the service's dependencies and calls that
+# serve (deploy/client_smoke.py).
 WHEEL_DIR := var/wheel-check
 wheel-check: $(STAMP)
 	rm -rf $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)
-	$(BIN)/pip wheel --quiet --no-deps --wheel-dir $(WHEEL_DIR)/dist .
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir $(WHEEL_DIR)/dist . $(API_DIR) $(CLIENT_DIR)
 	$(PYTHON) -m venv $(WHEEL_DIR)/venv
 	$(WHEEL_DIR)/venv/bin/pip install --quiet $(WHEEL_DIR)/dist/*.whl
-	cd $(WHEEL_DIR) && venv/bin/python $(CURDIR)/deploy/smoke.py
+	$(PYTHON) -m venv $(WHEEL_DIR)/client-venv
+	$(WHEEL_DIR)/client-venv/bin/pip install --quiet $(WHEEL_DIR)/dist/stackone_connect_api-*.whl \
+		$(WHEEL_DIR)/dist/stackone_connect_client-*.whl
+	cd $(WHEEL_DIR) && venv/bin/python $(CURDIR)/deploy/smoke.py client-venv/bin/python
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache var
@@ -132,7 +143,7 @@ demo: $(STAMP) $(HUB_JS)
 TS_DIR := clients/typescript
 TS_STAMP := $(TS_DIR)/node_modules/.installed
 TS_BUILT := $(TS_DIR)/dist/.built
-TS_SOURCES := $(wildcard protos/service/api/v1/*.proto $(TS_DIR)/proto/google/rpc/*.proto \
+TS_SOURCES := $(wildcard protos/stackone_connect/v1/*.proto $(TS_DIR)/proto/google/rpc/*.proto \
 	$(TS_DIR)/src/*.ts $(TS_DIR)/test/*.ts) $(TS_DIR)/buf.gen.yaml $(TS_DIR)/tsconfig.json
 
 $(TS_STAMP): $(TS_DIR)/package.json $(TS_DIR)/package-lock.json

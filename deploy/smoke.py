@@ -1,7 +1,8 @@
 """Starts `stackone-connect serve` from the environment this runs in (a fresh venv holding
 only the built wheel), waits for it to serve, checks gRPC health and the emulator, and
 stops it with SIGTERM: exit 0 when all of that holds. Standard library and the wheel's own
-dependencies only; `make wheel-check` runs it."""
+dependencies only; `make wheel-check` runs it. Given the python of another venv (the
+client's wheel alone), it has deploy/client_smoke.py call that serve from there first."""
 
 from __future__ import annotations
 
@@ -44,14 +45,14 @@ def main() -> int:
             [script, "serve"], cwd=scratch, env=env, stderr=subprocess.PIPE, text=True
         )
         try:
-            return _check(serve)
+            return _check(serve, sys.argv[1] if len(sys.argv) > 1 else None)
         finally:
             if serve.poll() is None:
                 serve.kill()
                 serve.wait()
 
 
-def _check(serve: subprocess.Popen[str]) -> int:
+def _check(serve: subprocess.Popen[str], client_python: str | None) -> int:
     if serve.stderr is None:
         raise RuntimeError("serve's stderr is not piped")
     ready: dict[str, str] = {}
@@ -77,6 +78,8 @@ def _check(serve: subprocess.Popen[str]) -> int:
             print(f"smoke: /readyz answered {answer.status}", file=sys.stderr)
             return 1
     print(f"smoke: serving (gRPC {ready['grpc_target']}, emulator {emulator_url}), health SERVING")
+    if client_python is not None and not _client_calls(client_python, ready["grpc_target"]):
+        return 1
     serve.send_signal(signal.SIGTERM)
     code = serve.wait(timeout=30)
     if code != 0:
@@ -84,6 +87,20 @@ def _check(serve: subprocess.Popen[str]) -> int:
         return 1
     print("smoke: stopped cleanly on SIGTERM")
     return 0
+
+
+def _client_calls(python: str, target: str) -> bool:
+    """Whether deploy/client_smoke.py, run by `python` (the client's venv), calls `target`."""
+    check = Path(__file__).with_name("client_smoke.py")
+    called = subprocess.run(  # noqa: S603 - our own check, run by the venv we built
+        [python, str(check), target], check=False, timeout=60
+    )
+    if called.returncode != 0:
+        print(
+            f"smoke: the client's wheel did not call serve (exit {called.returncode})",
+            file=sys.stderr,
+        )
+    return called.returncode == 0
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.config import ENV_PREFIX
 from service.events.log import EventLog
 from service.runtime import Runtime, running
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.nats import NatsServer
 from tests.harness.support import LogBackend, make_settings
 

@@ -9,13 +9,13 @@ from typing import Any
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.stackone.models import (
     ConnectionAttempt,
     ConnectorProfile,
     ConnectSession,
     LinkedAccount,
 )
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 _STATUSES = {
     "active": pb.ACCOUNT_STATUS_ACTIVE,

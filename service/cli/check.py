@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import grpc
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.cli import preflight
 from service.cli.commands import _auth, _channel
 from service.config import ENV_PREFIX, Settings
 from service.stackone.client import StackOneClient
 from service.stackone.errors import StackOneError
 from service.stackone.models import AccountListQuery, ConnectSessionCreate
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     Stub = pb_grpc.ConnectServiceAsyncStub

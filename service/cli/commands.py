@@ -13,14 +13,14 @@ import grpc
 import orjson
 
 from service.api.convert import AUTH_LINK_SECONDS
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.cli.errors import CommandFailed
 from service.cli.output import Output
 from service.cli.reconnect import add_reconnect_command
 from service.cli.subscriptions import add_subscription_commands
 from service.tracing import Tracing, TracingConfigError
 from service.tracing import from_environment as tracing_from_environment
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from stackone_connect_client import (
     Client,
     Connection,

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from service.api.convert import AUTH_LINK_SECONDS
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.cli.errors import CommandFailed
 from service.cli.output import Output
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
-    from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+    from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 
 
 class NothingToReconnect(CommandFailed):

@@ -7,13 +7,13 @@ import argparse
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.cli.errors import CommandFailed
 from service.cli.output import Output
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 from stackone_connect_client import Client
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
-    from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+    from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 
     Stub = pb_grpc.ConnectServiceAsyncStub
 

@@ -20,11 +20,11 @@ from typing import Literal
 
 from google.protobuf.message import DecodeError
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.cursors import SEQUENCE_BITS, Cursor
 from service.events.log import Log
 from service.events.model import Bookmark, CursorOutOfRange, EventFilter, StoredEvent
 from service.owners import OwnerScope
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,6 @@ from datetime import UTC, datetime, timedelta
 
 from service.aio import cancel_all
 from service.api.convert import account_message, timestamp
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.log import LogAndRegistry
 from service.events.model import (
     ACCOUNT_DELETED,
@@ -43,6 +42,7 @@ from service.stackone.client import StackOneClient
 from service.stackone.errors import StackOneError, StackOneNotFound, StackOneUnavailable
 from service.stackone.models import AccountListQuery, LinkedAccount
 from service.tracing import OFF, Tracing, current_traceparent
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 _log = logging.getLogger(__name__)
 PAGE_SIZE = 100

@@ -8,8 +8,8 @@ log; these go the other way round: storage knows the messages its records carry.
 from __future__ import annotations
 
 from service.api.convert import timestamp
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.model import EventRecord, EventSource, InboxEntry
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 
 def webhook_event(entry: InboxEntry) -> pb.AccountEvent:

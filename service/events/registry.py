@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 
 from google.protobuf.message import DecodeError
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.cursors import UNTAGGED, Incarnation
 from service.events.model import EventRecord, StoredEvent, deletes_account
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 REGISTRY_PAGE_LIMIT = 1000
 NEWEST = 2**63 - 1

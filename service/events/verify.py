@@ -35,7 +35,6 @@ from opentelemetry.trace import Span
 
 from service.aio import cancel_all
 from service.api.convert import account_message
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.ingest import is_repeat
 from service.events.log import Inbox
 from service.events.model import STATE_TYPES, EventLogUnavailable, EventRecord, InboxEntry
@@ -51,6 +50,7 @@ from service.stackone.errors import (
     StackOneNotFound,
 )
 from service.tracing import OFF, Tracing, current_traceparent, links_to, parent_of
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 _log = logging.getLogger(__name__)
 VERIFIED_TYPES = STATE_TYPES

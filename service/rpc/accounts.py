@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from service.api import convert
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.log import LogAndRegistry
 from service.events.model import NotInRegistry
 from service.events.registry import NEWEST, RegistryPage, RegistryQuery
@@ -20,6 +19,7 @@ from service.owners import OwnerScope
 from service.rpc import owned, page_tokens, validation
 from service.stackone.client import StackOneClient
 from service.stackone.errors import StackOneNotFound
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from service.api.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 CONNECT_SERVICE: ServiceDescriptor = pb.DESCRIPTOR.services_by_name["ConnectService"]
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.log import AccountRegistry
 from service.events.model import EventFilter
 from service.events.registry import (
@@ -29,6 +28,7 @@ from service.rpc.limits import MAX_PAGE_SIZE
 from service.stackone.client import StackOneClient
 from service.stackone.errors import StackOneNotFound
 from service.stackone.models import AccountListQuery, LinkedAccount
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 STACKONE_SCAN_PAGE = MAX_PAGE_SIZE
 """StackOne accounts read at once by a scoped listing that StackOne cannot filter."""

@@ -22,10 +22,10 @@ from typing import TypeAlias, TypeVar
 
 from google.protobuf.message import Message
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.log import RequestRecords
 from service.rpc.audit import CALLER
 from service.rpc.validation import FieldViolation, InvalidRequest
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 _log = logging.getLogger(__name__)
 _FIRST_LOOK = 0.02  # seconds between looks at a claim in flight, doubling

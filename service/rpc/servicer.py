@@ -14,7 +14,6 @@ from typing import Any
 import grpc
 
 from service.api import convert
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.feed import Feed, resolve_start
 from service.events.log import LogAndRegistry, RequestRecords
 from service.events.model import (
@@ -34,6 +33,7 @@ from service.rpc.retryable import RetryableCalls
 from service.rpc.subscriptions import SubscriptionRpcs
 from service.stackone.client import StackOneClient
 from service.subscriptions.manager import SubscriptionManager
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MATCH_ALL = EventFilter()

@@ -9,7 +9,6 @@ project, not to a customer, so every caller holding the scope sees all of them.
 from __future__ import annotations
 
 from service.api import convert
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.owners import OwnerScope
 from service.rpc import page_tokens, validation
 from service.rpc.page_tokens import PageTokens
@@ -17,6 +16,7 @@ from service.rpc.validation import ProfilesPosition
 from service.stackone.client import StackOneClient
 from service.stackone.errors import StackOneNotFound
 from service.stackone.models import ConnectorProfilesPage
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 
 def session_not_found(session_id: int) -> StackOneNotFound:

@@ -12,7 +12,6 @@ from typing import Any, NoReturn
 
 import grpc
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.feed import resolve_start
 from service.events.log import Log
 from service.events.subscriptions import (
@@ -27,6 +26,7 @@ from service.rpc.audit import CALLER
 from service.rpc.wire import event_payload
 from service.subscriptions.dispatcher import Consumer, Dispatcher, State
 from service.subscriptions.manager import SubscriptionManager
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")

@@ -21,7 +21,6 @@ from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError, Message
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events import cursors
 from service.events.feed import StartPosition
 from service.events.model import ACCOUNT_EVENT_TYPE, EventFilter
@@ -48,6 +47,7 @@ from service.rpc.limits import (
 )
 from service.stackone.client import MAX_REQUEST_TARGET_BYTES, list_target_bytes
 from service.stackone.models import AccountListQuery, ConnectorProfileQuery, ConnectSessionCreate
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 # StackOne's own lists, as its SDK (@stackone/stackone-client-ts 4.34) defines them.
 CATEGORIES = frozenset(

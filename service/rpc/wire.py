@@ -15,12 +15,12 @@ from typing import Generic, TypeVar
 
 from google.protobuf.descriptor import Descriptor
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.cursors import UNTAGGED, Incarnation
 from service.events.feed import Restated
 from service.events.model import StoredEvent
 from service.events.registry import RegisteredAccount
 from service.rpc.limits import MAX_BATCH_BYTES
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 FRAME_CACHE_BYTES = 8 << 20
 """Bytes of encoded events kept for reuse: the newest ones, which the streams that keep up

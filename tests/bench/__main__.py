@@ -24,12 +24,12 @@ from typing import Any
 import httpx
 import orjson
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.config import Settings
 from service.events.reconcile import PAGE_SIZE
 from service.events.records import event_record
 from service.events.sqlite import SqliteEventLog, SqliteOptions
 from service.stackone.budget import RateBudget
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 from tests.bench.harness import (
     LOAD_CPU,
     SECRET,

@@ -30,8 +30,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from gateway.signature import sign
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EMULATOR_STATE, EmulatorConfig, build_emulator_app
 from service.emulator.accounts import new_account
 from service.emulator.bodies import AccountSpec
@@ -39,6 +37,8 @@ from service.emulator.state import iso
 from service.events.model import StoredEvent
 from service.events.registry import RegisteredAccount
 from service.rpc import wire
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from stackone_connect_client import Client
 from tests.bench import durable, h2streams
 

@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from service.api.convert import AUTH_LINK_SECONDS
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.emulator.accounts import DEFAULT_REASONS
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 from tests.harness.console import cli
 from tests.harness.registries import Registry, registry_service
 from tests.harness.streams import attached, next_event

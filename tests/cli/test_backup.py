@@ -15,9 +15,9 @@ import httpx
 import orjson
 import pytest
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events import cursors
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.processes import serve_env, serve_process
 from tests.harness.streams import replay_all
 from tests.harness.support import WEBHOOK_SECRET, deliver, eventually, webhook

@@ -16,8 +16,8 @@ import httpx
 import orjson
 import pytest
 
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.runtime import Runtime, running
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.console import CLI, cli
 from tests.harness.processes import lines_until, run_to_end, serve_env
 from tests.harness.registries import Registry, registry_service

@@ -22,8 +22,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from examples.web.app import Config, build_app
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.runtime import running
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 from stackone_connect_client import (
     Client,
     FileCursorStore,

@@ -12,12 +12,12 @@ import pytest
 import pytest_asyncio
 from google.protobuf.empty_pb2 import Empty
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EMULATOR_STATE, EmulatorConfig, build_emulator_app
 from service.emulator.hub import HUB_VERSION, SESSION_HEADER
 from service.runtime import Runtime
 from service.web import listening
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.streams import attached, next_event
 
 pytestmark = pytest.mark.asyncio

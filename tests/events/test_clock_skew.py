@@ -13,10 +13,10 @@ import orjson
 import pytest
 from google.protobuf.empty_pb2 import Empty
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events.model import InboxEntry, Webhook
 from service.runtime import Runtime, running
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.streams import next_event
 from tests.harness.support import LogBackend, deliver, make_settings, webhook
 

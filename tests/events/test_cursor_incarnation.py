@@ -18,9 +18,9 @@ import nats
 import orjson
 import pytest
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events import cursors
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.nats import NatsServer
 from tests.harness.processes import ServeProcess, run_to_end, serve_env, serve_process
 from tests.harness.streams import attached, next_event, subscribed

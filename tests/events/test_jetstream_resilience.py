@@ -22,9 +22,9 @@ import nats
 import pytest
 from google.protobuf.empty_pb2 import Empty
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.jetstream import JetStreamEventLog, JetStreamOptions
 from service.events.model import Accepted, EventLogUnavailable, EventRecord, InboxEntry, Webhook
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 from tests.harness.nats import NatsProxy, NatsServer
 from tests.harness.processes import serve_env, serve_process
 from tests.harness.streams import StreamCall, events_covering, next_item, subscribed

@@ -8,12 +8,12 @@ import asyncio
 import grpc
 import pytest
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events.model import EventFilter, StoredEvent
 from service.events.tail import Watermark
 from service.rpc import wire
 from service.runtime import Runtime
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.records import padded_record
 from tests.harness.streams import attached, next_item
 

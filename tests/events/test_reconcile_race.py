@@ -10,11 +10,11 @@ import grpc
 import httpx
 import pytest
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator.accounts import new_account
 from service.emulator.bodies import AccountSpec
 from service.events.reconcile import PAGE_SIZE
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.registries import Registry, registry_service
 from tests.harness.streams import replay_all
 from tests.harness.support import LogBackend, eventually, metric

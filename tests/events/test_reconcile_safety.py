@@ -9,13 +9,13 @@ import httpx
 import orjson
 import pytest
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EMULATOR_STATE
 from service.emulator.accounts import new_account
 from service.emulator.bodies import AccountSpec
 from service.events.reconcile import PAGE_SIZE, PAGES_IN_FLIGHT
 from service.runtime import Runtime, running
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.streams import replay_all
 from tests.harness.support import LogBackend, eventually, make_settings, metric, more_sweeps
 

@@ -17,8 +17,8 @@ import pytest
 from google.protobuf.empty_pb2 import Empty
 from grpc_health.v1 import health_pb2
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.registry import RegistryQuery
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 from tests.harness.processes import serve_env, serve_process
 from tests.harness.registries import Registry, registry_service
 from tests.harness.streams import StreamCall, next_item, subscribed

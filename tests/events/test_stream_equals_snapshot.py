@@ -22,9 +22,9 @@ import orjson
 import pytest
 from google.protobuf.empty_pb2 import Empty
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.runtime import running
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from stackone_connect_client import AccountView, SnapshotEnd
 from tests.harness.registries import Registry
 from tests.harness.streams import StreamCall, position

@@ -14,9 +14,9 @@ import pytest
 from google.protobuf.empty_pb2 import Empty
 from google.rpc import error_details_pb2
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.runtime import Runtime, running
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.processes import ServeProcess, serve_env, serve_process
 from tests.harness.registries import registry_service
 from tests.harness.streams import (

@@ -21,13 +21,13 @@ import pytest_asyncio
 from google.protobuf.empty_pb2 import Empty
 
 from gateway.webhook import PARSES
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EMULATOR_STATE, EmulatorConfig, build_emulator_app
 from service.events.model import InboxEntry, Webhook
 from service.events.sqlite import SqliteEventLog
 from service.runtime import running
 from service.web import listening
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.processes import serve_env, serve_process
 from tests.harness.streams import (
     StreamCall,

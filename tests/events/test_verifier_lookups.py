@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.verify import LOOKUP_ATTEMPTS
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 from tests.harness.streams import events_covering, subscribed
 from tests.harness.support import LogBackend
 from tests.harness.verification import running_harness, webhook

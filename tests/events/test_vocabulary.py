@@ -11,10 +11,10 @@ import orjson
 import pytest
 
 from gateway.webhook import InvalidWebhook, parse_webhook
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.model import AccountEventType, EventSource
 from service.events.records import event_source
 from service.rpc.validation import InvalidRequest, stream_request
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 _LITERAL = re.compile(r"""["']account\.(created|updated|deleted)["']""")

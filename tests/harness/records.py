@@ -6,8 +6,8 @@ import time
 
 import orjson
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.model import EventRecord, InboxEntry, Webhook
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 
 def record(n: int, *, provider: str = "hibob", type_: str = "account.created") -> EventRecord:

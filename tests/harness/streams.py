@@ -10,9 +10,9 @@ from typing import Any
 import grpc
 from google.protobuf.empty_pb2 import Empty
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events import cursors
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 
 StreamCall = grpc.aio.UnaryStreamCall[Any, pb.StreamAccountEventsResponse]
 

@@ -19,12 +19,12 @@ from grpc_status import rpc_status
 
 from gateway.app import WEBHOOK_PATH
 from gateway.signature import sign
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.config import ENV_PREFIX, Settings
 from service.events.backends import open_event_log
 from service.events.log import EventLog
 from service.events.tail import DEFAULT_TAIL_BYTES
 from service.runtime import event_log_options
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 WEBHOOK_SECRET = "whsec-test-secret"
 _numbers = itertools.count()

@@ -24,12 +24,12 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.secrets import read_secrets
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.cli.main import build_parser
 from service.config import ENV_PREFIX, Settings, split_address
 from service.rpc.auth import parse_clients
 from service.runtime import running
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.nats import NATS_SERVER
 
 REPOSITORY = Path(__file__).resolve().parents[2]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).parents[2]
 PACKAGES = ("service", "gateway", "stackone_connect_client")
+# The folder a package sits in when not the repository's: the client is its own distribution.
+ROOTS = {"stackone_connect_client": REPOSITORY / "clients" / "python"}
 # The modules that assemble the parts (the lifecycle owner and the console script): the
 # only ones of `service` that may reach up to the gateway.
 COMPOSITION_ROOTS = ("service.runtime", "service.cli")
@@ -31,7 +33,8 @@ class Import:
 
 
 def _module_name(path: Path) -> str:
-    parts = path.relative_to(REPOSITORY).with_suffix("").parts
+    root = next((root for root in ROOTS.values() if path.is_relative_to(root)), REPOSITORY)
+    parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -40,7 +43,7 @@ def _modules() -> dict[str, Path]:
     return {
         _module_name(path): path
         for package in PACKAGES
-        for path in sorted((REPOSITORY / package).rglob("*.py"))
+        for path in sorted((ROOTS.get(package, REPOSITORY) / package).rglob("*.py"))
     }
 
 
@@ -110,6 +113,13 @@ def test_the_walk_sees_imports_in_functions_and_under_type_checking() -> None:
     named = [target for node in nodes for target in _targets("service.events.example", path, node)]
     assert named == ["typing", "service.config", "service.events.backends"]
     assert len(IMPORTS) > 100, "the walk found too few of our imports"
+
+
+def test_the_python_client_imports_nothing_of_the_service() -> None:
+    """`stackone_connect_client` (its own distribution, clients/python) imports neither
+    `service` nor `gateway`: only itself and the contract's generated `stackone_connect`."""
+    offending = _offending(("stackone_connect_client",), ("service", "gateway"))
+    assert not offending, "\n".join(offending)
 
 
 def test_storage_knows_nothing_above_it() -> None:

@@ -10,7 +10,6 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.emulator import EmulatorConfig, build_emulator_app
 from service.events.log import EventLog
 from service.events.model import NotInRegistry
@@ -20,6 +19,7 @@ from service.rpc.accounts import AccountsReadModel
 from service.stackone.client import StackOneClient
 from service.stackone.errors import StackOneNotFound
 from service.web import listening
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 pytestmark = pytest.mark.asyncio
 BACKENDS = ["sqlite", "jetstream"]

@@ -13,10 +13,10 @@ import httpx
 import orjson
 import pytest
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.rpc.audit import AuditFile
 from service.runtime import running
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.processes import serve_env, serve_process
 from tests.harness.refusals import PREFIX, refusal
 from tests.harness.support import WEBHOOK_SECRET, make_settings

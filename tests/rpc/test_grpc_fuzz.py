@@ -30,11 +30,11 @@ from google.protobuf.empty_pb2 import Empty
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.metrics import LOOP_LAG_TICK
 from service.rpc.methods import CONNECT_METHODS
 from service.rpc.server import SERVICE_NAME
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.processes import ServeProcess, serve_env, serve_process
 from tests.harness.support import in_a_thread, loop_lag_counts, trailer_bytes
 

@@ -18,8 +18,6 @@ from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events.model import EventRecord
 from service.rpc import limits
 from service.rpc.methods import CONNECT_METHODS
@@ -27,6 +25,8 @@ from service.rpc.server import SERVICE_NAME
 from service.runtime import Runtime
 from service.stackone.client import MAX_REQUEST_TARGET_BYTES, list_target_bytes
 from service.stackone.models import AccountListQuery
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.processes import serve_env, serve_process
 from tests.harness.streams import next_item
 from tests.harness.support import WEBHOOK_SECRET, loop_lag_counts, trailer_bytes

@@ -20,9 +20,9 @@ import httpx
 import orjson
 import pytest
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.runtime import running
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.registries import Registry
 from tests.harness.support import LogBackend, make_settings, metric
 

@@ -16,8 +16,6 @@ import orjson
 import pytest
 from google.protobuf.empty_pb2 import Empty
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events.records import event_record
 from service.events.registry import RegistryQuery
 from service.events.sqlite import SqliteEventLog, SqliteOptions
@@ -27,6 +25,8 @@ from service.rpc.owned import OwnedAccounts
 from service.rpc.server import SERVICE_NAME
 from service.runtime import running
 from service.stackone.client import StackOneClient
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.certificates import Certificates, client_certificate, make_certificates
 from tests.harness.registries import Registry
 from tests.harness.streams import StreamCall, next_item

@@ -16,12 +16,12 @@ import httpx
 import orjson
 import pytest
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EMULATOR_STATE, EmulatorConfig, build_emulator_app
 from service.emulator.state import EmulatorState
 from service.runtime import Runtime, running
 from service.web import listening
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from stackone_connect_client import Client
 from tests.harness.nats import NatsServer
 from tests.harness.replicas import replicas

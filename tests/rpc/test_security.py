@@ -13,9 +13,9 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.runtime import Runtime, running
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.certificates import Certificates, make_certificates
 from tests.harness.support import eventually, make_settings
 from tests.harness.tls_services import ADMIN, READER, tls_service, write_clients

@@ -13,11 +13,11 @@ import pytest
 from aiohttp import web
 from google.rpc import error_details_pb2
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EmulatorConfig, build_emulator_app
 from service.runtime import running
 from service.web import listening
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.support import details_of, make_settings
 
 pytestmark = pytest.mark.asyncio

@@ -15,9 +15,9 @@ import pytest
 from google.protobuf.empty_pb2 import Empty
 from google.rpc import error_details_pb2
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.runtime import Runtime, running
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.streams import StreamCall, attached, next_event
 from tests.harness.support import deliver, details_of, eventually, make_settings, metric, webhook
 

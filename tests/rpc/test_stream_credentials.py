@@ -21,10 +21,10 @@ import orjson
 import pytest
 from google.protobuf.empty_pb2 import Empty
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.reloading import RELOAD_EVERY
 from service.runtime import running
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.certificates import Certificates, client_certificate, make_certificates
 from tests.harness.files import replace
 from tests.harness.registries import EmulatedStackOne

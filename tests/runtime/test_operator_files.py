@@ -15,9 +15,9 @@ import orjson
 import pytest
 
 from gateway.app import WEBHOOK_PATH
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.runtime import running
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.certificates import make_certificates
 from tests.harness.refusals import PREFIX, refusal
 from tests.harness.support import (

@@ -25,8 +25,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from examples.web.app import Config, build_app
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EMULATOR_STATE
 from service.emulator.accounts import new_account
 from service.emulator.bodies import AccountSpec
@@ -35,6 +33,8 @@ from service.events.sqlite import SqliteEventLog, SqliteOptions
 from service.logs import JsonFormatter
 from service.runtime import Runtime, running
 from service.tracing import TracingConfigError, from_environment, span_context_of, with_processors
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.otlp import (
     CLIENT,
     SERVER,

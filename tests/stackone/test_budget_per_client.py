@@ -13,11 +13,11 @@ import orjson
 import pytest
 from google.rpc import error_details_pb2
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.runtime import running
 from service.stackone.budget import CALLER_SHARE, ClientShare, Priority, RateBudget
 from service.stackone.errors import BudgetExhausted, ClientBudgetExhausted
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.support import details_of, make_settings, metric
 
 pytestmark = pytest.mark.asyncio

@@ -13,10 +13,10 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator.connectors import PROFILES
 from service.runtime import Runtime, running
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness import stackone_2026_06 as facts
 from tests.harness.support import make_settings
 

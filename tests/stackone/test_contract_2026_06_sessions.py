@@ -21,10 +21,10 @@ import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator.hub import HUB_VERSION, SESSION_HEADER
 from service.runtime import Runtime, running
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness import stackone_2026_06 as facts
 from tests.harness.processes import run_to_end
 from tests.harness.registries import Registry, registry_service

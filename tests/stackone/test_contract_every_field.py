@@ -15,9 +15,9 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 from google.rpc import error_details_pb2
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.rpc.validation import CATEGORIES
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.stackone_434 import CATEGORIES as SDK_CATEGORIES
 from tests.harness.streams import StreamCall, attached, next_event
 from tests.harness.support import details_of, every_field_session

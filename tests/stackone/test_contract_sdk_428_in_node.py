@@ -18,14 +18,14 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EmulatorConfig, build_emulator_app
 from service.emulator.state import SDK_428_SHAPES
 from service.rpc.validation import CATEGORIES
 from service.runtime import Runtime
 from service.stackone.client import StackOneClient
 from service.web import ListeningApp, listening
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.processes import run_to_end
 from tests.harness.support import every_field_session
 

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.emulator.state import SDK_428_SHAPES, SDK_434_SHAPES
 from service.stackone.client import StackOneClient
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 from tests.harness import stackone_434, stackone_2026_06
 from tests.harness.registries import Registry, registry_service
 from tests.harness.streams import attached, next_event

@@ -19,8 +19,6 @@ import pytest
 import pytest_asyncio
 from google.rpc import code_pb2, error_details_pb2
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.emulator import EmulatorConfig, build_emulator_app
 from service.events.reconcile import all_accounts
 from service.metrics import Metrics
@@ -30,6 +28,8 @@ from service.stackone.budget import Priority, RateBudget
 from service.stackone.client import StackOneClient
 from service.stackone.errors import BudgetExhausted
 from service.web import listening
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.support import details_of, make_settings
 
 pytestmark = pytest.mark.asyncio

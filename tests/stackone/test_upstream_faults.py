@@ -12,8 +12,8 @@ import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.support import details_of
 
 pytestmark = pytest.mark.asyncio

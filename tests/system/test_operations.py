@@ -16,10 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.app import WEBHOOK_PATH
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.rpc.server import SERVICE_NAME
 from service.runtime import Runtime, running
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.processes import serve_env, serve_process
 from tests.harness.streams import StreamCall, attached, next_event
 from tests.harness.support import WEBHOOK_SECRET, eventually, make_settings, metric, signed_headers

@@ -23,8 +23,6 @@ import pytest
 import stamina
 from aiohttp import web
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.events import verify
 from service.events.cursors import UNTAGGED, Incarnation
 from service.events.feed import Feed
@@ -41,6 +39,8 @@ from service.runtime import Runtime
 from service.stackone.client import StackOneClient
 from service.stackone.models import ConnectSessionCreate
 from service.web import listening
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.processes import serve_env, serve_process
 from tests.harness.records import record, webhook_entry
 from tests.harness.stackone_answers import SESSION

@@ -12,10 +12,10 @@ import pytest
 from google.protobuf.empty_pb2 import Empty
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.emulator import EmulatorConfig, build_emulator_app
 from service.events import cursors
 from service.web import listening
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 from tests.harness.nats import NatsServer
 from tests.harness.processes import ServeProcess
 from tests.harness.replicas import replicas

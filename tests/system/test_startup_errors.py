@@ -16,9 +16,9 @@ import httpx
 import orjson
 import pytest
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
 from service.rpc.auth import InvalidClientsFile, parse_clients
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from tests.harness.certificates import Certificates, make_certificates
 from tests.harness.processes import SERVE, serve_env, serve_process
 from tests.harness.refusals import PREFIX, refusal

@@ -24,7 +24,7 @@ import {
   type Account,
   type CreateSessionRequestSchema,
   type DeleteAccountRequestSchema,
-} from "../gen/service/api/v1/stackone_connect_pb.js";
+} from "../gen/stackone_connect/v1/stackone_connect_pb.js";
 
 /** Every RPC of the service as a method: `client.createSession({...})`, and so on. */
 export type ConnectServiceClient = Client<typeof ConnectService>;

@@ -11,7 +11,7 @@
  * owner or provider, or an owner the caller does not act for) `leavesFilter`, and the
  * view drops that account, as it drops a deleted one.
  */
-import type { Account, AccountEvent } from "../gen/service/api/v1/stackone_connect_pb.js";
+import type { Account, AccountEvent } from "../gen/stackone_connect/v1/stackone_connect_pb.js";
 import type { WatchItem } from "./watch.js";
 
 /** True when, after `event`, the account is no longer in the stream's view. */

@@ -30,7 +30,7 @@ import {
   type AccountEvent,
   type StreamAccountEventsRequest,
   type StreamAccountEventsResponse,
-} from "../gen/service/api/v1/stackone_connect_pb.js";
+} from "../gen/stackone_connect/v1/stackone_connect_pb.js";
 import type { ConnectServiceClient } from "./client.js";
 
 /** Where a watch with no saved cursor starts. */

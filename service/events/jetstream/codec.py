@@ -16,7 +16,6 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js.api import RawStreamMsg
 
-from service.api.v1 import stackone_connect_pb2 as pb
 from service.events.model import (
     EventRecord,
     InboxEntry,
@@ -27,6 +26,7 @@ from service.events.model import (
 )
 from service.events.records import event_source
 from service.events.registry import RegisteredAccount, registered
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 
 EVENT_HEADER = "Sc-Event"  # our index columns, as JSON, so reads need not parse the body
 INBOX_HEADER = "Sc-Inbox"

@@ -17,8 +17,8 @@ from typing import Any
 
 from grpc.aio import EOF  # type: ignore[attr-defined]  # the stubs lack it
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 
 _log = logging.getLogger(__name__)
 _EOF: Any = EOF  # what `read()` returns once the server ended the stream

@@ -4,8 +4,9 @@ isort:skip_file
 The stackone-connect API: connect sessions, linked accounts and the account event
 stream, served over gRPC to a company's internal services.
 
-The file lives at service/api/v1/ under the protos/ root so that the generated Python
-imports as `service.api.v1.stackone_connect_pb2` with no path tricks.
+The file lives in its package's directory under the protos/ root, so the generated
+Python imports as `stackone_connect.v1.stackone_connect_pb2` with no path tricks (the
+stackone-connect-api distribution, clients/api/).
 """
 
 from collections import abc as _abc

@@ -19,7 +19,7 @@ one whose event says it `leaves_filter` (it moved to another owner or provider),
 removed.
 """
 
-from service.api.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 from stackone_connect_client.client import AccountListing, Client
 from stackone_connect_client.connection import Connection
 from stackone_connect_client.consume import Consumption, Delivery

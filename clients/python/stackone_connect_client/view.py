@@ -13,7 +13,7 @@ filters (a new owner or provider, or an owner the caller does not act for)
 
 from __future__ import annotations
 
-from service.api.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2 as pb
 from stackone_connect_client.watch import Resynced, SnapshotEnd, WatchItem
 
 DELETED = "account.deleted"

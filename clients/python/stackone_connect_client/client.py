@@ -11,8 +11,8 @@ from typing import Any, Self, TypeVar
 
 import grpc
 
-from service.api.v1 import stackone_connect_pb2 as pb
-from service.api.v1 import stackone_connect_pb2_grpc as pb_grpc
+from stackone_connect.v1 import stackone_connect_pb2 as pb
+from stackone_connect.v1 import stackone_connect_pb2_grpc as pb_grpc
 from stackone_connect_client.connection import Connection
 from stackone_connect_client.consume import Consumption
 from stackone_connect_client.cursors import CursorStore

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from service.api.v1 import stackone_connect_pb2 as service_dot_api_dot_v1_dot_stackone__connect__pb2
+from stackone_connect.v1 import stackone_connect_pb2 as stackone__connect_dot_v1_dot_stackone__connect__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in service/api/v1/stackone_connect_pb2_grpc.py depends on'
+        + ' but the generated code in stackone_connect/v1/stackone_connect_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,73 +38,73 @@ class ConnectServiceStub:
         """
         self.CreateSession = channel.unary_unary(
                 '/stackone_connect.v1.ConnectService/CreateSession',
-                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.CreateSessionRequest.SerializeToString,
-                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.Session.FromString,
+                request_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.CreateSessionRequest.SerializeToString,
+                response_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.Session.FromString,
                 _registered_method=True)
         self.GetAccount = channel.unary_unary(
                 '/stackone_connect.v1.ConnectService/GetAccount',
-                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetAccountRequest.SerializeToString,
-                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.Account.FromString,
+                request_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.GetAccountRequest.SerializeToString,
+                response_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.Account.FromString,
                 _registered_method=True)
         self.ListAccounts = channel.unary_unary(
                 '/stackone_connect.v1.ConnectService/ListAccounts',
-                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListAccountsRequest.SerializeToString,
-                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListAccountsResponse.FromString,
+                request_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ListAccountsRequest.SerializeToString,
+                response_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ListAccountsResponse.FromString,
                 _registered_method=True)
         self.DeleteAccount = channel.unary_unary(
                 '/stackone_connect.v1.ConnectService/DeleteAccount',
-                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.DeleteAccountRequest.SerializeToString,
-                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.Account.FromString,
+                request_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.DeleteAccountRequest.SerializeToString,
+                response_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.Account.FromString,
                 _registered_method=True)
         self.StreamAccountEvents = channel.unary_stream(
                 '/stackone_connect.v1.ConnectService/StreamAccountEvents',
-                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsRequest.SerializeToString,
-                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsResponse.FromString,
+                request_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsRequest.SerializeToString,
+                response_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsResponse.FromString,
                 _registered_method=True)
         self.GetSession = channel.unary_unary(
                 '/stackone_connect.v1.ConnectService/GetSession',
-                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSessionRequest.SerializeToString,
-                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSessionResponse.FromString,
+                request_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.GetSessionRequest.SerializeToString,
+                response_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.GetSessionResponse.FromString,
                 _registered_method=True)
         self.ListConnectorProfiles = channel.unary_unary(
                 '/stackone_connect.v1.ConnectService/ListConnectorProfiles',
-                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesRequest.SerializeToString,
-                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesResponse.FromString,
+                request_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesRequest.SerializeToString,
+                response_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesResponse.FromString,
                 _registered_method=True)
         self.CreateSubscription = channel.unary_unary(
                 '/stackone_connect.v1.ConnectService/CreateSubscription',
-                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionRequest.SerializeToString,
-                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionResponse.FromString,
+                request_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionRequest.SerializeToString,
+                response_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionResponse.FromString,
                 _registered_method=True)
         self.GetSubscription = channel.unary_unary(
                 '/stackone_connect.v1.ConnectService/GetSubscription',
-                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSubscriptionRequest.SerializeToString,
-                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSubscriptionResponse.FromString,
+                request_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.GetSubscriptionRequest.SerializeToString,
+                response_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.GetSubscriptionResponse.FromString,
                 _registered_method=True)
         self.ListSubscriptions = channel.unary_unary(
                 '/stackone_connect.v1.ConnectService/ListSubscriptions',
-                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsRequest.SerializeToString,
-                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsResponse.FromString,
+                request_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsRequest.SerializeToString,
+                response_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsResponse.FromString,
                 _registered_method=True)
         self.UpdateSubscription = channel.unary_unary(
                 '/stackone_connect.v1.ConnectService/UpdateSubscription',
-                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionRequest.SerializeToString,
-                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionResponse.FromString,
+                request_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionRequest.SerializeToString,
+                response_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionResponse.FromString,
                 _registered_method=True)
         self.DeleteSubscription = channel.unary_unary(
                 '/stackone_connect.v1.ConnectService/DeleteSubscription',
-                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionRequest.SerializeToString,
-                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionResponse.FromString,
+                request_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionRequest.SerializeToString,
+                response_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionResponse.FromString,
                 _registered_method=True)
         self.SeekSubscription = channel.unary_unary(
                 '/stackone_connect.v1.ConnectService/SeekSubscription',
-                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionRequest.SerializeToString,
-                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionResponse.FromString,
+                request_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionRequest.SerializeToString,
+                response_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionResponse.FromString,
                 _registered_method=True)
         self.ConsumeSubscription = channel.stream_stream(
                 '/stackone_connect.v1.ConnectService/ConsumeSubscription',
-                request_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionRequest.SerializeToString,
-                response_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionResponse.FromString,
+                request_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionRequest.SerializeToString,
+                response_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionResponse.FromString,
                 _registered_method=True)
 
 
@@ -236,73 +236,73 @@ def add_ConnectServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateSession': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSession,
-                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.CreateSessionRequest.FromString,
-                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.Session.SerializeToString,
+                    request_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.CreateSessionRequest.FromString,
+                    response_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.Session.SerializeToString,
             ),
             'GetAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAccount,
-                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetAccountRequest.FromString,
-                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.Account.SerializeToString,
+                    request_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.GetAccountRequest.FromString,
+                    response_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.Account.SerializeToString,
             ),
             'ListAccounts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAccounts,
-                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListAccountsRequest.FromString,
-                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListAccountsResponse.SerializeToString,
+                    request_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ListAccountsRequest.FromString,
+                    response_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ListAccountsResponse.SerializeToString,
             ),
             'DeleteAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteAccount,
-                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.DeleteAccountRequest.FromString,
-                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.Account.SerializeToString,
+                    request_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.DeleteAccountRequest.FromString,
+                    response_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.Account.SerializeToString,
             ),
             'StreamAccountEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamAccountEvents,
-                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsRequest.FromString,
-                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsResponse.SerializeToString,
+                    request_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsRequest.FromString,
+                    response_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsResponse.SerializeToString,
             ),
             'GetSession': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSession,
-                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSessionRequest.FromString,
-                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSessionResponse.SerializeToString,
+                    request_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.GetSessionRequest.FromString,
+                    response_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.GetSessionResponse.SerializeToString,
             ),
             'ListConnectorProfiles': grpc.unary_unary_rpc_method_handler(
                     servicer.ListConnectorProfiles,
-                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesRequest.FromString,
-                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesResponse.SerializeToString,
+                    request_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesRequest.FromString,
+                    response_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesResponse.SerializeToString,
             ),
             'CreateSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSubscription,
-                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionRequest.FromString,
-                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionResponse.SerializeToString,
+                    request_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionRequest.FromString,
+                    response_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionResponse.SerializeToString,
             ),
             'GetSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSubscription,
-                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSubscriptionRequest.FromString,
-                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSubscriptionResponse.SerializeToString,
+                    request_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.GetSubscriptionRequest.FromString,
+                    response_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.GetSubscriptionResponse.SerializeToString,
             ),
             'ListSubscriptions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSubscriptions,
-                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsRequest.FromString,
-                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsResponse.SerializeToString,
+                    request_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsRequest.FromString,
+                    response_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsResponse.SerializeToString,
             ),
             'UpdateSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateSubscription,
-                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionRequest.FromString,
-                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionResponse.SerializeToString,
+                    request_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionRequest.FromString,
+                    response_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionResponse.SerializeToString,
             ),
             'DeleteSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteSubscription,
-                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionRequest.FromString,
-                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionResponse.SerializeToString,
+                    request_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionRequest.FromString,
+                    response_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionResponse.SerializeToString,
             ),
             'SeekSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.SeekSubscription,
-                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionRequest.FromString,
-                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionResponse.SerializeToString,
+                    request_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionRequest.FromString,
+                    response_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionResponse.SerializeToString,
             ),
             'ConsumeSubscription': grpc.stream_stream_rpc_method_handler(
                     servicer.ConsumeSubscription,
-                    request_deserializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionRequest.FromString,
-                    response_serializer=service_dot_api_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionResponse.SerializeToString,
+                    request_deserializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionRequest.FromString,
+                    response_serializer=stackone__connect_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -332,8 +332,8 @@ class ConnectService:
             request,
             target,
             '/stackone_connect.v1.ConnectService/CreateSession',
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.CreateSessionRequest.SerializeToString,
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.Session.FromString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.CreateSessionRequest.SerializeToString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.Session.FromString,
             options,
             channel_credentials,
             insecure,
@@ -359,8 +359,8 @@ class ConnectService:
             request,
             target,
             '/stackone_connect.v1.ConnectService/GetAccount',
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.GetAccountRequest.SerializeToString,
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.Account.FromString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.GetAccountRequest.SerializeToString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.Account.FromString,
             options,
             channel_credentials,
             insecure,
@@ -386,8 +386,8 @@ class ConnectService:
             request,
             target,
             '/stackone_connect.v1.ConnectService/ListAccounts',
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.ListAccountsRequest.SerializeToString,
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.ListAccountsResponse.FromString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.ListAccountsRequest.SerializeToString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.ListAccountsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -413,8 +413,8 @@ class ConnectService:
             request,
             target,
             '/stackone_connect.v1.ConnectService/DeleteAccount',
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.DeleteAccountRequest.SerializeToString,
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.Account.FromString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.DeleteAccountRequest.SerializeToString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.Account.FromString,
             options,
             channel_credentials,
             insecure,
@@ -440,8 +440,8 @@ class ConnectService:
             request,
             target,
             '/stackone_connect.v1.ConnectService/StreamAccountEvents',
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsRequest.SerializeToString,
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsResponse.FromString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsRequest.SerializeToString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.StreamAccountEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -467,8 +467,8 @@ class ConnectService:
             request,
             target,
             '/stackone_connect.v1.ConnectService/GetSession',
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSessionRequest.SerializeToString,
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSessionResponse.FromString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.GetSessionRequest.SerializeToString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.GetSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -494,8 +494,8 @@ class ConnectService:
             request,
             target,
             '/stackone_connect.v1.ConnectService/ListConnectorProfiles',
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesRequest.SerializeToString,
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesResponse.FromString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesRequest.SerializeToString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.ListConnectorProfilesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -521,8 +521,8 @@ class ConnectService:
             request,
             target,
             '/stackone_connect.v1.ConnectService/CreateSubscription',
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionRequest.SerializeToString,
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionResponse.FromString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionRequest.SerializeToString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.CreateSubscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -548,8 +548,8 @@ class ConnectService:
             request,
             target,
             '/stackone_connect.v1.ConnectService/GetSubscription',
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSubscriptionRequest.SerializeToString,
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.GetSubscriptionResponse.FromString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.GetSubscriptionRequest.SerializeToString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.GetSubscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -575,8 +575,8 @@ class ConnectService:
             request,
             target,
             '/stackone_connect.v1.ConnectService/ListSubscriptions',
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsRequest.SerializeToString,
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsResponse.FromString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsRequest.SerializeToString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.ListSubscriptionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -602,8 +602,8 @@ class ConnectService:
             request,
             target,
             '/stackone_connect.v1.ConnectService/UpdateSubscription',
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionRequest.SerializeToString,
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionResponse.FromString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionRequest.SerializeToString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.UpdateSubscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -629,8 +629,8 @@ class ConnectService:
             request,
             target,
             '/stackone_connect.v1.ConnectService/DeleteSubscription',
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionRequest.SerializeToString,
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionResponse.FromString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionRequest.SerializeToString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.DeleteSubscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -656,8 +656,8 @@ class ConnectService:
             request,
             target,
             '/stackone_connect.v1.ConnectService/SeekSubscription',
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionRequest.SerializeToString,
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionResponse.FromString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionRequest.SerializeToString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.SeekSubscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -683,8 +683,8 @@ class ConnectService:
             request_iterator,
             target,
             '/stackone_connect.v1.ConnectService/ConsumeSubscription',
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionRequest.SerializeToString,
-            service_dot_api_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionResponse.FromString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionRequest.SerializeToString,
+            stackone__connect_dot_v1_dot_stackone__connect__pb2.ConsumeSubscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,
