@@ -16,7 +16,7 @@ ROOMS = {
     "gateway": "gateway",
     "stackone": "service/stackone",
     "emulator": "service/emulator",
-    "client": "stackone_connect_client",
+    "client": "clients/python/stackone_connect_client",
     "cli": "service/cli",
     "runtime": "service/runtime.py",
     "system": None,
