@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import sys
@@ -115,6 +116,10 @@ async def main(log: IO[bytes]) -> None:
 
 if __name__ == "__main__":
     _end_with_parent()
+    # A service that refuses to start exits at once, and Python 3.11's child watcher then
+    # sometimes warns "Unknown child process pid ..." (its waitpid races the exit): the
+    # refusal itself is the one line to show, and the exit code is not read.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
     LOG_PATH.parent.mkdir(exist_ok=True)
     with (
         LOG_PATH.open("ab") as service_log,

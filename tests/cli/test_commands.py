@@ -323,6 +323,7 @@ async def test_the_demo_with_a_port_taken_is_one_line(tmp_path: Path, taken: str
             [sys.executable, "-m", "examples.web.demo"], cwd=tmp_path, env=env, timeout=60
         )
     assert (code, out) == (2, "")
+    assert len(err.splitlines()) == 1, err
     (line,) = err.splitlines()
     assert line.startswith("make demo: ")
     assert f"cannot listen on {held} ({taken}): " in line
