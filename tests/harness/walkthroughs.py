@@ -30,7 +30,7 @@ _MASKS = [
     (re.compile(r"cst_[A-Za-z0-9_-]+"), "<token>"),
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<uuid>"),
     # A cursor names its log's incarnation in its upper bits: a new log, a new number.
-    (re.compile(r"\b\d{16,19}\b"), "<cursor>"),
+    (re.compile(r"\b\d{14,19}\b"), "<cursor>"),  # tag << 44 | sequence: 14 to 19 digits
 ]
 _ELLIPSIS = re.compile(r"\\\.\\\.\\\.|…")
 # Values a later command uses as an earlier one printed them: the README's stand for this
