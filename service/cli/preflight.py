@@ -21,6 +21,7 @@ from gateway.secrets import InvalidSecretsFile, read_secrets
 from service.config import ENV_PREFIX, Settings
 from service.emulator import memory
 from service.events import sqlite
+from service.nats_servers import nats_servers
 from service.rpc.audit import LOG_SINK
 from service.rpc.auth import InvalidClientsFile
 from service.rpc.server import TlsFileError, check_files
@@ -178,7 +179,7 @@ async def _nats_problem(url: str) -> str | None:
     try:
         async with asyncio.timeout(NATS_SECONDS):
             connection = await nats.connect(
-                [server.strip() for server in url.split(",") if server.strip()],
+                nats_servers(url),
                 connect_timeout=NATS_SECONDS,
                 allow_reconnect=False,
                 error_cb=quiet,
@@ -197,8 +198,8 @@ async def _nats_problem(url: str) -> str | None:
 async def _unreachable(url: str) -> str | None:
     """Why no server of the NATS `url` (`nats://a:4222,nats://b:4222`) takes a connection."""
     why = "no server named"
-    for server in url.split(","):
-        parsed = urlparse(server.strip())
+    for server in nats_servers(url):
+        parsed = urlparse(server)
         try:
             async with asyncio.timeout(NATS_SECONDS):
                 _, writer = await asyncio.open_connection(parsed.hostname, parsed.port or 4222)

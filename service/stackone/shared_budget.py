@@ -56,6 +56,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from service.nats_servers import nats_servers
 from service.stackone.budget import ClientShare, Priority, RateBudget
 
 _log = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ class SharedBudget:
         sharing = self.sharing
         if self._nats is None:
             self._nats = await nats.connect(
-                sharing.url,
+                nats_servers(sharing.url),
                 connect_timeout=sharing.request_timeout,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,

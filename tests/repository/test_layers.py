@@ -170,6 +170,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "service.health",
         "service.logs",
         "service.metrics",
+        "service.nats_servers",
         "service.owners",
         "service.reloading",
         "service.retry",

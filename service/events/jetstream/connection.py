@@ -28,6 +28,7 @@ from service.events.jetstream.options import JetStreamOptions
 from service.events.jetstream.streams import ensure_all
 from service.events.log import ReportFailure
 from service.events.model import EventLogUnavailable
+from service.nats_servers import nats_servers
 from service.retry import RetryPolicy
 
 _log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class Connection:
         connection = NatsClient()
         try:
             await connection.connect(
-                options.servers,
+                nats_servers(options.url),
                 connect_timeout=options.request_timeout,  # type: ignore[arg-type]
                 allow_reconnect=True,
                 max_reconnect_attempts=_RECONNECT_ATTEMPTS,

@@ -43,12 +43,6 @@ class JetStreamOptions:
     tail_bytes: int = DEFAULT_TAIL_BYTES
 
     @property
-    def servers(self) -> list[str]:
-        """The servers `url` names, as nats.connect takes them (a list: a comma-separated
-        string is one malformed URL to it)."""
-        return [server.strip() for server in self.url.split(",") if server.strip()]
-
-    @property
     def inbox_stream(self) -> str:
         """The inbox stream's name."""
         return f"{self.stream}_INBOX"

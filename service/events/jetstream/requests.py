@@ -31,6 +31,7 @@ from nats.js.kv import KeyValue
 from service.events.jetstream import NATS_ERRORS, JetStreamOptions
 from service.events.log import RequestClaim
 from service.events.model import EventLogUnavailable
+from service.nats_servers import nats_servers
 
 _T = TypeVar("_T")
 # What a write or read answers once the server lost the bucket's stream.
@@ -69,7 +70,7 @@ class JetStreamRequestRecords:
         connection = NatsClient()
         try:
             await connection.connect(
-                options.url,
+                nats_servers(options.url),
                 connect_timeout=options.request_timeout,  # type: ignore[arg-type]
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
